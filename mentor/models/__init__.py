@@ -1,0 +1,5 @@
+"""Model references: resolve and load any model a user names (hub id, folder, GGUF, alias, tiny)."""
+
+from mentor.models.resolve import LoadedModel, cache_root, load_model, resolve
+
+__all__ = ["LoadedModel", "cache_root", "load_model", "resolve"]
