@@ -95,6 +95,8 @@ def resolve(ref: str) -> str:
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_build_once(f"gguf-{path.stem}-{key}", lambda tmp: _convert_gguf(path, tmp)))
     if path.exists():
+        if (path / "result.json").exists() and (path / "model").is_dir():
+            return str(path / "model")  # a finished mentor job folder: its tuned model
         if not path.is_dir():
             raise MentorError(f"model reference '{ref}' is a file; give a model folder, a .gguf file or a hub id")
         return str(path)

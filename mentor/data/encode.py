@@ -1,0 +1,112 @@
+"""Turn examples into token ids with labels only on the output tokens.
+
+Causal models see prompt and output in one sequence; prompt positions get label -100 so the
+loss is computed on output tokens only. Chat data is rendered with the tokenizer's chat
+template, and the assistant spans are found by rendering each prefix, so any template works
+without special markers. Seq2seq models get the prompt as encoder input and the last
+assistant turn as target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mentor.data.formats import Example
+
+IGNORE = -100
+
+
+@dataclass
+class EncodeStats:
+    examples: int = 0
+    truncated_inputs: int = 0
+    truncated_outputs: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.examples} examples; {self.truncated_inputs} with input truncated, "
+                f"{self.truncated_outputs} with output truncated")
+
+
+def _segments(ex: Example, tokenizer, use_chat_template: bool) -> list[tuple[str, bool]]:
+    """Split an example into (text, is_output) pieces in order."""
+    if not use_chat_template:
+        eos = tokenizer.eos_token or ""
+        if ex.kind == "text":
+            return [(ex.messages[0]["content"], False), (ex.messages[1]["content"] + eos, True)]
+        pieces = []
+        for m in ex.messages:
+            head = f"{m['role']}: "
+            if m["role"] == "assistant":
+                pieces += [(head, False), (m["content"] + eos + "\n", True)]
+            else:
+                pieces.append((head + m["content"] + "\n", False))
+        return pieces
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, m in enumerate(ex.messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(ex.messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(ex.messages[: i + 1], tokenize=False)
+        if not (prefix.startswith(done) and full.startswith(prefix)):
+            raise ValueError("chat template does not render conversations as growing prefixes")
+        pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        done = full
+    return pieces
+
+
+def render_prompt(messages: list[dict], tokenizer, use_chat_template: bool, kind: str = "chat") -> str:
+    """The text a model continues at inference: everything before the answer."""
+    if use_chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if kind == "text":
+        return messages[-1]["content"]
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool,
+           max_input_tokens: int, max_output_tokens: int, stats: EncodeStats | None = None) -> dict:
+    """Token ids and labels for one example, with input and output truncated to their limits.
+
+    The input keeps its end (causal models need the generation prompt next to the output);
+    the output keeps its start.
+    """
+    stats = stats if stats is not None else EncodeStats()
+    stats.examples += 1
+    if is_seq2seq:
+        prompt = render_prompt(ex.messages[:-1], tokenizer, use_chat_template, ex.kind)
+        target = ex.messages[-1]["content"]
+        src = tokenizer(prompt).input_ids
+        tgt = tokenizer(text_target=target).input_ids
+        if len(src) > max_input_tokens:
+            stats.truncated_inputs += 1
+            src = src[: max_input_tokens - 1] + src[-1:]  # keep the trailing eos
+        if len(tgt) > max_output_tokens:
+            stats.truncated_outputs += 1
+            tgt = tgt[:max_output_tokens]
+        return {"input_ids": src, "attention_mask": [1] * len(src), "labels": tgt}
+
+    ids: list[int] = []
+    mask: list[bool] = []
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        ids, mask = [tokenizer.bos_token_id], [False]
+    for text, is_out in _segments(ex, tokenizer, use_chat_template):
+        piece = tokenizer(text, add_special_tokens=False).input_ids
+        ids += piece
+        mask += [is_out] * len(piece)
+    # The final output span is the "output"; everything before it is the "input".
+    last_out_start = len(mask)
+    while last_out_start > 0 and mask[last_out_start - 1]:
+        last_out_start -= 1
+    inp_ids, inp_mask = ids[:last_out_start], mask[:last_out_start]
+    out_ids = ids[last_out_start:]
+    if len(out_ids) > max_output_tokens:
+        stats.truncated_outputs += 1
+        out_ids = out_ids[:max_output_tokens]
+    if len(inp_ids) > max_input_tokens:
+        stats.truncated_inputs += 1
+        inp_ids, inp_mask = inp_ids[-max_input_tokens:], inp_mask[-max_input_tokens:]
+    ids = inp_ids + out_ids
+    labels = [t if m else IGNORE for t, m in zip(inp_ids, inp_mask)] + out_ids
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+

@@ -1,0 +1,167 @@
+"""Read and validate tuning data in the formats users bring from the cloud services.
+
+- text:        {"input_text": "...", "output_text": "..."}
+- chat:        {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+- Gemini chat: {"systemInstruction"?: {"parts": [{"text": ...}]},
+                "contents": [{"role": "user"|"model", "parts": [{"text": "..."}]}, ...]}
+
+Every line is checked before anything trains, and every problem is reported with file, line
+and field, so a user fixes the file once instead of once per error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mentor.errors import DataValidationError, MentorError, Problem
+
+MAX_PROBLEMS = 50
+
+
+@dataclass
+class Example:
+    """One training example as a conversation; the loss is on assistant turns only."""
+
+    messages: list[dict]
+    kind: str  # "text" | "chat"
+    file: str = ""
+    line: int = 0
+    extra: dict = field(default_factory=dict)  # other fields of the row (labels, metadata)
+
+    @property
+    def prompt_text(self) -> str:
+        return self.messages[-2]["content"] if self.kind == "text" else ""
+
+
+def _text(row: dict, name: str, where: str, problems: list) -> str | None:
+    value = row.get(name)
+    if name not in row:
+        problems.append((where or name, "missing"))
+    elif not isinstance(value, str):
+        problems.append((where or name, f"must be a string, got {type(value).__name__}"))
+    elif not value.strip():
+        problems.append((where or name, "is empty"))
+    else:
+        return value
+    return None
+
+
+def _check_turn_order(messages: list[dict], prefix: str, problems: list) -> None:
+    roles = [m["role"] for m in messages]
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    for i, role in enumerate(roles):
+        if role == "system" and i != 0:
+            problems.append((f"{prefix}[{i}].role", "a system message may only come first"))
+    offset = len(roles) - len(body)
+    for i, role in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != "system" and role != expected:
+            problems.append((f"{prefix}[{i + offset}].role", f"wrong turn order: expected '{expected}' here, got '{role}' (turns must alternate user, assistant, starting with user)"))
+            return
+    if not body:
+        problems.append((prefix, "has no user/assistant turns"))
+    elif body[-1] != "assistant":
+        problems.append((prefix, "must end with an assistant turn (the output to learn)"))
+
+
+def parse_row(row: object, text_only_ok: bool = True) -> tuple[Example | None, list[tuple[str, str]]]:
+    """Turn one JSON value into an Example, or into a list of (field, message) problems."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(row, dict):
+        return None, [("(line)", f"must be a JSON object, got {type(row).__name__}")]
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            return None, [("messages", "must be a non-empty list")]
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                problems.append((f"messages[{i}]", "must be an object with 'role' and 'content'"))
+                continue
+            role = m.get("role")
+            if role not in ("system", "user", "assistant"):
+                problems.append((f"messages[{i}].role", f"unknown role {role!r} (use system, user or assistant)"))
+            content = _text(m, "content", f"messages[{i}].content", problems)
+            out.append({"role": role, "content": content})
+        if not problems:
+            _check_turn_order(out, "messages", problems)
+        extra = {k: v for k, v in row.items() if k != "messages"}
+        return (Example(out, "chat", extra=extra) if not problems else None), problems
+    if "contents" in row:
+        contents = row["contents"]
+        if not isinstance(contents, list) or not contents:
+            return None, [("contents", "must be a non-empty list")]
+        out = []
+        system = row.get("systemInstruction") or row.get("system_instruction")
+        if system is not None:
+            parts = system.get("parts") if isinstance(system, dict) else None
+            if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+                problems.append(("systemInstruction.parts", "must be a list of {\"text\": ...} parts"))
+            else:
+                out.append({"role": "system", "content": "".join(p["text"] for p in parts)})
+        for i, c in enumerate(contents):
+            if not isinstance(c, dict):
+                problems.append((f"contents[{i}]", "must be an object with 'role' and 'parts'"))
+                continue
+            role = c.get("role")
+            if role not in ("user", "model"):
+                problems.append((f"contents[{i}].role", f"unknown role {role!r} (use user or model)"))
+            parts = c.get("parts")
+            if not isinstance(parts, list) or not parts:
+                problems.append((f"contents[{i}].parts", "must be a non-empty list"))
+                continue
+            texts = []
+            for j, p in enumerate(parts):
+                t = _text(p, "text", f"contents[{i}].parts[{j}].text", problems) if isinstance(p, dict) else None
+                if not isinstance(p, dict):
+                    problems.append((f"contents[{i}].parts[{j}]", "must be an object with 'text'"))
+                texts.append(t or "")
+            out.append({"role": "assistant" if role == "model" else role, "content": "".join(texts)})
+        if not problems:
+            _check_turn_order(out, "contents", problems)
+        return (Example(out, "chat") if not problems else None), problems
+    if "input_text" in row or "output_text" in row:
+        inp = _text(row, "input_text", "", problems)
+        out_text = _text(row, "output_text", "", problems)
+        if problems:
+            return None, problems
+        extra = {k: v for k, v in row.items() if k not in ("input_text", "output_text")}
+        msgs = [{"role": "user", "content": inp}, {"role": "assistant", "content": out_text}]
+        return Example(msgs, "text", extra=extra), []
+    return None, [("(line)", "no 'input_text'/'output_text', 'messages' or 'contents' field: not a known tuning format")]
+
+
+def load_examples(path: str | Path, max_examples: int = 10_000) -> list[Example]:
+    """Read and validate a whole JSONL file; raise DataValidationError listing every bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise MentorError(f"data file not found: {path}")
+    examples: list[Example] = []
+    problems: list[Problem] = []
+    total_problems = 0
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as err:
+                found = [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
+            else:
+                ex, found = parse_row(row)
+                if ex is not None:
+                    ex.file, ex.line = str(path), lineno
+                    examples.append(ex)
+            total_problems += len(found)
+            for fld, msg in found:
+                if len(problems) < MAX_PROBLEMS:
+                    problems.append(Problem(str(path), lineno, fld, msg))
+    if total_problems:
+        raise DataValidationError(problems, total_problems, cap=MAX_PROBLEMS)
+    if not examples:
+        raise MentorError(f"{path}: no examples (the file is empty)")
+    if len(examples) > max_examples:
+        raise MentorError(f"{path}: {len(examples)} examples, more than the maximum of {max_examples} (raise max_examples to allow it)")
+    return examples

@@ -1,0 +1,107 @@
+"""Prediction with a tuned (or any) model: one text, or a JSONL file in and out (batch prediction).
+
+Prompts are rendered exactly as in training (the chat template when the model was tuned with
+it), so a tuned model sees at inference what it saw when it learned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mentor.data.encode import render_prompt
+from mentor.errors import DataValidationError, MentorError, Problem
+from mentor.models import load_model, resolve
+
+
+class Predictor:
+    def __init__(self, model_ref: str, dtype: torch.dtype = torch.float32):
+        self.loaded = load_model(model_ref, dtype=dtype)
+        self.model = self.loaded.model.eval()
+        self.tokenizer = self.loaded.tokenizer
+        meta_path = Path(resolve(model_ref)) / "mentor_model.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        self.use_chat_template = meta.get("use_chat_template", bool(getattr(self.tokenizer, "chat_template", None)))
+        self.max_input_tokens = meta.get("max_input_tokens", 7168)
+
+    def render(self, item: str | list[dict]) -> str:
+        messages = [{"role": "user", "content": item}] if isinstance(item, str) else item
+        kind = "text" if isinstance(item, str) else "chat"
+        return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
+                 batch_size: int = 8, progress: bool = False) -> list[str]:
+        """Generate continuations of already-rendered prompts, in batches, greedy by default."""
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        outputs: list[str] = []
+        batches = range(0, len(prompts), batch_size)
+        for start in tqdm(batches, desc="predicting", unit="batch", disable=not progress):
+            chunk = prompts[start:start + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens,
+                      add_special_tokens=self.loaded.is_seq2seq)
+            gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                              do_sample=temperature > 0)
+            if temperature > 0:
+                gen_kwargs["temperature"] = temperature
+            out = self.model.generate(**enc, **gen_kwargs)
+            if not self.loaded.is_seq2seq:
+                out = out[:, enc["input_ids"].shape[1]:]
+            outputs += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        return outputs
+
+    def predict(self, items: str | list, **kwargs) -> str | list[str]:
+        """Answer one input (text or messages) or a list of them."""
+        single = isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], dict))
+        batch = [items] if single else list(items)
+        answers = self.generate([self.render(x) for x in batch], **kwargs)
+        return answers[0] if single else answers
+
+
+def read_prediction_inputs(path: Path) -> list[tuple[dict, str | list[dict]]]:
+    """Rows with `input_text` or `messages` (ending in a user turn); errors name file, line, field."""
+    rows, problems = [], []
+    with path.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as err:
+                problems.append(Problem(str(path), lineno, "(line)", f"invalid JSON: {err.msg}"))
+                continue
+            if isinstance(row, dict) and isinstance(row.get("input_text"), str) and row["input_text"].strip():
+                rows.append((row, row["input_text"]))
+            elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
+                msgs = row["messages"]
+                if msgs and msgs[-1].get("role") == "assistant":
+                    msgs = msgs[:-1]  # an answer already present is the reference, not part of the prompt
+                rows.append((row, msgs))
+            else:
+                problems.append(Problem(str(path), lineno, "input_text", "missing or empty (or give 'messages')"))
+    if problems:
+        raise DataValidationError(problems)
+    return rows
+
+
+def predict_file(model_ref: str, input_path: str, output_path: str, **kwargs) -> Path:
+    """Batch prediction: every input row gets a `prediction`; the output appears only when complete."""
+    src = Path(input_path)
+    if not src.is_file():
+        raise MentorError(f"input file not found: {src}")
+    rows = read_prediction_inputs(src)
+    predictor = Predictor(model_ref)
+    answers = predictor.generate([predictor.render(x) for _, x in rows], progress=True, **kwargs)
+    dst = Path(output_path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for (row, _), answer in zip(rows, answers):
+            f.write(json.dumps({**row, "prediction": answer}, ensure_ascii=False) + "\n")
+    os.replace(tmp, dst)
+    return dst

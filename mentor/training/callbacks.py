@@ -1,0 +1,89 @@
+"""What a user watches while a job runs: metrics files, TensorBoard events, a progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+
+
+class MetricsRecorder(TrainerCallback):
+    """Writes every logged metric, under its own name, to metrics.jsonl and TensorBoard.
+
+    On resume both are cut back to the checkpoint's step (TensorBoard's `purge_step`), so a
+    resumed run leaves one clean curve, not two overlapping ones.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / "metrics.jsonl"
+        self.writer: SummaryWriter | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        step = state.global_step
+        if self.path.exists():  # keep only what the checkpoint we resumed from had seen
+            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=step if step else None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.writer is None or not logs:
+            return
+        row = {"step": state.global_step}
+        for k, v in logs.items():
+            if k in SKIP or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
+                continue
+            row[k] = v
+            self.writer.add_scalar(k, v, state.global_step)
+        if len(row) > 1:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.writer.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class ProgressBar(TrainerCallback):
+    """A progress bar that shows the latest loss and accuracy instead of printing every log."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="tuning", unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        show = {}
+        for mode in ("train", "eval"):
+            if f"{mode}_total_loss" in logs:
+                show[f"{mode}_loss"] = f"{logs[f'{mode}_total_loss']:.3f}"
+                show[f"{mode}_acc"] = f"{logs[f'{mode}_fraction_of_correct_next_step_preds']:.3f}"
+        if show:
+            self.bar.set_postfix(show, refresh=False)
+        if "eval_total_loss" in logs:
+            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_total_loss']:.4f}, "
+                           f"next-token accuracy {logs['eval_fraction_of_correct_next_step_preds']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,142 @@
+"""The transformers Trainer, taught the tuning services' metrics and a cheaper loss.
+
+Trainer already gives checkpoints with optimizer and RNG state, resume, early stopping, best
+checkpoint selection, bf16 autocast and scale-out through accelerate (DDP, FSDP, DeepSpeed).
+What is added here:
+
+- the loss is computed on output tokens only, and for causal models the vocabulary
+  projection runs only at positions that predict an output token (`logits_to_keep` with a
+  boolean mask), which skips most of the largest matmul when prompts are long;
+- token-weighted `*_total_loss`, `*_fraction_of_correct_next_step_preds` and
+  `*_num_predictions` for training steps and evaluations;
+- length-grouped batches whose order is seeded per epoch, so a resumed run sees the same
+  batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from mentor.data.encode import IGNORE
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped shuffling with a generator seeded by (seed, epoch): resumable exactly."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def token_loss(model, batch: dict, is_seq2seq: bool, keep_logits: bool = True):
+    """Summed cross-entropy, correct next-token predictions and their count on output tokens.
+
+    Returns (loss_sum, correct, count, model_outputs, logits_on_targets, targets).
+    """
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    labels = batch["labels"]
+    if is_seq2seq:
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels) \
+            if hasattr(model, "prepare_decoder_input_ids_from_labels") else None
+        if decoder_input_ids is None:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            decoder_input_ids = base._shift_right(labels)
+        out = model(**inputs, decoder_input_ids=decoder_input_ids)
+        targets_mask = labels != IGNORE
+        logits = out.logits[targets_mask]
+        targets = labels[targets_mask]
+    else:
+        shifted = labels[:, 1:]
+        targets_mask = shifted != IGNORE
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets_mask
+        if keep_logits:
+            out = model(**inputs, logits_to_keep=keep)
+            logits = out.logits.reshape(-1, out.logits.shape[-1])
+        else:
+            out = model(**inputs)
+            logits = out.logits[keep]
+        targets = shifted[targets_mask]
+    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == targets).sum()
+    return loss_sum, correct, targets.numel(), out, logits, targets
+
+
+class MentorTrainer(Trainer):
+    """Trainer with output-token loss and the tuning services' metric names."""
+
+    def __init__(self, *args, is_seq2seq: bool = False, sampler_seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.is_seq2seq = is_seq2seq
+        self.sampler_seed = sampler_seed
+        self.model_accepts_loss_kwargs = False  # the loss below is a per-batch token mean
+        self._keep_logits = not is_seq2seq and accepts_logits_to_keep(self.model)
+        self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    # -- data ---------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = [len(x) for x in dataset["input_ids"]]
+        return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths, self.sampler_seed)
+
+    # -- loss and metrics ---------------------------------------------------------------
+    def record(self, mode: str, **values: float) -> None:
+        """Add to the running sums that the next log (train) or evaluation (eval) reports."""
+        for k, v in values.items():
+            self._sums[mode][k] += float(v)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        loss_sum, correct, count, out, _, _ = token_loss(model, inputs, self.is_seq2seq, self._keep_logits)
+        count = max(count, 1)
+        self.record(mode, loss_sum=loss_sum.item(), correct=correct.item(), count=count)
+        loss = loss_sum / count
+        return (loss, out) if return_outputs else loss
+
+    def metrics_for(self, mode: str) -> dict[str, float]:
+        s = self._sums[mode]
+        n = max(s.get("count", 0.0), 1.0)
+        metrics = {
+            f"{mode}_total_loss": s.get("loss_sum", 0.0) / n,
+            f"{mode}_fraction_of_correct_next_step_preds": s.get("correct", 0.0) / n,
+            f"{mode}_num_predictions": s.get("count", 0.0),
+        }
+        metrics.update(self.extra_metrics(mode, s))
+        self._sums[mode] = defaultdict(float)
+        return metrics
+
+    def extra_metrics(self, mode: str, sums: dict) -> dict[str, float]:
+        """Recipes with more than one loss report their parts here."""
+        return {}
+
+    def evaluation_loop(self, *args, **kwargs):
+        self._sums["eval"] = defaultdict(float)
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        output.metrics.pop(f"{prefix}_loss", None)
+        for k, v in self.metrics_for("eval").items():
+            output.metrics[prefix + k[len("eval"):]] = v
+        return output
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # a training log: replace the running mean by token-weighted metrics
+            logs.pop("loss")
+            logs.update(self.metrics_for("train"))
+        super().log(logs, *args, **kwargs)
