@@ -1,0 +1,181 @@
+"""What every teacher shares: generation parameters, completions, stats, and the cached `complete`.
+
+Teacher calls are slow and cost money, so `Teacher.complete` is written once here: it answers
+what it can from the cache, asks the concrete teacher only for the prompts still missing (each
+distinct prompt once), commits every answer the moment it arrives, and reports failures only
+after everything that could be answered has been saved.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from mentor.errors import MentorError
+
+if TYPE_CHECKING:
+    from mentor.teachers.cache import TeacherCache
+
+
+class GenerationParams(BaseModel):
+    """How to generate; all of it is part of the cache key, since each field changes the answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0)  # 0 means greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+    n: int = Field(1, ge=1)  # completions per prompt
+
+    def canonical_json(self) -> str:
+        """Same params, same string: sorted keys, no whitespace, an empty stop list equals none."""
+        data = self.model_dump()
+        data["stop"] = sorted(set(data["stop"])) if data["stop"] else None
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One teacher answer. Token counts are None when the teacher did not report them."""
+
+    text: str
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cached: bool = False
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+
+    @classmethod
+    def from_json(cls, data: dict, cached: bool) -> "Completion":
+        return cls(data["text"], data.get("tokens_in"), data.get("tokens_out"), cached)
+
+
+@dataclass
+class TeacherStats:
+    """What a teacher cost so far; `calls` counts requests actually sent (retries included)."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    failures: int = 0
+    retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int | None) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                if value:
+                    setattr(self, name, getattr(self, name) + value)
+
+    def summary(self) -> str:
+        return (
+            f"{self.calls} calls, {self.cache_hits} cache hits, {self.tokens_in:,} tokens in, "
+            f"{self.tokens_out:,} tokens out, {self.retries} retries, {self.failures} failures"
+        )
+
+
+class TeacherError(MentorError):
+    """Some prompts could not be answered. Those that were are saved and kept in `partial`."""
+
+    def __init__(self, message: str, partial: dict[str, list[Completion]] | None = None):
+        super().__init__(message)
+        self.partial = partial or {}
+
+
+def apply_stop(text: str, stop: list[str] | None) -> str:
+    """Cut the text at the first stop string, the way OpenAI-compatible servers do (stop excluded)."""
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+OnAnswer = Callable[[str, list[Completion]], None]
+
+
+class Teacher(ABC):
+    """Turns prompts into completions; subclasses implement `_answer` for prompts not yet cached."""
+
+    identity: str  # stable name used in cache keys: "openai:MODEL@URL", "hf:REF", "recorded:FILE"
+
+    def __init__(self, identity: str, cache: "TeacherCache | None" = None, progress: bool | None = None):
+        self.identity = identity
+        self.cache = cache
+        self.progress = progress  # None: a bar only when attached to a terminal
+        self.stats = TeacherStats()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.identity!r})"
+
+    @abstractmethod
+    def _answer(self, prompts: list[str], params: GenerationParams, on_answer: OnAnswer) -> dict[str, str]:
+        """Answer distinct uncached prompts, calling `on_answer(prompt, completions)` as each arrives
+        (it commits to the cache at once). Return {prompt: reason} for prompts that failed; raise
+        MentorError for faults that doom the whole run (bad key, unknown model)."""
+
+    def complete(self, prompts: list[str], params: GenerationParams | None = None) -> list[Completion]:
+        """`params.n` completions per prompt, in prompt order (prompt i's at [i*n, (i+1)*n))."""
+        params = params or GenerationParams()
+        unique = list(dict.fromkeys(prompts))
+        results: dict[str, list[Completion]] = {}
+        if self.cache is not None and unique:
+            results.update(self.cache.get_many(self.identity, unique, params))
+            self.stats.add(cache_hits=len(results))
+        missing = [p for p in unique if p not in results]
+        lock = threading.Lock()
+
+        with tqdm(
+            total=len(unique),
+            initial=len(results),
+            desc=f"teacher {self.identity}",
+            unit="prompt",
+            # None lets tqdm decide: a bar on a terminal, none in logs
+            disable=(None if missing else True) if self.progress is None else not self.progress,
+            leave=False,
+        ) as bar:
+            bar.set_postfix(cached=len(results), refresh=False)
+
+            def on_answer(prompt: str, completions: list[Completion]) -> None:
+                if self.cache is not None:
+                    self.cache.put(self.identity, prompt, params, completions)
+                with lock:
+                    results[prompt] = completions
+                self.stats.add(
+                    tokens_in=completions[0].tokens_in if completions else 0,
+                    tokens_out=sum(c.tokens_out or 0 for c in completions),
+                )
+                bar.update(1)
+
+            failed = self._answer(missing, params, on_answer) if missing else {}
+
+        if failed:
+            self.stats.add(failures=len(failed))
+            first_prompt, first_reason = next(iter(failed.items()))
+            where = f"saved in {self.cache.path}; " if self.cache is not None else ""
+            raise TeacherError(
+                f"teacher {self.identity}: {len(failed)} of {len(unique)} prompt(s) failed; "
+                f"{len(results)} answered ({where}a rerun asks only for the missing ones). "
+                f"First failure, for prompt {first_prompt[:80]!r}: {first_reason}",
+                partial=results,
+            )
+        return [c for p in prompts for c in results[p]]
+
+    def close(self) -> None:
+        """Release what the teacher holds (the cache connection)."""
+        if self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

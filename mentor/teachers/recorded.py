@@ -1,0 +1,112 @@
+"""Completions a teacher already wrote, looked up by input text: distillation from saved outputs.
+
+- `recorded:FILE.jsonl`: lines `{"input_text": ..., "teacher_completion": ...}` or
+  `{"prompt"|"input": ..., "completion": ...}`;
+- `recorded:field=NAME`: the completion is field NAME of each dataset row; the caller passes the
+  rows (`RecordedTeacher.from_rows(rows, NAME)` or `build_teacher(spec, rows=rows)`).
+
+Nothing is paid for, so there is no cache; stats still count the lookups. Generation params are
+ignored except `n` (that many recorded completions per input, first recorded first).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from mentor.errors import DataValidationError, MentorError, Problem
+from mentor.teachers.base import Completion, GenerationParams, OnAnswer, Teacher
+
+INPUT_FIELDS = ("input_text", "prompt", "input")
+COMPLETION_FIELDS = ("teacher_completion", "completion")
+
+
+class RecordedTeacher(Teacher):
+    """Answers from a table {input text: [completions]} built from a JSONL file or dataset rows."""
+
+    def __init__(self, answers: Mapping[str, list[str]], identity: str, source: str, progress: bool | None = None):
+        super().__init__(identity, cache=None, progress=progress)
+        self.answers = dict(answers)
+        self.source = source  # what to name in errors: the file, or the rows' field
+
+    @classmethod
+    def from_file(cls, path: str | Path, progress: bool | None = None) -> "RecordedTeacher":
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise MentorError(f"recorded teacher file not found: {path}")
+        rows, problems = [], []
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    problems.append(Problem(str(path), number, "<json>", f"not valid JSON: {err}"))
+                    continue
+                if not isinstance(row, dict):
+                    problems.append(Problem(str(path), number, "<json>", f"expected an object, got {type(row).__name__}"))
+                    continue
+                rows.append((number, row))
+        answers = _collect(rows, str(path), None, None, problems)
+        return cls(answers, f"recorded:{path.resolve()}", str(path), progress=progress)
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Iterable[Mapping],
+        field: str = "teacher_completion",
+        input_field: str | None = None,
+        source: str = "the dataset",
+        progress: bool | None = None,
+    ) -> "RecordedTeacher":
+        """Completions kept in field `field` of each row, keyed by `input_field` (default: the first
+        of input_text, prompt, input that the row has). Row numbers in errors count from 1."""
+        problems: list[Problem] = []
+        answers = _collect(enumerate(rows, 1), source, field, input_field, problems)
+        return cls(answers, f"recorded:field={field}", f"{source} (field '{field}')", progress=progress)
+
+    def _answer(self, prompts: list[str], params: GenerationParams, on_answer: OnAnswer) -> dict[str, str]:
+        missing = [p for p in prompts if len(self.answers.get(p, ())) < params.n]
+        if missing:
+            shown = "; ".join(repr(p[:80]) for p in missing[:3])
+            need = "" if params.n == 1 else f" ({params.n} needed per input)"
+            raise MentorError(
+                f"{self.source} has no recorded completion{need} for {len(missing)} input(s), e.g. {shown}. "
+                f"Record completions for every input, or use a live teacher."
+            )
+        for prompt in prompts:
+            self.stats.add(calls=1)
+            on_answer(prompt, [Completion(text) for text in self.answers[prompt][: params.n]])
+        return {}
+
+
+def _collect(
+    rows: Iterable[tuple[int, Mapping]],
+    source: str,
+    field: str | None,
+    input_field: str | None,
+    problems: list[Problem],
+) -> dict[str, list[str]]:
+    """{input: [completions]} from numbered rows; every bad row becomes a Problem, raised together."""
+    answers: dict[str, list[str]] = {}
+    for number, row in rows:
+        in_name = input_field or next((k for k in INPUT_FIELDS if k in row), None)
+        out_name = field or next((k for k in COMPLETION_FIELDS if k in row), None)
+        if in_name is None or in_name not in row:
+            want = input_field or " or ".join(INPUT_FIELDS)
+            problems.append(Problem(source, number, want, "missing: the input the completion answers"))
+            continue
+        if out_name is None or out_name not in row:
+            want = field or " or ".join(COMPLETION_FIELDS)
+            problems.append(Problem(source, number, want, "missing: the recorded completion"))
+            continue
+        bad = [name for name in (in_name, out_name) if not isinstance(row[name], str)]
+        for name in bad:
+            problems.append(Problem(source, number, name, f"must be a string, got {type(row[name]).__name__}"))
+        if not bad:
+            answers.setdefault(row[in_name], []).append(row[out_name])
+    if problems:
+        raise DataValidationError(problems)
+    return answers

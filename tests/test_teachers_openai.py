@@ -1,0 +1,312 @@
+"""The OpenAI-compatible teacher against a real HTTP server on loopback (tests/teacher_server.py):
+retries of every transient fault, fail-fast on hopeless ones, caching that survives a killed run,
+bounded concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mentor.errors import MentorError  # noqa: E402
+from mentor.teachers import (  # noqa: E402
+    GenerationParams,
+    OpenAITeacher,
+    RetryPolicy,
+    TeacherCache,
+    TeacherError,
+    build_teacher,
+)
+from mentor.teachers.openai_compat import _retry_after, parse_spec  # noqa: E402
+from teacher_server import TeacherServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = RetryPolicy(max_attempts=6, backoff_base=0.01, backoff_max=0.05)
+PROMPTS = [f"question {i}: what is {i} plus {i}?" for i in range(10)]
+PARAMS = GenerationParams(max_new_tokens=32)
+
+
+def expected(prompt: str) -> str:
+    return f"answer to: {prompt}"
+
+
+@pytest.fixture(scope="module")
+def _server():
+    with TeacherServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(_server):
+    _server.state.reset()
+    yield _server
+    _server.state.reset()  # also releases any request still hanging
+
+
+@pytest.fixture
+def make(server, tmp_path, monkeypatch):
+    """A fresh teacher (as a new run would build) on this test's cache file."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    def make(model: str = "echo", kind: str = "openai", **kwargs) -> OpenAITeacher:
+        kwargs.setdefault("cache_path", tmp_path / "teacher_cache.sqlite")
+        kwargs.setdefault("retry", FAST)
+        kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("progress", False)
+        return build_teacher(f"{kind}:{model}@{server.base_url}", **kwargs)
+
+    return make
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-completions"])
+def test_routes_answer_and_record_usage(make, server, kind):
+    teacher = make(kind=kind)
+    out = teacher.complete(PROMPTS[:3], PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:3]]
+    assert all(not c.cached for c in out)
+    assert out[0].tokens_in == len(PROMPTS[0].split()) and out[0].tokens_out == len(expected(PROMPTS[0]).split())
+    s = teacher.stats
+    assert (s.calls, s.cache_hits, s.failures) == (3, 0, 0)
+    assert s.tokens_out == sum(len(expected(p).split()) for p in PROMPTS[:3])
+    assert "3 calls" in s.summary() and "0 cache hits" in s.summary()
+    assert teacher.identity == f"{kind}:echo@{server.base_url}"
+
+
+def test_second_run_makes_zero_calls(make, server):
+    first = make().complete(PROMPTS, PARAMS)
+    assert server.state.total_requests == len(PROMPTS)
+    again = make()
+    second = again.complete(PROMPTS, PARAMS)
+    assert server.state.total_requests == len(PROMPTS)
+    assert (again.stats.calls, again.stats.cache_hits) == (0, len(PROMPTS))
+    assert [c.text for c in second] == [c.text for c in first]
+    assert all(c.cached for c in second)
+
+
+def test_duplicate_prompts_are_asked_once(make, server):
+    out = make().complete([PROMPTS[0], PROMPTS[1], PROMPTS[0]], PARAMS)
+    assert [c.text for c in out] == [expected(PROMPTS[0]), expected(PROMPTS[1]), expected(PROMPTS[0])]
+    assert server.state.requests[PROMPTS[0]] == 1
+
+
+@pytest.mark.parametrize(
+    "fault, faulty, extra",
+    [
+        ("fail_first", 3, {}),  # 500s
+        ("malformed_first", 3, {}),  # truncated JSON, wrong shape, HTML
+        ("slow_first", 1, {"slow_seconds": 1.0}),  # longer than the client timeout
+    ],
+)
+def test_transient_faults_are_retried(make, server, fault, faulty, extra):
+    setattr(server.state, fault, faulty)
+    for name, value in extra.items():
+        setattr(server.state, name, value)
+    teacher = make(timeout=0.3)
+    out = teacher.complete(PROMPTS[:4], PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:4]]
+    assert all(server.state.requests[p] == faulty + 1 for p in PROMPTS[:4])
+    assert teacher.stats.retries == 4 * faulty and teacher.stats.calls == 4 * (faulty + 1)
+    assert teacher.stats.failures == 0
+
+
+def test_retry_after_is_honoured(make, server):
+    server.state.rate_limit_first = 1
+    server.state.retry_after = "1"
+    start = time.monotonic()
+    out = make().complete(PROMPTS[:3], PARAMS)
+    elapsed = time.monotonic() - start
+    assert elapsed >= 1.0  # the backoff alone would be ~0.01 s
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:3]]
+    assert all(server.state.requests[p] == 2 for p in PROMPTS[:3])
+
+
+def test_retry_after_parses_both_forms():
+    import httpx
+    from email.utils import formatdate
+
+    assert _retry_after(httpx.Response(429, headers={"Retry-After": "7"})) == 7
+    in_5s = _retry_after(httpx.Response(429, headers={"Retry-After": formatdate(time.time() + 5, usegmt=True)}))
+    assert 3 <= in_5s <= 5
+    assert _retry_after(httpx.Response(429)) is None
+    assert RetryPolicy(max_retry_after=10).delay(1, 99) == 10
+
+
+def test_gives_up_after_max_attempts_with_clear_error(tmp_path):
+    with socket_closed_port() as port:
+        teacher = build_teacher(
+            f"openai:echo@http://127.0.0.1:{port}/v1",
+            cache_path=tmp_path / "c.sqlite",
+            retry=RetryPolicy(max_attempts=3, backoff_base=0.01),
+            progress=False,
+        )
+        with pytest.raises(TeacherError) as err:
+            teacher.complete(PROMPTS[:2], PARAMS)
+    message = str(err.value)
+    assert "2 of 2 prompt(s) failed" in message and "gave up after 3 attempts" in message
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in message and "ConnectError" in message
+    assert teacher.stats.calls == 6 and teacher.stats.failures == 2
+
+
+class socket_closed_port:
+    """A loopback port with nothing listening: connections are refused."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_401_fails_fast_naming_url_model_and_key(make, server, monkeypatch):
+    server.state.api_key = "sesame"
+    teacher = make(concurrency=2, retry=RetryPolicy(max_attempts=6, backoff_base=1.0))
+    start = time.monotonic()
+    with pytest.raises(MentorError) as err:
+        teacher.complete(PROMPTS, PARAMS)
+    assert time.monotonic() - start < 1.0  # no backoff sleeps: nothing a retry could fix
+    message = str(err.value)
+    assert f"{server.base_url}/chat/completions" in message and "'echo'" in message and "401" in message
+    assert "$OPENAI_API_KEY (currently unset)" in message
+    assert server.state.rejected <= 2  # the in-flight ones; no new request after the first 401
+
+    monkeypatch.setenv("MY_TEACHER_KEY", "sesame")
+    out = make(api_key_env="MY_TEACHER_KEY").complete(PROMPTS[:2], PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:2]]
+
+
+def test_404_unknown_model_fails_fast(make, server):
+    teacher = make(model="no-such-model", retry=RetryPolicy(max_attempts=6, backoff_base=1.0))
+    start = time.monotonic()
+    with pytest.raises(MentorError) as err:
+        teacher.complete(PROMPTS[:3], PARAMS)
+    assert time.monotonic() - start < 1.0
+    message = str(err.value)
+    assert f"{server.base_url}/chat/completions" in message and "'no-such-model'" in message and "404" in message
+    assert "does not exist" in message  # the server's own words
+
+
+def test_failed_prompts_keep_the_answered_ones(make, server, tmp_path):
+    broken = set(PROMPTS[:3])
+    server.state.fail_always = set(broken)
+    teacher = make(retry=RetryPolicy(max_attempts=3, backoff_base=0.01))
+    with pytest.raises(TeacherError) as err:
+        teacher.complete(PROMPTS, PARAMS)
+    assert "3 of 10 prompt(s) failed" in str(err.value) and "rerun" in str(err.value)
+    assert set(err.value.partial) == set(PROMPTS[3:])
+    assert teacher.stats.failures == 3
+    with TeacherCache(tmp_path / "teacher_cache.sqlite") as cache:
+        assert len(cache) == 7
+
+    server.state.fail_always.clear()
+    before = server.state.requests.copy()
+    rerun = make()
+    out = rerun.complete(PROMPTS, PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS]
+    asked = server.state.requests - before
+    assert set(asked) == broken and all(v == 1 for v in asked.values())
+    assert (rerun.stats.calls, rerun.stats.cache_hits) == (3, 7)
+
+
+def test_killed_run_resumes_with_only_the_missing_prompts(server, tmp_path):
+    """A run SIGKILLed mid-way keeps every answer it got; the rerun asks only for the rest."""
+    cache_path = tmp_path / "teacher_cache.sqlite"
+    server.state.hang = set(PROMPTS[5:])  # these stay unanswered until the kill
+    script = textwrap.dedent(
+        f"""
+        from mentor.teachers import build_teacher
+        teacher = build_teacher({f"openai:echo@{server.base_url}"!r}, cache_path={str(cache_path)!r},
+                                concurrency=2, progress=False)
+        teacher.complete({PROMPTS!r})
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while _cached_prompts(cache_path) != set(PROMPTS[:5]) or server.state.in_flight < 2:
+            assert proc.poll() is None, "the first run ended by itself"
+            assert time.monotonic() < deadline, "the first run did not get its first answers"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert _cached_prompts(cache_path) == set(PROMPTS[:5])
+    server.state.hang.clear()
+    before = server.state.requests.copy()
+    rerun = build_teacher(f"openai:echo@{server.base_url}", cache_path=cache_path, retry=FAST, progress=False)
+    out = rerun.complete(PROMPTS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS]
+    asked = server.state.requests - before
+    assert set(asked) == set(PROMPTS[5:]) and all(v == 1 for v in asked.values())
+    assert (rerun.stats.calls, rerun.stats.cache_hits) == (5, 5)
+
+
+def _cached_prompts(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        return {row[0] for row in db.execute("SELECT prompt FROM completions")}
+    except sqlite3.OperationalError:  # the table is not there yet
+        return set()
+    finally:
+        db.close()
+
+
+def test_different_params_or_teacher_ask_again(make, server):
+    make().complete(PROMPTS[:2], PARAMS)
+    make().complete(PROMPTS[:2], GenerationParams(max_new_tokens=32, temperature=0.7))
+    make(kind="openai-completions").complete(PROMPTS[:2], PARAMS)
+    assert all(server.state.requests[p] == 3 for p in PROMPTS[:2])
+    # equal params written differently share answers
+    t = make()
+    t.complete(PROMPTS[:2], GenerationParams(max_new_tokens=32, stop=[]))
+    assert t.stats.calls == 0 and t.stats.cache_hits == 2
+
+
+def test_concurrency_is_bounded(make, server):
+    server.state.delay = 0.15
+    make(concurrency=3).complete(PROMPTS, PARAMS)
+    assert server.state.max_in_flight == 3
+
+
+def test_n_completions_and_stop_strings(make, server):
+    params = GenerationParams(max_new_tokens=32, n=2, temperature=0.8, stop=[" plus"])
+    out = make().complete(PROMPTS[:2], params)
+    assert [c.text for c in out] == [
+        f"sample {i} answer to: {p.split(' plus')[0]}" for p in PROMPTS[:2] for i in range(2)
+    ]
+    total = len(f"sample 0 answer to: {PROMPTS[0]}".split()) * 2
+    assert out[0].tokens_out + out[1].tokens_out == total
+    again = make()
+    assert [c.text for c in again.complete(PROMPTS[:2], params)] == [c.text for c in out]
+    assert again.stats.calls == 0
+
+
+def test_spec_parsing():
+    assert parse_spec("openai:llama3@http://localhost:8000/v1/") == ("chat", "llama3", "http://localhost:8000/v1")
+    assert parse_spec("openai-completions:org/m@x@https://h/v1") == ("completions", "org/m@x", "https://h/v1")
+    route, model, url = parse_spec("openai:gpt-4o-mini")
+    assert (route, model) == ("chat", "gpt-4o-mini") and url.startswith("http")
+    with pytest.raises(MentorError, match="openai:MODEL@"):
+        parse_spec("openai:")
