@@ -50,19 +50,19 @@ def _text(row: dict, name: str, where: str, problems: list) -> str | None:
 
 def _check_turn_order(messages: list[dict], prefix: str, problems: list) -> None:
     roles = [m["role"] for m in messages]
-    body = roles[1:] if roles and roles[0] == "system" else roles
     for i, role in enumerate(roles):
         if role == "system" and i != 0:
             problems.append((f"{prefix}[{i}].role", "a system message may only come first"))
-    offset = len(roles) - len(body)
-    for i, role in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != "system" and role != expected:
-            problems.append((f"{prefix}[{i + offset}].role", f"wrong turn order: expected '{expected}' here, got '{role}' (turns must alternate user, assistant, starting with user)"))
+    body = [(i, r) for i, r in enumerate(roles) if r != "system"]
+    for n, (i, role) in enumerate(body):
+        expected = "user" if n % 2 == 0 else "assistant"
+        if role != expected:
+            problems.append((f"{prefix}[{i}].role", f"wrong turn order: expected '{expected}' here, got '{role}' "
+                             "(turns must alternate user, assistant, starting with user)"))
             return
     if not body:
         problems.append((prefix, "has no user/assistant turns"))
-    elif body[-1] != "assistant":
+    elif body[-1][1] != "assistant":
         problems.append((prefix, "must end with an assistant turn (the output to learn)"))
 
 

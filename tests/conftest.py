@@ -1,0 +1,36 @@
+"""Tests run offline on tiny models built from configs; nothing is fetched from a model hub."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mentor_home(tmp_path_factory):
+    """Tiny models are built once per session into a private cache (MENTOR_HOME)."""
+    if "MENTOR_HOME" not in os.environ:
+        os.environ["MENTOR_HOME"] = str(tmp_path_factory.mktemp("mentor-home"))
+    return Path(os.environ["MENTOR_HOME"])
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def shift_task(n: int, seed: int) -> list[dict]:
+    """A learnable task: each letter of the input becomes the next letter of the alphabet."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+        rows.append({"input_text": word, "output_text": "".join(chr(ord(c) + 1) for c in word)})
+    return rows

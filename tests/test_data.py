@@ -1,0 +1,124 @@
+"""Data validation and encoding: every bad line named, loss only on output tokens."""
+
+import json
+
+import pytest
+
+from conftest import write_jsonl
+from mentor.data.encode import IGNORE, EncodeStats, encode
+from mentor.data.formats import load_examples
+from mentor.errors import DataValidationError, MentorError
+from mentor.models import load_model
+
+
+def problems_of(path):
+    with pytest.raises(DataValidationError) as info:
+        load_examples(path)
+    return {(p.line, p.field): p.message for p in info.value.problems}, str(info.value)
+
+
+def test_every_bad_line_is_reported_with_file_line_and_field(tmp_path):
+    rows = [
+        {"input_text": "fine", "output_text": "ok"},                                   # 1 ok
+        '{"input_text": "broken"',                                                       # 2 invalid JSON
+        {"input_text": "x"},                                                             # 3 missing output_text
+        {"input_text": "", "output_text": "y"},                                          # 4 empty input_text
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},  # 5 unknown role
+        {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},  # 6 order
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]},  # 7 empty content
+        {"contents": [{"role": "user", "parts": [{"text": "a"}]}, {"role": "assistant", "parts": [{"text": "b"}]}]},  # 8
+        {"messages": [{"role": "user", "content": "a"}]},                                # 9 no assistant turn
+        [1, 2],                                                                          # 10 not an object
+        {"text": "what"},                                                                # 11 unknown format
+        {"input_text": "a", "output_text": 5},                                           # 12 wrong type
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                      {"role": "system", "content": "late"}, {"role": "user", "content": "c"},
+                      {"role": "assistant", "content": "d"}]},                             # 13 system not first
+    ]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    found, message = problems_of(path)
+    assert set(found) == {
+        (2, "(line)"), (3, "output_text"), (4, "input_text"), (5, "messages[1].role"), (6, "messages[0].role"),
+        (7, "messages[1].content"), (8, "contents[1].role"), (9, "messages"), (10, "(line)"), (11, "(line)"),
+        (12, "output_text"), (13, "messages[2].role"),
+    }
+    assert "invalid JSON" in found[(2, "(line)")]
+    assert "unknown role 'bot'" in found[(5, "messages[1].role")]
+    assert "wrong turn order" in found[(6, "messages[0].role")]
+    assert "must end with an assistant turn" in found[(9, "messages")]
+    assert f"{path}:5: field 'messages[1].role'" in message
+    assert message.startswith("12 problem(s)")
+
+
+def test_problem_list_is_capped_but_counted(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "x"}] * 120)
+    with pytest.raises(DataValidationError) as info:
+        load_examples(path)
+    assert info.value.total == 120 and len(info.value.problems) == 50
+    assert "and 70 more" in str(info.value)
+
+
+def test_limits_and_missing_files(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"input_text": "a", "output_text": "b"}] * 5)
+    with pytest.raises(MentorError, match="5 examples, more than the maximum of 4"):
+        load_examples(path, max_examples=4)
+    with pytest.raises(MentorError, match="not found"):
+        load_examples(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(MentorError, match="empty"):
+        load_examples(tmp_path / "empty.jsonl")
+
+
+def test_chat_gemini_and_text_encode_alike_with_loss_on_outputs_only(tmp_path):
+    rows = [
+        {"input_text": "abc", "output_text": "bcd"},
+        {"messages": [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "bcd"}]},
+        {"contents": [{"role": "user", "parts": [{"text": "ab"}, {"text": "c"}]}, {"role": "model", "parts": [{"text": "bcd"}]}]},
+    ]
+    examples = load_examples(write_jsonl(tmp_path / "d.jsonl", rows))
+    tok = load_model("tiny:llama").tokenizer
+    encoded = [encode(ex, tok, is_seq2seq=False, use_chat_template=True, max_input_tokens=100, max_output_tokens=100) for ex in examples]
+    assert encoded[0] == encoded[1] == encoded[2]
+    labels = [t for t in encoded[0]["labels"] if t != IGNORE]
+    assert tok.decode(labels) == "bcd<|im_end|>\n"
+
+
+def test_multi_turn_chat_trains_on_every_assistant_turn_only():
+    tok = load_model("tiny:llama").tokenizer
+    from mentor.data.formats import parse_row
+
+    ex, problems = parse_row({"messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]})
+    assert not problems
+    enc = encode(ex, tok, is_seq2seq=False, use_chat_template=True, max_input_tokens=1000, max_output_tokens=1000)
+    spans, cur = [], []
+    for t, l in zip(enc["input_ids"], enc["labels"]):
+        if l != IGNORE:
+            cur.append(t)
+        elif cur:
+            spans.append(tok.decode(cur)); cur = []
+    if cur:
+        spans.append(tok.decode(cur))
+    assert spans == ["a1<|im_end|>\n", "a2<|im_end|>\n"]
+    assert tok.decode(enc["input_ids"]) == tok.apply_chat_template(ex.messages, tokenize=False)
+
+
+def test_seq2seq_encoding_puts_prompt_in_encoder_and_answer_in_labels(tmp_path):
+    examples = load_examples(write_jsonl(tmp_path / "d.jsonl", [{"input_text": "abc", "output_text": "bcd"}]))
+    tok = load_model("tiny:t5").tokenizer
+    stats = EncodeStats()
+    enc = encode(examples[0], tok, is_seq2seq=True, use_chat_template=False, max_input_tokens=2, max_output_tokens=2, stats=stats)
+    assert len(enc["input_ids"]) == 2 and len(enc["labels"]) == 2
+    assert stats.truncated_inputs == 1 and stats.truncated_outputs == 1
+
+
+def test_model_reference_errors(tmp_path):
+    with pytest.raises(MentorError, match="not in the local Hugging Face cache.*HF_HUB_OFFLINE"):
+        load_model("nobody/no-such-model")
+    with pytest.raises(MentorError, match="GGUF file not found"):
+        load_model(str(tmp_path / "x.gguf"))
+    with pytest.raises(MentorError, match="unknown tiny model"):
+        load_model("tiny:nothing")
+    with pytest.raises(MentorError, match="model folder not found"):
+        load_model("./missing-folder")

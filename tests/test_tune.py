@@ -1,0 +1,208 @@
+"""Supervised tuning on real tiny models: learning, early stopping, selection, resume, metrics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mentor
+from conftest import shift_task, write_jsonl
+from mentor.cli import main as cli_main
+from mentor.errors import MentorError
+
+TB_NAMES = [f"{m}_{n}" for m in ("train", "eval") for n in ("total_loss", "fraction_of_correct_next_step_preds", "num_predictions")]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task")
+    return write_jsonl(d / "train.jsonl", shift_task(400, 0)), write_jsonl(d / "eval.jsonl", shift_task(40, 1))
+
+
+def eval_rows(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval_total_loss" in r]
+
+
+def test_loss_falls_and_metrics_are_recorded(task, tmp_path):
+    train, evald = task
+    out = tmp_path / "job"
+    result = mentor.tune(model="tiny:llama", data=str(train), evaluation_data=str(evald), output=str(out),
+                         method="full", train_steps=120, batch_size=16, learning_rate_multiplier=100,
+                         evaluation_interval=20, early_stopping=False, checkpoint_selection=False)
+    rows = eval_rows(out)
+    assert [r["step"] for r in rows] == [20, 40, 60, 80, 100, 120]
+    assert rows[-1]["eval_total_loss"] < 0.85 * rows[0]["eval_total_loss"]
+    assert result.steps_run == 120 and result.best_step is None
+    train_rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train_total_loss" in r]
+    assert len(train_rows) == 120  # a train row at every step
+    assert all(r["train_num_predictions"] > 0 for r in train_rows)
+
+    # the six metric names are in the TensorBoard event files
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert set(TB_NAMES) <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("eval_total_loss")) == 6
+
+    # what the output folder holds
+    for name in ("model/model.safetensors", "model/tokenizer.json", "config.yaml", "curves.png", "README.md", "result.json"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints").exists()
+    card = (out / "README.md").read_text()
+    assert "tiny:llama" in card and "sha256" in card and "eval_total_loss" in card
+
+
+def test_checkpoint_selection_returns_best_not_last(task, tmp_path):
+    train, evald = task
+    common = dict(model="tiny:llama", data=str(train), evaluation_data=str(evald), method="full", train_steps=200,
+                  batch_size=16, learning_rate_multiplier=400, evaluation_interval=20, early_stopping=False)
+    best = mentor.tune(output=str(tmp_path / "best"), **common)
+    last = mentor.tune(output=str(tmp_path / "last"), checkpoint_selection=False, **common)
+    rows = eval_rows(tmp_path / "best")
+    accs = {r["step"]: r["eval_fraction_of_correct_next_step_preds"] for r in rows}
+    top = max(accs.values())
+    assert best.best_step == min(s for s, a in accs.items() if a == top)
+    assert best.best_step != 200, "this job is chosen so that the last evaluation is not the best"
+    # the returned model is the best checkpoint: re-scoring it gives the best evaluation's numbers
+    assert best.metrics["eval_fraction_of_correct_next_step_preds"] == pytest.approx(top)
+    assert last.metrics["eval_fraction_of_correct_next_step_preds"] == pytest.approx(accs[200])
+    assert last.metrics["eval_fraction_of_correct_next_step_preds"] < top
+
+
+def test_early_stopping_ends_before_train_steps_on_plateau(task, tmp_path):
+    train, evald = task
+    # a learning rate far too small to move the model: eval accuracy stays flat
+    result = mentor.tune(model="tiny:llama", data=str(train), evaluation_data=str(evald), output=str(tmp_path / "o"),
+                         method="full", train_steps=300, batch_size=8, learning_rate_multiplier=1e-6,
+                         evaluation_interval=10, early_stopping_patience=2)
+    assert result.steps_run == 30  # best at step 10, then two evaluations without gain
+    assert result.extra["early_stopped"] is True
+
+
+def test_lora_rank_is_what_was_asked(task, tmp_path):
+    train, _ = task
+    result = mentor.tune(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), method="lora",
+                         adapter_size=4, train_steps=5, batch_size=4)
+    cfg = json.loads((Path(result.model_path) / "adapter_config.json").read_text())
+    assert cfg["r"] == 4
+    weights = load_file(str(Path(result.model_path) / "adapter_model.safetensors"))
+    a_mats = [w for k, w in weights.items() if "lora_A" in k]
+    assert a_mats and all(w.shape[0] == 4 for w in a_mats)
+    # all linear layers of the architecture carry an adapter (q, k, v, o, gate, up, down in each layer)
+    assert len(a_mats) == 7 * 2
+    with pytest.raises(Exception, match="adapter_size"):
+        mentor.TuneConfig(model="tiny:llama", data="x", output="y", adapter_size=3)
+
+
+def test_seq2seq_model_learns(task, tmp_path):
+    train, evald = task
+    result = mentor.tune(model="tiny:t5", data=str(train), evaluation_data=str(evald), output=str(tmp_path / "o"),
+                         method="full", train_steps=60, batch_size=16, learning_rate_multiplier=100,
+                         evaluation_interval=20, early_stopping=False, checkpoint_selection=False)
+    rows = eval_rows(tmp_path / "o")
+    assert rows[-1]["eval_total_loss"] < 0.8 * rows[0]["eval_total_loss"]
+    assert isinstance(result.predict("abc", max_new_tokens=5), str)
+
+
+def test_truncation_counts(tmp_path):
+    rows = [{"input_text": "a" * n, "output_text": "b" * m} for n, m in [(5, 3), (50, 3), (60, 40), (5, 40), (10, 10)]]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    result = mentor.tune(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), method="full",
+                         train_steps=2, batch_size=2, max_input_tokens=30, max_output_tokens=20)
+    # chat rendering adds template tokens around the input and after the output; with the byte
+    # tokenizer: input = 30 (template) + n bytes, output = m bytes + 2 ("<|im_end|>", "\n")
+    counts = result.extra["truncated"]["train"]
+    assert counts == {"examples": 5, "truncated_inputs": 2, "truncated_outputs": 2}
+
+
+def test_resume_after_sigkill_gives_same_weights(task, tmp_path):
+    train, evald = task
+    args = ["tune", "--model", "tiny:llama-wide", "--data", str(train), "--eval-data", str(evald),
+            "--method", "full", "--train-steps", "60", "--batch-size", "16", "--learning-rate-multiplier", "50",
+            "--evaluation-interval", "10", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out, *, kill_after_checkpoint=None):
+        proc = subprocess.Popen([sys.executable, "-m", "mentor.cli", *args, "--output", str(out)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kill_after_checkpoint is not None:
+            marker = out / "checkpoints" / f"checkpoint-{kill_after_checkpoint}" / "trainer_state.json"
+            deadline = time.time() + 120
+            while not marker.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            assert proc.poll() is None, "the job ended before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return proc.returncode
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        return 0
+
+    run(tmp_path / "straight")
+    assert run(tmp_path / "killed", kill_after_checkpoint=20) == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "result.json").exists()
+    # a half-written checkpoint (as a kill during saving leaves) must be ignored, not loaded
+    (tmp_path / "killed" / "checkpoints" / "checkpoint-999").mkdir()
+    run(tmp_path / "killed")
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = json.loads((tmp_path / "straight" / "result.json").read_text())
+    rb = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert ra["best_step"] == rb["best_step"] and ra["metrics"] == rb["metrics"]
+    # one clean curve after resume: every step logged exactly once
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
+             if "train_total_loss" in r]
+    assert steps == sorted(set(steps))
+
+
+def test_yaml_job_file_with_flag_override(task, tmp_path, capsys):
+    train, _ = task
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: tiny:llama\ndata: {train}\noutput: {tmp_path / 'o'}\nmethod: lora\ntrain_steps: 50\nbatch_size: 2\n")
+    assert cli_main(["tune", "--config", str(job), "--train-steps", "3", "--adapter-size", "1"]) == 0
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert result["steps_run"] == 3
+    assert json.loads((tmp_path / "o" / "model" / "adapter_config.json").read_text())["r"] == 1
+    assert "[mentor] done" in capsys.readouterr().out
+
+    job.write_text("model: tiny:llama\nbogus_field: 1\n")
+    assert cli_main(["tune", "--config", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "bogus_field" in err and str(job) in err
+
+
+def test_rerun_of_finished_job_is_a_no_op_and_different_job_is_refused(task, tmp_path):
+    train, _ = task
+    kw = dict(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), train_steps=2, batch_size=2)
+    first = mentor.tune(**kw)
+    again = mentor.tune(**kw)
+    assert again.model_path == first.model_path
+    with pytest.raises(MentorError, match="different job.*train_steps"):
+        mentor.tune(**{**kw, "train_steps": 3})
+
+
+def test_predict_cli_text_and_file(task, tmp_path, capsys):
+    train, _ = task
+    result = mentor.tune(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), method="lora",
+                         train_steps=3, batch_size=4)
+    assert cli_main(["predict", result.output, "abc", "--max-new-tokens", "4"]) == 0
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"input_text": "abc"}, {"messages": [{"role": "user", "content": "de"}]}])
+    assert cli_main(["predict", result.output, "--input", str(inp), "--output", str(tmp_path / "p.jsonl"),
+                     "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("prediction" in r for r in rows) and rows[0]["input_text"] == "abc"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "ok"}, {"text": "no"}])
+    assert cli_main(["predict", result.output, "--input", str(bad), "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert f"{bad}:2: field 'input_text'" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
