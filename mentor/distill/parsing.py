@@ -280,7 +280,7 @@ def evaluate_math(text: str) -> Fraction:
     values = []
     try:
         for part in _strip_units(s).split("="):
-            part = re.sub(r"\b0+(?=\d)", "", part).strip()
+            part = re.sub(r"(?<![\d.])0+(?=\d)", "", part).strip()  # "07" is a SyntaxError in Python
             if not part:
                 raise _NotEvaluable("empty side of '='")
             values.append(_eval_node(ast.parse(part, mode="eval")))

@@ -1,0 +1,369 @@
+"""Completion parsing: unit cases per answer form and task, then all 1,000 real PaLM completions."""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from mentor.distill.parsing import (
+    REASON_CHOICE_CONFLICT,
+    REASON_EMPTY,
+    REASON_EMPTY_ANSWER,
+    REASON_MULTIPLE,
+    REASON_NO_ANSWER,
+    REASON_NOT_EVALUABLE,
+    REASON_NOT_IN_LABELS,
+    REASON_TRUNCATED,
+    cut_runon,
+    evaluate_math,
+    format_number,
+    normalize_answer,
+    numbers_match,
+    parse_completion,
+    parse_number,
+    summarize_parses,
+)
+from mentor.errors import MentorError
+
+# ----------------------------------------------------------------------------------------------
+# Answer forms
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, label, raw, rationale",
+    [
+        ("5 + 6 = 11. So the answer is 11.", "11", "11", "5 + 6 = 11."),
+        ("84 / 2 = 42. The answer is (84 / 2).", "42", "(84 / 2)", "84 / 2 = 42."),
+        ("There are 45 beds. The answer is (10 * 45).\n\nQ: more? A: 3", "450", "(10 * 45)", "There are 45 beds."),
+        ("half of 5 is 2.5. the answer is 2.5", "2.5", "2.5", "half of 5 is 2.5."),
+        ("She saved money. Therefore, the answer is $1,200.", "1200", "$1,200", "She saved money."),
+        ("She picks 12 apples. Thus the answer is 12 apples.", "12", "12 apples", "She picks 12 apples."),
+        ("Natalia sold 72 clips.\n#### 72", "72", "72", "Natalia sold 72 clips."),
+        ("It took 3 hours.\nAnswer: 3", "3", "3", "It took 3 hours."),
+        ("So, the final answer is: 7.", "7", "7", ""),
+        ("The answer is **42**.", "42", "**42**", ""),
+        ("The answer is 84 / 2 = 42.", "42", "84 / 2 = 42", ""),
+        ("The answer is (16 * 17) * 4.\n\nQ: next", "1088", "(16 * 17) * 4", ""),
+        ("The answer is (10 - (3 + 6)).", "1", "(10 - (3 + 6))", ""),
+        ("The answer is (-7 - 12).", "-19", "(-7 - 12)", ""),
+        ("The answer is 2 thousand dollars.", "2000", "2 thousand dollars", ""),
+        ("The answer is 50%.", "50", "50%", ""),
+        ("The answer is 0.1 + 0.2.", "0.3", "0.1 + 0.2", ""),  # exact arithmetic, no 0.30000000000000004
+        ("The answer is (8 action figures + 10 cabinets) * 4 shelves.", "72", None, ""),
+        ("42", "42", "42", ""),  # a bare answer is an answer, not a guess
+        ("A: 6 * 7 = 42. The answer is 42.", "42", "42", "6 * 7 = 42."),
+    ],
+)
+def test_math_answer_forms(text, label, raw, rationale):
+    p = parse_completion(text, "math")
+    assert p.ok, p
+    assert p.label == label
+    if raw is not None:
+        assert p.raw_answer == raw
+    assert p.rationale == rationale
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", REASON_EMPTY),
+        ("   \n ", REASON_EMPTY),
+        ("So Jake has 16 - 7 = 9 peaches.", REASON_NO_ANSWER),  # working, but no stated answer
+        ("5 + 6 = 11.\n\nQ: What is 2 + 2?\nA: The answer is 4.", REASON_NO_ANSWER),  # answer only in run-on
+        ("The answer is (2 * x).", REASON_NOT_EVALUABLE),
+        ("The answer is (some - 8).", REASON_NOT_EVALUABLE),
+        ("The answer is 7x = 14.", REASON_NOT_EVALUABLE),
+        ("The answer is 1 / 0.", REASON_NOT_EVALUABLE),
+        ("The answer is 9 ** 9 ** 9.", REASON_NOT_EVALUABLE),
+        ('The answer is __import__("os").system("true").', REASON_NOT_EVALUABLE),
+        ("The answer is (lambda: 1)().", REASON_NOT_EVALUABLE),
+        ("The answer is 7 because 3 + 4.", REASON_NOT_EVALUABLE),
+        ("The answer is twelve.", REASON_NOT_EVALUABLE),
+        ("The answer is (175, 5).", REASON_MULTIPLE),
+        ("The answer is (8 / 4) and (6 / 4).", REASON_MULTIPLE),
+        ("The answer is ((491 - 21", REASON_TRUNCATED),
+        ("The answer is .", REASON_EMPTY_ANSWER),
+    ],
+)
+def test_math_unparseable(text, reason):
+    p = parse_completion(text, "math")
+    assert not p.ok and p.label is None
+    assert p.reason == reason
+
+
+def test_runon_cut_variants():
+    assert cut_runon("a. b.\n\nQ: c\nA: d") == "a. b.\n\n"
+    assert cut_runon("a. b. Question: c") == "a. b."
+    assert cut_runon("a.\nProblem: c") == "a.\n"
+    assert cut_runon("Q: echoed question\nA: answer") == "Q: echoed question\nA: answer"
+    # The teacher echoed the question, then answered after "A:": the rationale is the answer turn.
+    p = parse_completion("Tom has 3 pens.\nHow many?\nA: He has 3. The answer is (3).\n\nQ: x", "math")
+    assert (p.rationale, p.label) == ("He has 3.", "3")
+
+
+def test_rationale_drops_dangling_connectors():
+    assert parse_completion("It is 4. Therefore\nAnswer: 4", "math").rationale == "It is 4."
+    assert parse_completion("It is 4. Hence, the answer is 4.", "math").rationale == "It is 4."
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation per task
+# ----------------------------------------------------------------------------------------------
+
+CHOICES = ["mexico", "usa", "france", "canada", "peru"]
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("Maple leaves. So the answer is (d) canada.", "canada"),
+        ("So the answer is (d).", "canada"),
+        ("So the answer is D).", "canada"),
+        ("So the answer is d.", "canada"),
+        ("So the answer is option (b).", "usa"),
+        ("So the answer is Canada.", "canada"),
+        ("(d) canada", "canada"),
+        ("Answer: (e) peru", "peru"),
+    ],
+)
+def test_choice(text, label):
+    p = parse_completion(text, "choice", choices=CHOICES)
+    assert p.ok and p.label == label
+
+
+def test_choice_failures_and_no_choices():
+    assert parse_completion("So the answer is (d) mexico.", "choice", CHOICES).reason == REASON_CHOICE_CONFLICT
+    assert parse_completion("So the answer is (f).", "choice", CHOICES).reason == REASON_NOT_IN_LABELS
+    assert parse_completion("So the answer is germany.", "choice", CHOICES).reason == REASON_NOT_IN_LABELS
+    # Without choices only the letter can be trusted.
+    assert parse_completion("So the answer is (C) paris.", "choice").label == "c"
+    assert not parse_completion("So the answer is paris.", "choice").ok
+
+
+@pytest.mark.parametrize(
+    "answer, labels, label",
+    [
+        ("entailment", None, "entailment"),
+        ("Entailment", None, "entailment"),
+        ("yes", None, "entailment"),
+        ("true", None, "entailment"),
+        ("no", None, "contradiction"),
+        ("False", None, "contradiction"),
+        ("maybe", None, "neutral"),
+        ("it is not possible to tell", None, "neutral"),
+        ("neutral (the premise says nothing about it)", None, "neutral"),
+        ("yes, because he sings", None, "entailment"),
+        ("entailment", ["yes", "no", "it is not possible to tell"], "yes"),
+        ("neutral", ["yes", "no", "it is not possible to tell"], "it is not possible to tell"),
+        ("contradiction", ["Entailment", "Not_Entailment", "Contradiction"], "Contradiction"),
+        ("not entailment", ["entailment", "not_entailment"], "not_entailment"),
+    ],
+)
+def test_nli_labels(answer, labels, label):
+    p = parse_completion(f"The premise is clear. So the answer is {answer}.", "nli", labels=labels)
+    assert p.ok, p
+    assert p.label == label
+
+
+def test_nli_and_classify_failures():
+    assert parse_completion("So the answer is probably.", "nli").reason == REASON_NOT_IN_LABELS
+    assert parse_completion("So the answer is no entailment.", "nli").reason == REASON_NOT_IN_LABELS
+    assert parse_completion("So the answer is great.", "classify", labels=["positive", "negative"]).reason == REASON_NOT_IN_LABELS
+    with pytest.raises(MentorError, match="labels"):
+        parse_completion("So the answer is positive.", "classify")
+    with pytest.raises(MentorError, match="unknown task"):
+        parse_completion("So the answer is 1.", "maths")
+
+
+def test_classify():
+    labels = ["Positive", "Negative", "Neutral"]
+    p = parse_completion("The battery died fast. So the answer is negative.", "classify", labels=labels)
+    assert (p.ok, p.label, p.rationale) == (True, "Negative", "The battery died fast.")
+    assert parse_completion("Positive", "classify", labels=labels).label == "Positive"
+
+
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        ('The passage names her. So the answer is "Marie Curie".', "Marie Curie"),
+        ("So the answer is 'Denver Broncos'.\n\nQ: next", "Denver Broncos"),
+        ("So the answer is “the Nile”.", "the Nile"),
+        ("So the answer is St. Louis. It is in Missouri.", "St. Louis"),
+        ("So the answer is Washington D.C.", "Washington D.C."),
+        ("Answer: 1889", "1889"),
+    ],
+)
+def test_extract(text, span):
+    p = parse_completion(text, "extract")
+    assert p.ok and p.label == span
+
+
+def test_extract_needs_an_answer_sentence():
+    assert parse_completion("Marie Curie", "extract").reason == REASON_NO_ANSWER
+
+
+def test_numbers():
+    assert evaluate_math("(10 * 45)") == 450
+    assert evaluate_math("2 ** 10 // 3 % 5") == (2**10 // 3) % 5
+    assert evaluate_math("1 / 3") == Fraction(1, 3)
+    assert format_number(Fraction(9, 2)) == "4.5"
+    assert format_number(Fraction(10, 3)) == "3.333333"
+    assert format_number(450.0) == "450"
+    assert format_number(-0.0) == "0"
+    assert format_number(Fraction(1, 10**6 * 3)) == "3.33333e-07"
+    assert parse_number("$1,200.50") == 1200.5
+    assert parse_number("twelve") is None and parse_number(None) is None
+    assert numbers_match("3.333333", "10/3")
+    assert numbers_match("450", "450.00") and numbers_match(2.5, "2.5 hours")
+    assert not numbers_match("450", "451") and not numbers_match("x", "x")
+    assert numbers_match("1000", "1000.09", rel_tol=1e-4) and not numbers_match("1000", "1001", rel_tol=1e-4)
+    assert normalize_answer("(84 / 2)", "math") == ("42", "")
+
+
+def test_summary():
+    texts = ["The answer is 3.", "no answer here", "nothing either", "The answer is (x)."]
+    s = summarize_parses([parse_completion(t, "math") for t in texts], texts, max_examples=1)
+    assert (s.total, s.ok, s.rate) == (4, 1, 0.25)
+    assert s.failed == {REASON_NO_ANSWER: 2, REASON_NOT_EVALUABLE: 1}
+    assert [e["index"] for e in s.examples[REASON_NO_ANSWER]] == [1]
+    assert s.examples[REASON_NOT_EVALUABLE][0]["raw_answer"] == "(x)"
+    assert "parsed 1/4" in str(s) and s.to_dict()["failed"][REASON_NO_ANSWER] == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Real data: all 1,000 PaLM 540B completions on SVAMP
+# ----------------------------------------------------------------------------------------------
+
+
+def _svamp_dir() -> Path:
+    root = os.environ.get("MENTOR_SHARED_DATA")
+    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return base / "svamp-palm"
+
+
+SVAMP = _svamp_dir()
+needs_svamp = pytest.mark.skipif(
+    not (SVAMP / "train.jsonl").is_file() or not (SVAMP / "test.jsonl").is_file(),
+    reason=f"shared SVAMP data not found at {SVAMP} (set MENTOR_SHARED_DATA to the folder holding svamp-palm/)",
+)
+
+
+@pytest.fixture(scope="module")
+def svamp():
+    rows = {}
+    for split in ("train", "test"):
+        with open(SVAMP / f"{split}.jsonl", encoding="utf-8") as f:
+            rows[split] = [json.loads(line) for line in f if line.strip()]
+    parsed = {k: [parse_completion(r["teacher_completion"], "math") for r in v] for k, v in rows.items()}
+    return rows, parsed
+
+
+@needs_svamp
+def test_svamp_all_completions(svamp):
+    rows, parsed = svamp
+    all_rows = rows["train"] + rows["test"]
+    all_parsed = parsed["train"] + parsed["test"]
+    assert len(all_parsed) == 1000
+    for p in all_parsed:
+        assert p.ok == (p.label is not None)
+        assert p.ok or p.reason, p
+        assert "Q:" not in p.rationale and "\nA:" not in p.rationale
+        assert not p.rationale.endswith(("So", "Therefore"))
+    summary = summarize_parses(all_parsed, [r["teacher_completion"] for r in all_rows])
+    print("\n" + str(summary))
+    # Every failure was read by hand: 13 completions loop or stop before any answer sentence,
+    # 16 answer with unknowns ("(2 * x)", "(some - 8)"), 7 give two numbers ("(175, 5)",
+    # "(8 / 4) and (6 / 4)"), 3 are cut off inside the expression. None can be parsed without
+    # guessing, so the parse rate is 96.1%, not the 99% hoped for.
+    assert summary.failed == {
+        REASON_NOT_EVALUABLE: 16,
+        REASON_NO_ANSWER: 13,
+        REASON_MULTIPLE: 7,
+        REASON_TRUNCATED: 3,
+    }
+    assert summary.rate >= 0.96
+
+
+@needs_svamp
+def test_svamp_teacher_accuracy(svamp):
+    rows, parsed = svamp
+    pairs = list(zip(rows["train"] + rows["test"], parsed["train"] + parsed["test"]))
+    correct = sum(p.ok and numbers_match(p.label, r["output_text"]) for r, p in pairs)
+    acc = correct / len(pairs)
+    acc_parsed = correct / sum(p.ok for _, p in pairs)
+    print(f"\nteacher accuracy: {acc:.3f} of all, {acc_parsed:.3f} of parsed")
+    assert 0.70 <= acc <= 0.80
+    assert correct == 752
+
+
+# (split, line index, label or None, failure reason, how the rationale ends), all read by hand.
+HAND_CHECKED = [
+    # clean; the run-on is itself cut off mid-expression "(120 /"
+    ("train", 0, "42", "", "rounds. 84 / 2 = 42."),
+    # the teacher computes the wrong thing (7 * 36 pencils, not crayons): label 252, gold 210
+    ("train", 1, "252", "", "7 * 30 crayons. 7 * 36 is 252."),
+    # wrong reasoning (22 + 8 caps and wrappers): label 2, gold 6
+    ("train", 3, "2", "", "So he had 30 - 28 = 2 bottle caps at first."),
+    # expression continues after the closing parenthesis: "(16 * 17) * 4"
+    ("train", 5, "1088", "", "So there are 272 * 4 = 1088 pieces of junk mail."),
+    # two answers joined by "and"
+    ("train", 6, None, REASON_MULTIPLE, "28 - 15 = 13 cakes."),
+    # nested parentheses and a negative result: "(75 - (82 + 19))" = -26, gold 56
+    ("train", 41, "-26", "", "So 82 + 19 = 101 were hiding. 75 - 101 = -26."),
+    # unknown in the answer
+    ("train", 54, None, REASON_NOT_EVALUABLE, "There are 12 chairs in total. So 2 * x = 12."),
+    # the rationale floors (2 + 5 = 7) but the expression says ((10 / 4) + (20 / 4)) = 7.5
+    ("train", 139, "7.5", "", "20 / 4 = 5 groups of marbles. 2 + 5 = 7."),
+    # "some bags" is an unknown, not a unit
+    ("train", 122, None, REASON_NOT_EVALUABLE, "So some bags + 4 bags = 8 bags."),
+    # truncated inside the answer expression
+    ("train", 174, None, REASON_TRUNCATED, "So he has 1181 * 275 = 322,775 dollars left."),
+    # unary minus inside parentheses: "(17 + (-18))"
+    ("train", 245, "-1", "", "So she cut 17 + (-18) = 17 - 18 = -1 roses."),
+    # truncated with nested parentheses: "((415 - 309) - (41"
+    ("train", 319, None, REASON_TRUNCATED, "415 - 356 = 59 Ace cards. 106 - 59 = 47."),
+    # degenerate loop, never answers, cut off mid-sentence
+    ("train", 459, None, REASON_NO_ANSWER, "32 sacks were not harvested. 3"),
+    # leading negative number: "(-7 - 12)"
+    ("train", 473, "-19", "", "So Jake has -7 - 12 = -19 peaches."),
+    # two numbers separated by a comma
+    ("train", 538, None, REASON_MULTIPLE, "He still has 175 tomatoes."),
+    # repeating decimal: 2 / 3, rounded to 6 places
+    ("train", 573, "0.666667", "", "So he could buy 2 / 3 = 2 / 3 candy bars."),
+    # thousands separator inside the expression: (95 * 118) + (11,210 / 84)
+    ("train", 636, "11343.452381", "", "So each classroom has 11,210 / 84 = 133.5 students."),
+    # unit words inside the expression: ((8 action figures + 10 cabinets) * 4 shelves)
+    ("train", 746, "72", "", "= 32 action figures and 40 cabinets."),
+    # "So 11 / 3 = 3.3333..." runs on in 3s until cut off, with no answer sentence
+    ("train", 748, None, REASON_NO_ANSWER, "= 3." + "3" * 100),
+    # the teacher echoed the question, then answered after "A:"
+    ("train", 787, "13", "", "Now there are 20. So she cut 20 - 7 = 13 roses."),
+    # right working but no answer sentence before the run-on "Q:"
+    ("train", 796, None, REASON_NO_ANSWER, "So Jake has 16 - 7 = 9 peaches."),
+    ("test", 0, "450", "", "So they planted 10 * 45 seeds. 10 * 45 is 450."),
+    ("test", 1, "1", "", "then he received 10 - (3 + 6) = 1 emails in the evening."),
+    ("test", 4, "3", "", "She needs 7 cups of salt."),
+    ("test", 24, None, REASON_MULTIPLE, "8 / 4 = 2 eggs and 6 / 4 = 1.5 marbles."),
+    # the rationale says 2.08; the expression 439 / 211 is 2.080569 (gold 2)
+    ("test", 128, "2.080569", "", "So the amount made per day was 439 / 211 = 2.08 dollars."),
+    # exact arithmetic: (193 / 15) * 660 is exactly 8492, though the rationale says 8368
+    ("test", 143, "8492", "", "12.8 pages per day for 660 days is 12.8 * 660 = 8368 pages."),
+    ("test", 145, None, REASON_NO_ANSWER, "So Ed lost more than 19 marbles."),
+    ("test", 187, "-94", "", "19 - 70 is -51. 131 - 88 is 43."),
+]
+
+
+@needs_svamp
+@pytest.mark.parametrize("split, index, label, reason, rationale_end", HAND_CHECKED)
+def test_svamp_hand_checked(svamp, split, index, label, reason, rationale_end):
+    p = svamp[1][split][index]
+    assert p.label == label, p
+    assert p.ok == (label is not None)
+    assert p.reason == reason
+    assert p.rationale.endswith(rationale_end), p.rationale[-120:]
+    assert "Q:" not in p.rationale
