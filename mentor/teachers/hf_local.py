@@ -31,6 +31,24 @@ def _fingerprint(ref: str) -> str:
     return "#" + hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
 
 
+def _stop_in_generated(tokenizer, stop: list[str], start: int):
+    """Ends a row once its generated text holds a stop string. transformers' own `stop_strings`
+    also match a stop string that begins in the prompt, ending answers early where an
+    OpenAI-compatible server, which looks at the completion only, would not."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    stop = [s for s in stop if s]
+    window = 4 * max(map(len, stop), default=1) + 4  # a just-completed stop string fits in its bytes' tokens
+
+    class StopInGenerated(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(input_ids[:, start:][:, -window:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in tails], device=input_ids.device)
+
+    return StoppingCriteriaList([StopInGenerated()])
+
+
 class HFTeacher(Teacher):
     """Batched `model.generate` on a local model; greedy or sampled as the params say."""
 
@@ -80,14 +98,16 @@ class HFTeacher(Teacher):
         enc = enc.to(model.device)
         kwargs = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=params.n, pad_token_id=tok.pad_token_id)
         if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            # top_k=0: sample like an OpenAI-compatible server does, not with transformers' default top_k=50
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:
             kwargs.update(do_sample=False)
+        start = 1 if seq2seq else enc["input_ids"].shape[1]  # where generated tokens begin
         if params.stop:  # stop early to save time; the text is cut at the stop string below anyway
-            kwargs.update(stop_strings=params.stop, tokenizer=tok)
+            kwargs.update(stopping_criteria=_stop_in_generated(tok, params.stop, start))
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
-        new = out[:, 1:] if seq2seq else out[:, enc["input_ids"].shape[1] :]
+        new = out[:, start:]
         tokens_in = enc["attention_mask"].sum(dim=1).tolist()
         answers: list[list[Completion]] = [[] for _ in prompts]
         for row, ids in enumerate(new.tolist()):

@@ -5,7 +5,7 @@ Spec: `openai:MODEL@BASE_URL` (chat route, the prompt sent as one user message) 
 $OPENAI_BASE_URL or the OpenAI API is used.
 
 Requests run concurrently on one httpx.AsyncClient, at most `concurrency` at a time. Transient
-faults (timeouts, dropped connections, 429, 5xx, bodies that are not the expected JSON) are retried
+faults (timeouts, dropped connections, 408, 429, 5xx, bodies that are not the expected JSON) are retried
 with exponential backoff and jitter, honouring Retry-After; faults that no retry can fix (401, 403,
 404: wrong key, URL or model) stop the whole run at once with a message naming URL and model.
 """
@@ -200,7 +200,7 @@ class OpenAITeacher(Teacher):
                 status = resp.status_code
                 if status in (401, 403, 404):
                     raise self._fatal(resp)
-                if status == 429 or status >= 500:
+                if status in (408, 429) or status >= 500:
                     retry_after = _retry_after(resp)
                     last = f"HTTP {status}: {_detail(resp)}"
                 elif status >= 400:  # e.g. a prompt too long for the context: retrying cannot help
