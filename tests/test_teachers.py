@@ -33,6 +33,7 @@ def test_params_defaults_and_validation():
         GenerationParams(temperature=-1)
     with pytest.raises(ValueError):
         GenerationParams(max_tokens=5)  # a typo must not silently fall back to a default
+    assert len({GenerationParams(stop=["a"]), GenerationParams(stop=["a"]), p}) == 2
 
 
 def test_cache_key_covers_teacher_prompt_and_every_param():

@@ -303,6 +303,13 @@ def test_n_completions_and_stop_strings(make, server):
     assert again.stats.calls == 0
 
 
+def test_progress_bar_shows_calls_and_cache_hits(make, server, capsys):
+    make().complete(PROMPTS[:2], PARAMS)
+    make(progress=True).complete(PROMPTS[:5], PARAMS)
+    err = capsys.readouterr().err
+    assert f"teacher openai:echo@{server.base_url}" in err and "5/5" in err and "cached=2" in err
+
+
 def test_spec_parsing():
     assert parse_spec("openai:llama3@http://localhost:8000/v1/") == ("chat", "llama3", "http://localhost:8000/v1")
     assert parse_spec("openai-completions:org/m@x@https://h/v1") == ("completions", "org/m@x", "https://h/v1")

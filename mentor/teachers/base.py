@@ -34,6 +34,9 @@ class GenerationParams(BaseModel):
     stop: list[str] | None = None
     n: int = Field(1, ge=1)  # completions per prompt
 
+    def __hash__(self) -> int:  # the stop list would make pydantic's frozen hash fail
+        return hash(self.canonical_json())
+
     def canonical_json(self) -> str:
         """Same params, same string: sorted keys, no whitespace, an empty stop list equals none."""
         data = self.model_dump()
@@ -75,6 +78,10 @@ class TeacherStats:
             for name, value in counts.items():
                 if value:
                     setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {k: getattr(self, k) for k in ("calls", "cache_hits", "tokens_in", "tokens_out", "retries", "failures")}
 
     def summary(self) -> str:
         return (
@@ -140,7 +147,6 @@ class Teacher(ABC):
             unit="prompt",
             # None lets tqdm decide: a bar on a terminal, none in logs
             disable=(None if missing else True) if self.progress is None else not self.progress,
-            leave=False,
         ) as bar:
             bar.set_postfix(cached=len(results), refresh=False)
 

@@ -218,6 +218,7 @@ class OpenAITeacher(Teacher):
     async def _answer_async(self, prompts: list[str], params: GenerationParams, on_answer: OnAnswer) -> dict[str, str]:
         failed: dict[str, str] = {}
         semaphore = asyncio.Semaphore(self.concurrency)
+        halt = asyncio.Event()  # set on a fatal error: a task waking on a freed slot sends nothing
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
@@ -228,11 +229,16 @@ class OpenAITeacher(Teacher):
                 # the slot is held through the backoff sleeps too, so a rate-limited server sees
                 # fewer requests, not more
                 async with semaphore:
+                    if halt.is_set():
+                        return
                     try:
                         completions = await self._ask(client, prompt, params)
                     except _PromptFailed as err:
                         failed[prompt] = str(err)
                         return
+                    except MentorError:
+                        halt.set()
+                        raise
                 on_answer(prompt, completions)
 
             try:
