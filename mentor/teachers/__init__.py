@@ -6,6 +6,7 @@ Spec strings for `build_teacher`:
 - `hf:REF` / `hf-completions:REF`       a local model (`load_model` ref), chat template / raw prompt
 - `recorded:FILE.jsonl`                 completions already written, keyed by input
 - `recorded:field=NAME`                 completions in field NAME of the dataset rows (pass `rows=`)
+(`openai-chat:` and `hf-chat:` are accepted as the explicit names of the chat forms.)
 """
 
 from __future__ import annotations
