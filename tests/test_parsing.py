@@ -106,6 +106,23 @@ def test_runon_cut_variants():
     assert (p.rationale, p.label) == ("He has 3.", "3")
 
 
+def test_echoed_input_fields_are_not_a_runon():
+    text = 'Context: Oslo is the capital.\nQuestion: What is the capital?\nA: It says Oslo. So the answer is "Oslo".\n\nQuestion: x'
+    p = parse_completion(text, "extract")
+    assert (p.label, p.rationale) == ("Oslo", "It says Oslo.")
+    # After real rationale text, a "Question:" is an invented follow-up, whatever follows it.
+    assert not parse_completion("It is 5.\nQuestion: what now?\nA: The answer is 6.", "math").ok
+
+
+def test_degenerate_long_completions_stay_fast():
+    import time
+
+    for text in ["so " * 20000 + "x", "So, therefore " * 5000, "(1." * 20000, "The answer is " + "(" * 3000 + "1" + ")" * 3000]:
+        start = time.perf_counter()
+        assert not parse_completion(text, "math").ok
+        assert time.perf_counter() - start < 1.0
+
+
 def test_rationale_drops_dangling_connectors():
     assert parse_completion("It is 4. Therefore\nAnswer: 4", "math").rationale == "It is 4."
     assert parse_completion("It is 4. Hence, the answer is 4.", "math").rationale == "It is 4."

@@ -70,18 +70,25 @@ _ANSWER_COLON = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _HASHES = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
-_TRAILING_CONNECTOR = re.compile(r"(?:\b(?:so|therefore|thus|hence|then)\b[\s,:]*)+$", re.IGNORECASE)
+_TRAILING_CONNECTOR = re.compile(r"\b(?:so|therefore|thus|hence|then)[\s,:]*\Z", re.IGNORECASE)
 
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "no", "mt", "ft", "inc", "co", "prof"}
 _QUOTES = "\"'“”‘’`*"
 
 
+# Field labels of the prompt inputs (see mentor.distill.prompts); lines made only of these before a
+# "Question:" are the teacher echoing its own input, not an invented follow-up.
+_INPUT_FIELD = re.compile(r"^[ \t]*(?:Context|Passage|Premise|Hypothesis|Text)[ \t]*:", re.IGNORECASE)
+
+
 def cut_runon(text: str) -> str:
-    """The completion up to the first invented follow-up question (a "Q:" at the very start is an
-    echo of the prompt's own question, not a follow-up, so it is kept)."""
+    """The completion up to the first invented follow-up question. A "Q:" at the very start, or a
+    "Question:" after nothing but echoed input fields ("Context: ..."), repeats the prompt's own
+    question and is kept; the answer turn after it is found by its "A:"."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     for m in _RUNON.finditer(text):
-        if text[: m.start()].strip():
+        before = text[: m.start()].strip()
+        if before and not all(_INPUT_FIELD.match(line) for line in before.split("\n") if line.strip()):
             return text[: m.start()]
     return text
 
@@ -145,7 +152,11 @@ def _clean_rationale(text: str) -> str:
     if turns:
         text = text[turns[-1].end() :]
     text = text.strip()
-    text = _TRAILING_CONNECTOR.sub("", text).rstrip(" ,:")
+    for _ in range(3):  # "So, therefore" at most; a loop keeps the regex linear on long texts
+        m = _TRAILING_CONNECTOR.search(text)
+        if not m:
+            break
+        text = text[: m.start()].rstrip(" \t\n,:")
     return text.strip()
 
 
