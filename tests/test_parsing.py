@@ -175,6 +175,8 @@ def test_choice_failures_and_no_choices():
         ("it is not possible to tell", None, "neutral"),
         ("neutral (the premise says nothing about it)", None, "neutral"),
         ("yes, because he sings", None, "entailment"),
+        ("no. The premise says they sleep", None, "contradiction"),
+        ("B. Because it is", ["A", "B"], "B"),
         ("entailment", ["yes", "no", "it is not possible to tell"], "yes"),
         ("neutral", ["yes", "no", "it is not possible to tell"], "it is not possible to tell"),
         ("contradiction", ["Entailment", "Not_Entailment", "Contradiction"], "Contradiction"),

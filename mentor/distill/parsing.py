@@ -72,7 +72,7 @@ _ANSWER_COLON = re.compile(
 _HASHES = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
 _TRAILING_CONNECTOR = re.compile(r"\b(?:so|therefore|thus|hence|then)[\s,:]*\Z", re.IGNORECASE)
 
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "no", "mt", "ft", "inc", "co", "prof"}
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "mt", "inc", "prof"}
 _QUOTES = "\"'“”‘’`*"
 
 
@@ -93,9 +93,11 @@ def cut_runon(text: str) -> str:
     return text
 
 
-def _answer_end(text: str, start: int) -> tuple[int, bool]:
+def _answer_end(text: str, start: int, spans: bool = False) -> tuple[int, bool]:
     """End of the answer that starts at ``start``: the first sentence end outside parentheses and
-    quotes, or the line end. Returns (end, balanced); unbalanced means the answer was cut off."""
+    quotes, or the line end. Returns (end, balanced); unbalanced means the answer was cut off.
+    Only free-text ``spans`` may hold abbreviations ("St. Louis"): elsewhere "B. Because ..." ends
+    at "B."."""
     depth = 0
     in_quote = False
     i = start
@@ -117,8 +119,8 @@ def _answer_end(text: str, start: int) -> tuple[int, bool]:
         elif ch in ".!?" and depth == 0 and not in_quote:
             nxt = text[i + 1] if i + 1 < n else ""
             if nxt == "" or nxt.isspace():
-                if ch != "." or not _is_abbreviation(text, start, i):
-                    if ch == "." and re.search(r"\b(?:[A-Za-z]\.)+[A-Za-z]$", text[start:i]):
+                if ch != "." or not spans or not _is_abbreviation(text, start, i):
+                    if ch == "." and spans and re.search(r"\b(?:[A-Za-z]\.)+[A-Za-z]$", text[start:i]):
                         i += 1  # "Washington D.C." keeps its last period
                     break
         i += 1
@@ -136,13 +138,13 @@ def _is_abbreviation(text: str, start: int, dot: int) -> bool:
     return len(word) == 1 and word.isupper() and dot + 2 < len(text) and text[dot + 2 : dot + 3].isupper()
 
 
-def _find_answer(head: str) -> tuple[re.Match[str] | None, int, bool]:
+def _find_answer(head: str, spans: bool = False) -> tuple[re.Match[str] | None, int, bool]:
     """The earliest answer marker in ``head`` with where its answer ends and whether it is whole."""
     found = [m for m in (p.search(head) for p in (_ANSWER_SENTENCE, _ANSWER_COLON, _HASHES)) if m]
     if not found:
         return None, 0, True
     m = min(found, key=lambda x: x.start())
-    end, balanced = _answer_end(head, m.end())
+    end, balanced = _answer_end(head, m.end(), spans)
     return m, end, balanced
 
 
@@ -491,7 +493,7 @@ def parse_completion(
     if not text or not text.strip():
         return Parsed("", None, "", False, REASON_EMPTY)
     head = cut_runon(text)
-    m, end, balanced = _find_answer(head)
+    m, end, balanced = _find_answer(head, spans=task == "extract")
     if m is None:
         label, raw = _bare_answer(head, task, choices, labels)
         if label is not None:
