@@ -1,7 +1,7 @@
 """mentor: tune and distill language models on your own hardware."""
 
 from mentor.config import TuneConfig
-from mentor.recipes.common import TunedModel
+from mentor.result import TunedModel
 
 __version__ = "0.1.0"
 

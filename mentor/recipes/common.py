@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,33 +26,9 @@ from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mentor.errors import MentorError
+from mentor.result import TunedModel  # noqa: F401  (re-exported for recipes)
 
 EVAL_SIZE_RANGE = (10, 256)
-
-
-@dataclass
-class TunedModel:
-    """A handle to a finished job: where the model is and how it did."""
-
-    output: str
-    model_path: str
-    base_model: str
-    method: str
-    best_step: int | None
-    steps_run: int
-    metrics: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    def predict(self, prompts: list[str] | str, **kwargs) -> list[str] | str:
-        from mentor.serving.predict import Predictor
-
-        return Predictor(self.model_path).predict(prompts, **kwargs)
-
-    def summary(self) -> str:
-        lines = [f"model: {self.model_path}  ({self.method} on {self.base_model})",
-                 f"steps run: {self.steps_run}" + (f", best eval step: {self.best_step}" if self.best_step else "")]
-        lines += [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in self.metrics.items()]
-        return "\n".join(lines)
 
 
 def use_bf16(setting: str) -> bool:
@@ -166,6 +142,7 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, **ove
         restore_callback_states_from_checkpoint=True,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        include_num_input_tokens_seen="non_padding",  # compute spent, reported with the result
     )
     args.update(overrides)
     return TrainingArguments(**args)

@@ -118,7 +118,8 @@ def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool
     result = common.TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method_name or cfg.method,
         best_step=best_step, steps_run=state.global_step, metrics=final_metrics,
-        extra={"seconds": round(seconds, 1),
+        extra={"seconds": round(seconds, 1), "tokens_seen": int(state.num_input_tokens_seen),
+               "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),
                "truncated": {k: vars(v) for k, v in enc_stats.items() if v is not None},
                "early_stopped": state.global_step < cfg.train_steps, **(extra or {})},
     )

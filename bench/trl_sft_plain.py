@@ -1,0 +1,58 @@
+"""The baseline: the same LoRA job written as a plain TRL SFTTrainer script, TRL defaults otherwise.
+
+Run by bench/tune_vs_trl.py in its own process; prints one JSON line with its measurements.
+"""
+
+import argparse
+import json
+import resource
+import time
+
+from datasets import Dataset
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model-dir", required=True)
+parser.add_argument("--data", required=True)
+parser.add_argument("--output", required=True)
+parser.add_argument("--steps", type=int, required=True)
+parser.add_argument("--batch", type=int, required=True)
+parser.add_argument("--lr", type=float, required=True)
+parser.add_argument("--rank", type=int, default=8)
+args = parser.parse_args()
+
+rows = [json.loads(l) for l in open(args.data)]
+dataset = Dataset.from_list([
+    {"prompt": [{"role": "user", "content": r["input_text"]}],
+     "completion": [{"role": "assistant", "content": r["output_text"]}]}
+    for r in rows
+])
+config = SFTConfig(
+    output_dir=args.output,
+    max_steps=args.steps,
+    per_device_train_batch_size=args.batch,
+    learning_rate=args.lr,
+    lr_scheduler_type="linear",
+    warmup_steps=int(0.03 * args.steps),
+    logging_steps=10,
+    save_strategy="no",
+    report_to="none",
+    seed=0,
+    include_num_input_tokens_seen="non_padding",
+)
+peft_config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules="all-linear",
+                         task_type="CAUSAL_LM")
+trainer = SFTTrainer(model=args.model_dir, args=config, train_dataset=dataset, peft_config=peft_config)
+start = time.time()
+trainer.train()
+seconds = time.time() - start
+trainer.model.save_pretrained(f"{args.output}/adapter")
+print("RESULT " + json.dumps({
+    "seconds": seconds,
+    "tokens": int(trainer.state.num_input_tokens_seen),
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "adapter": f"{args.output}/adapter",
+    "gradient_checkpointing": config.gradient_checkpointing,
+    "bf16": config.bf16,
+}))

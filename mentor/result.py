@@ -1,0 +1,30 @@
+"""The handle a finished job returns (light: importing it loads no ML library)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TunedModel:
+    """A handle to a finished job: where the model is and how it did."""
+
+    output: str
+    model_path: str
+    base_model: str
+    method: str
+    best_step: int | None
+    steps_run: int
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def predict(self, prompts: list[str] | str, **kwargs) -> list[str] | str:
+        from mentor.serving.predict import Predictor
+
+        return Predictor(self.model_path).predict(prompts, **kwargs)
+
+    def summary(self) -> str:
+        lines = [f"model: {self.model_path}  ({self.method} on {self.base_model})",
+                 f"steps run: {self.steps_run}" + (f", best eval step: {self.best_step}" if self.best_step else "")]
+        lines += [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in self.metrics.items()]
+        return "\n".join(lines)
