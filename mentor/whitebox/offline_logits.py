@@ -1,0 +1,240 @@
+"""Offline teacher logits: the teacher's top-k log-probs, computed once, read back by example.
+
+Layout of a logits folder (one per data split):
+
+    index.json                what was computed (teacher, k, temperature, data hash...) and the
+                              finished shards; `complete` once every shard is written
+    shard-00000.safetensors   logprobs (P, k) float32, indices (P, k) int32 and offsets (n + 1,)
+                              int64 for the shard's n examples: example j owns rows
+                              offsets[j]:offsets[j+1], one row per position that predicts an
+                              output token, in sequence order
+    rows/                     the encoded examples the logits belong to (for the subprocess)
+
+Each shard is written to a temporary file and renamed, so a shard either exists whole or not at
+all; a killed run (even SIGKILL) resumes by skipping the shards that exist. The student's
+trainer reads only these files: the teacher is never loaded in the training process.
+
+Run as `python -m mentor.whitebox.offline_logits JOB.json` (what the recipe does, in a
+subprocess), or call `compute_logits` directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mentor.data.encode import IGNORE
+from mentor.errors import MentorError
+from mentor.recipes.common import atomic_write
+
+FORMAT = 1
+KILL_ENV = "MENTOR_WHITEBOX_KILL_AFTER_SHARDS"  # fault injection for tests: SIGKILL self after N new shards
+
+
+def rows_sha256(rows) -> str:
+    h = hashlib.sha256()
+    for ids, labels in zip(rows["input_ids"], rows["labels"]):
+        h.update(json.dumps([ids, labels]).encode())
+    return h.hexdigest()
+
+
+def target_count(labels: list[int], is_seq2seq: bool) -> int:
+    """Positions that predict an output token (what the loss and the stored logits cover)."""
+    return sum(1 for t in (labels if is_seq2seq else labels[1:]) if t != IGNORE)
+
+
+@dataclass
+class LogitsJob:
+    """One split's logits to compute; the fields (except folder and batch_size) key the folder."""
+
+    teacher: str
+    folder: str
+    top_k: int
+    temperature: float
+    width: int
+    is_seq2seq: bool
+    num_examples: int
+    rows_sha256: str
+    shard_examples: int
+    batch_size: int = 8
+    bf16: bool = False
+
+    def key(self) -> dict:
+        k = asdict(self)
+        for field in ("folder", "batch_size", "bf16"):
+            k.pop(field)
+        return {"format": FORMAT, **k}
+
+    @property
+    def num_shards(self) -> int:
+        return (self.num_examples + self.shard_examples - 1) // self.shard_examples
+
+    def shard_path(self, i: int) -> Path:
+        return Path(self.folder) / f"shard-{i:05d}.safetensors"
+
+
+def read_index(folder: Path) -> dict | None:
+    p = Path(folder) / "index.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def check_folder(job: LogitsJob) -> dict | None:
+    """The folder's index if it holds logits for this exact job; an error if it holds others."""
+    index = read_index(Path(job.folder))
+    if index is None:
+        return None
+    if index.get("key") != job.key():
+        old, new = index.get("key", {}), job.key()
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise MentorError(f"{job.folder} holds teacher logits of a different job (differs in: {', '.join(changed)}); "
+                          "delete the folder or choose another teacher_logits_dir")
+    return index
+
+
+def is_complete(job: LogitsJob) -> bool:
+    index = check_folder(job)
+    return bool(index and index.get("complete"))
+
+
+def _write_index(job: LogitsJob, shards: dict[int, dict], complete: bool) -> None:
+    index = {"key": job.key(), "num_shards": job.num_shards, "complete": complete,
+             "shards": [shards[i] for i in sorted(shards)]}
+    atomic_write(Path(job.folder) / "index.json", json.dumps(index, indent=1))
+
+
+def _existing_shard(job: LogitsJob, i: int) -> dict | None:
+    from safetensors import safe_open
+
+    path = job.shard_path(i)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            offsets = f.get_tensor("offsets")
+    except Exception:  # noqa: BLE001 - unreadable: compute it again
+        path.unlink()
+        return None
+    start = i * job.shard_examples
+    return {"file": path.name, "start": start, "end": start + len(offsets) - 1, "positions": int(offsets[-1])}
+
+
+@torch.inference_mode()
+def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None) -> None:
+    """Compute and store the teacher's top-k log-probs for every unfinished shard of every job."""
+    from safetensors.torch import save_file
+
+    from mentor.recipes import common
+    from mentor.training.trainer import accepts_logits_to_keep, token_loss
+    from mentor.whitebox.losses import teacher_topk
+
+    killer = int(os.environ.get(KILL_ENV, "0") or 0)
+    written = 0
+    loaded = teacher_loaded
+    for job, rows in zip(jobs, rows_by_job):
+        folder = Path(job.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = check_folder(job)
+        if index and index.get("complete"):
+            continue
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink()
+        shards = {i: s for i in range(job.num_shards) if (s := _existing_shard(job, i))}
+        if shards:
+            print(f"[mentor] teacher logits in {folder}: {len(shards)} of {job.num_shards} shards already done, resuming")
+        _write_index(job, shards, complete=len(shards) == job.num_shards)
+        todo = [i for i in range(job.num_shards) if i not in shards]
+        if not todo:
+            continue
+        if loaded is None:
+            from mentor.models import load_model
+
+            dtype = torch.bfloat16 if job.bf16 else torch.float32
+            loaded = load_model(job.teacher, dtype=dtype)
+            loaded.model.eval()
+        model, tok = loaded.model, loaded.tokenizer
+        keep = not job.is_seq2seq and accepts_logits_to_keep(model)
+        collate = common.collator(tok, model)
+        started = time.time()
+        for n_done, i in enumerate(todo):
+            start, end = i * job.shard_examples, min((i + 1) * job.shard_examples, job.num_examples)
+            values, indices, counts = [], [], []
+            for b in range(start, end, job.batch_size):
+                feats = [{"input_ids": rows["input_ids"][j], "attention_mask": [1] * len(rows["input_ids"][j]),
+                          "labels": rows["labels"][j]} for j in range(b, min(b + job.batch_size, end))]
+                batch = {k: v.to(model.device) for k, v in collate(feats).items()}
+                _, _, _, _, logits, _ = token_loss(model, batch, job.is_seq2seq, keep)
+                v, ix = teacher_topk(logits[:, : job.width], job.top_k, job.temperature)
+                values.append(v.float().cpu())
+                indices.append(ix.to(torch.int32).cpu())
+                counts += [target_count(f["labels"], job.is_seq2seq) for f in feats]
+            offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
+            logprobs = torch.cat(values)
+            if logprobs.shape[0] != offsets[-1]:
+                raise MentorError("teacher logits do not line up with the output tokens (internal error)")
+            path = job.shard_path(i)
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({"logprobs": logprobs.contiguous(), "indices": torch.cat(indices).contiguous(), "offsets": offsets},
+                      str(tmp), metadata={"start": str(start), "end": str(end)})
+            os.replace(tmp, path)
+            shards[i] = {"file": path.name, "start": start, "end": end, "positions": int(offsets[-1])}
+            _write_index(job, shards, complete=len(shards) == job.num_shards)
+            written += 1
+            elapsed = time.time() - started
+            print(f"[mentor] teacher logits {folder.name}: shard {len(shards)}/{job.num_shards} "
+                  f"({elapsed / (n_done + 1):.1f}s per shard)", flush=True)
+            if killer and written >= killer:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TeacherLogits:
+    """Reads one split's stored logits by example index (memory-mapped, a shard at a time)."""
+
+    def __init__(self, folder: str | Path, expect: LogitsJob | None = None):
+        self.folder = Path(folder)
+        index = check_folder(expect) if expect is not None else read_index(self.folder)
+        if not index or not index.get("complete"):
+            raise MentorError(f"{self.folder} holds no complete teacher logits; compute them first")
+        self.key = index["key"]
+        self.shard_examples = self.key["shard_examples"]
+        self._open: dict[int, tuple] = {}
+
+    def _shard(self, i: int):
+        if i not in self._open:
+            from safetensors import safe_open
+
+            f = safe_open(str(self.folder / f"shard-{i:05d}.safetensors"), "pt")
+            self._open[i] = (f, f.get_tensor("offsets"))
+        return self._open[i]
+
+    def get(self, example: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f, offsets = self._shard(example // self.shard_examples)
+        j = example % self.shard_examples
+        a, b = int(offsets[j]), int(offsets[j + 1])
+        return f.get_slice("logprobs")[a:b], f.get_slice("indices")[a:b]
+
+
+def run_job_file(path: str) -> None:
+    """Entry point of the subprocess: a JSON list of jobs, each with the folder of its encoded rows."""
+    from datasets import load_from_disk
+
+    spec = json.loads(Path(path).read_text())
+    jobs = [LogitsJob(**j) for j in spec["jobs"]]
+    rows = [load_from_disk(str(Path(j.folder) / "rows")) for j in jobs]
+    compute_logits(jobs, rows)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_job_file(sys.argv[1])
+    except MentorError as err:
+        print(f"mentor: error: {err}", file=sys.stderr)
+        sys.exit(2)
