@@ -35,12 +35,8 @@ def encode_all(examples, loaded, cfg, use_chat_template: bool) -> tuple[Dataset,
     return Dataset.from_list(rows), stats
 
 
-def setup(cfg: TuneConfig):
-    """Everything before the first step; all data problems surface here, before any training."""
-    train_examples = load_examples(cfg.data, cfg.max_examples)
-    eval_examples = load_examples(cfg.evaluation_data, cfg.max_examples) if cfg.evaluation_data else None
-    if eval_examples is not None:
-        common.check_eval_size(len(eval_examples))
+def load_for_training(cfg: TuneConfig):
+    """The model to train (LoRA-wrapped if asked), its loader result, bf16 and chat-template choices."""
     set_seed(cfg.seed)
     bf16 = common.use_bf16(cfg.bf16)
     # LoRA trains small fp32 adapters; the frozen base can live in bf16, which halves memory
@@ -48,14 +44,24 @@ def setup(cfg: TuneConfig):
     dtype = torch.bfloat16 if (bf16 and cfg.method == "lora") else torch.float32
     loaded = load_model(cfg.model, dtype=dtype)
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(loaded.tokenizer, "chat_template", None))
+    model = loaded.model
+    if cfg.method == "lora":
+        model = common.apply_lora(model, cfg.adapter_size, cfg.lora_target_modules, loaded.is_seq2seq)
+    return loaded, model, bf16, use_chat_template
+
+
+def setup(cfg: TuneConfig):
+    """Everything before the first step; all data problems surface here, before any training."""
+    train_examples = load_examples(cfg.data, cfg.max_examples)
+    eval_examples = load_examples(cfg.evaluation_data, cfg.max_examples) if cfg.evaluation_data else None
+    if eval_examples is not None:
+        common.check_eval_size(len(eval_examples))
+    loaded, model, bf16, use_chat_template = load_for_training(cfg)
     train_ds, train_stats = encode_all(train_examples, loaded, cfg, use_chat_template)
     eval_ds, eval_stats = encode_all(eval_examples, loaded, cfg, use_chat_template) if eval_examples else (None, None)
     print(f"[mentor] train data: {train_stats.summary()}")
     if eval_stats:
         print(f"[mentor] eval data: {eval_stats.summary()}")
-    model = loaded.model
-    if cfg.method == "lora":
-        model = common.apply_lora(model, cfg.adapter_size, cfg.lora_target_modules, loaded.is_seq2seq)
     return loaded, model, train_ds, eval_ds, use_chat_template, bf16, {"train": train_stats, "eval": eval_stats}
 
 
@@ -95,7 +101,8 @@ def tune(config: TuneConfig | None = None, **fields) -> common.TunedModel:
 
 
 def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool, enc_stats, seconds: float,
-         method_name: str | None = None, extra: dict | None = None) -> common.TunedModel:
+         method_name: str | None = None, extra: dict | None = None, meta_extra: dict | None = None,
+         data_files: dict | None = None) -> common.TunedModel:
     """Write the selected model, curves, card and summary; then drop the checkpoints."""
     state = trainer.state
     best_step = state.best_global_step if cfg.checkpoint_selection and cfg.evaluation_data else None
@@ -106,10 +113,11 @@ def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool
         final_metrics = {k: v for k, v in final_metrics.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
     train_logs = [h for h in state.log_history if "train_total_loss" in h]
     if train_logs:
-        final_metrics.update({k: v for k, v in train_logs[-1].items() if k.startswith("train_")})
+        final_metrics.update({k: v for k, v in train_logs[-1].items()
+                              if k.startswith("train_") and not k.endswith(("runtime", "per_second"))})
 
     meta = {"base_model": cfg.model, "method": method_name or cfg.method, "use_chat_template": use_chat_template,
-            "is_seq2seq": loaded.is_seq2seq, "max_input_tokens": cfg.max_input_tokens}
+            "is_seq2seq": loaded.is_seq2seq, "max_input_tokens": cfg.max_input_tokens, **(meta_extra or {})}
     model_dir = out / "model"
     common.save_model(trainer.model, loaded.tokenizer, model_dir, meta)
     if cfg.method == "lora" and cfg.merge_adapter:
@@ -124,9 +132,8 @@ def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool
                "early_stopped": state.global_step < cfg.train_steps, **(extra or {})},
     )
     plot_curves(out / "metrics.jsonl", out / "curves.png", best_step, title=f"{result.method} on {cfg.model}")
-    hashes = {"data": common.file_sha256(cfg.data)}
-    if cfg.evaluation_data:
-        hashes["evaluation_data"] = common.file_sha256(cfg.evaluation_data)
+    files = data_files or {"data": cfg.data, "evaluation_data": cfg.evaluation_data}
+    hashes = {k: common.file_sha256(v) for k, v in files.items() if v}
     notes = [f"truncation: {k}: {v.summary()}" for k, v in enc_stats.items() if v is not None]
     common.model_card(out, result, cfg.model_dump(), hashes, notes)
     common.write_result(out, result)

@@ -27,9 +27,16 @@ class Predictor:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.use_chat_template = meta.get("use_chat_template", bool(getattr(self.tokenizer, "chat_template", None)))
         self.max_input_tokens = meta.get("max_input_tokens", 7168)
+        # distilled step-by-step students answer a task named by a prefix: "[label] ", "[rationale] "
+        self.task_prefix = meta.get("task_prefix", "")
+        self.rationale_prefix = meta.get("rationale_prefix")
 
-    def render(self, item: str | list[dict]) -> str:
-        messages = [{"role": "user", "content": item}] if isinstance(item, str) else item
+    def render(self, item: str | list[dict], prefix: str | None = None) -> str:
+        prefix = self.task_prefix if prefix is None else prefix
+        if isinstance(item, str):
+            messages = [{"role": "user", "content": prefix + item}]
+        else:
+            messages = [*item[:-1], {**item[-1], "content": prefix + item[-1]["content"]}]
         kind = "text" if isinstance(item, str) else "chat"
         return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
 

@@ -1,0 +1,38 @@
+"""Distillation job parameters: the tuning job's fields plus teacher, method and task.
+
+`model` is the student. `method` stays the tuning method (full or LoRA) as in `mentor tune`;
+the distillation method is `distill_method` (`--method` on `mentor distill`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mentor.config import TuneConfig
+
+DISTILL_METHODS = ("step-by-step", "standard", "finetune")
+TASKS = ("math", "choice", "nli", "classify", "extract")
+
+
+class DistillConfig(TuneConfig):
+    teacher: str | None = Field(None, description="hf:REF, openai:MODEL@URL, recorded:FILE or recorded:field=NAME")
+    distill_method: Literal["step-by-step", "standard", "finetune"] = "step-by-step"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the label loss; 1 - alpha for the rationale loss")
+    task: Literal["math", "choice", "nli", "classify", "extract"] = "math"
+    prompt_examples: str | None = Field(None, description="few-shot CoT examples JSONL (input, rationale, label)")
+    labels: list[str] | None = Field(None, description="label set for classify/nli")
+    test_data: str | None = None
+    label_field: str = Field("output_text", description="field holding the gold label to train on")
+    answer_field: str = Field("output_text", description="field holding the gold answer to score against")
+    filter_disagreements: bool = Field(False, description="drop examples where the teacher's answer disagrees with the gold one")
+    rationale_format: Literal["rationale", "rationale+label"] = Field(
+        "rationale", description="rationale task target: the rationale alone (paper) or followed by the answer sentence")
+    teacher_max_new_tokens: int = 256
+    teacher_concurrency: int = 8
+    label_max_new_tokens: int = 48
+    rationale_max_new_tokens: int = 256
+    with_rationale: bool = Field(False, description="at test time generate the rationale first, then the label")
+    label_prefix: str = "[label] "
+    rationale_prefix: str = "[rationale] "
