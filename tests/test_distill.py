@@ -1,0 +1,151 @@
+"""Distilling step-by-step end to end on tiny real models, with recorded and live teachers."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from mentor.cli import main as cli_main
+from mentor.distill.config import DistillConfig
+from mentor.distill.recipe import distill
+from mentor.errors import DataValidationError, MentorError
+
+
+def arithmetic_rows(n: int, seed: int, wrong_every: int = 0) -> list[dict]:
+    """Word-free sums with a recorded chain-of-thought teacher that runs on like real teachers do.
+    Every `wrong_every`-th teacher answer is wrong, and a few are unparseable."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        t = a + b + (1 if wrong_every and i % wrong_every == 0 else 0)
+        completion = f"We add {a} and {b}. {a} + {b} = {t}. The answer is ({a} + {b + t - a - b}).\n\nQ: What is 2 + 2?\nA: 2 + 2"
+        if i % 17 == 5:
+            completion = "I am not sure what to do here."
+        rows.append({"input_text": f"Problem {seed}.{i}: what is {a} + {b}?", "output_text": str(a + b), "equation": f"( {a} + {b} )",
+                     "teacher_completion": completion})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill")
+    return {
+        "train": write_jsonl(d / "train.jsonl", arithmetic_rows(120, 0, wrong_every=5)),
+        "eval": write_jsonl(d / "eval.jsonl", arithmetic_rows(12, 1)),
+        "test": write_jsonl(d / "test.jsonl", arithmetic_rows(16, 2)),
+    }
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def base_job(data, out, **kw):
+    job = dict(model="tiny:llama", teacher="recorded:field=teacher_completion", data=str(data["train"]),
+               evaluation_data=str(data["eval"]), test_data=str(data["test"]), output=str(out), task="math",
+               label_field="equation", method="full", train_steps=40, batch_size=8, learning_rate_multiplier=60,
+               evaluation_interval=20, early_stopping=False)
+    job.update(kw)
+    return DistillConfig(**job)
+
+
+def test_step_by_step_trains_both_tasks_and_reports(data, tmp_path):
+    out = tmp_path / "sbs"
+    result = distill(base_job(data, out))
+    rows = metric_rows(out)
+    train = [r for r in rows if "train_label_loss" in r]
+    assert len(train) == 40 and all("train_rationale_loss" in r for r in train)
+    for name in ("train_label_loss", "train_rationale_loss"):
+        first = sum(r[name] for r in train[:5]) / 5
+        last = sum(r[name] for r in train[-5:]) / 5
+        assert last < 0.8 * first, name
+    # the total is the alpha mix of the two
+    r = train[-1]
+    assert r["train_total_loss"] == pytest.approx(0.5 * r["train_label_loss"] + 0.5 * r["train_rationale_loss"], rel=1e-5)
+    # 120 rows: 8 unparseable (i % 17 == 5) are left out, never trained on
+    assert result.extra["examples"] == 120 - len([i for i in range(120) if i % 17 == 5])
+    assert result.extra["dropped"] == {"teacher unparseable": 7}
+    # the teacher's labels, the report and the student's label-only answers
+    labeled = [json.loads(l) for l in (out / "teacher_labels.jsonl").read_text().splitlines()]
+    assert labeled[0]["rationale"].startswith("We add") and "Q:" not in labeled[0]["rationale"]
+    report = (out / "report" / "report.md").read_text()
+    assert "student: step-by-step" in report and "teacher" in report and (out / "report" / "report.png").exists()
+    meta = json.loads((out / "model" / "mentor_model.json").read_text())
+    assert meta["task_prefix"] == "[label] " and meta["rationale_prefix"] == "[rationale] "
+    assert "student: step-by-step" in result.extra["test"]
+    # the tokens the rationale task costs are counted
+    assert result.extra["tokens_seen"] > 0
+
+
+def test_alpha_one_is_label_only_and_tokens_show_the_rationale_cost(data, tmp_path):
+    both = distill(base_job(data, tmp_path / "both", train_steps=10, test_data=None, evaluation_data=None))
+    label_only = distill(base_job(data, tmp_path / "label", train_steps=10, alpha=1.0, test_data=None, evaluation_data=None))
+    assert not any("train_rationale_loss" in r for r in metric_rows(tmp_path / "label"))
+    assert both.extra["tokens_seen"] > 2 * label_only.extra["tokens_seen"]
+
+
+def test_baselines_and_filtering(data, tmp_path):
+    ft = distill(base_job(data, tmp_path / "ft", distill_method="finetune", train_steps=5, test_data=None))
+    assert ft.extra["examples"] == 120 and ft.extra["teacher_stats"] is None
+    std = distill(base_job(data, tmp_path / "std", distill_method="standard", train_steps=5, test_data=None))
+    assert std.extra["examples"] == 120 - 7
+    labeled = [json.loads(l) for l in (tmp_path / "std" / "teacher_labels.jsonl").read_text().splitlines()]
+    wrong = [r for r in labeled if r["teacher_agrees"] is False]
+    assert len(wrong) == len([i for i in range(120) if i % 5 == 0 and i % 17 != 5])
+    filt = distill(base_job(data, tmp_path / "filt", filter_disagreements=True, train_steps=5, test_data=None))
+    assert filt.extra["dropped"]["teacher disagrees with gold"] == len(wrong)
+    assert filt.extra["examples"] == 120 - 7 - len(wrong)
+
+
+def test_unlabeled_data_uses_teacher_labels(data, tmp_path):
+    rows = [{k: v for k, v in r.items() if k not in ("output_text", "equation")} for r in arithmetic_rows(30, 3)]
+    path = write_jsonl(tmp_path / "unlabeled.jsonl", rows)
+    unlabeled = {**data, "train": path}
+    result = distill(base_job(unlabeled, tmp_path / "o", evaluation_data=None, test_data=None, train_steps=3))
+    assert result.extra["examples"] == 30 - 2  # rows 5 and 22 are unparseable
+    with pytest.raises(MentorError, match="no training examples"):
+        distill(base_job(unlabeled, tmp_path / "o2", evaluation_data=None, test_data=None,
+                         distill_method="finetune", train_steps=3))
+
+
+def test_live_local_teacher_and_label_command(data, tmp_path, capsys):
+    rows = [{"input_text": f"What is {i} + 1?", "output_text": str(i + 1)} for i in range(6)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "labeled.jsonl"
+    assert cli_main(["label", "--teacher", "hf:tiny:llama", "--data", str(path), "--output", str(out), "--task", "math"]) == 0
+    labeled = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(labeled) == 6 and all("teacher_completion" in r and "parse_ok" in r for r in labeled)
+    assert (tmp_path / "teacher_cache.sqlite").exists()
+    # the untrained tiny teacher writes nonsense: it is counted as unparseable, not trained on
+    first = capsys.readouterr().out
+    assert "6 calls, 0 cache hits" in first and "parsed 0/6" in first
+    # a second run is answered from the cache
+    assert cli_main(["label", "--teacher", "hf:tiny:llama", "--data", str(path), "--output", str(out), "--task", "math"]) == 0
+    assert "0 calls, 6 cache hits" in capsys.readouterr().out
+
+
+def test_bad_rows_and_missing_teacher(tmp_path, data):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "ok"}, {"input_text": ""}, "not json"])
+    with pytest.raises(DataValidationError) as info:
+        distill(base_job({**data, "train": bad}, tmp_path / "o"))
+    msg = str(info.value)
+    assert f"{bad}:2: field 'input_text'" in msg and f"{bad}:3: field '(line)'" in msg
+    with pytest.raises(MentorError, match="needs a --teacher"):
+        distill(base_job(data, tmp_path / "o3", teacher=None))
+
+
+def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(["distill", "--student", "tiny:llama", "--teacher", "recorded:field=teacher_completion",
+                     "--data", str(data["train"]), "--label-field", "equation", "--task", "math",
+                     "--train-steps", "3", "--batch-size", "4", "--output", str(out)])
+    assert code == 0
+    assert json.loads((out / "result.json").read_text())["method"] == "step-by-step (lora)"
+    assert cli_main(["predict", str(out), "What is 2 + 3?", "--max-new-tokens", "4"]) == 0
+    from mentor.serving.predict import Predictor
+
+    p = Predictor(str(out))
+    assert p.render("x").endswith("[label] x<|im_end|>\n<|im_start|>assistant\n")
