@@ -1,0 +1,181 @@
+"""RLHF recipe: a reward model, then reinforcement learning of the policy against it.
+
+stage 1: the reward model (`mentor.rlhf.reward`), trained into OUTPUT/reward_model, a
+         complete job folder of its own; or an existing one, given as `reward_model`;
+stage 2: TRL's RLOOTrainer. For each prompt it samples `num_generations` answers, scores them
+         with the reward model, and subtracts `kl_coeff` times the KL divergence of the policy
+         from the starting model (summed over the answer's tokens) from each reward; the
+         leave-one-out mean of the other answers' rewards is the baseline. LoRA or full;
+         resumable from checkpoints; mean reward, KL and policy loss are logged every step and
+         on held-out prompts at every evaluation (and before the first step).
+save:    the policy in OUTPUT/model like a tuned model (`mentor predict OUTPUT ...` works).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import set_seed
+
+from mentor.errors import MentorError
+from mentor.models import resolve
+from mentor.recipes import common
+from mentor.rlhf import common as rc
+from mentor.rlhf import reward as rm
+from mentor.rlhf.config import RLHFConfig
+from mentor.rlhf.data import Prompt, load_preferences, load_prompts
+
+
+class RewardFunction:
+    """The reward model as a TRL reward function: it re-renders each prompt its own way and
+    appends the end-of-turn token only to answers that ended, as in its training pairs."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, reward_model: rm.RewardModel, eos_token_ids: list[int]):
+        self.reward_model = reward_model
+        self.eos = set(eos_token_ids)
+
+    def __call__(self, prompts, completions, completion_ids, raw_prompt, **kwargs) -> list[float]:
+        raw = [Prompt(**json.loads(r)) for r in raw_prompt]
+        finished = [bool(ids) and ids[-1] in self.eos for ids in completion_ids]
+        return self.reward_model.score(raw, list(completions), finished)
+
+
+def prompt_rows(prompts: list[Prompt], renderer: rc.Renderer) -> list[dict]:
+    return [{"prompt": renderer.prompt(p),
+             "raw_prompt": json.dumps({"messages": p.messages, "kind": p.kind})} for p in prompts]
+
+
+def check_reward_model(ref: str) -> str:
+    folder = Path(resolve(ref))
+    if not (folder / "config.json").exists():
+        raise MentorError(f"reward model not found: {ref} (give a `mentor reward-model` output or a model folder)")
+    return str(folder)
+
+
+def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
+    """Reward model (or a given one), then RL with a KL penalty; rerunning the same job resumes it."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    cfg = config or RLHFConfig(**fields)
+    out = common.prepare_output(cfg.output, cfg.model_dump())
+    if (out / "result.json").exists():
+        print(f"[mentor] {out} already holds this finished job")
+        return common.TunedModel(**json.loads((out / "result.json").read_text()))
+
+    # setup: every data file is validated before the first step of either stage
+    prompts = load_prompts(cfg.prompt_dataset, cfg.max_examples)
+    eval_prompts = load_prompts(cfg.eval_prompt_dataset, cfg.max_examples) if cfg.eval_prompt_dataset else None
+    if cfg.reward_model:
+        reward_path = check_reward_model(cfg.reward_model)
+        reward_result = None
+    else:
+        load_preferences(cfg.preference_dataset, cfg.max_examples)
+        if cfg.eval_dataset:
+            load_preferences(cfg.eval_dataset, cfg.max_examples)
+        print("[mentor] stage 1 of 2: reward model")
+        reward_result = rm.train_reward_model(cfg.reward_model_config(str(out / "reward_model")))
+        reward_path = reward_result.model_path
+
+    print("[mentor] stage 2 of 2: reinforcement learning against the reward model")
+    set_seed(cfg.seed)
+    loaded, base_ref = rc.load_start_model(cfg.model, out)
+    tokenizer = loaded.tokenizer
+    renderer = rc.Renderer.for_model(tokenizer, cfg.chat_template, cfg.instruction,
+                                     cfg.prompt_sequence_length, cfg.target_sequence_length)
+    train_ds = Dataset.from_list(prompt_rows(prompts, renderer))
+    eval_ds = Dataset.from_list(prompt_rows(eval_prompts, renderer)) if eval_prompts else None
+    print(f"[mentor] prompts: {renderer.summary()}")
+    eos_ids = {tokenizer.eos_token_id, *([loaded.model.generation_config.eos_token_id]
+                                          if isinstance(loaded.model.generation_config.eos_token_id, int)
+                                          else loaded.model.generation_config.eos_token_id or [])}
+    reward_fn = RewardFunction(rm.RewardModel(reward_path), [i for i in eos_ids if i is not None])
+
+    bf16 = common.use_bf16(cfg.bf16)
+    checkpoints = out / "checkpoints"
+    completions_per_step = cfg.batch_size * cfg.num_generations
+    args = rc.trl_arguments(
+        RLOOConfig, cfg, checkpoints, steps=cfg.reinforcement_learning_train_steps, learning_rate=cfg.rl_learning_rate,
+        batch_size=completions_per_step, has_eval=eval_ds is not None, bf16=bf16,
+        num_generations=cfg.num_generations, max_completion_length=cfg.target_sequence_length, beta=cfg.kl_coeff,
+        temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,
+    )
+    resume = common.last_complete_checkpoint(checkpoints)
+    before_path = out / "before_rl.json"
+    trainer = RLOOTrainer(
+        model=loaded.model, reward_funcs=reward_fn, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=rc.lora_config(cfg, "CAUSAL_LM") if cfg.method == "lora" else None,
+    )
+    rc.quiet(trainer)
+    before = {}
+    if eval_ds is not None:  # the starting point on held-out prompts, as the first point of the eval curves
+        if before_path.exists():
+            before = json.loads(before_path.read_text())
+        elif not resume:
+            before = rc.final_eval(trainer, rc.RL_METRICS)
+            common.atomic_write(before_path, json.dumps(before))
+    for cb in rc.callbacks(out, rc.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
+        trainer.add_callback(cb)
+    if resume:
+        print(f"[mentor] resuming from {resume}")
+    started = time.time()
+    with rc.known_warnings():
+        trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - started
+
+    # save
+    metrics = {**rc.final_eval(trainer, rc.RL_METRICS), **rc.last_train_metrics(trainer, rc.RL_METRICS)}
+    model_dir = out / "model"
+    meta = {"base_model": base_ref, "method": f"rlhf-{cfg.method}", "use_chat_template": renderer.use_chat_template,
+            "is_seq2seq": False, "max_input_tokens": cfg.prompt_sequence_length, "instruction": cfg.instruction,
+            "reward_model": reward_path}
+    common.save_model(trainer.model, tokenizer, model_dir, meta)
+    rc.write_meta(model_dir, base_ref)
+    if cfg.method == "lora" and cfg.merge_adapter:
+        common.merge_adapter(model_dir, out / "merged")
+    if base_ref == cfg.model or cfg.method == "full":
+        shutil.rmtree(out / "start_model", ignore_errors=True)  # nothing refers to it
+    result = common.TunedModel(
+        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=f"rlhf-{cfg.method}",
+        best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
+        extra={"seconds": round(seconds, 1), "reward_model": reward_path,
+               "reward_model_metrics": reward_result.metrics if reward_result else None,
+               "before": before, "truncated": renderer.counts},
+    )
+    plot(out, result.method, cfg.model)
+    notes = [f"reward model: `{reward_path}`",
+             f"KL penalty coefficient (kl_coeff): {cfg.kl_coeff}; {cfg.num_generations} answers sampled per prompt "
+             f"at temperature {cfg.temperature}; RLOO (TRL)"]
+    if cfg.instruction:
+        notes.append(f"every prompt was prefixed with the instruction {cfg.instruction!r}: prefix it when predicting")
+    if before:
+        notes.append("before RL, on held-out prompts: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
+    hashes = rc.data_hashes(prompt_dataset=cfg.prompt_dataset, eval_prompt_dataset=cfg.eval_prompt_dataset,
+                            preference_dataset=cfg.preference_dataset, eval_dataset=cfg.eval_dataset)
+    common.model_card(out, result, cfg.model_dump(), hashes, notes)
+    common.write_result(out, result)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    before_path.unlink(missing_ok=True)
+    lines = [f"  {k}: {before[k]:.4f} -> {metrics[k]:.4f}" for k in ("eval_mean_reward", "eval_kl") if k in before and k in metrics]
+    print("\n[mentor] done\n" + result.summary()
+          + ("\non held-out prompts, before -> after:\n" + "\n".join(lines) if lines else "")
+          + f"\ncurves: {out / 'curves.png'}\nTensorBoard: tensorboard --logdir {out}")
+    return result
+
+
+def plot(out: Path, method: str, model: str) -> None:
+    panels = []
+    if (out / "reward_model" / "metrics.jsonl").exists():
+        panels += rm.panels(out / "reward_model" / "metrics.jsonl")[:2]
+    m = out / "metrics.jsonl"
+    panels += [("mean reward", m, ["train_mean_reward", "eval_mean_reward"]),
+               ("KL to the starting model (per token)", m, ["train_kl", "eval_kl"]),
+               ("policy loss (about 0 by design: RLOO's advantages are centred)", m,
+                ["train_policy_loss", "eval_policy_loss"])]
+    rc.plot_panels(panels, out / "curves.png", title=f"{method} on {model}")
