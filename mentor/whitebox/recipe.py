@@ -65,6 +65,7 @@ class Prepared:
     enc_stats: dict
     vocab: VocabCheck
     teacher_config: object
+    logits_seconds: float = 0.0
 
 
 def _with_keys(ds, split_id: int):
@@ -78,8 +79,9 @@ def logits_folder(cfg: WhiteboxConfig, out: Path) -> Path:
 
 
 def ensure_offline_logits(cfg: WhiteboxConfig, out: Path, datasets: dict, width: int, is_seq2seq: bool,
-                          bf16: bool) -> dict[int, offline.TeacherLogits]:
-    """Stored top-k teacher logits for each split, computed in a subprocess if missing or unfinished."""
+                          bf16: bool) -> tuple[dict[int, offline.TeacherLogits], float]:
+    """Stored top-k teacher logits for each split, computed in a subprocess if missing or unfinished;
+    and the seconds that took (0 when they were there already)."""
     root = logits_folder(cfg, out)
     jobs = {}
     for split_id, (name, ds) in enumerate(datasets.items()):
@@ -90,6 +92,7 @@ def ensure_offline_logits(cfg: WhiteboxConfig, out: Path, datasets: dict, width:
             is_seq2seq=is_seq2seq, num_examples=len(ds), rows_sha256=offline.rows_sha256(ds),
             shard_examples=cfg.shard_examples, batch_size=cfg.batch_size, bf16=bf16)
     todo = [j for j in jobs.values() if not offline.is_complete(j)]
+    seconds = 0.0
     if todo:
         names = dict(enumerate(datasets))
         for split_id, job in jobs.items():
@@ -108,11 +111,12 @@ def ensure_offline_logits(cfg: WhiteboxConfig, out: Path, datasets: dict, width:
         if code != 0:
             raise MentorError(f"computing the teacher logits stopped (exit code {code}); finished shards are kept in "
                               f"{root}: rerun the same command to resume")
-        print(f"[mentor] teacher logits ready in {time.time() - started:.1f}s")
+        seconds = time.time() - started
+        print(f"[mentor] teacher logits ready in {seconds:.1f}s")
         for job in todo:  # the encoded rows were only for the subprocess
             shutil.rmtree(Path(job.folder) / "rows", ignore_errors=True)
         spec.unlink(missing_ok=True)
-    return {split_id: offline.TeacherLogits(job.folder, expect=job) for split_id, job in jobs.items()}
+    return {split_id: offline.TeacherLogits(job.folder, expect=job) for split_id, job in jobs.items()}, seconds
 
 
 def prepare(cfg: WhiteboxConfig, out: Path, resume: bool = False) -> Prepared:
@@ -138,9 +142,9 @@ def prepare(cfg: WhiteboxConfig, out: Path, resume: bool = False) -> Prepared:
     train_ds, eval_ds = _with_keys(train_ds, 0), _with_keys(eval_ds, 1)
 
     teacher = None
-    stored = None
+    stored, logits_seconds = None, 0.0
     if cfg.offline_logits:
-        stored = ensure_offline_logits(cfg, out, {"train": train_ds, "eval": eval_ds}, vocab.width,
+        stored, logits_seconds = ensure_offline_logits(cfg, out, {"train": train_ds, "eval": eval_ds}, vocab.width,
                                        loaded.is_seq2seq, bf16)
         print("[mentor] training from stored teacher logits: the teacher is not loaded")
     elif not cfg.uses_ema_teacher:
@@ -172,7 +176,7 @@ def prepare(cfg: WhiteboxConfig, out: Path, resume: bool = False) -> Prepared:
         temperature=cfg.temperature,
     )
     trainer.remove_callback(PrinterCallback)
-    return Prepared(trainer, loaded, use_chat_template, enc_stats, vocab, teacher_config)
+    return Prepared(trainer, loaded, use_chat_template, enc_stats, vocab, teacher_config, logits_seconds)
 
 
 def distill(config: WhiteboxConfig | None = None, **fields) -> common.TunedModel:
@@ -200,6 +204,9 @@ def distill(config: WhiteboxConfig | None = None, **fields) -> common.TunedModel
     extra = {"teacher": cfg.teacher or "ema", "distill_method": cfg.method,
              "vocabulary": {"width": prep.vocab.width, "teacher_rows": prep.vocab.teacher_rows,
                             "student_rows": prep.vocab.student_rows, "cropped": prep.vocab.cropped}}
+    if cfg.offline_logits:
+        extra["teacher_logits"] = {"folder": str(logits_folder(cfg, out)), "top_k": cfg.top_k,
+                                   "seconds_this_run": round(prep.logits_seconds, 1)}
     start = _step0_eval(out)
     if start:
         extra["eval_at_start"] = start

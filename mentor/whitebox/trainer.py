@@ -71,8 +71,14 @@ class WhiteboxTrainer(MentorTrainer):
         super().__init__(*args, **kwargs)
         self.method = method
         self.teacher = teacher
+        device = self.args.device
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+            if not getattr(teacher, "hf_device_map", None):  # a teacher placed with a device_map stays put
+                teacher.to(device)
+        for module in [*method.extra_modules(), method.live_teacher()]:
+            if module is not None:
+                module.to(device)
         self.teacher_is_seq2seq = teacher_is_seq2seq
         self._teacher_keep = teacher is not None and not teacher_is_seq2seq and accepts_logits_to_keep(teacher)
         self.kd_ratio = kd_ratio
