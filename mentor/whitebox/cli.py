@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from mentor.cli import _bool_flag, add_tuning_flags, tuning_fields
+from mentor.whitebox.config import METHOD_NAMES
 
 WHITEBOX_FIELDS = [
     "model", "data", "evaluation_data", "output", "method", "adapter_size", "train_steps", "batch_size",
@@ -31,6 +32,10 @@ def add_whitebox_flags(p: argparse.ArgumentParser, with_tuning_flags: bool = Tru
     """The distillation flags; `--method` (from the tuning flags) names the distillation method."""
     if with_tuning_flags:
         add_tuning_flags(p)
+        for action in p._actions:
+            if action.dest == "method":
+                action.choices = list(METHOD_NAMES)
+                action.help = "distillation method: logit, feature, relation or self (default logit)"
     p.add_argument("--student", dest="model", help="the student model reference (same as --model)")
     p.add_argument("--teacher", help="teacher model reference (method self: omit, or 'ema', for an EMA teacher)")
     p.add_argument("--tuning", choices=["full", "lora"], help="how the student is trained (default full)")
