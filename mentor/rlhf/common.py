@@ -114,11 +114,20 @@ def quiet(trainer) -> None:
 
 @contextmanager
 def known_warnings():
-    """Silence deprecation notices raised inside TRL/transformers that a user can do nothing about."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
-        yield
+    """Silence what TRL and transformers print that a user can do nothing about: deprecation notices
+    from inside them, and a progress bar for each of TRL's passes over a dataset already in memory."""
+    import datasets
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
+            yield
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 @dataclass

@@ -64,11 +64,12 @@ def dpo(config: DPOConfig | None = None, **fields) -> common.TunedModel:
         save_total_limit=2 if select else 1, load_best_model_at_end=select,
         metric_for_best_model="eval_loss" if has_eval else None, greater_is_better=False,
     )
-    trainer = DPOTrainer(
-        model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        callbacks=common.callbacks_for(cfg, has_eval),
-        peft_config=rc.lora_config(cfg, "CAUSAL_LM") if cfg.method == "lora" else None,
-    )
+    with rc.known_warnings():
+        trainer = DPOTrainer(
+            model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+            callbacks=common.callbacks_for(cfg, has_eval),
+            peft_config=rc.lora_config(cfg, "CAUSAL_LM") if cfg.method == "lora" else None,
+        )
     rc.quiet(trainer)
     resume = common.last_complete_checkpoint(checkpoints)
     before_path = out / "before_dpo.json"

@@ -80,12 +80,13 @@ def train_reward_model(config: RewardModelConfig | None = None, **fields) -> com
     args = rc.trl_arguments(RewardConfig, cfg, checkpoints, steps=cfg.reward_model_train_steps,
                             learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, has_eval=eval_ds is not None,
                             bf16=bf16, max_length=None, center_rewards_coefficient=0.01)
-    trainer = RewardTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        callbacks=rc.callbacks(out, rc.REWARD_MODEL_METRICS, ["train_reward_model_loss", "train_reward_model_accuracy"],
-                               "reward model"),
-        peft_config=rc.lora_config(cfg, "SEQ_CLS") if cfg.method == "lora" else None,
-    )
+    with rc.known_warnings():
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+            callbacks=rc.callbacks(out, rc.REWARD_MODEL_METRICS, ["train_reward_model_loss", "train_reward_model_accuracy"],
+                                   "reward model"),
+            peft_config=rc.lora_config(cfg, "SEQ_CLS") if cfg.method == "lora" else None,
+        )
     rc.quiet(trainer)
     resume = common.last_complete_checkpoint(checkpoints)
     if resume:
@@ -141,7 +142,7 @@ Use it: `mentor.rlhf.RewardModel("{result.output}").score(prompts, answers)`, or
 reinforcement learning with `mentor rlhf --reward-model {result.output} ...`. The folder
 `{result.model_path}` is a plain sequence-classification model (one label).
 
-- method: {cfg.method} (a LoRA adapter is merged into the saved model)
+- method: {cfg.method}{" (the LoRA adapter is merged into the saved model)" if cfg.method == "lora" else ""}
 - steps run: {result.steps_run}
 - instruction prepended to prompts: {cfg.instruction!r}
 

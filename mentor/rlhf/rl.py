@@ -55,7 +55,7 @@ def check_reward_model(ref: str) -> str:
     folder = Path(resolve(ref))
     if not (folder / "config.json").exists():
         raise MentorError(f"reward model not found: {ref} (give a `mentor reward-model` output or a model folder)")
-    return str(folder)
+    return str(folder.resolve())
 
 
 def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
@@ -80,7 +80,7 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
             load_preferences(cfg.eval_dataset, cfg.max_examples)
         print("[mentor] stage 1 of 2: reward model")
         reward_result = rm.train_reward_model(cfg.reward_model_config(str(out / "reward_model")))
-        reward_path = reward_result.model_path
+        reward_path = str(Path(reward_result.model_path).resolve())
 
     print("[mentor] stage 2 of 2: reinforcement learning against the reward model")
     set_seed(cfg.seed)
@@ -107,11 +107,12 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
     )
     resume = common.last_complete_checkpoint(checkpoints)
     before_path = out / "before_rl.json"
-    trainer = RLOOTrainer(
-        model=loaded.model, reward_funcs=reward_fn, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=rc.lora_config(cfg, "CAUSAL_LM") if cfg.method == "lora" else None,
-    )
+    with rc.known_warnings():
+        trainer = RLOOTrainer(
+            model=loaded.model, reward_funcs=reward_fn, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=rc.lora_config(cfg, "CAUSAL_LM") if cfg.method == "lora" else None,
+        )
     rc.quiet(trainer)
     before = {}
     if eval_ds is not None:  # the starting point on held-out prompts, as the first point of the eval curves
@@ -149,7 +150,9 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
                "before": before, "truncated": renderer.counts},
     )
     plot(out, result.method, cfg.model)
-    notes = [f"reward model: `{reward_path}`",
+    rm_accuracy = (reward_result.metrics if reward_result else {}).get("eval_reward_model_accuracy")
+    notes = [f"reward model: `{reward_path}`" + (f" (held-out pairwise accuracy {rm_accuracy:.4f})"
+                                                   if rm_accuracy is not None else ""),
              f"KL penalty coefficient (kl_coeff): {cfg.kl_coeff}; {cfg.num_generations} answers sampled per prompt "
              f"at temperature {cfg.temperature}; RLOO (TRL)"]
     if cfg.instruction:
