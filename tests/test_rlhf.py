@@ -1,0 +1,342 @@
+"""Preference tuning on real tiny models: reward model, RLHF (RLOO with a KL penalty) and DPO.
+
+The synthetic preference is one a program can check: answers that contain the word "yes" are
+preferred. The starting policy is tiny:llama tuned (supervised) to answer "yes ..." or "no ..."
+about half of the time each; every measurement below is made by this file's own code on
+held-out data, not read back from the recipes.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mentor
+from conftest import write_jsonl
+from mentor.cli import main as cli_main
+from mentor.errors import DataValidationError, MentorError
+from mentor.rlhf import RewardModel, dpo, load_preferences, load_prompts, rlhf
+from mentor.rlhf.cli import run_dpo_from_tune_args, tune_wants_dpo
+
+# The same openings on both sides, so the word that decides is not always the first one.
+YES = ["yes", "oh yes", "i think yes", "well yes sure"]
+NO = ["no", "oh no", "i think not", "well no thanks"]
+
+
+def preferred(answer: str) -> bool:
+    return "yes" in answer
+
+
+def word(rng) -> str:
+    return "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+
+
+def sft_rows(n, seed):
+    rng = random.Random(seed)
+    return [{"input_text": f"answer {word(rng)}", "output_text": rng.choice(YES if i % 2 else NO)} for i in range(n)]
+
+
+def pair_rows(n, seed, cloud=True):
+    """Half in the cloud format (choice alternating), half as prompt/chosen/rejected."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt, good, bad = f"answer {word(rng)}", rng.choice(YES), rng.choice(NO)
+        if cloud and i % 2 == 0:
+            choice = (i // 2) % 2
+            rows.append({"input_text": prompt, "candidate_0": good if choice == 0 else bad,
+                         "candidate_1": bad if choice == 0 else good, "choice": choice})
+        else:
+            rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
+    return rows
+
+
+def prompt_rows(n, seed):
+    rng = random.Random(seed)
+    return [{"input_text": f"answer {word(rng)}"} for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prefs")
+    files = {
+        "sft": write_jsonl(d / "sft.jsonl", sft_rows(400, 0)),
+        "pairs": write_jsonl(d / "pairs.jsonl", pair_rows(200, 1)),
+        "eval_pairs": write_jsonl(d / "eval_pairs.jsonl", pair_rows(40, 2)),
+        "prompts": write_jsonl(d / "prompts.jsonl", prompt_rows(100, 3)),
+        "eval_prompts": write_jsonl(d / "eval_prompts.jsonl", prompt_rows(16, 4)),
+        "held_out_prompts": [r["input_text"] for r in prompt_rows(24, 5)],
+    }
+    # the starting policy: says "yes ..." about half of the time
+    mentor.tune(model="tiny:llama", data=str(files["sft"]), output=str(d / "start"), method="full", train_steps=200,
+                batch_size=16, learning_rate_multiplier=100, early_stopping=False, checkpoint_selection=False)
+    files["start"] = str(d / "start")
+    return files
+
+
+# -- measurements made here, with plain transformers ---------------------------------------
+
+def preferred_rate(model_ref: str, prompts: list[str], samples: int = 8, seed: int = 0) -> float:
+    from mentor.serving.predict import Predictor
+
+    p = Predictor(model_ref)
+    torch.manual_seed(seed)
+    answers = p.predict([x for x in prompts for _ in range(samples)], temperature=1.0, max_new_tokens=12,
+                        batch_size=64)
+    return sum(map(preferred, answers)) / len(answers)
+
+
+@torch.inference_mode()
+def logprob_margin(model_ref: str, pairs_file: Path) -> float:
+    """Mean over held-out pairs of log p(chosen | prompt) - log p(rejected | prompt), answer tokens only."""
+    from mentor.models import load_model
+
+    loaded = load_model(model_ref)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+
+    def logp(prompt: str, answer: str) -> float:
+        ctx = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(ctx, add_special_tokens=False).input_ids
+        a_ids = tok(answer + tok.eos_token, add_special_tokens=False).input_ids
+        ids = torch.tensor([p_ids + a_ids])
+        logits = model(ids).logits[0, len(p_ids) - 1:-1]
+        return F.log_softmax(logits.float(), -1).gather(1, torch.tensor(a_ids)[:, None]).sum().item()
+
+    pairs = load_preferences(pairs_file)
+    return sum(logp(p.prompt.messages[-1]["content"], p.chosen) - logp(p.prompt.messages[-1]["content"], p.rejected)
+               for p in pairs) / len(pairs)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def tb_tags(folder: Path) -> set:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+LAYOUT = ("model/config.json", "metrics.jsonl", "tensorboard", "curves.png", "config.yaml", "README.md", "result.json")
+
+
+# -- data validation -------------------------------------------------------------------------
+
+def test_preference_and_prompt_data_are_validated_with_file_line_and_field(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [
+        {"input_text": "q", "candidate_0": "a", "candidate_1": "b", "choice": 0},  # fine
+        {"input_text": "q", "candidate_0": "a", "candidate_1": "b", "choice": 2},
+        {"input_text": "q", "candidate_0": "a", "choice": 1},
+        {"input_text": "", "candidate_0": 3, "candidate_1": "b", "choice": True},
+        {"input_text": "q", "candidate_0": "same", "candidate_1": "same", "choice": 0},
+        {"prompt": "q", "chosen": "a"},
+        {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+        {"chosen": "a", "rejected": "b"},
+        "not json {",
+        {"output_text": "x"},
+    ])
+    with pytest.raises(DataValidationError) as err:
+        load_preferences(bad)
+    text, f = str(err.value), str(bad)
+    for line, fld in [(2, "choice"), (3, "candidate_1"), (4, "input_text"), (4, "candidate_0"), (4, "choice"),
+                      (5, "candidate_1"), (6, "rejected"), (7, "prompt"), (8, "chosen[0].role"), (9, "prompt"),
+                      (10, "(line)"), (11, "(line)")]:
+        assert f"{f}:{line}: field '{fld}'" in text, (line, fld, text)
+    assert f"{f}:1:" not in text
+    assert all(p.file == f and p.line and p.field for p in err.value.problems)
+
+    good = write_jsonl(tmp_path / "good.jsonl", [
+        {"input_text": "q1", "candidate_0": "worse", "candidate_1": "better", "choice": 1, "id": 7},
+        {"prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "q2"}],
+         "chosen": [{"role": "assistant", "content": "good"}], "rejected": "bad"},
+    ])
+    a, b = load_preferences(good)
+    assert (a.chosen, a.rejected, a.prompt.kind, a.line, a.prompt.extra) == ("better", "worse", "text", 1, {"id": 7})
+    assert (b.chosen, b.rejected, b.prompt.kind, b.prompt.messages[0]["role"]) == ("good", "bad", "chat", "system")
+    assert a.prompt.with_instruction("Say yes.").messages[0]["content"] == "Say yes.\nq1"
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"input_text": "fine"}, {"input_text": ""}, {"text": "x"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"prompt": [{"role": "robot", "content": "x"}]},
+    ])
+    with pytest.raises(DataValidationError) as err:
+        load_prompts(prompts)
+    text, f = str(err.value), str(prompts)
+    for line, fld in [(2, "input_text"), (3, "input_text"), (4, "messages"), (5, "prompt[0].role")]:
+        assert f"{f}:{line}: field '{fld}'" in text, (line, fld, text)
+    with pytest.raises(MentorError, match="not found"):
+        load_prompts(tmp_path / "missing.jsonl")
+
+
+def test_config_names_and_defaults_are_the_clouds(tmp_path):
+    from mentor.rlhf import DPOConfig, RLHFConfig
+
+    cfg = RLHFConfig(model="m", output="o", preference_dataset="p", prompt_dataset="q")
+    assert (cfg.kl_coeff, cfg.reward_model_train_steps, cfg.reinforcement_learning_train_steps,
+            cfg.reward_model_learning_rate_multiplier, cfg.reinforcement_learning_rate_multiplier,
+            cfg.prompt_sequence_length, cfg.target_sequence_length, cfg.instruction) == (0.1, 1000, 1000, 1.0, 1.0, 512, 64, None)
+    with pytest.raises(ValueError, match="reward_model"):
+        RLHFConfig(model="m", output="o", prompt_dataset="q")
+    assert DPOConfig(model="m", output="o", data="d").beta == 0.1
+    assert DPOConfig(model="m", output="o", data="d", method="dpo").method == "lora"
+    assert DPOConfig(model="m", output="o", data="d", method="dpo-full").method == "full"
+
+
+# -- RLHF: reward model, then RL ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rlhf_job(task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rlhf") / "job"
+    result = rlhf(model=task["start"], output=str(out), method="full",
+                  preference_dataset=str(task["pairs"]), eval_dataset=str(task["eval_pairs"]),
+                  prompt_dataset=str(task["prompts"]), eval_prompt_dataset=str(task["eval_prompts"]),
+                  reward_model_train_steps=40, reward_model_learning_rate_multiplier=100,
+                  reinforcement_learning_train_steps=80, reinforcement_learning_rate_multiplier=1000,
+                  kl_coeff=0.1, batch_size=4, num_generations=4, target_sequence_length=12, evaluation_interval=40)
+    return out, result
+
+
+def test_reward_model_ranks_held_out_pairs_well_above_chance(task, rlhf_job):
+    out, _ = rlhf_job
+    rm_out = out / "reward_model"
+    for name in LAYOUT:
+        assert (rm_out / name).exists(), name
+    reported = json.loads((rm_out / "result.json").read_text())["metrics"]
+    assert reported["eval_reward_model_accuracy"] >= 0.8
+
+    # measured here: the saved reward model, reloaded, scores held-out pairs
+    reward = RewardModel(str(rm_out))
+    pairs = load_preferences(task["eval_pairs"])
+    chosen = reward.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = reward.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+    accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+    print(f"\nreward model held-out pairwise accuracy: {accuracy:.3f}")
+    assert accuracy >= 0.8
+    assert reward.score(["answer abc"], ["yes please"])[0] > reward.score(["answer abc"], ["no thanks"])[0]
+
+    metrics = rows(rm_out / "metrics.jsonl")
+    assert any("train_reward_model_loss" in r and "train_reward_model_accuracy" in r for r in metrics)
+    assert {"train_reward_model_loss", "train_reward_model_accuracy", "eval_reward_model_accuracy"} <= tb_tags(rm_out / "tensorboard")
+
+
+def test_rl_raises_preferred_rate_with_bounded_kl(task, rlhf_job):
+    out, result = rlhf_job
+    for name in LAYOUT:
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints").exists() and result.steps_run == 80
+
+    before = preferred_rate(task["start"], task["held_out_prompts"])
+    after = preferred_rate(str(out), task["held_out_prompts"])
+    print(f"\npreferred ('yes') rate on held-out prompts: {before:.3f} -> {after:.3f}")
+    assert 0.25 <= before <= 0.8, "the starting policy must leave room both ways"
+    assert after >= before + 0.15 and after >= 0.75
+
+    metrics = rows(out / "metrics.jsonl")
+    kls = [r["train_kl"] for r in metrics if "train_kl" in r]
+    print(f"per-token KL to the start: max {max(kls):.4f}, final eval {result.metrics['eval_kl']:.4f}")
+    assert len(kls) == 80 and max(kls) < 1.0 and result.metrics["eval_kl"] < 1.0
+    assert all("train_mean_reward" in r and "train_policy_loss" in r for r in metrics if "train_kl" in r)
+    # the held-out mean reward was measured before the first step and rose
+    first, last = metrics[0], [r for r in metrics if "eval_mean_reward" in r][-1]
+    assert first["step"] == 0 and last["eval_mean_reward"] > first["eval_mean_reward"]
+    assert {"train_mean_reward", "train_kl", "train_policy_loss", "eval_mean_reward", "eval_kl"} <= tb_tags(out / "tensorboard")
+    card = (out / "README.md").read_text()
+    assert "kl_coeff" in card and "reward_model" in card
+
+
+def test_kl_coeff_holds_the_policy_near_the_start(task, rlhf_job, tmp_path):
+    out, _ = rlhf_job
+    mean_kl = {}
+    for kl_coeff in (0.01, 2.0):
+        job = tmp_path / f"kl-{kl_coeff}"
+        rlhf(model=task["start"], output=str(job), method="full", reward_model=str(out / "reward_model"),
+             prompt_dataset=str(task["prompts"]), reinforcement_learning_train_steps=80,
+             reinforcement_learning_rate_multiplier=1000, kl_coeff=kl_coeff, batch_size=4, num_generations=4,
+             target_sequence_length=12, evaluation_interval=80)
+        kls = [r["train_kl"] for r in rows(job / "metrics.jsonl") if "train_kl" in r]
+        mean_kl[kl_coeff] = sum(kls[40:]) / len(kls[40:])
+    print(f"\nmean per-token KL over the last 40 steps, by kl_coeff: {mean_kl}")
+    assert mean_kl[2.0] < 0.5 * mean_kl[0.01]
+
+
+def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tmp_path, capsys):
+    out, _ = rlhf_job
+    job = tmp_path / "lora"
+    code = cli_main(["rlhf", "--model", task["start"], "--output", str(job), "--reward-model", str(out / "reward_model"),
+                     "--prompt-dataset", str(task["prompts"]), "--method", "lora", "--adapter-size", "4",
+                     "--reinforcement-learning-train-steps", "4", "--batch-size", "2", "--num-generations", "2",
+                     "--target-sequence-length", "8", "--instruction", "Reply briefly."])
+    assert code == 0
+    assert (job / "model" / "adapter_config.json").exists() and not (job / "reward_model").exists()
+    meta = json.loads((job / "model" / "mentor_model.json").read_text())
+    assert meta["instruction"] == "Reply briefly." and meta["reward_model"].startswith(str(out / "reward_model"))
+    from mentor.serving.predict import Predictor
+
+    assert isinstance(Predictor(str(job)).predict("Reply briefly.\nanswer abc", max_new_tokens=4), str)
+    # the same job again is a no-op
+    assert cli_main(["rlhf", "--model", task["start"], "--output", str(job), "--reward-model", str(out / "reward_model"),
+                     "--prompt-dataset", str(task["prompts"]), "--method", "lora", "--adapter-size", "4",
+                     "--reinforcement-learning-train-steps", "4", "--batch-size", "2", "--num-generations", "2",
+                     "--target-sequence-length", "8", "--instruction", "Reply briefly."]) == 0
+    assert "already holds this finished job" in capsys.readouterr().out
+
+
+def test_bad_data_stops_rlhf_before_any_training(task, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "q", "candidate_0": "a", "candidate_1": "b"}])
+    with pytest.raises(DataValidationError, match=r"bad.jsonl:1: field 'choice'"):
+        rlhf(model=task["start"], output=str(tmp_path / "job"), preference_dataset=str(bad),
+             prompt_dataset=str(task["prompts"]))
+    assert not (tmp_path / "job" / "reward_model").exists()
+
+
+# -- DPO -------------------------------------------------------------------------------------
+
+def test_dpo_raises_chosen_over_rejected_margin_on_held_out_pairs(task, tmp_path):
+    out = tmp_path / "dpo"
+    result = dpo(model=task["start"], data=str(task["pairs"]), evaluation_data=str(task["eval_pairs"]),
+                 output=str(out), method="full", beta=0.1, train_steps=30, batch_size=16,
+                 learning_rate_multiplier=1000, evaluation_interval=10, early_stopping=False)
+    for name in LAYOUT:
+        assert (out / name).exists(), name
+    before = logprob_margin(task["start"], task["eval_pairs"])
+    after = logprob_margin(str(out), task["eval_pairs"])
+    print(f"\nDPO held-out log p(chosen) - log p(rejected): {before:.3f} -> {after:.3f}")
+    assert after > before + 2.0 and after > 0
+
+    metrics = rows(out / "metrics.jsonl")
+    assert metrics[0]["step"] == 0 and "eval_logprob_margin" in metrics[0]
+    assert result.metrics["eval_logprob_margin"] > metrics[0]["eval_logprob_margin"]
+    assert result.metrics["eval_reward_accuracy"] >= 0.8
+    assert {"train_dpo_loss", "train_reward_margin", "eval_dpo_loss", "eval_logprob_margin"} <= tb_tags(out / "tensorboard")
+    assert "beta" in (out / "README.md").read_text()
+
+
+def test_dpo_from_tune_command_line_with_lora(task, tmp_path):
+    import argparse
+
+    from mentor.cli import build_parser
+
+    job = tmp_path / "tuned"
+    argv = ["tune", "--model", task["start"], "--data", str(task["pairs"]), "--output", str(job), "--method", "dpo",
+            "--adapter-size", "4", "--train-steps", "3", "--batch-size", "4"]
+    args = build_parser().parse_args(argv)
+    assert tune_wants_dpo(args)
+    result = run_dpo_from_tune_args(args)
+    assert result.method == "dpo-lora" and (job / "model" / "adapter_config.json").exists()
+    yaml_job = tmp_path / "job.yaml"
+    yaml_job.write_text(f"model: {task['start']}\nmethod: dpo-full\n")
+    assert tune_wants_dpo(argparse.Namespace(config=str(yaml_job), method=None))
+    assert not tune_wants_dpo(build_parser().parse_args(["tune", "--method", "lora"]))
+    # and `mentor dpo` itself
+    assert cli_main(["dpo", "--model", task["start"], "--data", str(task["pairs"]), "--output", str(tmp_path / "d2"),
+                     "--method", "full", "--train-steps", "2", "--batch-size", "4", "--beta", "0.2"]) == 0
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "d2" / "config.yaml").read_text())["beta"] == 0.2
