@@ -288,6 +288,21 @@ def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tm
     assert "already holds this finished job" in capsys.readouterr().out
 
 
+def test_reward_model_command_with_lora_saves_a_plain_reusable_model(task, tmp_path):
+    job = tmp_path / "rm"
+    assert cli_main(["reward-model", "--model", task["start"], "--preference-dataset", str(task["pairs"]),
+                     "--eval-dataset", str(task["eval_pairs"]), "--output", str(job), "--method", "lora",
+                     "--adapter-size", "4", "--reward-model-train-steps", "30", "--batch-size", "16",
+                     "--reward-model-learning-rate-multiplier", "100", "--evaluation-interval", "30"]) == 0
+    assert (job / "model" / "config.json").exists() and not (job / "model" / "adapter_config.json").exists()
+    reward = RewardModel(str(job))
+    accuracy = reward.pairwise_accuracy(str(task["eval_pairs"]))
+    print(f"\nLoRA reward model held-out pairwise accuracy: {accuracy:.3f}")
+    assert accuracy >= 0.8
+    with pytest.raises(MentorError, match="not a reward model"):
+        RewardModel(task["start"])
+
+
 def test_bad_data_stops_rlhf_before_any_training(task, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "q", "candidate_0": "a", "candidate_1": "b"}])
     with pytest.raises(DataValidationError, match=r"bad.jsonl:1: field 'choice'"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 from datasets import Dataset
 from transformers import set_seed
