@@ -93,7 +93,7 @@ def dpo(config: DPOConfig | None = None, **fields) -> common.TunedModel:
     best_step = state.best_global_step if select else None
     metrics = {**rc.final_eval(trainer, rc.DPO_METRICS), **rc.last_train_metrics(trainer, rc.DPO_METRICS)}
     model_dir = out / "model"
-    meta = {"base_model": base_ref, "method": f"dpo-{cfg.method}", "use_chat_template": renderer.use_chat_template,
+    meta = {"base_model": cfg.model, "method": f"dpo-{cfg.method}", "use_chat_template": renderer.use_chat_template,
             "is_seq2seq": False, "max_input_tokens": cfg.max_input_tokens, "instruction": cfg.instruction}
     common.save_model(trainer.model, tokenizer, model_dir, meta)
     rc.write_meta(model_dir, base_ref)

@@ -133,7 +133,7 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
     # save
     metrics = {**rc.final_eval(trainer, rc.RL_METRICS), **rc.last_train_metrics(trainer, rc.RL_METRICS)}
     model_dir = out / "model"
-    meta = {"base_model": base_ref, "method": f"rlhf-{cfg.method}", "use_chat_template": renderer.use_chat_template,
+    meta = {"base_model": cfg.model, "method": f"rlhf-{cfg.method}", "use_chat_template": renderer.use_chat_template,
             "is_seq2seq": False, "max_input_tokens": cfg.prompt_sequence_length, "instruction": cfg.instruction,
             "reward_model": reward_path}
     common.save_model(trainer.model, tokenizer, model_dir, meta)
