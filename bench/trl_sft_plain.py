@@ -40,6 +40,7 @@ config = SFTConfig(
     report_to="none",
     seed=0,
     include_num_input_tokens_seen="non_padding",
+    use_cpu=True,  # TRL's default bf16=True refuses to start on a CPU without it
 )
 peft_config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules="all-linear",
                          task_type="CAUSAL_LM")

@@ -20,7 +20,7 @@ def add_tuning_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="training JSONL")
     p.add_argument("--eval-data", dest="evaluation_data", help="evaluation JSONL")
     p.add_argument("--output", help="output folder")
-    p.add_argument("--method", help="full or lora (tune); see `mentor distill --help` for distillation")
+    p.add_argument("--method", help="full or lora; dpo or dpo-full for preference tuning (tune)")
     p.add_argument("--adapter-size", type=int, help="LoRA rank: 1, 4, 8 or 16")
     p.add_argument("--train-steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -47,6 +47,11 @@ TUNE_FIELDS = ["model", "data", "evaluation_data", "output", "method", "adapter_
 def cmd_tune(args) -> None:
     from mentor.config import TuneConfig, load_config
     from mentor.recipes.tune import tune
+    from mentor.rlhf.cli import run_dpo_from_tune_args, tune_wants_dpo
+
+    if tune_wants_dpo(args):  # --method dpo (LoRA) / dpo-full, or `method: dpo` in the job file
+        run_dpo_from_tune_args(args)
+        return
 
     cfg = load_config(args.config, tuning_fields(args, TUNE_FIELDS), TuneConfig)
     tune(cfg)
@@ -71,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mentor", description="Tune and distill language models on your own hardware.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("tune", help="supervised tuning: full fine-tuning or LoRA")
+    p = sub.add_parser("tune", help="supervised tuning: full fine-tuning, LoRA, or DPO from preference pairs")
     add_tuning_flags(p)
+    p.add_argument("--beta", type=float, help="DPO's beta (with --method dpo)")
+    p.add_argument("--instruction", help="text put before every prompt (with --method dpo)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("predict", help="answer a text, or a JSONL file of inputs (batch prediction)")

@@ -53,8 +53,31 @@ class TuneConfig(BaseModel):
         return v
 
     @property
+    def tuning_method(self) -> str:
+        """How the weights are trained: full or lora."""
+        return self.method
+
+    @property
     def learning_rate(self) -> float:
-        return RECOMMENDED_LR[self.method] * self.learning_rate_multiplier
+        return RECOMMENDED_LR[self.tuning_method] * self.learning_rate_multiplier
+
+
+class DistillJobConfig(TuneConfig):
+    """A job whose `method` names a distillation method; `model` is the student and `tuning`
+    (full or LoRA) how the student's weights are trained."""
+
+    method: str = "distill"
+    teacher: str | None = Field(None, description="the teacher: a model reference or a teacher spec")
+    tuning: Literal["full", "lora"] = "lora"
+
+    @property
+    def tuning_method(self) -> str:
+        return self.tuning
+
+    def tune_view(self) -> TuneConfig:
+        """The student's tuning job, for the shared tuning components (setup, save)."""
+        fields = {k: getattr(self, k) for k in TuneConfig.model_fields if k != "method"}
+        return TuneConfig(**fields, method=self.tuning)
 
 
 def load_config(path: str | None, overrides: dict, cls: type[BaseModel] = TuneConfig) -> BaseModel:

@@ -46,7 +46,7 @@ def metric_rows(out: Path) -> list[dict]:
 def base_job(data, out, **kw):
     job = dict(model="tiny:llama", teacher="recorded:field=teacher_completion", data=str(data["train"]),
                evaluation_data=str(data["eval"]), test_data=str(data["test"]), output=str(out), task="math",
-               label_field="equation", method="full", train_steps=40, batch_size=8, learning_rate_multiplier=60,
+               label_field="equation", tuning="full", train_steps=40, batch_size=8, learning_rate_multiplier=60,
                evaluation_interval=20, early_stopping=False)
     job.update(kw)
     return DistillConfig(**job)
@@ -88,9 +88,9 @@ def test_alpha_one_is_label_only_and_tokens_show_the_rationale_cost(data, tmp_pa
 
 
 def test_baselines_and_filtering(data, tmp_path):
-    ft = distill(base_job(data, tmp_path / "ft", distill_method="finetune", train_steps=5, test_data=None))
+    ft = distill(base_job(data, tmp_path / "ft", method="finetune", train_steps=5, test_data=None))
     assert ft.extra["examples"] == 120 and ft.extra["teacher_stats"] is None
-    std = distill(base_job(data, tmp_path / "std", distill_method="standard", train_steps=5, test_data=None))
+    std = distill(base_job(data, tmp_path / "std", method="standard", train_steps=5, test_data=None))
     assert std.extra["examples"] == 120 - 7
     labeled = [json.loads(l) for l in (tmp_path / "std" / "teacher_labels.jsonl").read_text().splitlines()]
     wrong = [r for r in labeled if r["teacher_agrees"] is False]
@@ -108,7 +108,7 @@ def test_unlabeled_data_uses_teacher_labels(data, tmp_path):
     assert result.extra["examples"] == 30 - 2  # rows 5 and 22 are unparseable
     with pytest.raises(MentorError, match="no training examples"):
         distill(base_job(unlabeled, tmp_path / "o2", evaluation_data=None, test_data=None,
-                         distill_method="finetune", train_steps=3))
+                         method="finetune", train_steps=3))
 
 
 def test_live_local_teacher_and_label_command(data, tmp_path, capsys):
@@ -144,6 +144,10 @@ def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
                      "--train-steps", "3", "--batch-size", "4", "--output", str(out)])
     assert code == 0
     assert json.loads((out / "result.json").read_text())["method"] == "step-by-step (lora)"
+    assert cli_main(["distill", "--method", "logit", "--student", "tiny:llama-small", "--teacher", "tiny:llama",
+                     "--data", str(data["train"]), "--train-steps", "2", "--batch-size", "4",
+                     "--output", str(tmp_path / "logit")]) == 0
+    assert json.loads((tmp_path / "logit" / "result.json").read_text())["steps_run"] == 2
     assert cli_main(["predict", str(out), "What is 2 + 3?", "--max-new-tokens", "4"]) == 0
     from mentor.serving.predict import Predictor
 

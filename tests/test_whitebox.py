@@ -296,10 +296,10 @@ def test_topk_loss_definition(data, teacher):
 
 
 def test_cli_distill_whitebox(data, teacher):
-    from mentor.whitebox.cli import main
+    from mentor.cli import main
 
     out = data["dir"] / "cli"
-    code = main(["distill-whitebox", "--method", "relation", "--relation-level", "sequence", "--teacher", teacher,
+    code = main(["distill", "--method", "relation", "--relation-level", "sequence", "--teacher", teacher,
                  "--student", STUDENT, "--data", data["train"], "--output", str(out), "--train-steps", "3",
                  "--batch-size", "8", "--bf16", "off"])
     assert code == 0

@@ -1,7 +1,7 @@
-"""Distillation job parameters: the tuning job's fields plus teacher, method and task.
+"""Distilling step-by-step job parameters: the tuning job's fields plus teacher, method and task.
 
-`model` is the student. `method` stays the tuning method (full or LoRA) as in `mentor tune`;
-the distillation method is `distill_method` (`--method` on `mentor distill`).
+`model` is the student, `method` the distillation method and `tuning` (full or LoRA, default
+LoRA) how the student's weights are trained.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from mentor.config import TuneConfig
+from mentor.config import DistillJobConfig
 
 DISTILL_METHODS = ("step-by-step", "standard", "finetune")
 TASKS = ("math", "choice", "nli", "classify", "extract")
 
 
-class DistillConfig(TuneConfig):
+class DistillConfig(DistillJobConfig):
     teacher: str | None = Field(None, description="hf:REF, openai:MODEL@URL, recorded:FILE or recorded:field=NAME")
-    distill_method: Literal["step-by-step", "standard", "finetune"] = "step-by-step"
+    method: Literal["step-by-step", "standard", "finetune"] = "step-by-step"
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the label loss; 1 - alpha for the rationale loss")
     task: Literal["math", "choice", "nli", "classify", "extract"] = "math"
     prompt_examples: str | None = Field(None, description="few-shot CoT examples JSONL (input, rationale, label)")

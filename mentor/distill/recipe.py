@@ -41,7 +41,7 @@ def student_targets(cfg: DistillConfig, rows: list[dict], labeled: list[Labeled]
         gold = row.get(cfg.label_field)
         gold = gold if isinstance(gold, str) and gold.strip() else None
         item = labeled[i] if labeled else None
-        if cfg.distill_method == "finetune":
+        if cfg.method == "finetune":
             if gold is None:
                 dropped["no gold label"] += 1
                 continue
@@ -55,9 +55,9 @@ def student_targets(cfg: DistillConfig, rows: list[dict], labeled: list[Labeled]
             continue
         # standard distillation trains on the teacher's labels; step-by-step on gold labels when
         # the data has them (labeled mode) and on the teacher's otherwise (unlabeled mode)
-        label = item.teacher_label(cfg.task) if (cfg.distill_method == "standard" or gold is None) else gold
-        rationale = item.parsed.rationale if cfg.distill_method == "step-by-step" else None
-        if cfg.distill_method == "step-by-step" and not rationale:
+        label = item.teacher_label(cfg.task) if (cfg.method == "standard" or gold is None) else gold
+        rationale = item.parsed.rationale if cfg.method == "step-by-step" else None
+        if cfg.method == "step-by-step" and not rationale:
             dropped["teacher unparseable"] += 1
             continue
         kept.append({"input": row["input_text"], "label": label, "rationale": rationale})
@@ -68,7 +68,7 @@ def encode_targets(cfg: DistillConfig, targets: list[dict], loaded, use_chat_tem
                    with_rationale: bool) -> Dataset:
     kw = dict(is_seq2seq=loaded.is_seq2seq, use_chat_template=use_chat_template,
               max_input_tokens=cfg.max_input_tokens, max_output_tokens=cfg.max_output_tokens, stats=stats)
-    prefix = cfg.label_prefix if cfg.distill_method == "step-by-step" else ""
+    prefix = cfg.label_prefix if cfg.method == "step-by-step" else ""
     label_rows = [encode(_example(prefix + t["input"], t["label"]), loaded.tokenizer, **kw) for t in targets]
     rationale_rows = None
     if with_rationale:
@@ -97,9 +97,9 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
         raise MentorError(f"{cfg.data}: {len(train_rows)} rows, more than max_examples={cfg.max_examples}")
     template = PromptTemplate.for_task(cfg.task, shots=cfg.prompt_examples, labels=cfg.labels)
     labeled, teacher, report_lines = None, None, []
-    if cfg.distill_method != "finetune":
+    if cfg.method != "finetune":
         if not cfg.teacher:
-            raise MentorError(f"--method {cfg.distill_method} needs a --teacher")
+            raise MentorError(f"--method {cfg.method} needs a --teacher")
         teacher = make_teacher(cfg.teacher, train_rows + (eval_rows or []) + (test_rows or []), out, cfg.teacher_concurrency)
         labeled, summary = label_rows(teacher, train_rows, template, cfg.task, cfg.answer_field, cfg.teacher_max_new_tokens)
         write_labeled(labeled, cfg.task, out / "teacher_labels.jsonl")
@@ -107,8 +107,8 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
         print("[mentor] " + report_lines[-1].replace("\n", "\n[mentor] "))
     targets, dropped = student_targets(cfg, train_rows, labeled)
     if not targets:
-        raise MentorError(f"no training examples left for {cfg.distill_method} (dropped: {dropped})")
-    print(f"[mentor] {len(targets)} training examples for {cfg.distill_method}" + (f"; dropped {dropped}" if dropped else ""))
+        raise MentorError(f"no training examples left for {cfg.method} (dropped: {dropped})")
+    print(f"[mentor] {len(targets)} training examples for {cfg.method}" + (f"; dropped {dropped}" if dropped else ""))
 
     eval_targets = None
     if eval_rows:
@@ -122,7 +122,7 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
 
     # -- setup: student ------------------------------------------------------------------------
     loaded, model, bf16, use_chat_template = load_for_training(cfg)
-    sbs = cfg.distill_method == "step-by-step"
+    sbs = cfg.method == "step-by-step"
     stats = {"train": EncodeStats(), "eval": EncodeStats() if eval_targets else None}
     train_ds = encode_targets(cfg, targets, loaded, use_chat_template, stats["train"], with_rationale=sbs and cfg.alpha < 1)
     eval_ds = encode_targets(cfg, eval_targets, loaded, use_chat_template, stats["eval"], False) if eval_targets else None
@@ -154,10 +154,10 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
     # -- save ------------------------------------------------------------------------------------
     meta = {"task_prefix": cfg.label_prefix if sbs else "", "task": cfg.task,
             "rationale_prefix": cfg.rationale_prefix if sbs and cfg.alpha < 1 else None,
-            "teacher": cfg.teacher, "distill_method": cfg.distill_method}
-    extra = {"distill_method": cfg.distill_method, "examples": len(targets), "dropped": dropped,
+            "teacher": cfg.teacher, "distill_method": cfg.method}
+    extra = {"distill_method": cfg.method, "examples": len(targets), "dropped": dropped,
              "teacher_stats": teacher.stats.as_dict() if teacher else None}
-    result = save(cfg, out, trainer, loaded, use_chat_template, stats, seconds, method_name=f"{cfg.distill_method} ({cfg.method})",
+    result = save(cfg, out, trainer, loaded, use_chat_template, stats, seconds, method_name=f"{cfg.method} ({cfg.tuning})",
                   extra=extra, meta_extra=meta, data_files={"data": cfg.data, "evaluation_data": cfg.evaluation_data,
                                                             "test_data": cfg.test_data})
 
@@ -179,14 +179,14 @@ def run_test(cfg: DistillConfig, result: TunedModel, test_rows: list[dict], teac
     results = [evaluate_student(result.model_path, test_rows, cfg.task, cfg.answer_field, cfg.labels,
                                 with_rationale=cfg.with_rationale, label_max_new_tokens=cfg.label_max_new_tokens,
                                 rationale_max_new_tokens=cfg.rationale_max_new_tokens,
-                                name=f"student: {cfg.distill_method}")]
+                                name=f"student: {cfg.method}")]
     if teacher is not None:
         labeled, _ = label_rows(teacher, test_rows, template, cfg.task, cfg.answer_field, cfg.teacher_max_new_tokens)
         results.append(evaluate_completions([l.completion for l in labeled], test_rows, cfg.task, cfg.answer_field,
                                             cfg.labels, name=f"teacher ({cfg.teacher})"))
     notes = notes + [f"student trained {result.steps_run} steps, {result.extra.get('tokens_seen')} tokens, "
                      f"{result.extra.get('seconds')} s"]
-    write_report(results, out / "report", f"{cfg.distill_method}: {cfg.model} from {cfg.teacher or 'gold labels'}", notes)
+    write_report(results, out / "report", f"{cfg.method}: {cfg.model} from {cfg.teacher or 'gold labels'}", notes)
     print(f"[mentor] report: {out / 'report' / 'report.md'}")
     return {r.name: {**r.metrics, "seconds_per_example": r.seconds_per_example,
                      "tokens_per_example": r.tokens_per_example, "parameters": r.parameters} for r in results}

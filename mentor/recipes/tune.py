@@ -41,11 +41,11 @@ def load_for_training(cfg: TuneConfig):
     bf16 = common.use_bf16(cfg.bf16)
     # LoRA trains small fp32 adapters; the frozen base can live in bf16, which halves memory
     # and spares autocast from re-casting every weight at every step.
-    dtype = torch.bfloat16 if (bf16 and cfg.method == "lora") else torch.float32
+    dtype = torch.bfloat16 if (bf16 and cfg.tuning_method == "lora") else torch.float32
     loaded = load_model(cfg.model, dtype=dtype)
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(loaded.tokenizer, "chat_template", None))
     model = loaded.model
-    if cfg.method == "lora":
+    if cfg.tuning_method == "lora":
         model = common.apply_lora(model, cfg.adapter_size, cfg.lora_target_modules, loaded.is_seq2seq)
     return loaded, model, bf16, use_chat_template
 
@@ -116,11 +116,11 @@ def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool
         final_metrics.update({k: v for k, v in train_logs[-1].items()
                               if k.startswith("train_") and not k.endswith(("runtime", "per_second"))})
 
-    meta = {"base_model": cfg.model, "method": method_name or cfg.method, "use_chat_template": use_chat_template,
+    meta = {"base_model": cfg.model, "method": method_name or cfg.method, "tuning": cfg.tuning_method, "use_chat_template": use_chat_template,
             "is_seq2seq": loaded.is_seq2seq, "max_input_tokens": cfg.max_input_tokens, **(meta_extra or {})}
     model_dir = out / "model"
     common.save_model(trainer.model, loaded.tokenizer, model_dir, meta)
-    if cfg.method == "lora" and cfg.merge_adapter:
+    if cfg.tuning_method == "lora" and cfg.merge_adapter:
         common.merge_adapter(model_dir, out / "merged")
 
     result = common.TunedModel(

@@ -30,9 +30,13 @@ class Predictor:
         # distilled step-by-step students answer a task named by a prefix: "[label] ", "[rationale] "
         self.task_prefix = meta.get("task_prefix", "")
         self.rationale_prefix = meta.get("rationale_prefix")
+        # preference-tuned models were trained with an instruction before every prompt
+        self.instruction = meta.get("instruction")
 
     def render(self, item: str | list[dict], prefix: str | None = None) -> str:
         prefix = self.task_prefix if prefix is None else prefix
+        if self.instruction:
+            prefix = f"{self.instruction}\n{prefix}"
         if isinstance(item, str):
             messages = [{"role": "user", "content": prefix + item}]
         else:

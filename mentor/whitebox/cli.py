@@ -1,22 +1,20 @@
-"""`mentor distill-whitebox`: white-box distillation from the command line.
+"""White-box distillation flags and runner, used by `mentor distill --method logit|feature|relation|self`.
 
-    mentor distill-whitebox --method logit --teacher TEACHER --student STUDENT --data train.jsonl \\
+    mentor distill --method logit --teacher TEACHER --student STUDENT --data train.jsonl \\
         --eval-data eval.jsonl --output out/ [--divergence jsd --beta 0.5 --temperature 2 --kd-ratio 0.7]
-    mentor distill-whitebox --method logit --offline-logits --top-k 64 ...   # teacher logits on disk
-    mentor distill-whitebox --method feature --layer-map 1:2,2:4 ...
-    mentor distill-whitebox --method relation ...
-    mentor distill-whitebox --method self --student tuned/ [--teacher earlier/checkpoint | no teacher: EMA]
+    mentor distill --method logit --offline-logits --top-k 64 ...   # teacher logits on disk
+    mentor distill --method feature --layer-map 1:2,2:4 ...
+    mentor distill --method relation ...
+    mentor distill --method self --student tuned/ [--teacher earlier/checkpoint | no teacher: EMA]
 
-`register(subparsers)` adds the command; `add_whitebox_flags(parser)` and `run(args)` let another
-command (`mentor distill --method logit|feature|relation|self`) offer the same flags and behaviour.
+`add_whitebox_flags(parser)` and `run(args)` give `mentor distill` these flags and behaviour.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from mentor.cli import _bool_flag, add_tuning_flags, tuning_fields
-from mentor.whitebox.config import METHOD_NAMES
+from mentor.cli import _bool_flag, tuning_fields
 
 WHITEBOX_FIELDS = [
     "model", "data", "evaluation_data", "output", "method", "adapter_size", "train_steps", "batch_size",
@@ -28,17 +26,11 @@ WHITEBOX_FIELDS = [
 ]
 
 
-def add_whitebox_flags(p: argparse.ArgumentParser, with_tuning_flags: bool = True) -> None:
-    """The distillation flags; `--method` (from the tuning flags) names the distillation method."""
-    if with_tuning_flags:
-        add_tuning_flags(p)
-        for action in p._actions:
-            if action.dest == "method":
-                action.choices = list(METHOD_NAMES)
-                action.help = "distillation method: logit, feature, relation or self (default logit)"
+def add_whitebox_flags(p: argparse.ArgumentParser) -> None:
+    """The white-box distillation flags (the tuning flags come from `mentor.cli.add_tuning_flags`)."""
     p.add_argument("--student", dest="model", help="the student model reference (same as --model)")
     p.add_argument("--teacher", help="teacher model reference (method self: omit, or 'ema', for an EMA teacher)")
-    p.add_argument("--tuning", choices=["full", "lora"], help="how the student is trained (default full)")
+    p.add_argument("--tuning", choices=["full", "lora"], help="how the student is trained: full or lora (default lora for step-by-step, full for white-box)")
     p.add_argument("--kd-ratio", type=float, help="weight of the distillation loss vs the next-token loss (default 0.5)")
     g = p.add_argument_group("logit and self-distillation")
     g.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"])
@@ -65,36 +57,3 @@ def run(args: argparse.Namespace):
 
     cfg = load_config(args.config, tuning_fields(args, WHITEBOX_FIELDS), WhiteboxConfig)
     return distill(cfg)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("distill-whitebox", help="white-box distillation: logit, feature, relation or self",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_whitebox_flags(p)
-    p.set_defaults(func=run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mentor.whitebox.cli distill-whitebox ...` (until `mentor` lists this module)."""
-    import sys
-
-    from mentor import cli
-
-    parser = cli.build_parser()
-    if "distill-whitebox" not in parser._subparsers._group_actions[0].choices:
-        register(parser._subparsers._group_actions[0])
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except cli.MentorError as err:
-        print(f"mentor: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    import os
-    import sys
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mentor.config import RECOMMENDED_LR, TuneConfig
+from mentor.config import DistillJobConfig
 
 METHOD_NAMES = ("logit", "feature", "relation", "self")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -20,7 +20,7 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}
 
 
-class WhiteboxConfig(TuneConfig):
+class WhiteboxConfig(DistillJobConfig):
     model: str = Field(description="the student: any model reference")
     method: Literal["logit", "feature", "relation", "self"] = Field(
         "logit", description="distillation method (logit, feature, relation, self)")
@@ -75,9 +75,6 @@ class WhiteboxConfig(TuneConfig):
             raise ValueError("on_policy_fraction applies to methods 'logit' and 'self'")
         return self
 
-    @property
-    def learning_rate(self) -> float:
-        return RECOMMENDED_LR[self.tuning] * self.learning_rate_multiplier
 
     @property
     def beta_for_divergence(self) -> float:
@@ -87,7 +84,3 @@ class WhiteboxConfig(TuneConfig):
     def uses_ema_teacher(self) -> bool:
         return self.method == "self" and (self.teacher is None or self.teacher == "ema")
 
-    def tune_view(self) -> TuneConfig:
-        """The student's tuning job, for the shared tuning components (setup, save)."""
-        fields = {k: getattr(self, k) for k in TuneConfig.model_fields if k != "method"}
-        return TuneConfig(**fields, method=self.tuning)
