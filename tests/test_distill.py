@@ -98,6 +98,8 @@ def test_baselines_and_filtering(data, tmp_path):
     filt = distill(base_job(data, tmp_path / "filt", filter_disagreements=True, train_steps=5, test_data=None))
     assert filt.extra["dropped"]["teacher disagrees with gold"] == len(wrong)
     assert filt.extra["examples"] == 120 - 7 - len(wrong)
+    masked = distill(base_job(data, tmp_path / "mask", mask_wrong_rationales=True, train_steps=5, test_data=None))
+    assert masked.extra["examples"] == 120 - 7 and masked.extra["masked_rationales"] == len(wrong)
 
 
 def test_unlabeled_data_uses_teacher_labels(data, tmp_path):

@@ -27,6 +27,9 @@ class DistillConfig(DistillJobConfig):
     label_field: str = Field("output_text", description="field holding the gold label to train on")
     answer_field: str = Field("output_text", description="field holding the gold answer to score against")
     filter_disagreements: bool = Field(False, description="drop examples where the teacher's answer disagrees with the gold one")
+    mask_wrong_rationales: bool = Field(
+        False, description="step-by-step with gold labels: train the label task on every example, the rationale "
+                           "task only where the teacher's answer agrees with the gold one")
     rationale_format: Literal["rationale", "rationale+label"] = Field(
         "rationale", description="rationale task target: the rationale alone (paper) or followed by the answer sentence")
     teacher_max_new_tokens: int = 256

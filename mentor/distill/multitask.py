@@ -49,7 +49,7 @@ class StepByStepTrainer(MentorTrainer):
         if "rationale_input_ids" in inputs and self.alpha < 1.0:
             r_batch = {k: inputs[f"rationale_{k}"] for k in RATIONALE_KEYS}
             r_sum, r_correct, r_count, _, _, _ = token_loss(model, r_batch, self.is_seq2seq, self._keep_logits)
-            rationale_loss = r_sum / max(r_count, 1)
+            rationale_loss = r_sum / max(r_count, 1)  # 0 when every rationale of the batch is masked
             loss = self.alpha * label_loss + (1 - self.alpha) * rationale_loss
             values.update(rationale_loss=rationale_loss.item(), rationale_batches=1)
             if mode == "train":  # the Trainer counts the label sequences' tokens; add the rationales'

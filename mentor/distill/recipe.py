@@ -60,7 +60,10 @@ def student_targets(cfg: DistillConfig, rows: list[dict], labeled: list[Labeled]
         if cfg.method == "step-by-step" and not rationale:
             dropped["teacher unparseable"] += 1
             continue
-        kept.append({"input": row["input_text"], "label": label, "rationale": rationale})
+        # a rationale that reaches a wrong answer teaches wrong reasoning: optionally keep the example
+        # for the label task only
+        masked = cfg.method == "step-by-step" and cfg.mask_wrong_rationales and item.agrees is False and gold is not None
+        kept.append({"input": row["input_text"], "label": label, "rationale": rationale, "mask_rationale": masked})
     return kept, {k: v for k, v in dropped.items() if v}
 
 
@@ -76,8 +79,12 @@ def encode_targets(cfg: DistillConfig, targets: list[dict], loaded, use_chat_tem
             if cfg.rationale_format == "rationale+label":
                 return f"{t['rationale']} {answer_sentence(cfg.task, t['label'])}"
             return t["rationale"]
-        rationale_rows = [encode(_example(cfg.rationale_prefix + t["input"], rationale_target(t)), loaded.tokenizer, **kw)
-                          for t in targets]
+        rationale_rows = []
+        for t in targets:
+            row = encode(_example(cfg.rationale_prefix + t["input"], rationale_target(t)), loaded.tokenizer, **kw)
+            if t.get("mask_rationale"):
+                row["labels"] = [-100] * len(row["labels"])
+            rationale_rows.append(row)
     return Dataset.from_list(merge_tasks(label_rows, rationale_rows))
 
 
@@ -108,7 +115,9 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
     targets, dropped = student_targets(cfg, train_rows, labeled)
     if not targets:
         raise MentorError(f"no training examples left for {cfg.method} (dropped: {dropped})")
-    print(f"[mentor] {len(targets)} training examples for {cfg.method}" + (f"; dropped {dropped}" if dropped else ""))
+    masked = sum(bool(t.get("mask_rationale")) for t in targets)
+    print(f"[mentor] {len(targets)} training examples for {cfg.method}" + (f"; dropped {dropped}" if dropped else "")
+          + (f"; {masked} rationales masked (teacher's answer wrong)" if masked else ""))
 
     eval_targets = None
     if eval_rows:
@@ -155,7 +164,7 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
     meta = {"task_prefix": cfg.label_prefix if sbs else "", "task": cfg.task,
             "rationale_prefix": cfg.rationale_prefix if sbs and cfg.alpha < 1 else None,
             "teacher": cfg.teacher, "distill_method": cfg.method}
-    extra = {"distill_method": cfg.method, "examples": len(targets), "dropped": dropped,
+    extra = {"distill_method": cfg.method, "examples": len(targets), "dropped": dropped, "masked_rationales": masked,
              "teacher_stats": teacher.stats.as_dict() if teacher else None}
     result = save(cfg, out, trainer, loaded, use_chat_template, stats, seconds, method_name=f"{cfg.method} ({cfg.tuning})",
                   extra=extra, meta_extra=meta, data_files={"data": cfg.data, "evaluation_data": cfg.evaluation_data,

@@ -1,0 +1,119 @@
+"""Benchmark: distilling step-by-step against its baselines on SVAMP with a recorded 540B teacher.
+
+Data: ../shared/data/svamp-palm (800 train / 200 test math word problems, each with PaLM 540B's
+raw chain-of-thought completion). Student: SmolLM2-135M-Instruct, LoRA. Every method gets the
+same steps, batch, rate and LoRA rank; the label is the gold equation (or the teacher's
+expression for standard distillation), which is evaluated and compared with the gold answer.
+
+Reports test accuracy (mean and spread over seeds) of: the student with few-shot CoT prompting,
+standard fine-tuning, standard distillation, step-by-step, and the teacher itself; and the
+compute (tokens, seconds) each training method spent.
+
+    python bench/svamp_distill.py [--seeds 0,1,2] [--steps 100] [--batch 16] [--fewshot-n 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mentor.distill.config import DistillConfig  # noqa: E402
+from mentor.distill.label import read_rows  # noqa: E402
+from mentor.distill.recipe import distill  # noqa: E402
+from mentor.evaluation.evaluate import evaluate_completions, evaluate_prompting  # noqa: E402
+
+DATA = Path(os.environ.get("MENTOR_SHARED_DATA", ROOT.parent / "shared" / "data")) / "svamp-palm"
+
+
+def mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--lr-multiplier", type=float, default=2.0, help="times LoRA's 5e-4")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--methods", default="finetune,standard,step-by-step")
+    p.add_argument("--variant", action="append", default=[],
+                   help="extra step-by-step variant as JSON fields, e.g. '{\"filter_disagreements\": true}'")
+    p.add_argument("--fewshot-n", type=int, default=60, help="test problems for the few-shot prompting baseline (0: skip)")
+    p.add_argument("--work", default=str(ROOT / "bench" / ".work" / "svamp"))
+    args = p.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"SVAMP data not found at {DATA} (set MENTOR_SHARED_DATA)")
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    test_rows = read_rows(DATA / "test.jsonl")
+    teacher = evaluate_completions([r["teacher_completion"] for r in test_rows], test_rows, "math",
+                                   name="teacher: PaLM 540B (recorded)")
+    print(f"teacher test accuracy: {teacher.metrics['accuracy']:.3f}")
+
+    runs = [(m, {"method": m}) for m in args.methods.split(",")]
+    runs += [(f"step-by-step {v}", {"method": "step-by-step", **json.loads(v)}) for v in args.variant]
+    results: dict[str, list[dict]] = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name, fields in runs:
+            tag = name.replace(" ", "_").replace('"', "").replace("{", "").replace("}", "").replace(":", "-").replace(",", "_")
+            cfg = DistillConfig(
+                model="smollm2-135m", teacher="recorded:field=teacher_completion",
+                data=str(DATA / "train.jsonl"), test_data=str(DATA / "test.jsonl"),
+                output=str(work / f"{tag}-seed{seed}-s{args.steps}-b{args.batch}"), task="math",
+                label_field="equation", answer_field="output_text", tuning="lora", adapter_size=args.rank,
+                train_steps=args.steps, batch_size=args.batch, learning_rate_multiplier=args.lr_multiplier,
+                alpha=args.alpha, seed=seed, chat_template="never", label_max_new_tokens=32,
+                **fields)
+            started = time.time()
+            r = distill(cfg)
+            student = next(v for k, v in r.extra["test"].items() if k.startswith("student"))
+            results.setdefault(name, []).append({
+                "seed": seed, "accuracy": student["accuracy"], "tokens": r.extra["tokens_seen"],
+                "train_seconds": r.extra["seconds"], "wall_seconds": time.time() - started,
+                "examples": r.extra["examples"]})
+            print(f"[bench] {name} seed {seed}: accuracy {student['accuracy']:.3f}, "
+                  f"{r.extra['tokens_seen']} tokens, {r.extra['seconds']} s", flush=True)
+
+    fewshot = None
+    if args.fewshot_n:
+        fewshot = evaluate_prompting("smollm2-135m", test_rows[: args.fewshot_n], "math", max_new_tokens=160)
+
+    lines = ["| method | test accuracy % (mean ± sd over seeds) | seeds | train tokens | train seconds |",
+             "|---|---|---|---|---|"]
+    if fewshot:
+        lines.append(f"| SmolLM2-135M few-shot CoT prompting (first {args.fewshot_n} test problems) | "
+                     f"{100 * fewshot.metrics['accuracy']:.1f} | - | 0 | 0 |")
+    for name, rs in results.items():
+        lines.append(f"| {name} | {mean_spread([x['accuracy'] for x in rs])} | {len(rs)} | "
+                     f"{statistics.mean(x['tokens'] for x in rs):,.0f} | {statistics.mean(x['train_seconds'] for x in rs):.0f} |")
+    lines.append(f"| teacher: PaLM 540B (recorded completions) | {100 * teacher.metrics['accuracy']:.1f} | - | - | - |")
+    table = "\n".join(lines)
+    print(f"\nSVAMP test set (200 problems), student SmolLM2-135M-Instruct, LoRA r={args.rank}, "
+          f"{args.steps} steps of {args.batch}, lr multiplier {args.lr_multiplier}, alpha {args.alpha}\n")
+    print(table)
+    if "step-by-step" in results:
+        sbs = statistics.mean(x["accuracy"] for x in results["step-by-step"])
+        for base in ("finetune", "standard"):
+            if base in results:
+                diff = 100 * (sbs - statistics.mean(x["accuracy"] for x in results[base]))
+                print(f"step-by-step minus {base}: {diff:+.1f} points (target: +3)")
+    (work / "results.json").write_text(json.dumps({"args": vars(args), "results": results,
+                                                   "teacher": teacher.metrics,
+                                                   "fewshot": fewshot.metrics if fewshot else None}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
