@@ -11,13 +11,11 @@ and field, so a user fixes the file once instead of once per error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentor.errors import DataValidationError, MentorError, Problem
-
-MAX_PROBLEMS = 50
+from mentor.data.jsonl import read_jsonl
+from mentor.errors import MentorError
 
 
 @dataclass
@@ -135,31 +133,13 @@ def parse_row(row: object, text_only_ok: bool = True) -> tuple[Example | None, l
 
 def load_examples(path: str | Path, max_examples: int = 10_000) -> list[Example]:
     """Read and validate a whole JSONL file; raise DataValidationError listing every bad line."""
-    path = Path(path)
-    if not path.is_file():
-        raise MentorError(f"data file not found: {path}")
-    examples: list[Example] = []
-    problems: list[Problem] = []
-    total_problems = 0
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                found = [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
-            else:
-                ex, found = parse_row(row)
-                if ex is not None:
-                    ex.file, ex.line = str(path), lineno
-                    examples.append(ex)
-            total_problems += len(found)
-            for fld, msg in found:
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(Problem(str(path), lineno, fld, msg))
-    if total_problems:
-        raise DataValidationError(problems, total_problems, cap=MAX_PROBLEMS)
+    def parse(row: dict, lineno: int):
+        ex, found = parse_row(row)
+        if ex is not None:
+            ex.file, ex.line = str(path), lineno
+        return ex, found
+
+    examples = read_jsonl(path, parse, "data")
     if not examples:
         raise MentorError(f"{path}: no examples (the file is empty)")
     if len(examples) > max_examples:

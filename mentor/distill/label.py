@@ -13,7 +13,8 @@ from pathlib import Path
 
 from mentor.distill.parsing import Parsed, ParseSummary, normalize_answer, numbers_match, summarize_parses
 from mentor.distill.prompts import PromptTemplate
-from mentor.errors import DataValidationError, MentorError, Problem
+from mentor.data.jsonl import read_jsonl
+from mentor.errors import MentorError
 from mentor.teachers import GenerationParams, RecordedTeacher, Teacher, build_teacher
 
 
@@ -36,30 +37,12 @@ class Labeled:
 
 def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",)) -> list[dict]:
     """JSONL rows with the fields distillation needs; every problem named by file, line, field."""
-    path = Path(path)
-    if not path.is_file():
-        raise MentorError(f"data file not found: {path}")
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                problems.append(Problem(str(path), lineno, "(line)", f"invalid JSON: {err.msg}"))
-                continue
-            if not isinstance(row, dict):
-                problems.append(Problem(str(path), lineno, "(line)", "must be a JSON object"))
-                continue
-            for name in required:
-                value = row.get(name)
-                if not isinstance(value, str) or not value.strip():
-                    problems.append(Problem(str(path), lineno, name, "missing or empty"))
-            row["_line"] = lineno
-            rows.append(row)
-    if problems:
-        raise DataValidationError(problems)
+    def parse(row: dict, lineno: int):
+        missing = [(name, "missing or empty") for name in required
+                   if not isinstance(row.get(name), str) or not row[name].strip()]
+        return (None if missing else {**row, "_line": lineno}), missing
+
+    rows = read_jsonl(path, parse, "data")
     if not rows:
         raise MentorError(f"{path}: no rows")
     return rows

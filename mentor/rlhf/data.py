@@ -18,9 +18,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentor.errors import DataValidationError, MentorError, Problem
+from mentor.data.jsonl import read_jsonl
+from mentor.errors import MentorError
 
-MAX_PROBLEMS = 50
 ROLES = ("system", "user", "assistant")
 
 
@@ -204,30 +204,14 @@ def parse_prompt(row: object) -> tuple[Prompt | None, list[tuple[str, str]]]:
 
 
 def _load(path: str | Path, parse, what: str, max_examples: int) -> list:
-    path = Path(path)
-    if not path.is_file():
-        raise MentorError(f"{what} file not found: {path}")
-    items, problems, total = [], [], 0
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                found = [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
-            else:
-                item, found = parse(row)
-                if item is not None:
-                    target = item.prompt if isinstance(item, PreferencePair) else item
-                    target.file, target.line = str(path), lineno
-                    items.append(item)
-            total += len(found)
-            for fld, msg in found:
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(Problem(str(path), lineno, fld, msg))
-    if total:
-        raise DataValidationError(problems, total, cap=MAX_PROBLEMS)
+    def parse_line(row: dict, lineno: int):
+        item, found = parse(row)
+        if item is not None:
+            target = item.prompt if isinstance(item, PreferencePair) else item
+            target.file, target.line = str(path), lineno
+        return item, found
+
+    items = read_jsonl(path, parse_line, what)
     if not items:
         raise MentorError(f"{path}: no {what}s (the file is empty)")
     if len(items) > max_examples:

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mentor.data.encode import render_prompt
-from mentor.errors import DataValidationError, MentorError, Problem
+from mentor.data.jsonl import read_jsonl
 from mentor.models import load_model, resolve
 
 
@@ -76,36 +76,22 @@ class Predictor:
 
 def read_prediction_inputs(path: Path) -> list[tuple[dict, str | list[dict]]]:
     """Rows with `input_text` or `messages` (ending in a user turn); errors name file, line, field."""
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                problems.append(Problem(str(path), lineno, "(line)", f"invalid JSON: {err.msg}"))
-                continue
-            if isinstance(row, dict) and isinstance(row.get("input_text"), str) and row["input_text"].strip():
-                rows.append((row, row["input_text"]))
-            elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
-                msgs = row["messages"]
-                if msgs and msgs[-1].get("role") == "assistant":
-                    msgs = msgs[:-1]  # an answer already present is the reference, not part of the prompt
-                rows.append((row, msgs))
-            else:
-                problems.append(Problem(str(path), lineno, "input_text", "missing or empty (or give 'messages')"))
-    if problems:
-        raise DataValidationError(problems)
-    return rows
+    def parse(row: dict, lineno: int):
+        if isinstance(row.get("input_text"), str) and row["input_text"].strip():
+            return (row, row["input_text"]), []
+        if isinstance(row.get("messages"), list) and row["messages"]:
+            msgs = row["messages"]
+            if isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+                msgs = msgs[:-1]  # an answer already present is the reference, not part of the prompt
+            return (row, msgs), []
+        return None, [("input_text", "missing or empty (or give 'messages')")]
+
+    return read_jsonl(path, parse, "input")
 
 
 def predict_file(model_ref: str, input_path: str, output_path: str, **kwargs) -> Path:
     """Batch prediction: every input row gets a `prediction`; the output appears only when complete."""
-    src = Path(input_path)
-    if not src.is_file():
-        raise MentorError(f"input file not found: {src}")
-    rows = read_prediction_inputs(src)
+    rows = read_prediction_inputs(Path(input_path))
     predictor = Predictor(model_ref)
     answers = predictor.generate([predictor.render(x) for _, x in rows], progress=True, **kwargs)
     dst = Path(output_path)
