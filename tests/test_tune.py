@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,8 +150,11 @@ def test_resume_after_sigkill_gives_same_weights(task, tmp_path):
     run(tmp_path / "straight")
     assert run(tmp_path / "killed", kill_after_checkpoint=20) == -signal.SIGKILL
     assert not (tmp_path / "killed" / "result.json").exists()
-    # a half-written checkpoint (as a kill during saving leaves) must be ignored, not loaded
+    # half-written checkpoints (as a kill during saving leaves) must be ignored, not loaded
     (tmp_path / "killed" / "checkpoints" / "checkpoint-999").mkdir()
+    half = tmp_path / "killed" / "checkpoints" / "checkpoint-998"
+    shutil.copytree(tmp_path / "killed" / "checkpoints" / "checkpoint-20", half)
+    (half / "trainer_state.json").write_text('{"global_step": 99')
     run(tmp_path / "killed")
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
@@ -206,3 +210,19 @@ def test_predict_cli_text_and_file(task, tmp_path, capsys):
     assert cli_main(["predict", result.output, "--input", str(bad), "--output", str(tmp_path / "x.jsonl")]) == 2
     assert f"{bad}:2: field 'input_text'" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_data_parallel_with_torchrun(task, tmp_path):
+    """Scale-out is the Trainer's: two CPU processes (gloo) train one job and write one output."""
+    train, evald = task
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "mentor.cli", "tune", "--model", "tiny:llama",
+                           "--data", str(train), "--eval-data", str(evald), "--output", str(out), "--train-steps", "10",
+                           "--evaluation-interval", "5", "--batch-size", "4"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps_run"] == 10 and (out / "model" / "adapter_model.safetensors").exists()
+    # each step saw both processes' batches: 2 x 4 examples
+    assert json.loads((out / "model" / "mentor_model.json").read_text())["tuning"] == "lora"

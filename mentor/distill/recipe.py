@@ -171,7 +171,7 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
                                                             "test_data": cfg.test_data})
 
     # -- test ------------------------------------------------------------------------------------
-    if test_rows:
+    if test_rows and trainer.is_world_process_zero():
         result.extra["test"] = run_test(cfg, result, test_rows, teacher, template, out, report_lines)
         common.write_result(out, result)
     if teacher is not None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -65,23 +66,33 @@ def prepare_output(output: str | Path, config: dict) -> Path:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint that was fully written; half-written ones (killed mid-save) are removed.
+def _checkpoint_complete(d: Path) -> bool:
+    """Trainer writes trainer_state.json last; a kill can still leave it half-written, and a kill
+    during rotation can leave a folder whose weights are already deleted."""
+    try:
+        json.loads((d / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    has_weights = any((d / f).exists() for f in ("model.safetensors", "adapter_model.safetensors",
+                                                  "model.safetensors.index.json", "pytorch_model.bin"))
+    return has_weights and (d / "optimizer.pt").exists()
 
-    Trainer writes trainer_state.json last, so a checkpoint without it is incomplete.
-    """
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was fully written; incomplete ones (killed mid-save) are removed."""
     if not folder.is_dir():
         return None
     found = []
     for d in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         if not d.name.split("-")[-1].isdigit():
             continue
-        if (d / "trainer_state.json").exists():
+        if _checkpoint_complete(d):
             found.append((int(d.name.split("-")[-1]), d))
         else:
             print(f"[mentor] removing incomplete checkpoint {d}")
@@ -168,6 +179,22 @@ def save_model(model, tokenizer, folder: Path, meta: dict) -> None:
     (tmp / "mentor_model.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+def save_trained(trainer, folder: Path, meta: dict) -> None:
+    """The trainer's model (best or last) with its tokenizer, written whole before it appears.
+
+    `Trainer.save_model` gathers sharded weights (FSDP, DeepSpeed) and writes from the main
+    process only, so every rank calls this."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        (tmp / "mentor_model.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    trainer.accelerator.wait_for_everyone()
 
 
 def merge_adapter(adapter_folder: Path, target: Path) -> None:

@@ -119,10 +119,6 @@ def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool
     meta = {"base_model": cfg.model, "method": method_name or cfg.method, "tuning": cfg.tuning_method, "use_chat_template": use_chat_template,
             "is_seq2seq": loaded.is_seq2seq, "max_input_tokens": cfg.max_input_tokens, **(meta_extra or {})}
     model_dir = out / "model"
-    common.save_model(trainer.model, loaded.tokenizer, model_dir, meta)
-    if cfg.tuning_method == "lora" and cfg.merge_adapter:
-        common.merge_adapter(model_dir, out / "merged")
-
     result = common.TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method_name or cfg.method,
         best_step=best_step, steps_run=state.global_step, metrics=final_metrics,
@@ -131,6 +127,11 @@ def save(cfg, out: Path, trainer: MentorTrainer, loaded, use_chat_template: bool
                "truncated": {k: vars(v) for k, v in enc_stats.items() if v is not None},
                "early_stopped": state.global_step < cfg.train_steps, **(extra or {})},
     )
+    common.save_trained(trainer, model_dir, meta)  # collective under DDP/FSDP; files from the main process
+    if not trainer.is_world_process_zero():
+        return result
+    if cfg.tuning_method == "lora" and cfg.merge_adapter:
+        common.merge_adapter(model_dir, out / "merged")
     plot_curves(out / "metrics.jsonl", out / "curves.png", best_step, title=f"{result.method} on {cfg.model}")
     files = data_files or {"data": cfg.data, "evaluation_data": cfg.evaluation_data}
     hashes = {k: common.file_sha256(v) for k, v in files.items() if v}
