@@ -100,19 +100,6 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def frozen_linears_to_bf16(model) -> int:
-    """Store the frozen base's matmul weights in bf16 (LoRA only): autocast then stops re-casting
-    them at every step, and they take half the memory. Embeddings, norms and the output head stay
-    float32, so the residual stream keeps full precision."""
-    output = model.get_output_embeddings()
-    n = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not output:
-            module.to(torch.bfloat16)
-            n += 1
-    return n
-
-
 def apply_lora(model, rank: int, target_modules, is_seq2seq: bool):
     """Wrap a model with LoRA adapters; 'all-linear' lets PEFT pick each architecture's layers."""
     from peft import LoraConfig, TaskType, get_peft_model

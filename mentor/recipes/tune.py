@@ -39,11 +39,12 @@ def load_for_training(cfg: TuneConfig):
     """The model to train (LoRA-wrapped if asked), its loader result, bf16 and chat-template choices."""
     set_seed(cfg.seed)
     bf16 = common.use_bf16(cfg.bf16)
-    loaded = load_model(cfg.model, dtype=torch.float32)
+    # LoRA trains small fp32 adapters; the frozen base can live in bf16, which halves memory
+    # and spares autocast from re-casting every weight at every step.
+    dtype = torch.bfloat16 if (bf16 and cfg.tuning_method == "lora") else torch.float32
+    loaded = load_model(cfg.model, dtype=dtype)
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(loaded.tokenizer, "chat_template", None))
     model = loaded.model
-    if bf16 and cfg.tuning_method == "lora":
-        common.frozen_linears_to_bf16(model)
     if cfg.tuning_method == "lora":
         model = common.apply_lora(model, cfg.adapter_size, cfg.lora_target_modules, loaded.is_seq2seq)
     return loaded, model, bf16, use_chat_template
