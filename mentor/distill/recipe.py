@@ -9,7 +9,6 @@ test:    student (label only, cheap) and teacher on the test set: report.md + re
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -92,9 +91,8 @@ def distill(config: DistillConfig | None = None, **fields) -> TunedModel:
     """Distil a teacher into a student; returns a handle to the student. Rerunning resumes."""
     cfg = config or DistillConfig(**fields)
     out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (out / "result.json").exists():
-        print(f"[mentor] {out} already holds this finished job")
-        return TunedModel(**json.loads((out / "result.json").read_text()))
+    if (done := common.finished_job(out)) is not None:
+        return done
 
     # -- setup: teacher --------------------------------------------------------------------
     train_rows = read_rows(cfg.data)

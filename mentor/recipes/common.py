@@ -64,6 +64,14 @@ def prepare_output(output: str | Path, config: dict) -> Path:
     return out
 
 
+def finished_job(out: Path) -> TunedModel | None:
+    """The result of the job already finished in `out`, if any: rerunning a done job is a no-op."""
+    if not (out / "result.json").exists():
+        return None
+    print(f"[mentor] {out} already holds this finished job")
+    return TunedModel(**json.loads((out / "result.json").read_text()))
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees a half-written file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -69,11 +69,8 @@ def tune(config: TuneConfig | None = None, **fields) -> common.TunedModel:
     """Tune a model; returns a handle to the result. Rerunning the same job resumes it."""
     cfg = config or TuneConfig(**fields)
     out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (out / "result.json").exists():
-        import json
-
-        print(f"[mentor] {out} already holds this finished job")
-        return common.TunedModel(**json.loads((out / "result.json").read_text()))
+    if (done := common.finished_job(out)) is not None:
+        return done
 
     loaded, model, train_ds, eval_ds, use_chat_template, bf16, enc_stats = setup(cfg)
     checkpoints = out / "checkpoints"

@@ -35,9 +35,8 @@ def dpo(config: DPOConfig | None = None, **fields) -> common.TunedModel:
 
     cfg = config or DPOConfig(**fields)
     out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (out / "result.json").exists():
-        print(f"[mentor] {out} already holds this finished job")
-        return common.TunedModel(**json.loads((out / "result.json").read_text()))
+    if (done := common.finished_job(out)) is not None:
+        return done
 
     # setup
     train_pairs = load_preferences(cfg.data, cfg.max_examples)

@@ -52,9 +52,8 @@ def train_reward_model(config: RewardModelConfig | None = None, **fields) -> com
 
     cfg = config or RewardModelConfig(**fields)
     out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (out / "result.json").exists():
-        print(f"[mentor] {out} already holds this finished reward model")
-        return common.TunedModel(**json.loads((out / "result.json").read_text()))
+    if (done := common.finished_job(out)) is not None:
+        return done
 
     # setup: every data problem surfaces before any model is loaded
     train_pairs = load_preferences(cfg.preference_dataset, cfg.max_examples)

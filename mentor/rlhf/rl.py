@@ -64,9 +64,8 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
 
     cfg = config or RLHFConfig(**fields)
     out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (out / "result.json").exists():
-        print(f"[mentor] {out} already holds this finished job")
-        return common.TunedModel(**json.loads((out / "result.json").read_text()))
+    if (done := common.finished_job(out)) is not None:
+        return done
 
     # setup: every data file is validated before the first step of either stage
     prompts = load_prompts(cfg.prompt_dataset, cfg.max_examples)

@@ -189,9 +189,8 @@ def distill(config: WhiteboxConfig | None = None, **fields) -> common.TunedModel
         fields["model"] = fields.pop("student")
     cfg = config or WhiteboxConfig(**fields)
     out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (out / "result.json").exists():
-        print(f"[mentor] {out} already holds this finished job")
-        return common.TunedModel(**json.loads((out / "result.json").read_text()))
+    if (done := common.finished_job(out)) is not None:
+        return done
 
     resume = common.last_complete_checkpoint(out / "checkpoints")
     if resume:
