@@ -6,16 +6,25 @@ A job can be given as a YAML file holding these same fields; command-line flags 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mentor.errors import MentorError
 
 # Recommended learning rates; `learning_rate_multiplier` scales these.
 RECOMMENDED_LR = {"full": 5e-5, "lora": 5e-4}
 ADAPTER_SIZES = (1, 4, 8, 16)
+
+
+def _check_rank(v: int) -> int:
+    if v not in ADAPTER_SIZES:
+        raise ValueError(f"adapter_size must be one of {ADAPTER_SIZES}")
+    return v
+
+
+AdapterSize = Annotated[int, AfterValidator(_check_rank)]  # LoRA rank, as the cloud services accept it
 
 
 class TuneConfig(BaseModel):
@@ -26,7 +35,7 @@ class TuneConfig(BaseModel):
     output: str = Field(description="output folder")
     evaluation_data: str | None = None
     method: Literal["full", "lora"] = "lora"
-    adapter_size: int = 8
+    adapter_size: AdapterSize = 8
     train_steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate_multiplier: float = Field(1.0, gt=0)
@@ -44,13 +53,6 @@ class TuneConfig(BaseModel):
     lora_target_modules: str | list[str] = "all-linear"
     bf16: Literal["auto", "on", "off"] = "auto"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-
-    @field_validator("adapter_size")
-    @classmethod
-    def _rank(cls, v: int) -> int:
-        if v not in ADAPTER_SIZES:
-            raise ValueError(f"adapter_size must be one of {ADAPTER_SIZES}")
-        return v
 
     @property
     def tuning_method(self) -> str:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mentor.config import ADAPTER_SIZES
+from mentor.config import AdapterSize
 
 # Recommended learning rates per stage and method; the *_multiplier fields scale these.
 REWARD_MODEL_LR = {"full": 1e-5, "lora": 1e-4}
@@ -29,7 +29,7 @@ class _Common(BaseModel):
     model: str = Field(description="model reference: hub id, folder, mentor output, .gguf, 'smollm2-135m' or 'tiny:NAME'")
     output: str = Field(description="output folder")
     method: Literal["full", "lora"] = "lora"
-    adapter_size: int = 8
+    adapter_size: AdapterSize = 8
     batch_size: int = Field(8, ge=1, description="preference pairs (reward model, DPO) or prompts (RL) per step")
     evaluation_interval: int = Field(20, ge=1)
     instruction: str | None = Field(None, description="prepended to every prompt (do not set it if the data already holds it)")
@@ -39,13 +39,6 @@ class _Common(BaseModel):
     lora_target_modules: str | list[str] = "all-linear"
     bf16: Literal["auto", "on", "off"] = "auto"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-
-    @field_validator("adapter_size")
-    @classmethod
-    def _rank(cls, v: int) -> int:
-        if v not in ADAPTER_SIZES:
-            raise ValueError(f"adapter_size must be one of {ADAPTER_SIZES}")
-        return v
 
 
 class RewardModelConfig(_Common):
