@@ -215,21 +215,12 @@ def merge_adapter(adapter_folder: Path, target: Path) -> None:
     save_model(merged, loaded.tokenizer, target, {**meta, "merged_from": str(adapter_folder)})
 
 
-def model_card(out: Path, result: TunedModel, cfg: dict, data_hashes: dict, notes: list[str]) -> None:
+def card_body(result: TunedModel, cfg: dict, data_hashes: dict) -> str:
+    """The part every model card shares: data hashes, metrics, parameters, curves."""
     params = "\n".join(f"| `{k}` | {v} |" for k, v in cfg.items())
     metrics = "\n".join(f"| `{k}` | {v:.4f} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in result.metrics.items())
     hashes = "\n".join(f"- `{k}`: sha256 `{v}`" for k, v in data_hashes.items())
-    text = f"""# Tuned model: {result.method} on {result.base_model}
-
-Made by mentor. Load it with `mentor predict {result.output} "your input"` or
-`mentor.serving.Predictor("{result.output}")`.
-
-- base model: `{result.base_model}`
-- method: {result.method}
-- steps run: {result.steps_run}; best eval step: {result.best_step}
-- model files: `{result.model_path}`
-
-## Data
+    return f"""## Data
 {hashes}
 
 ## Metrics
@@ -243,7 +234,21 @@ Made by mentor. Load it with `mentor predict {result.output} "your input"` or
 {params}
 
 ![training curves](curves.png)
+"""
 
+
+def model_card(out: Path, result: TunedModel, cfg: dict, data_hashes: dict, notes: list[str]) -> None:
+    text = f"""# Tuned model: {result.method} on {result.base_model}
+
+Made by mentor. Load it with `mentor predict {result.output} "your input"` or
+`mentor.serving.Predictor("{result.output}")`.
+
+- base model: `{result.base_model}`
+- method: {result.method}
+- steps run: {result.steps_run}; best eval step: {result.best_step}
+- model files: `{result.model_path}`
+
+{card_body(result, cfg, data_hashes)}
 {chr(10).join('- ' + n for n in notes)}
 """
     atomic_write(out / "README.md", text)

@@ -129,9 +129,6 @@ def plot(out: Path, method: str, model: str) -> None:
 
 
 def write_card(out: Path, result: common.TunedModel, cfg, hashes: dict) -> None:
-    params = "\n".join(f"| `{k}` | {v} |" for k, v in cfg.model_dump().items())
-    metrics = "\n".join(f"| `{k}` | {v:.4f} |" if isinstance(v, float) else f"| `{k}` | {v} |"
-                        for k, v in result.metrics.items())
     text = f"""# Reward model on {result.base_model}
 
 Made by mentor: `{result.base_model}` with a scalar head, trained on preference pairs with the
@@ -145,21 +142,7 @@ reinforcement learning with `mentor rlhf --reward-model {result.output} ...`. Th
 - steps run: {result.steps_run}
 - instruction prepended to prompts: {cfg.instruction!r}
 
-## Data
-{chr(10).join(f'- `{k}`: sha256 `{v}`' for k, v in hashes.items())}
-
-## Metrics
-| metric | value |
-|---|---|
-{metrics}
-
-## Parameters
-| field | value |
-|---|---|
-{params}
-
-![training curves](curves.png)
-"""
+{common.card_body(result, cfg.model_dump(), hashes)}"""
     common.atomic_write(out / "README.md", text)
 
 
