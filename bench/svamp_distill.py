@@ -2,8 +2,9 @@
 
 Data: ../shared/data/svamp-palm (800 train / 200 test math word problems, each with PaLM 540B's
 raw chain-of-thought completion). Student: SmolLM2-135M-Instruct, LoRA. Every method gets the
-same steps, batch, rate and LoRA rank; the label is the gold equation (or the teacher's
-expression for standard distillation), which is evaluated and compared with the gold answer.
+same steps, batch, rate and LoRA rank. The label is the gold equation written as the teacher writes
+expressions ("( 84.0 / 2.0 )" becomes "(84 / 2)"), or the teacher's own expression for standard
+distillation; it is evaluated and compared with the gold answer.
 
 Reports test accuracy (mean and spread over seeds) of: the student with few-shot CoT prompting,
 standard fine-tuning, standard distillation, step-by-step, and the teacher itself; and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -31,6 +33,23 @@ from mentor.distill.recipe import distill  # noqa: E402
 from mentor.evaluation.evaluate import evaluate_completions, evaluate_prompting  # noqa: E402
 
 DATA = Path(os.environ.get("MENTOR_SHARED_DATA", ROOT.parent / "shared" / "data")) / "svamp-palm"
+
+
+def teacher_style(equation: str) -> str:
+    """SVAMP's "( ( 17.0 + 15.0 ) + 2.0 )" as the teacher writes it: "((17 + 15) + 2)"."""
+    text = re.sub(r"(\d)\.0\b", r"\1", equation.strip())
+    return re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", text))
+
+
+def prepared(split: str, work: Path) -> Path:
+    """The split with a `label` field (teacher-style gold equation), written once into the work folder."""
+    path = work / f"{split}.jsonl"
+    if not path.exists():
+        rows = [json.loads(line) for line in (DATA / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({**r, "label": teacher_style(r["equation"])}) + "\n" for r in rows))
+        os.replace(tmp, path)
+    return path
 
 
 def mean_spread(values: list[float]) -> str:
@@ -71,21 +90,25 @@ def main() -> None:
             tag = name.replace(" ", "_").replace('"', "").replace("{", "").replace("}", "").replace(":", "-").replace(",", "_")
             cfg = DistillConfig(
                 model="smollm2-135m", teacher="recorded:field=teacher_completion",
-                data=str(DATA / "train.jsonl"), test_data=str(DATA / "test.jsonl"),
+                data=str(prepared("train", work)), test_data=str(prepared("test", work)),
                 output=str(work / f"{tag}-seed{seed}-s{args.steps}-b{args.batch}"), task="math",
-                label_field="equation", answer_field="output_text", tuning="lora", adapter_size=args.rank,
+                label_field="label", answer_field="output_text", tuning="lora", adapter_size=args.rank,
                 train_steps=args.steps, batch_size=args.batch, learning_rate_multiplier=args.lr_multiplier,
                 alpha=args.alpha, seed=seed, chat_template="never", label_max_new_tokens=32,
                 **fields)
             started = time.time()
             r = distill(cfg)
-            student = next(v for k, v in r.extra["test"].items() if k.startswith("student"))
-            results.setdefault(name, []).append({
-                "seed": seed, "accuracy": student["accuracy"], "tokens": r.extra["tokens_seen"],
-                "train_seconds": r.extra["seconds"], "wall_seconds": time.time() - started,
-                "examples": r.extra["examples"]})
-            print(f"[bench] {name} seed {seed}: accuracy {student['accuracy']:.3f}, "
-                  f"{r.extra['tokens_seen']} tokens, {r.extra['seconds']} s", flush=True)
+            for key, student in r.extra["test"].items():
+                if not key.startswith("student"):
+                    continue
+                row_name = name + (" (rationale then label)" if "rationale then label" in key else "")
+                results.setdefault(row_name, []).append({
+                    "seed": seed, "accuracy": student["accuracy"], "tokens": r.extra["tokens_seen"],
+                    "train_seconds": r.extra["seconds"], "wall_seconds": time.time() - started,
+                    "examples": r.extra["examples"], "seconds_per_example": student["seconds_per_example"],
+                    "tokens_per_example": student["tokens_per_example"]})
+                print(f"[bench] {row_name} seed {seed}: accuracy {student['accuracy']:.3f}, "
+                      f"{r.extra['tokens_seen']} tokens, {r.extra['seconds']} s", flush=True)
 
     fewshot = None
     if args.fewshot_n:

@@ -80,6 +80,24 @@ def test_step_by_step_trains_both_tasks_and_reports(data, tmp_path):
     assert result.extra["tokens_seen"] > 0
 
 
+def test_with_rationale_student_reasons_then_answers(data, tmp_path):
+    out = tmp_path / "cot"
+    cfg = base_job(data, out, with_rationale=True, mask_wrong_rationales=True, train_steps=200)
+    assert cfg.rationale_format == "rationale+label"  # reasoning first needs rationales that end in the answer
+    result = distill(cfg)
+    tests = result.extra["test"]
+    label_only, reasoned = tests["student: step-by-step"], tests["student: step-by-step, rationale then label"]
+    assert "answered_from_rationale" not in label_only
+    # the student learned to close its own rationale with the answer sentence, and that answer is the label
+    assert reasoned["answered_from_rationale"] > 0.5
+    assert reasoned["tokens_per_example"] > 3 * label_only["tokens_per_example"]
+    preds = [json.loads(l) for l in (out / "report" / "predictions-student__step-by-step__rationale_then_label.jsonl")
+             .read_text().splitlines()]
+    from_rationale = [p for p in preds if p["prediction"] is None]
+    assert from_rationale and all("The answer is" in p["rationale"] for p in from_rationale)
+    assert "rationale then label" in (out / "report" / "report.md").read_text()
+
+
 def test_alpha_one_is_label_only_and_tokens_show_the_rationale_cost(data, tmp_path):
     both = distill(base_job(data, tmp_path / "both", train_steps=10, test_data=None, evaluation_data=None))
     label_only = distill(base_job(data, tmp_path / "label", train_steps=10, alpha=1.0, test_data=None, evaluation_data=None))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mentor.config import DistillJobConfig
 
@@ -36,6 +36,15 @@ class DistillConfig(DistillJobConfig):
     teacher_concurrency: int = 8
     label_max_new_tokens: int = 48
     rationale_max_new_tokens: int = 256
-    with_rationale: bool = Field(False, description="at test time generate the rationale first, then the label")
+    with_rationale: bool = Field(
+        False, description="at test time also let the student write its rationale first and read the label from the "
+                           "answer that closes it (implies rationale_format='rationale+label')")
     label_prefix: str = "[label] "
     rationale_prefix: str = "[rationale] "
+
+    @model_validator(mode="after")
+    def _rationale_then_label(self):
+        # a student that reasons before it answers must have learned to end its rationale with the answer
+        if self.with_rationale and self.rationale_format == "rationale":
+            self.rationale_format = "rationale+label"
+        return self

@@ -182,11 +182,15 @@ def run_test(cfg: DistillConfig, result: TunedModel, test_rows: list[dict], teac
     """Student and teacher on the test set: the report that says whether distilling paid off."""
     from mentor.evaluation.evaluate import evaluate_completions, evaluate_student
     from mentor.evaluation.report import write_report
+    from mentor.serving.predict import Predictor
 
-    results = [evaluate_student(result.model_path, test_rows, cfg.task, cfg.answer_field, cfg.labels,
-                                with_rationale=cfg.with_rationale, label_max_new_tokens=cfg.label_max_new_tokens,
+    student = Predictor(result.model_path)
+    modes = [False, True] if cfg.with_rationale and cfg.method == "step-by-step" else [False]
+    results = [evaluate_student(student, test_rows, cfg.task, cfg.answer_field, cfg.labels,
+                                with_rationale=mode, label_max_new_tokens=cfg.label_max_new_tokens,
                                 rationale_max_new_tokens=cfg.rationale_max_new_tokens,
-                                name=f"student: {cfg.method}")]
+                                name=f"student: {cfg.method}" + (", rationale then label" if mode else ""))
+               for mode in modes]
     if teacher is not None:
         labeled, _ = label_rows(teacher, test_rows, template, cfg.task, cfg.answer_field, cfg.teacher_max_new_tokens)
         results.append(evaluate_completions([l.completion for l in labeled], test_rows, cfg.task, cfg.answer_field,

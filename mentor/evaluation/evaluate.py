@@ -35,50 +35,52 @@ def golds_of(rows: list[dict], answer_field: str) -> list[str]:
     return [str(r.get(answer_field, "")) for r in rows]
 
 
-def _label_of(text: str, task: str, row: dict, labels: list[str] | None, parse_sentence: bool) -> str | None:
-    """A prediction's label: a bare label is normalised; a rationale-style output is parsed."""
-    if parse_sentence:
-        parsed = parse_completion(text, task, choices=row.get("choices"), labels=labels)
-        if parsed.ok:
-            return parsed.label
+def _label_of(text: str, task: str, row: dict, labels: list[str] | None) -> str | None:
+    """A label-task answer, normalised for the task (a math expression is evaluated)."""
     label, _ = normalize_answer(text.strip(), task, row.get("choices"), labels)
     return label
 
 
-def evaluate_student(model_ref: str, rows: list[dict], task: str, answer_field: str = "output_text",
+def evaluate_student(model_ref, rows: list[dict], task: str, answer_field: str = "output_text",
                      labels: list[str] | None = None, with_rationale: bool = False, label_max_new_tokens: int = 48,
                      rationale_max_new_tokens: int = 256, batch_size: int = 8, name: str = "student") -> EvalResult:
-    """Greedy answers of a tuned model. Step-by-step students answer the label task alone unless
-    `with_rationale`, where the rationale task runs first and the label comes after."""
+    """Greedy answers of a tuned model. Step-by-step students answer the label task alone (cheap)
+    unless `with_rationale`: then the student writes its rationale first and the label is the answer
+    that closes it (students trained with `rationale_format="rationale+label"` end it with one); the
+    label task answers only where no answer could be read from the rationale. `model_ref` is a
+    model reference or an already loaded `Predictor`."""
     from mentor.serving.predict import Predictor
 
-    predictor = Predictor(model_ref)
+    predictor = model_ref if isinstance(model_ref, Predictor) else Predictor(model_ref)
     inputs = [r["input_text"] for r in rows]
     tok = predictor.tokenizer
     start = time.perf_counter()
-    rationale_outputs = None
+    preds: list[str | None] = [None] * len(rows)
+    outputs: list[str | None] = [None] * len(rows)
+    rationales: list[str] | None = None
     if with_rationale and predictor.rationale_prefix is not None:
-        rationale_outputs = predictor.generate([predictor.render(x, predictor.rationale_prefix) for x in inputs],
-                                               max_new_tokens=rationale_max_new_tokens, batch_size=batch_size, progress=True)
-    outputs = predictor.generate([predictor.render(x) for x in inputs], max_new_tokens=label_max_new_tokens,
-                                 batch_size=batch_size, progress=True)
+        rationales = predictor.generate([predictor.render(x, predictor.rationale_prefix) for x in inputs],
+                                        max_new_tokens=rationale_max_new_tokens, batch_size=batch_size, progress=True)
+        for i, (row, text) in enumerate(zip(rows, rationales)):
+            parsed = parse_completion(text, task, choices=row.get("choices"), labels=labels)
+            preds[i] = parsed.label if parsed.ok else None
+    todo = [i for i, p in enumerate(preds) if p is None]
+    answers = predictor.generate([predictor.render(inputs[i]) for i in todo], max_new_tokens=label_max_new_tokens,
+                                 batch_size=batch_size, progress=True) if todo else []
+    for i, out in zip(todo, answers):
+        outputs[i] = out
+        preds[i] = _label_of(out, task, rows[i], labels)
     seconds = time.perf_counter() - start
-    preds = []
-    for i, (row, out) in enumerate(zip(rows, outputs)):
-        label = _label_of(out, task, row, labels, parse_sentence=False)
-        if label is None and rationale_outputs is not None:  # a label task that failed: use the rationale's answer
-            label = _label_of(rationale_outputs[i], task, row, labels, parse_sentence=True)
-        preds.append(label)
-    generated = [len(tok(o, add_special_tokens=False).input_ids) for o in outputs]
-    if rationale_outputs:
-        generated = [g + len(tok(r, add_special_tokens=False).input_ids) for g, r in zip(generated, rationale_outputs)]
+    generated = [len(tok(o, add_special_tokens=False).input_ids) for o in answers]
+    generated += [len(tok(r, add_special_tokens=False).input_ids) for r in rationales or []]
     metrics = score(preds, golds_of(rows, answer_field), task, choices=[r.get("choices") for r in rows] if task == "choice" else None)
+    if rationales is not None:
+        metrics["answered_from_rationale"] = (len(rows) - len(todo)) / len(rows)
     params = sum(p.numel() for p in predictor.model.parameters())
     records = [{"input_text": r["input_text"], "prediction": o, "label": p, "gold": r.get(answer_field)}
                for r, o, p in zip(rows, outputs, preds)]
-    if rationale_outputs:
-        for rec, rat in zip(records, rationale_outputs):
-            rec["rationale"] = rat
+    for rec, rat in zip(records, rationales or []):
+        rec["rationale"] = rat
     return EvalResult(name, metrics, seconds / len(rows), sum(generated) / len(rows), params, records)
 
 
