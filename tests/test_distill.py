@@ -117,7 +117,10 @@ def test_baselines_and_filtering(data, tmp_path):
     assert filt.extra["dropped"]["teacher disagrees with gold"] == len(wrong)
     assert filt.extra["examples"] == 120 - 7 - len(wrong)
     masked = distill(base_job(data, tmp_path / "mask", mask_wrong_rationales=True, train_steps=5, test_data=None))
-    assert masked.extra["examples"] == 120 - 7 and masked.extra["masked_rationales"] == len(wrong)
+    # masking keeps every gold-labelled example for the label task, as fine-tuning does; the rationale task
+    # skips the 7 unparseable completions and the wrong ones
+    assert masked.extra["examples"] == 120 and masked.extra["masked_rationales"] == len(wrong) + 7
+    assert "dropped" not in masked.extra or not masked.extra["dropped"]
 
 
 def test_unlabeled_data_uses_teacher_labels(data, tmp_path):

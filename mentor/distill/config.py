@@ -28,8 +28,8 @@ class DistillConfig(DistillJobConfig):
     answer_field: str = Field("output_text", description="field holding the gold answer to score against")
     filter_disagreements: bool = Field(False, description="drop examples where the teacher's answer disagrees with the gold one")
     mask_wrong_rationales: bool = Field(
-        False, description="step-by-step with gold labels: train the label task on every example, the rationale "
-                           "task only where the teacher's answer agrees with the gold one")
+        False, description="step-by-step with gold labels: train the label task on every example (as fine-tuning "
+                           "does), the rationale task only where the teacher's rationale parsed and reached the gold answer")
     rationale_format: Literal["rationale", "rationale+label"] = Field(
         "rationale", description="rationale task target: the rationale alone (paper) or followed by the answer sentence")
     teacher_max_new_tokens: int = 256

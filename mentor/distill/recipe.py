@@ -46,23 +46,22 @@ def student_targets(cfg: DistillConfig, rows: list[dict], labeled: list[Labeled]
                 continue
             kept.append({"input": row["input_text"], "label": gold, "rationale": None})
             continue
-        if item is None or not item.parsed.ok:
+        parsed = item is not None and item.parsed.ok and (cfg.method != "step-by-step" or bool(item.parsed.rationale))
+        # with mask_wrong_rationales a gold-labelled example whose rationale is unusable (unparseable or
+        # reaching a wrong answer) still trains the label task, as in fine-tuning; its rationale is masked
+        keep_for_label = cfg.method == "step-by-step" and cfg.mask_wrong_rationales and gold is not None
+        if not parsed and not keep_for_label:
             dropped["teacher unparseable"] += 1
             continue
-        if cfg.filter_disagreements and item.agrees is False:
+        if parsed and cfg.filter_disagreements and item.agrees is False:
             dropped["teacher disagrees with gold"] += 1
             continue
         # standard distillation trains on the teacher's labels; step-by-step on gold labels when
         # the data has them (labeled mode) and on the teacher's otherwise (unlabeled mode)
         label = item.teacher_label(cfg.task) if (cfg.method == "standard" or gold is None) else gold
-        rationale = item.parsed.rationale if cfg.method == "step-by-step" else None
-        if cfg.method == "step-by-step" and not rationale:
-            dropped["teacher unparseable"] += 1
-            continue
-        # a rationale that reaches a wrong answer teaches wrong reasoning: optionally keep the example
-        # for the label task only
-        masked = cfg.method == "step-by-step" and cfg.mask_wrong_rationales and item.agrees is False and gold is not None
-        kept.append({"input": row["input_text"], "label": label, "rationale": rationale, "mask_rationale": masked})
+        rationale = item.parsed.rationale if cfg.method == "step-by-step" and parsed else None
+        masked = keep_for_label and (not parsed or item.agrees is False)
+        kept.append({"input": row["input_text"], "label": label, "rationale": rationale or "", "mask_rationale": masked})
     return kept, {k: v for k, v in dropped.items() if v}
 
 
