@@ -164,9 +164,10 @@ def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(["distill", "--student", "tiny:llama", "--teacher", "recorded:field=teacher_completion",
                      "--data", str(data["train"]), "--label-field", "equation", "--task", "math",
-                     "--train-steps", "3", "--batch-size", "4", "--output", str(out)])
+                     "--mask-wrong-rationales", "--train-steps", "3", "--batch-size", "4", "--output", str(out)])
     assert code == 0
-    assert json.loads((out / "result.json").read_text())["method"] == "step-by-step (lora)"
+    result = json.loads((out / "result.json").read_text())
+    assert result["method"] == "step-by-step (lora)" and result["extra"]["masked_rationales"] > 0
     assert cli_main(["distill", "--method", "logit", "--student", "tiny:llama-small", "--teacher", "tiny:llama",
                      "--data", str(data["train"]), "--train-steps", "2", "--batch-size", "4",
                      "--output", str(tmp_path / "logit")]) == 0

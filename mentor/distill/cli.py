@@ -7,7 +7,7 @@ import argparse
 from mentor.cli import TUNE_FIELDS, add_tuning_flags, tuning_fields
 
 DISTILL_FIELDS = ["teacher", "method", "alpha", "task", "prompt_examples", "test_data", "label_field", "answer_field",
-                  "filter_disagreements", "rationale_format", "with_rationale", "teacher_concurrency", "labels"]
+                  "filter_disagreements", "mask_wrong_rationales", "rationale_format", "with_rationale", "teacher_concurrency", "labels"]
 
 
 def cmd_distill(args) -> None:
@@ -59,9 +59,14 @@ def register(sub) -> None:
     g.add_argument("--answer-field", help="field with the gold answer to score against (default output_text)")
     g.add_argument("--filter-disagreements", action=argparse.BooleanOptionalAction, default=None,
                    help="drop examples where the teacher's answer disagrees with the gold one")
-    g.add_argument("--rationale-format", choices=["rationale", "rationale+label"])
+    g.add_argument("--mask-wrong-rationales", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep every gold-labelled example for the label task; train the rationale task only on "
+                        "rationales that parsed and reached the gold answer")
+    g.add_argument("--rationale-format", choices=["rationale", "rationale+label"],
+                   help="rationale task target: the rationale alone (paper) or followed by the answer sentence")
     g.add_argument("--with-rationale", action=argparse.BooleanOptionalAction, default=None,
-                   help="at test time, generate the rationale first, then the label")
+                   help="also test the student reasoning first: it writes its rationale and the label is read from "
+                        "the answer that closes it (implies --rationale-format rationale+label)")
     g.add_argument("--teacher-concurrency", type=int)
     p.set_defaults(func=cmd_distill)
 
