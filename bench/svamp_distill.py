@@ -114,25 +114,28 @@ def main() -> None:
     if args.fewshot_n:
         fewshot = evaluate_prompting("smollm2-135m", test_rows[: args.fewshot_n], "math", max_new_tokens=160)
 
-    lines = ["| method | test accuracy % (mean ± sd over seeds) | seeds | train tokens | train seconds |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | test accuracy % (mean ± sd over seeds) | seeds | train tokens | train seconds "
+             "| answer tokens/example | answer s/example |", "|---|---|---|---|---|---|---|"]
     if fewshot:
         lines.append(f"| SmolLM2-135M few-shot CoT prompting (first {args.fewshot_n} test problems) | "
-                     f"{100 * fewshot.metrics['accuracy']:.1f} | - | 0 | 0 |")
+                     f"{100 * fewshot.metrics['accuracy']:.1f} | - | 0 | 0 | {fewshot.tokens_per_example:.1f} "
+                     f"| {fewshot.seconds_per_example:.3f} |")
     for name, rs in results.items():
         lines.append(f"| {name} | {mean_spread([x['accuracy'] for x in rs])} | {len(rs)} | "
-                     f"{statistics.mean(x['tokens'] for x in rs):,.0f} | {statistics.mean(x['train_seconds'] for x in rs):.0f} |")
-    lines.append(f"| teacher: PaLM 540B (recorded completions) | {100 * teacher.metrics['accuracy']:.1f} | - | - | - |")
+                     f"{statistics.mean(x['tokens'] for x in rs):,.0f} | {statistics.mean(x['train_seconds'] for x in rs):.0f} | "
+                     f"{statistics.mean(x['tokens_per_example'] for x in rs):.1f} | "
+                     f"{statistics.mean(x['seconds_per_example'] for x in rs):.3f} |")
+    lines.append(f"| teacher: PaLM 540B (recorded completions) | {100 * teacher.metrics['accuracy']:.1f} | - | - | - | - | - |")
     table = "\n".join(lines)
     print(f"\nSVAMP test set (200 problems), student SmolLM2-135M-Instruct, LoRA r={args.rank}, "
           f"{args.steps} steps of {args.batch}, lr multiplier {args.lr_multiplier}, alpha {args.alpha}\n")
     print(table)
-    if "step-by-step" in results:
-        sbs = statistics.mean(x["accuracy"] for x in results["step-by-step"])
-        for base in ("finetune", "standard"):
-            if base in results:
-                diff = 100 * (sbs - statistics.mean(x["accuracy"] for x in results[base]))
-                print(f"step-by-step minus {base}: {diff:+.1f} points (target: +3)")
+    means = {name: statistics.mean(x["accuracy"] for x in rs) for name, rs in results.items()}
+    for name, acc in means.items():
+        if name.startswith("step-by-step"):
+            for base in ("finetune", "standard"):
+                if base in means:
+                    print(f"{name} minus {base}: {100 * (acc - means[base]):+.1f} points (target: +3)")
     (work / "results.json").write_text(json.dumps({"args": vars(args), "results": results,
                                                    "teacher": teacher.metrics,
                                                    "fewshot": fewshot.metrics if fewshot else None}, indent=2))
