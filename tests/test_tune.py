@@ -101,6 +101,20 @@ def test_lora_rank_is_what_was_asked(task, tmp_path):
     assert len(a_mats) == 7 * 2
     with pytest.raises(Exception, match="adapter_size"):
         mentor.TuneConfig(model="tiny:llama", data="x", output="y", adapter_size=3)
+    # at inference the adapter is merged into the base weights: same logits as base + adapter
+    from mentor.models import load_model
+    from mentor.serving.predict import Predictor
+
+    predictor = Predictor(result.output)
+    assert not any("lora" in name for name, _ in predictor.model.named_parameters())
+    unmerged = load_model(result.model_path).model.eval()
+    assert any("lora" in name for name, _ in unmerged.named_parameters())
+    ids = predictor.tokenizer(["abc def"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        tuned = unmerged(ids).logits
+        assert torch.allclose(predictor.model(ids).logits, tuned, atol=1e-4)
+        with unmerged.disable_adapter():  # and the adapter does change them
+            assert (unmerged(ids).logits - tuned).abs().max() > 1e-3
 
 
 def test_seq2seq_model_learns(task, tmp_path):

@@ -96,12 +96,10 @@ def write_labeled(labeled: list[Labeled], task: str, path: Path) -> Path:
 
 def teacher_report(summary: ParseSummary, labeled: list[Labeled], teacher: Teacher) -> str:
     agree = [l.agrees for l in labeled if l.agrees is not None]
-    lines = [f"teacher {teacher.identity}: {teacher.stats.summary()}",
-             f"parsed {summary.ok}/{summary.total} completions ({summary.rate:.1%})"]
+    lines = [f"teacher {teacher.identity}: {teacher.stats.summary()}", str(summary)]  # parse rate, failures by example
     if agree:
         lines.append(f"teacher answer agrees with the gold answer on {sum(agree)}/{len(agree)} parsed examples "
                      f"({sum(agree) / len(agree):.1%})")
-    lines.append(str(summary))
     return "\n".join(lines)
 
 

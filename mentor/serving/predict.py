@@ -21,7 +21,10 @@ from mentor.models import load_model, resolve
 class Predictor:
     def __init__(self, model_ref: str, dtype: torch.dtype = torch.float32):
         self.loaded = load_model(model_ref, dtype=dtype)
-        self.model = self.loaded.model.eval()
+        # a LoRA adapter is folded into the base weights for inference: the same outputs, without the
+        # adapters' extra matmuls in every layer at every generated token
+        model = self.loaded.model.merge_and_unload() if self.loaded.adapter else self.loaded.model
+        self.model = model.eval()
         self.tokenizer = self.loaded.tokenizer
         meta_path = Path(resolve(model_ref)) / "mentor_model.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
