@@ -16,7 +16,8 @@ The step-by-step runs use what worked here: the rationale task's target is the t
 rationale followed by the gold answer sentence, and rationales whose answer is wrong (or that do
 not parse) are masked while their examples still train the label task. With alpha 0.8 (label
 loss weighted 0.8) the student answering directly beat both baselines; the alpha 0.5 run is also
-tested reasoning first. Other variants: --variant '{"alpha": 0.9, "mask_wrong_rationales": true}'.
+tested reasoning first. Other variants: --variant '{"alpha": 0.9, "rationale_format": "rationale+label",
+"mask_wrong_rationales": true}'.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import write_jsonl
 from mentor.cli import main as cli_main
@@ -164,10 +165,13 @@ def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(["distill", "--student", "tiny:llama", "--teacher", "recorded:field=teacher_completion",
                      "--data", str(data["train"]), "--label-field", "equation", "--task", "math",
-                     "--mask-wrong-rationales", "--train-steps", "3", "--batch-size", "4", "--output", str(out)])
+                     "--mask-wrong-rationales", "--alpha", "0.8", "--rationale-format", "rationale+label",
+                     "--train-steps", "3", "--batch-size", "4", "--output", str(out)])  # the README's recipe
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == "step-by-step (lora)" and result["extra"]["masked_rationales"] > 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["alpha"] == 0.8 and saved["rationale_format"] == "rationale+label" and saved["mask_wrong_rationales"]
     assert cli_main(["distill", "--method", "logit", "--student", "tiny:llama-small", "--teacher", "tiny:llama",
                      "--data", str(data["train"]), "--train-steps", "2", "--batch-size", "4",
                      "--output", str(tmp_path / "logit")]) == 0
