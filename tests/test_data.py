@@ -111,6 +111,11 @@ def test_seq2seq_encoding_puts_prompt_in_encoder_and_answer_in_labels(tmp_path):
     enc = encode(examples[0], tok, is_seq2seq=True, use_chat_template=False, max_input_tokens=2, max_output_tokens=2, stats=stats)
     assert len(enc["input_ids"]) == 2 and len(enc["labels"]) == 2
     assert stats.truncated_inputs == 1 and stats.truncated_outputs == 1
+    # the answer ends with eos even where the tokenizer does not append one (this byte tokenizer), or the
+    # tuned model would never learn to stop
+    full = encode(examples[0], tok, is_seq2seq=True, use_chat_template=False, max_input_tokens=50, max_output_tokens=50)
+    assert tok.decode(full["labels"]) == "bcd" + tok.eos_token
+    assert tok.decode(full["input_ids"]) == "abc"
 
 
 def test_model_reference_errors(tmp_path):

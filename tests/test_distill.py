@@ -99,6 +99,22 @@ def test_with_rationale_student_reasons_then_answers(data, tmp_path):
     assert "rationale then label" in (out / "report" / "report.md").read_text()
 
 
+def test_seq2seq_student_full_and_lora(data, tmp_path):
+    """A T5-style student learns both tasks through its encoder, and stops after its answer."""
+    full = distill(base_job(data, tmp_path / "full", model="tiny:t5", train_steps=300, evaluation_data=None))
+    train = [r for r in metric_rows(tmp_path / "full") if "train_label_loss" in r]
+    for name in ("train_label_loss", "train_rationale_loss"):
+        assert sum(r[name] for r in train[-10:]) / 10 < 0.2 * sum(r[name] for r in train[:10]) / 10, name
+    label_only = full.extra["test"]["student: step-by-step"]
+    # every answer is a well-formed equation of 9 bytes, ended by eos rather than max_new_tokens
+    assert label_only["answered"] == 1.0 and label_only["tokens_per_example"] <= 10
+    lora = distill(base_job(data, tmp_path / "lora", model="tiny:t5", tuning="lora", train_steps=30,
+                            evaluation_data=None, test_data=None))
+    assert (tmp_path / "lora" / "model" / "adapter_config.json").exists() and lora.extra["tokens_seen"] > 0
+    train = [r for r in metric_rows(tmp_path / "lora") if "train_rationale_loss" in r]
+    assert train[-1]["train_rationale_loss"] < train[0]["train_rationale_loss"]
+
+
 def test_alpha_one_is_label_only_and_tokens_show_the_rationale_cost(data, tmp_path):
     both = distill(base_job(data, tmp_path / "both", train_steps=10, test_data=None, evaluation_data=None))
     label_only = distill(base_job(data, tmp_path / "label", train_steps=10, alpha=1.0, test_data=None, evaluation_data=None))

@@ -78,9 +78,12 @@ def encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool,
         target = ex.messages[-1]["content"]
         src = tokenizer(prompt).input_ids
         tgt = tokenizer(text_target=target).input_ids
+        if tokenizer.eos_token_id is not None and tgt[-1:] != [tokenizer.eos_token_id]:
+            tgt = tgt + [tokenizer.eos_token_id]  # T5's tokenizer appends it, others don't: without it the student never stops
         if len(src) > max_input_tokens:
             stats.truncated_inputs += 1
-            src = src[: max_input_tokens - 1] + src[-1:]  # keep the trailing eos
+            ends_with_eos = src[-1] == tokenizer.eos_token_id
+            src = src[: max_input_tokens - 1] + src[-1:] if ends_with_eos else src[:max_input_tokens]
         if len(tgt) > max_output_tokens:
             stats.truncated_outputs += 1
             tgt = tgt[:max_output_tokens]
