@@ -14,12 +14,15 @@ and reasoning first, beside the teacher.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
+import mentor
 from mentor.data.examples import write_example_splits
-from mentor.distill.config import DistillConfig
-from mentor.distill.recipe import distill
+from mentor.logs import setup_logging
+
+log = logging.getLogger("mentor.quickstart")
 
 
 def main() -> None:
@@ -29,12 +32,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--student", default="smollm2-135m")
     args = p.parse_args()
+    setup_logging()
 
     started = time.time()
     out = Path(args.output)
     data = write_example_splits(out / "data", "legs", train=320, eval=16, test=60, seed=0)
-    print(f"[quickstart] data: {', '.join(f'{k}={v}' for k, v in data.items())}")
-    cfg = DistillConfig(
+    log.info(f"data: {', '.join(f'{k}={v}' for k, v in data.items())}")
+    result = mentor.distill(
+        "step-by-step",
         model=args.student,
         teacher="recorded:field=teacher_completion",
         data=str(data["train"]),
@@ -42,7 +47,6 @@ def main() -> None:
         test_data=str(data["test"]),
         output=str(out / "student"),
         task="math",
-        method="step-by-step",
         label_field="expression",
         with_rationale=True,
         tuning="lora",
@@ -55,16 +59,15 @@ def main() -> None:
         label_max_new_tokens=32,
         rationale_max_new_tokens=160,
     )
-    result = distill(cfg)
     minutes = (time.time() - started) / 60
-    print(f"\n[quickstart] finished in {minutes:.1f} min")
+    log.info(f"finished in {minutes:.1f} min")
     for name, metrics in result.extra.get("test", {}).items():
-        print(f"[quickstart] {name}: accuracy {metrics['accuracy']:.1%}, "
+        log.info(f"{name}: accuracy {metrics['accuracy']:.1%}, "
               f"{metrics['seconds_per_example']:.2f} s and {metrics['tokens_per_example']:.0f} tokens per answer"
-              if metrics.get("seconds_per_example") is not None else f"[quickstart] {name}: accuracy {metrics['accuracy']:.1%}")
-    print(f"[quickstart] student model: {result.model_path}")
-    print(f"[quickstart] report: {Path(result.output) / 'report' / 'report.md'}; curves: {Path(result.output) / 'curves.png'}")
-    print(f"[quickstart] try it: .venv/bin/mentor predict {result.output} "
+              if metrics.get("seconds_per_example") is not None else f"{name}: accuracy {metrics['accuracy']:.1%}")
+    log.info(f"student model: {result.model_path}")
+    log.info(f"report: {Path(result.output) / 'report' / 'report.md'}; curves: {Path(result.output) / 'curves.png'}")
+    log.info(f"try it: .venv/bin/mentor predict {result.output} "
           "\"How many legs are there in total if you have 4 spiders, 3 ducks?\"")
 
 

@@ -5,12 +5,13 @@ import random
 from pathlib import Path
 
 import pytest
+
+import mentor
 import yaml
 
 from conftest import write_jsonl
 from mentor.cli import main as cli_main
 from mentor.distill.config import DistillConfig
-from mentor.distill.recipe import distill
 from mentor.errors import DataValidationError, MentorError
 
 
@@ -38,6 +39,10 @@ def data(tmp_path_factory):
         "eval": write_jsonl(d / "eval.jsonl", arithmetic_rows(12, 1)),
         "test": write_jsonl(d / "test.jsonl", arithmetic_rows(16, 2)),
     }
+
+
+def distill(cfg):
+    return mentor.run(cfg.method, cfg)
 
 
 def metric_rows(out: Path) -> list[dict]:

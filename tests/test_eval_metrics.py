@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from mentor.errors import MentorError
-from mentor.evaluation.metrics import accuracy, choice_accuracy, exact_match, f1, normalize_squad, rouge_l, score
+from mentor.tasks.metrics import (
+    accuracy,
+    choice_accuracy,
+    exact_match,
+    f1,
+    normalize_squad,
+    rouge_l,
+    score,
+)
 
 
 def test_accuracy_numeric_tolerance():

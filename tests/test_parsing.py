@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from mentor.distill.parsing import (
+from mentor.errors import MentorError
+from mentor.tasks.answers import parse_completion, summarize_parses
+from mentor.tasks.arithmetic import (
+    evaluate_math,
+    format_number,
+    numbers_match,
+    parse_number,
+)
+from mentor.tasks.labels import normalize_answer
+from mentor.tasks.reasons import (
     REASON_CHOICE_CONFLICT,
     REASON_EMPTY,
     REASON_EMPTY_ANSWER,
@@ -18,16 +27,8 @@ from mentor.distill.parsing import (
     REASON_NOT_EVALUABLE,
     REASON_NOT_IN_LABELS,
     REASON_TRUNCATED,
-    cut_runon,
-    evaluate_math,
-    format_number,
-    normalize_answer,
-    numbers_match,
-    parse_completion,
-    parse_number,
-    summarize_parses,
 )
-from mentor.errors import MentorError
+from mentor.tasks.runon import cut_runon
 
 # ----------------------------------------------------------------------------------------------
 # Answer forms

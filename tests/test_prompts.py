@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mentor.distill.prompts import (
+from mentor.errors import DataValidationError, MentorError
+from mentor.tasks.prompts import (
     BUILTIN_SHOTS,
     ZERO_SHOT_TRIGGER,
     PromptTemplate,
@@ -16,7 +17,6 @@ from mentor.distill.prompts import (
     format_choices,
     load_shots,
 )
-from mentor.errors import DataValidationError, MentorError
 
 INPUTS = {
     "math": "Sam has 3 bags with 5 apples each. How many apples does he have?",

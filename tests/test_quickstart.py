@@ -10,7 +10,7 @@ def test_quickstart_runs_with_a_tiny_student(tmp_path):
                            "--batch-size", "4", "--output", str(tmp_path / "qs")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[quickstart] finished" in proc.stdout
+    assert "[mentor] finished in" in proc.stdout
     result = json.loads((tmp_path / "qs" / "student" / "result.json").read_text())
     assert result["steps_run"] == 2 and "test" in result["extra"]
     assert (tmp_path / "qs" / "student" / "report" / "report.md").exists()

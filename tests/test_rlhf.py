@@ -18,8 +18,8 @@ import mentor
 from conftest import write_jsonl
 from mentor.cli import main as cli_main
 from mentor.errors import DataValidationError, MentorError
-from mentor.rlhf import RewardModel, dpo, load_preferences, load_prompts, rlhf
-from mentor.rlhf.cli import run_dpo_from_tune_args, tune_wants_dpo
+from mentor import dpo, rlhf
+from mentor.rlhf import RewardModel, load_preferences, load_prompts
 
 # The same openings on both sides, so the word that decides is not always the first one.
 YES = ["yes", "oh yes", "i think yes", "well yes sure"]
@@ -71,7 +71,7 @@ def task(tmp_path_factory):
         "held_out_prompts": [r["input_text"] for r in prompt_rows(24, 5)],
     }
     # the starting policy: says "yes ..." about half of the time
-    mentor.tune(model="tiny:llama", data=str(files["sft"]), output=str(d / "start"), method="full", train_steps=200,
+    mentor.tune(model="tiny:llama", data=str(files["sft"]), output=str(d / "start"), tuning="full", train_steps=200,
                 batch_size=16, learning_rate_multiplier=100, early_stopping=False, checkpoint_selection=False)
     files["start"] = str(d / "start")
     return files
@@ -185,8 +185,8 @@ def test_config_names_and_defaults_are_the_clouds(tmp_path):
     with pytest.raises(ValueError, match="reward_model"):
         RLHFConfig(model="m", output="o", prompt_dataset="q")
     assert DPOConfig(model="m", output="o", data="d").beta == 0.1
-    assert DPOConfig(model="m", output="o", data="d", method="dpo").method == "lora"
-    assert DPOConfig(model="m", output="o", data="d", method="dpo-full").method == "full"
+    assert DPOConfig(model="m", output="o", data="d").tuning == "lora"
+    assert DPOConfig(model="m", output="o", data="d", tuning="full").learning_rate == 1e-6
 
 
 # -- RLHF: reward model, then RL ---------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_config_names_and_defaults_are_the_clouds(tmp_path):
 @pytest.fixture(scope="module")
 def rlhf_job(task, tmp_path_factory):
     out = tmp_path_factory.mktemp("rlhf") / "job"
-    result = rlhf(model=task["start"], output=str(out), method="full",
+    result = rlhf(model=task["start"], output=str(out), tuning="full",
                   preference_dataset=str(task["pairs"]), eval_dataset=str(task["eval_pairs"]),
                   prompt_dataset=str(task["prompts"]), eval_prompt_dataset=str(task["eval_prompts"]),
                   reward_model_train_steps=40, reward_model_learning_rate_multiplier=100,
@@ -256,7 +256,7 @@ def test_kl_coeff_holds_the_policy_near_the_start(task, rlhf_job, tmp_path):
     mean_kl = {}
     for kl_coeff in (0.01, 2.0):
         job = tmp_path / f"kl-{kl_coeff}"
-        rlhf(model=task["start"], output=str(job), method="full", reward_model=str(out / "reward_model"),
+        rlhf(model=task["start"], output=str(job), tuning="full", reward_model=str(out / "reward_model"),
              prompt_dataset=str(task["prompts"]), reinforcement_learning_train_steps=80,
              reinforcement_learning_rate_multiplier=1000, kl_coeff=kl_coeff, batch_size=4, num_generations=4,
              target_sequence_length=12, evaluation_interval=80)
@@ -270,7 +270,7 @@ def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tm
     out, _ = rlhf_job
     job = tmp_path / "lora"
     code = cli_main(["rlhf", "--model", task["start"], "--output", str(job), "--reward-model", str(out / "reward_model"),
-                     "--prompt-dataset", str(task["prompts"]), "--method", "lora", "--adapter-size", "4",
+                     "--prompt-dataset", str(task["prompts"]), "--tuning", "lora", "--adapter-size", "4",
                      "--reinforcement-learning-train-steps", "4", "--batch-size", "2", "--num-generations", "2",
                      "--target-sequence-length", "8", "--instruction", "Reply briefly."])
     assert code == 0
@@ -282,7 +282,7 @@ def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tm
     assert isinstance(Predictor(str(job)).predict("Reply briefly.\nanswer abc", max_new_tokens=4), str)
     # the same job again is a no-op
     assert cli_main(["rlhf", "--model", task["start"], "--output", str(job), "--reward-model", str(out / "reward_model"),
-                     "--prompt-dataset", str(task["prompts"]), "--method", "lora", "--adapter-size", "4",
+                     "--prompt-dataset", str(task["prompts"]), "--tuning", "lora", "--adapter-size", "4",
                      "--reinforcement-learning-train-steps", "4", "--batch-size", "2", "--num-generations", "2",
                      "--target-sequence-length", "8", "--instruction", "Reply briefly."]) == 0
     assert "already holds this finished job" in capsys.readouterr().out
@@ -291,7 +291,7 @@ def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tm
 def test_reward_model_command_with_lora_saves_a_plain_reusable_model(task, tmp_path):
     job = tmp_path / "rm"
     assert cli_main(["reward-model", "--model", task["start"], "--preference-dataset", str(task["pairs"]),
-                     "--eval-dataset", str(task["eval_pairs"]), "--output", str(job), "--method", "lora",
+                     "--eval-dataset", str(task["eval_pairs"]), "--output", str(job), "--tuning", "lora",
                      "--adapter-size", "4", "--reward-model-train-steps", "30", "--batch-size", "16",
                      "--reward-model-learning-rate-multiplier", "100", "--evaluation-interval", "30"]) == 0
     assert (job / "model" / "config.json").exists() and not (job / "model" / "adapter_config.json").exists()
@@ -316,7 +316,7 @@ def test_bad_data_stops_rlhf_before_any_training(task, tmp_path):
 def test_dpo_raises_chosen_over_rejected_margin_on_held_out_pairs(task, tmp_path):
     out = tmp_path / "dpo"
     result = dpo(model=task["start"], data=str(task["pairs"]), evaluation_data=str(task["eval_pairs"]),
-                 output=str(out), method="full", beta=0.1, train_steps=30, batch_size=16,
+                 output=str(out), tuning="full", beta=0.1, train_steps=30, batch_size=16,
                  learning_rate_multiplier=1000, evaluation_interval=10, early_stopping=False)
     for name in LAYOUT:
         assert (out / name).exists(), name
@@ -334,24 +334,26 @@ def test_dpo_raises_chosen_over_rejected_margin_on_held_out_pairs(task, tmp_path
 
 
 def test_dpo_from_tune_command_line_with_lora(task, tmp_path):
-    import argparse
-
     from mentor.cli import build_parser
+    from mentor.cli.jobs import config_from_args
 
     job = tmp_path / "tuned"
     argv = ["tune", "--model", task["start"], "--data", str(task["pairs"]), "--output", str(job), "--method", "dpo",
             "--adapter-size", "4", "--train-steps", "3", "--batch-size", "4"]
-    args = build_parser().parse_args(argv)
-    assert tune_wants_dpo(args)
-    result = run_dpo_from_tune_args(args)
-    assert result.method == "dpo-lora" and (job / "model" / "adapter_config.json").exists()
+    kind, _ = config_from_args(build_parser(argv).parse_args(argv))
+    assert kind.name == "dpo"
+    assert cli_main(argv) == 0
+    result = json.loads((job / "result.json").read_text())
+    assert result["method"] == "dpo (lora)" and (job / "model" / "adapter_config.json").exists()
     yaml_job = tmp_path / "job.yaml"
-    yaml_job.write_text(f"model: {task['start']}\nmethod: dpo-full\n")
-    assert tune_wants_dpo(argparse.Namespace(config=str(yaml_job), method=None))
-    assert not tune_wants_dpo(build_parser().parse_args(["tune", "--method", "lora"]))
+    yaml_job.write_text(f"model: {task['start']}\nmethod: dpo\ntuning: full\n")
+    argv = ["tune", "--config", str(yaml_job), "--data", "d", "--output", "o"]
+    assert config_from_args(build_parser(argv).parse_args(argv))[0].name == "dpo"
+    argv = ["tune", "--tuning", "lora", "--model", "m", "--data", "d", "--output", "o"]
+    assert config_from_args(build_parser(argv).parse_args(argv))[0].name == "tune"
     # and `mentor dpo` itself
     assert cli_main(["dpo", "--model", task["start"], "--data", str(task["pairs"]), "--output", str(tmp_path / "d2"),
-                     "--method", "full", "--train-steps", "2", "--batch-size", "4", "--beta", "0.2"]) == 0
+                     "--tuning", "full", "--train-steps", "2", "--batch-size", "4", "--beta", "0.2"]) == 0
     import yaml
 
     assert yaml.safe_load((tmp_path / "d2" / "config.yaml").read_text())["beta"] == 0.2

@@ -8,16 +8,17 @@ import threading
 
 import pytest
 
+from mentor.serving.stop import apply_stop
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mentor.errors import DataValidationError, MentorError  # noqa: E402
-from mentor.teachers import (  # noqa: E402
+from mentor.errors import DataValidationError, MentorError
+from mentor.teachers import (
     CACHE_FILENAME,
     Completion,
     GenerationParams,
     RecordedTeacher,
     TeacherCache,
-    apply_stop,
     build_teacher,
     cache_key,
     default_cache_path,
@@ -148,13 +149,16 @@ def test_recorded_bad_lines_name_file_line_and_field(tmp_path):
         RecordedTeacher.from_file(path)
     message = str(err.value)
     assert "5 problem(s)" in message
-    assert f"{path}:2: field '<json>': not valid JSON" in message
+    assert f"{path}:2: field '(line)': invalid JSON" in message
     assert f"{path}:3: field 'teacher_completion or completion': missing" in message
     assert f"{path}:4: field 'input_text or prompt or input': missing" in message
     assert f"{path}:5: field 'completion': must be a string, got int" in message
-    assert f"{path}:6: field '<json>': expected an object" in message
-    with pytest.raises(MentorError, match="not found"):
+    assert f"{path}:6: field '(line)': must be a JSON object, got list" in message
+    with pytest.raises(MentorError, match="recorded teacher file not found"):
         build_teacher(f"recorded:{tmp_path / 'nope.jsonl'}")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "completion": "a"}\n')
+    with pytest.raises(MentorError, match="latin1.jsonl: not UTF-8"):
+        RecordedTeacher.from_file(tmp_path / "latin1.jsonl")
 
 
 def test_recorded_from_rows_field():

@@ -9,11 +9,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
+from teacher_server import TeacherServer
 
-from mentor.models import load_model  # noqa: E402
-from mentor.teachers import GenerationParams, HFTeacher, RetryPolicy, build_teacher  # noqa: E402
-from teacher_server import TeacherServer  # noqa: E402
+from mentor.models import load_model
+from mentor.teachers import GenerationParams, HFTeacher, RetryPolicy, build_teacher
 
 PROMPTS = ["hello", "hi there, how are you", "What is 2+2?", "The quick brown fox", "12345"]
 

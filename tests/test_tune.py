@@ -35,7 +35,7 @@ def test_loss_falls_and_metrics_are_recorded(task, tmp_path):
     train, evald = task
     out = tmp_path / "job"
     result = mentor.tune(model="tiny:llama", data=str(train), evaluation_data=str(evald), output=str(out),
-                         method="full", train_steps=120, batch_size=16, learning_rate_multiplier=100,
+                         tuning="full", train_steps=120, batch_size=16, learning_rate_multiplier=100,
                          evaluation_interval=20, early_stopping=False, checkpoint_selection=False)
     rows = eval_rows(out)
     assert [r["step"] for r in rows] == [20, 40, 60, 80, 100, 120]
@@ -63,7 +63,7 @@ def test_loss_falls_and_metrics_are_recorded(task, tmp_path):
 
 def test_checkpoint_selection_returns_best_not_last(task, tmp_path):
     train, evald = task
-    common = dict(model="tiny:llama", data=str(train), evaluation_data=str(evald), method="full", train_steps=200,
+    common = dict(model="tiny:llama", data=str(train), evaluation_data=str(evald), tuning="full", train_steps=200,
                   batch_size=16, learning_rate_multiplier=400, evaluation_interval=20, early_stopping=False)
     best = mentor.tune(output=str(tmp_path / "best"), **common)
     last = mentor.tune(output=str(tmp_path / "last"), checkpoint_selection=False, **common)
@@ -82,7 +82,7 @@ def test_early_stopping_ends_before_train_steps_on_plateau(task, tmp_path):
     train, evald = task
     # a learning rate far too small to move the model: eval accuracy stays flat
     result = mentor.tune(model="tiny:llama", data=str(train), evaluation_data=str(evald), output=str(tmp_path / "o"),
-                         method="full", train_steps=300, batch_size=8, learning_rate_multiplier=1e-6,
+                         tuning="full", train_steps=300, batch_size=8, learning_rate_multiplier=1e-6,
                          evaluation_interval=10, early_stopping_patience=2)
     assert result.steps_run == 30  # best at step 10, then two evaluations without gain
     assert result.extra["early_stopped"] is True
@@ -90,7 +90,7 @@ def test_early_stopping_ends_before_train_steps_on_plateau(task, tmp_path):
 
 def test_lora_rank_is_what_was_asked(task, tmp_path):
     train, _ = task
-    result = mentor.tune(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), method="lora",
+    result = mentor.tune(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), tuning="lora",
                          adapter_size=4, train_steps=5, batch_size=4)
     cfg = json.loads((Path(result.model_path) / "adapter_config.json").read_text())
     assert cfg["r"] == 4
@@ -120,7 +120,7 @@ def test_lora_rank_is_what_was_asked(task, tmp_path):
 def test_seq2seq_model_learns(task, tmp_path):
     train, evald = task
     result = mentor.tune(model="tiny:t5", data=str(train), evaluation_data=str(evald), output=str(tmp_path / "o"),
-                         method="full", train_steps=60, batch_size=16, learning_rate_multiplier=100,
+                         tuning="full", train_steps=60, batch_size=16, learning_rate_multiplier=100,
                          evaluation_interval=20, early_stopping=False, checkpoint_selection=False)
     rows = eval_rows(tmp_path / "o")
     assert rows[-1]["eval_total_loss"] < 0.8 * rows[0]["eval_total_loss"]
@@ -130,7 +130,7 @@ def test_seq2seq_model_learns(task, tmp_path):
 def test_truncation_counts(tmp_path):
     rows = [{"input_text": "a" * n, "output_text": "b" * m} for n, m in [(5, 3), (50, 3), (60, 40), (5, 40), (10, 10)]]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    result = mentor.tune(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), method="full",
+    result = mentor.tune(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), tuning="full",
                          train_steps=2, batch_size=2, max_input_tokens=30, max_output_tokens=20)
     # chat rendering adds template tokens around the input and after the output; with the byte
     # tokenizer: input = 30 (template) + n bytes, output = m bytes + 2 ("<|im_end|>", "\n")
@@ -141,7 +141,7 @@ def test_truncation_counts(tmp_path):
 def test_resume_after_sigkill_gives_same_weights(task, tmp_path):
     train, evald = task
     args = ["tune", "--model", "tiny:llama-wide", "--data", str(train), "--eval-data", str(evald),
-            "--method", "full", "--train-steps", "60", "--batch-size", "16", "--learning-rate-multiplier", "50",
+            "--tuning", "full", "--train-steps", "60", "--batch-size", "16", "--learning-rate-multiplier", "50",
             "--evaluation-interval", "10", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -187,7 +187,7 @@ def test_resume_after_sigkill_gives_same_weights(task, tmp_path):
 def test_yaml_job_file_with_flag_override(task, tmp_path, capsys):
     train, _ = task
     job = tmp_path / "job.yaml"
-    job.write_text(f"model: tiny:llama\ndata: {train}\noutput: {tmp_path / 'o'}\nmethod: lora\ntrain_steps: 50\nbatch_size: 2\n")
+    job.write_text(f"model: tiny:llama\ndata: {train}\noutput: {tmp_path / 'o'}\ntuning: lora\ntrain_steps: 50\nbatch_size: 2\n")
     assert cli_main(["tune", "--config", str(job), "--train-steps", "3", "--adapter-size", "1"]) == 0
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert result["steps_run"] == 3
@@ -212,7 +212,7 @@ def test_rerun_of_finished_job_is_a_no_op_and_different_job_is_refused(task, tmp
 
 def test_predict_cli_text_and_file(task, tmp_path, capsys):
     train, _ = task
-    result = mentor.tune(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), method="lora",
+    result = mentor.tune(model="tiny:llama", data=str(train), output=str(tmp_path / "o"), tuning="lora",
                          train_steps=3, batch_size=4)
     assert cli_main(["predict", result.output, "abc", "--max-new-tokens", "4"]) == 0
     inp = write_jsonl(tmp_path / "in.jsonl", [{"input_text": "abc"}, {"messages": [{"role": "user", "content": "de"}]}])

@@ -15,17 +15,19 @@ import os
 import re
 
 import pytest
+
+import mentor
 import torch
 from conftest import shift_task, write_jsonl
 
 from mentor.data.encode import render_prompt
 from mentor.errors import MentorError
 from mentor.models import load_model
-from mentor.recipes.tune import tune
-from mentor.whitebox import WhiteboxConfig, distill
+from mentor.jobs import Job
+from mentor.whitebox.config import WhiteboxConfig
 from mentor.whitebox import offline_logits as offline
 from mentor.whitebox.losses import logit_divergence, teacher_topk, topk_divergence
-from mentor.whitebox.recipe import prepare
+from mentor.recipes.whitebox import prepare
 from mentor.whitebox.vocab import check_vocabularies
 
 STUDENT = "tiny:llama-small"
@@ -44,7 +46,7 @@ def data(tmp_path_factory):
 
 
 def _tuned(model: str, data, out, steps: int) -> str:
-    r = tune(model=model, data=data["train"], evaluation_data=data["eval"], output=str(out), method="full",
+    r = mentor.tune(model=model, data=data["train"], evaluation_data=data["eval"], output=str(out), tuning="full",
              train_steps=steps, batch_size=16, learning_rate_multiplier=60, evaluation_interval=steps,
              early_stopping=False, bf16="off")
     return r.model_path
@@ -91,10 +93,17 @@ def untrained_agreement(teacher_seqs):
     return agreement(STUDENT, teacher_seqs)
 
 
+def opened(cfg) -> Job:
+    """The job's folder set up (identity, state) without holding its lock, for tests that drive `prepare`."""
+    job = Job.open(cfg.method, cfg)
+    job.close()
+    return job
+
+
 def run(data, name: str, **fields):
     fields = {**RUN, "data": data["train"], "evaluation_data": data["eval"], "output": str(data["dir"] / name),
               "student": STUDENT, **fields}
-    return distill(**fields)
+    return mentor.distill(fields.pop("method"), **fields)
 
 
 @pytest.mark.parametrize("method,extra", [
@@ -140,7 +149,7 @@ def test_self_distillation_ema_teacher_checkpoints_and_resumes(data):
     out = data["dir"] / "self-ema"
     cfg = WhiteboxConfig(**{**RUN, "train_steps": 6, "evaluation_interval": 3}, method="self", model=STUDENT,
                          tuning="lora", ema_decay=0.5, data=data["train"], evaluation_data=data["eval"], output=str(out))
-    prep = prepare(cfg, out)
+    prep = prepare(cfg, opened(cfg))
     prep.trainer.train()
     ema = prep.trainer.method.ema
     student_params = dict(prep.trainer.model.named_parameters())
@@ -154,7 +163,7 @@ def test_self_distillation_ema_teacher_checkpoints_and_resumes(data):
     ckpt = out / "checkpoints" / "checkpoint-6"
     assert (ckpt / "whitebox_state.pt").exists()
     # A resumed run gets the EMA back from the checkpoint, not a fresh copy of the student.
-    again = prepare(cfg, out, resume=True)
+    again = prepare(cfg, opened(cfg), resume=True)
     again.trainer._load_from_checkpoint(str(ckpt))
     restored = dict(again.trainer.method.ema.named_parameters())
     assert all(torch.equal(restored[n], ema_params[n]) for n in trained)
@@ -218,7 +227,7 @@ def test_padding_rows_are_cropped(data, teacher, tmp_path, capsys):
         out = tmp_path / f"crop-{name}"
         cfg = WhiteboxConfig(**{**RUN, "train_steps": 3}, method="logit", model=STUDENT, teacher=ref,
                              data=data["train"], evaluation_data=data["eval"], output=str(out))
-        prep = prepare(cfg, out)
+        prep = prepare(cfg, opened(cfg))
         assert prep.vocab.width == 261
         batch = next(iter(prep.trainer.get_eval_dataloader()))
         prep.trainer.model.eval()
@@ -268,7 +277,7 @@ def test_offline_logits_resume_after_kill_and_match_online(data, teacher, tmp_pa
             extra = fields if mode == "offline" else {"method": "logit", "teacher": teacher}
             cfg = WhiteboxConfig(**{**RUN, **extra}, model=STUDENT, data=data["train"], evaluation_data=data["eval"],
                                  divergence=divergence, output=str(tmp_path / f"same-{mode}"))
-            prep = prepare(cfg, tmp_path / f"same-{mode}")
+            prep = prepare(cfg, opened(cfg))
             trainer = prep.trainer
             assert (trainer.teacher is None) == (mode == "offline")
             batch = next(iter(trainer.get_train_dataloader()))

@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
 
 INSTRUCTION_TAIL = re.compile(r"\s*Give the result as your final answer\. Do not include units\.\s*$")
@@ -75,6 +76,13 @@ def leg_rows(n: int, seed: int = 0, max_animals: int = 3, max_instances: int = 9
 EXAMPLE_SETS = {"gsm": gsm_rows, "legs": leg_rows}
 
 
+def _example_row(row: dict, lineno: int) -> tuple[dict | None, list[tuple[str, str]]]:
+    """A split file's row as written, as long as it has the input every split is deduplicated on."""
+    if isinstance(row.get("input_text"), str):
+        return row, []
+    return None, [("input_text", "missing or not a string")]
+
+
 def write_example_splits(folder: str | Path, kind: str = "gsm", train: int = 300, eval: int = 40, test: int = 100,
                          seed: int = 0) -> dict[str, Path]:
     """Write train/eval/test JSONL files of example problems, no problem in two splits.
@@ -89,7 +97,7 @@ def write_example_splits(folder: str | Path, kind: str = "gsm", train: int = 300
     for offset, (name, n) in enumerate((("train", train), ("eval", eval), ("test", test))):
         path = folder / f"{name}.jsonl"
         if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = read_jsonl(path, _example_row, "example data")
         else:
             rows = [r for r in make(n + n // 4 + 8, seed * 10_000_000 + offset * 1_000_000)
                     if r["input_text"] not in seen]

@@ -4,8 +4,9 @@ problem is collected with file, line and field, and nothing is used unless the w
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from mentor.errors import DataValidationError, MentorError, Problem
 

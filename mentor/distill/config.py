@@ -1,29 +1,36 @@
-"""Distilling step-by-step job parameters: the tuning job's fields plus teacher, method and task.
+"""Job parameters of distillation from a teacher's text: the tuning job's fields plus teacher,
+method and task. One job kind per method (step-by-step, standard, finetune), each with this config.
 
-`model` is the student, `method` the distillation method and `tuning` (full or LoRA, default
-LoRA) how the student's weights are trained.
+`model` (or `student`) is the student, `method` the distillation method and `tuning` (full or
+LoRA, default LoRA) how the student's weights are trained.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mentor.config import DistillJobConfig
+from mentor.training.config import StudentConfig
+from mentor.tasks import TaskName
 
 DISTILL_METHODS = ("step-by-step", "standard", "finetune")
-TASKS = ("math", "choice", "nli", "classify", "extract")
 
 
-class DistillConfig(DistillJobConfig):
+class DistillConfig(StudentConfig):
+    """Distillation from a teacher's completions (rationales and labels)."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data", "test_data", "prompt_examples")
+
     teacher: str | None = Field(None, description="hf:REF, openai:MODEL@URL, recorded:FILE or recorded:field=NAME")
-    method: Literal["step-by-step", "standard", "finetune"] = "step-by-step"
+    method: Literal["step-by-step", "standard", "finetune"] = Field(
+        "step-by-step", description="step-by-step: gold or teacher labels + teacher rationales, multi-task; standard: "
+                                    "teacher labels only; finetune: gold labels only (baseline)")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the label loss; 1 - alpha for the rationale loss")
-    task: Literal["math", "choice", "nli", "classify", "extract"] = "math"
+    task: TaskName = Field("math", description="what is asked: prompts, answer parsing and metrics")
     prompt_examples: str | None = Field(None, description="few-shot CoT examples JSONL (input, rationale, label)")
     labels: list[str] | None = Field(None, description="label set for classify/nli")
-    test_data: str | None = None
+    test_data: str | None = Field(None, description="test JSONL: student and teacher are scored on it at the end")
     label_field: str = Field("output_text", description="field holding the gold label to train on")
     answer_field: str = Field("output_text", description="field holding the gold answer to score against")
     filter_disagreements: bool = Field(False, description="drop examples where the teacher's answer disagrees with the gold one")
@@ -32,15 +39,15 @@ class DistillConfig(DistillJobConfig):
                            "does), the rationale task only where the teacher's rationale parsed and reached the gold answer")
     rationale_format: Literal["rationale", "rationale+label"] = Field(
         "rationale", description="rationale task target: the rationale alone (paper) or followed by the answer sentence")
-    teacher_max_new_tokens: int = 256
-    teacher_concurrency: int = 8
-    label_max_new_tokens: int = 48
-    rationale_max_new_tokens: int = 256
+    teacher_max_new_tokens: int = Field(256, ge=1, description="longest teacher completion")
+    teacher_concurrency: int = Field(8, ge=1, description="teacher requests in flight at once")
+    label_max_new_tokens: int = Field(48, ge=1, description="longest student answer when testing")
+    rationale_max_new_tokens: int = Field(256, ge=1, description="longest student rationale when testing")
     with_rationale: bool = Field(
         False, description="at test time also let the student write its rationale first and read the label from the "
                            "answer that closes it (implies rationale_format='rationale+label')")
-    label_prefix: str = "[label] "
-    rationale_prefix: str = "[rationale] "
+    label_prefix: str = Field("[label] ", description="task prefix of the label task")
+    rationale_prefix: str = Field("[rationale] ", description="task prefix of the rationale task")
 
     @model_validator(mode="after")
     def _rationale_then_label(self):
@@ -48,3 +55,18 @@ class DistillConfig(DistillJobConfig):
         if self.with_rationale and self.rationale_format == "rationale":
             self.rationale_format = "rationale+label"
         return self
+
+
+class StepByStepConfig(DistillConfig):
+    method: Literal["step-by-step"] = Field("step-by-step", description="distilling step-by-step (Hsieh et al. 2023)")
+
+
+class StandardConfig(DistillConfig):
+    method: Literal["standard"] = Field("standard", description="standard distillation: the teacher's labels only")
+
+
+class FinetuneConfig(DistillConfig):
+    method: Literal["finetune"] = Field("finetune", description="the fine-tuning baseline: gold labels only")
+
+
+CONFIGS = {"step-by-step": StepByStepConfig, "standard": StandardConfig, "finetune": FinetuneConfig}

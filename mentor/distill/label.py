@@ -11,10 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mentor.distill.parsing import Parsed, ParseSummary, normalize_answer, numbers_match, summarize_parses
-from mentor.distill.prompts import PromptTemplate
-from mentor.data.jsonl import read_jsonl
+from mentor.data.rows import read_rows
 from mentor.errors import MentorError
+from mentor.tasks.answers import Parsed, ParseSummary, summarize_parses
+from mentor.tasks.arithmetic import numbers_match
+from mentor.tasks.labels import normalize_answer
+from mentor.tasks.prompts import PromptTemplate
 from mentor.teachers import GenerationParams, RecordedTeacher, Teacher, build_teacher
 
 
@@ -33,19 +35,6 @@ class Labeled:
         if task == "math" and self.parsed.raw_answer:
             return self.parsed.raw_answer.strip()
         return self.parsed.label
-
-
-def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",)) -> list[dict]:
-    """JSONL rows with the fields distillation needs; every problem named by file, line, field."""
-    def parse(row: dict, lineno: int):
-        missing = [(name, "missing or empty") for name in required
-                   if not isinstance(row.get(name), str) or not row[name].strip()]
-        return (None if missing else {**row, "_line": lineno}), missing
-
-    rows = read_jsonl(path, parse, "data")
-    if not rows:
-        raise MentorError(f"{path}: no rows")
-    return rows
 
 
 def make_teacher(spec: str, rows: list[dict], output_dir: Path | None, concurrency: int = 8) -> Teacher:

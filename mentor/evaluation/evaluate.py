@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from mentor.distill.parsing import normalize_answer, parse_completion
-from mentor.evaluation.metrics import score
+from mentor.tasks.answers import parse_completion
+from mentor.tasks.labels import normalize_answer
+from mentor.tasks.metrics import score
 
 
 @dataclass
@@ -100,9 +101,9 @@ def evaluate_prompting(model_ref: str, rows: list[dict], task: str, answer_field
                        shots=None, labels: list[str] | None = None, max_new_tokens: int = 256,
                        batch_size: int = 8, name: str | None = None) -> EvalResult:
     """The prompt-engineering baseline: the untuned model with few-shot chain-of-thought prompts."""
-    from mentor.distill.prompts import PromptTemplate
     from mentor.serving.predict import Predictor
-    from mentor.teachers import apply_stop
+    from mentor.tasks.prompts import PromptTemplate
+    from mentor.serving.stop import apply_stop
 
     template = PromptTemplate.for_task(task, shots=shots, labels=labels)
     predictor = Predictor(model_ref)

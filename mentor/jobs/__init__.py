@@ -1,0 +1,11 @@
+"""The job model: job kinds registered by name with a typed config and a run function, and one
+lifecycle (folder lock, state, events, cancel, resume, result) for every kind."""
+
+from mentor.jobs.config import AdapterSize, JobConfig, build_config, load_config
+from mentor.jobs.lifecycle import Job, JobCancelled, read_events, read_state, request_cancel
+from mentor.jobs.registry import JobKind, family, get_kind, kinds, register_kind
+from mentor.jobs.result import TunedModel
+from mentor.jobs.runner import run
+
+__all__ = ["AdapterSize", "Job", "JobCancelled", "JobConfig", "JobKind", "TunedModel", "build_config", "family",
+           "get_kind", "kinds", "load_config", "read_events", "read_state", "register_kind", "request_cancel", "run"]

@@ -1,0 +1,40 @@
+"""The built-in job kinds, each registered once: name, config, run function.
+
+A recipe is a module with `run(config, job) -> TunedModel`, readable top to bottom as
+setup / train / save; recipes import components (training, distill, whitebox, rlhf, ...) and
+never each other. Registering here loads only the configs (pydantic), never the recipes, so the
+command line starts fast; a recipe module is imported when its job runs.
+"""
+
+from mentor.distill.config import CONFIGS as DISTILL_CONFIGS
+from mentor.jobs.registry import JobKind, register_kind
+from mentor.rlhf.config import DPOConfig, RewardModelConfig, RLHFConfig
+from mentor.training.config import TuneConfig
+from mentor.whitebox.config import CONFIGS as WHITEBOX_CONFIGS
+
+DISTILL_SUMMARIES = {
+    "step-by-step": "distilling step-by-step: teacher rationales + labels, a multi-task student that answers alone",
+    "standard": "standard distillation: the student learns the teacher's labels",
+    "finetune": "the fine-tuning baseline: the student learns the gold labels",
+}
+WHITEBOX_SUMMARIES = {
+    "logit": "white-box: match the teacher's next-token distributions (KL / JSD, offline top-k, on-policy)",
+    "feature": "white-box: match the teacher's hidden states through learned projections",
+    "relation": "white-box: match the similarity structure of the teacher's representations in a batch",
+    "self": "self-distillation from a tuned copy, an earlier checkpoint or an EMA of the student",
+}
+
+register_kind(JobKind("tune", TuneConfig, "mentor.recipes.tune:run", "supervised tuning (full or LoRA) on text or "
+                      "chat data", family="tune", method="supervised"))
+register_kind(JobKind("dpo", DPOConfig, "mentor.recipes.dpo:run", "DPO: preference tuning without a reward model",
+                      family="tune", method="dpo"))
+register_kind(JobKind("reward-model", RewardModelConfig, "mentor.recipes.reward_model:run",
+                      "a reward model trained on preference pairs"))
+register_kind(JobKind("rlhf", RLHFConfig, "mentor.recipes.rlhf:run",
+                      "RLHF: a reward model, then reinforcement learning with a KL penalty"))
+for _name, _config in DISTILL_CONFIGS.items():
+    register_kind(JobKind(_name, _config, "mentor.recipes.distill:run", DISTILL_SUMMARIES[_name], family="distill",
+                          method=_name))
+for _name, _config in WHITEBOX_CONFIGS.items():
+    register_kind(JobKind(_name, _config, "mentor.recipes.whitebox:run", WHITEBOX_SUMMARIES[_name], family="distill",
+                          method=_name))

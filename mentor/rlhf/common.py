@@ -1,5 +1,4 @@
-"""What the preference recipes share: prompt rendering, the starting model, TRL arguments,
-metric names, curves and the reward-model card.
+"""What the preference recipes share: prompt rendering, the starting model, metric names, curves.
 
 Prompts are rendered once, by mentor, exactly as `mentor predict` renders them (the chat
 template when the model has one), and handed to TRL as plain text; so the reward model,
@@ -9,6 +8,7 @@ the policy while it learns, and the tuned model at inference all see the same te
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from contextlib import contextmanager
@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers.trainer_callback import PrinterCallback
 
 from mentor.data.encode import render_prompt
 from mentor.errors import MentorError
 from mentor.models import load_model
-from mentor.recipes import common
 from mentor.rlhf.data import Prompt
 from mentor.training.callbacks import MetricsRecorder, ProgressBar
+from mentor.training.outputs import save_model
 from mentor.training.plots import read_metrics
+
+log = logging.getLogger("mentor")
 
 # TRL's metric names -> mentor's, per recipe; train metrics get "train_", eval ones "eval_".
 REWARD_MODEL_METRICS = {"loss": "reward_model_loss", "accuracy": "reward_model_accuracy", "margin": "reward_margin",
@@ -106,10 +107,6 @@ class MetricsProgressBar(ProgressBar):
 
 def callbacks(out: Path, names: dict, show: list[str], desc: str, initial: dict | None = None) -> list:
     return [RenamedMetricsRecorder(out, names, initial), MetricsProgressBar(names, show, desc)]
-
-
-def quiet(trainer) -> None:
-    trainer.remove_callback(PrinterCallback)  # the progress bar shows the metrics; no dict per step
 
 
 @contextmanager
@@ -198,49 +195,10 @@ def load_start_model(ref: str, out: Path, dtype=torch.float32):
         return loaded, ref
     folder = out / "start_model"
     if not (folder / "config.json").exists():
-        print(f"[mentor] merging the adapter {loaded.adapter} into its base: {folder}")
+        log.info("merging the adapter %s into its base: %s", loaded.adapter, folder)
         merged = loaded.model.merge_and_unload()
-        common.save_model(merged, loaded.tokenizer, folder, {"base_model": ref, "merged_from": loaded.adapter})
+        save_model(merged, loaded.tokenizer, folder, {"base_model": ref, "merged_from": loaded.adapter})
     return load_model(str(folder), dtype=dtype), str(folder)
-
-
-def lora_config(cfg, task_type: str):
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.adapter_size, lora_alpha=2 * cfg.adapter_size, lora_dropout=0.0,
-                      target_modules=cfg.lora_target_modules, task_type=task_type)
-
-
-def trl_arguments(config_cls, cfg, checkpoints: Path, *, steps: int, learning_rate: float, batch_size: int,
-                  has_eval: bool, bf16: bool, **overrides):
-    """TRL trainer arguments with the tuning recipe's choices: a checkpoint at every evaluation, logs every step."""
-    args = dict(
-        output_dir=str(checkpoints),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=int(cfg.warmup_ratio * steps),
-        weight_decay=0.0,
-        logging_steps=1,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.evaluation_interval,
-        save_strategy="steps",
-        save_steps=cfg.evaluation_interval,
-        save_total_limit=1,
-        bf16=bf16,
-        activation_checkpointing=False,  # TRL turns it on by default; small models on CPU are faster without
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        restore_callback_states_from_checkpoint=True,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    args.update(overrides)
-    return config_cls(**args)
 
 
 def final_eval(trainer, names: dict) -> dict:
@@ -297,7 +255,3 @@ def plot_panels(panels: list[tuple[str, Path, list[str]]], out_png: Path, title:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
-
-
-def data_hashes(**paths: str | None) -> dict:
-    return {k: common.file_sha256(v) for k, v in paths.items() if v}

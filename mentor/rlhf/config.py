@@ -11,11 +11,12 @@ plus `beta`. Learning rates are multipliers of the recommended rates below.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
-from mentor.config import AdapterSize
+from mentor.jobs.config import AdapterSize, JobConfig
+from mentor.training.config import MODEL_HELP, LoraTargets, TuneConfig
 
 # Recommended learning rates per stage and method; the *_multiplier fields scale these.
 REWARD_MODEL_LR = {"full": 1e-5, "lora": 1e-4}
@@ -23,53 +24,63 @@ REINFORCEMENT_LEARNING_LR = {"full": 1e-6, "lora": 1e-5}
 DPO_LR = {"full": 1e-6, "lora": 1e-5}
 
 
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(description="model reference: hub id, folder, mentor output, .gguf, 'smollm2-135m' or 'tiny:NAME'")
-    output: str = Field(description="output folder")
-    method: Literal["full", "lora"] = "lora"
-    adapter_size: AdapterSize = 8
-    batch_size: int = Field(8, ge=1, description="preference pairs (reward model, DPO) or prompts (RL) per step")
-    evaluation_interval: int = Field(20, ge=1)
-    instruction: str | None = Field(None, description="prepended to every prompt (do not set it if the data already holds it)")
-    seed: int = 0
-    max_examples: int = Field(10_000, ge=1)
-    chat_template: Literal["auto", "never"] = "auto"
-    lora_target_modules: str | list[str] = "all-linear"
-    bf16: Literal["auto", "on", "off"] = "auto"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+INSTRUCTION_HELP = "text prepended to every prompt (do not set it if the data already holds it)"
 
 
-class RewardModelConfig(_Common):
+class PreferenceConfig(JobConfig):
+    """What the reward-model and RLHF jobs share, under the cloud RLHF job's names."""
+
+    model: str = Field(description=MODEL_HELP)
+    tuning: Literal["full", "lora"] = Field("lora", description="how the weights are trained: all of them, or LoRA adapters")
+    adapter_size: AdapterSize = Field(8, description="LoRA rank: 1, 4, 8 or 16")
+    batch_size: int = Field(8, ge=1, description="preference pairs (reward model) or prompts (RL) per step")
+    evaluation_interval: int = Field(20, ge=1, description="steps between evaluations (and checkpoints)")
+    instruction: str | None = Field(None, description=INSTRUCTION_HELP)
+    seed: int = Field(0, description="random seed")
+    max_examples: int = Field(10_000, ge=1, description="most examples read from each file")
+    chat_template: Literal["auto", "never"] = Field("auto", description="render prompts with the tokenizer's chat "
+                                                                        "template when it has one (auto), or never")
+    lora_target_modules: LoraTargets = Field("all-linear", description="LoRA target modules: 'all-linear' or names")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto: where the hardware computes "
+                                                                  "it natively")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps with a linear learning-rate warm-up")
+
+
+class RewardModelConfig(PreferenceConfig):
     """A reward model: the base model with a scalar head, trained on preference pairs."""
 
+    input_fields: ClassVar[tuple[str, ...]] = ("preference_dataset", "eval_dataset")
     preference_dataset: str = Field(description="preference pairs JSONL (cloud or prompt/chosen/rejected form)")
     eval_dataset: str | None = Field(None, description="held-out preference pairs: pairwise accuracy is reported on them")
-    reward_model_train_steps: int = Field(1000, ge=1)
-    reward_model_learning_rate_multiplier: float = Field(1.0, gt=0)
+    reward_model_train_steps: int = Field(1000, ge=1, description="reward-model optimizer steps")
+    reward_model_learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended rate "
+                                                                                "(1e-5 full, 1e-4 LoRA)")
     prompt_sequence_length: int = Field(512, ge=1, description="prompt tokens kept (the end is kept)")
     target_sequence_length: int = Field(64, ge=1, description="answer tokens kept (the start is kept)")
 
     @property
     def learning_rate(self) -> float:
-        return REWARD_MODEL_LR[self.method] * self.reward_model_learning_rate_multiplier
+        return REWARD_MODEL_LR[self.tuning] * self.reward_model_learning_rate_multiplier
 
 
 class RLHFConfig(RewardModelConfig):
     """Reward model, then reinforcement learning of the policy against it with a KL penalty."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("preference_dataset", "eval_dataset", "prompt_dataset",
+                                               "eval_prompt_dataset")
 
     preference_dataset: str | None = Field(None, description="preference pairs to train the reward model on")
     prompt_dataset: str = Field(description="prompts JSONL for reinforcement learning ({\"input_text\": ...})")
     eval_prompt_dataset: str | None = Field(None, description="held-out prompts: mean reward and KL are reported on them")
     reward_model: str | None = Field(None, description="a trained reward model (mentor reward-model output or folder); "
                                                        "skips the reward-model stage")
-    reinforcement_learning_train_steps: int = Field(1000, ge=1)
-    reinforcement_learning_rate_multiplier: float = Field(1.0, gt=0)
+    reinforcement_learning_train_steps: int = Field(1000, ge=1, description="reinforcement-learning optimizer steps")
+    reinforcement_learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended rate "
+                                                                                 "(1e-6 full, 1e-5 LoRA)")
     kl_coeff: float = Field(0.1, ge=0, description="weight of the KL penalty to the starting model in the reward")
     num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the RLOO baseline needs 2 or more)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature while learning")
-    merge_adapter: bool = False
+    merge_adapter: bool = Field(False, description="LoRA: also save base + adapter merged (merged/)")
 
     @model_validator(mode="after")
     def _reward_source(self):
@@ -79,36 +90,24 @@ class RLHFConfig(RewardModelConfig):
 
     @property
     def rl_learning_rate(self) -> float:
-        return REINFORCEMENT_LEARNING_LR[self.method] * self.reinforcement_learning_rate_multiplier
+        return REINFORCEMENT_LEARNING_LR[self.tuning] * self.reinforcement_learning_rate_multiplier
 
     def reward_model_config(self, output: str) -> RewardModelConfig:
         fields = {k: getattr(self, k) for k in RewardModelConfig.model_fields if k not in ("output",)}
         return RewardModelConfig(**{**fields, "output": output})
 
 
-class DPOConfig(_Common):
-    """Direct preference optimisation: the policy learns from preference pairs without a reward model."""
+class DPOConfig(TuneConfig):
+    """Direct preference optimisation: the policy learns from preference pairs without a reward model;
+    a tuning method, so it takes the tuning job's fields (`data` holds the pairs) plus `beta`."""
 
+    recommended_lr: ClassVar[dict[str, float]] = DPO_LR
+
+    method: Literal["dpo"] = Field("dpo", description="dpo: learn from preference pairs")
     data: str = Field(description="preference pairs JSONL (cloud or prompt/chosen/rejected form)")
-    evaluation_data: str | None = Field(None, description="held-out preference pairs")
+    evaluation_data: str | None = Field(None, description="held-out preference pairs (best checkpoint and early stop "
+                                                          "on their DPO loss)",
+                                        validation_alias=AliasChoices("evaluation_data", "eval_data"))
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the starting model (DPO's beta)")
-    train_steps: int = Field(300, ge=1)
-    learning_rate_multiplier: float = Field(1.0, gt=0)
-    early_stopping: bool = True
-    early_stopping_patience: int = Field(3, ge=1)
+    instruction: str | None = Field(None, description=INSTRUCTION_HELP)
     early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest drop in eval DPO loss that counts")
-    checkpoint_selection: bool = True
-    max_input_tokens: int = Field(7168, ge=1)
-    max_output_tokens: int = Field(1024, ge=1)
-    merge_adapter: bool = False
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _tune_method(cls, v):
-        # `mentor tune --method dpo` (LoRA) or `--method dpo-full`
-        return {"dpo": "lora", "dpo-lora": "lora", "dpo-full": "full"}.get(v, v)
-
-    @property
-    def learning_rate(self) -> float:
-        return DPO_LR[self.method] * self.learning_rate_multiplier

@@ -1,31 +1,51 @@
 """Prediction with a tuned (or any) model: one text, or a JSONL file in and out (batch prediction).
 
 Prompts are rendered exactly as in training (the chat template when the model was tuned with
-it), so a tuned model sees at inference what it saw when it learned.
+it), so a tuned model sees at inference what it saw when it learned. Generation is
+`mentor.serving.generate`, the one batched path local teachers use too.
+
+Batch prediction is resumable: every answer is appended to a partial file next to the output the
+moment it is generated, keyed by input line and by a hash of the input file, the model and the
+generation settings; a rerun answers only the rows still missing, and the output file appears
+(atomically) only when every row is answered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from mentor.data.encode import render_prompt
 from mentor.data.jsonl import read_jsonl
+from mentor.errors import MentorError
 from mentor.models import load_model, resolve
+from mentor.serving.generate import (
+    GeneratedText,
+    SamplingParams,
+    generate_stream,
+    model_fingerprint,
+)
+
+PARTIAL_FORMAT = 1  # bump when the partial file's records change meaning
 
 
 class Predictor:
     def __init__(self, model_ref: str, dtype: torch.dtype = torch.float32):
-        self.loaded = load_model(model_ref, dtype=dtype)
+        loaded = load_model(model_ref, dtype=dtype)
         # a LoRA adapter is folded into the base weights for inference: the same outputs, without the
         # adapters' extra matmuls in every layer at every generated token
-        model = self.loaded.model.merge_and_unload() if self.loaded.adapter else self.loaded.model
-        self.model = model.eval()
+        model = loaded.model.merge_and_unload() if loaded.adapter else loaded.model
+        self.loaded = replace(loaded, model=model.eval())
+        self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
+        self.tokenizer.padding_side = "left"  # seq2seq inputs too (causal ones always are)
         meta_path = Path(resolve(model_ref)) / "mentor_model.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.use_chat_template = meta.get("use_chat_template", bool(getattr(self.tokenizer, "chat_template", None)))
@@ -47,26 +67,21 @@ class Predictor:
         kind = "text" if isinstance(item, str) else "chat"
         return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
 
-    @torch.inference_mode()
+    def stream(self, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
+               batch_size: int = 8, progress: bool = False) -> Iterator[tuple[int, GeneratedText]]:
+        """(prompt index, completion) for already-rendered prompts, batch by batch, in prompt order."""
+        params = prediction_params(max_new_tokens, temperature)
+        for index, [output] in generate_stream(self.loaded, prompts, params, batch_size=batch_size,
+                                               max_input_tokens=self.max_input_tokens, progress=progress,
+                                               desc="predicting"):
+            yield index, output
+
     def generate(self, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
                  batch_size: int = 8, progress: bool = False) -> list[str]:
         """Generate continuations of already-rendered prompts, in batches, greedy by default."""
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        outputs: list[str] = []
-        batches = range(0, len(prompts), batch_size)
-        for start in tqdm(batches, desc="predicting", unit="batch", disable=not progress):
-            chunk = prompts[start:start + batch_size]
-            enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens,
-                      add_special_tokens=self.loaded.is_seq2seq)
-            gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                              do_sample=temperature > 0)
-            if temperature > 0:
-                gen_kwargs["temperature"] = temperature
-            out = self.model.generate(**enc, **gen_kwargs)
-            if not self.loaded.is_seq2seq:
-                out = out[:, enc["input_ids"].shape[1]:]
-            outputs += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        outputs = [""] * len(prompts)
+        for index, output in self.stream(prompts, max_new_tokens, temperature, batch_size, progress):
+            outputs[index] = output.text.strip()
         return outputs
 
     def predict(self, items: str | list, **kwargs) -> str | list[str]:
@@ -77,31 +92,113 @@ class Predictor:
         return answers[0] if single else answers
 
 
-def read_prediction_inputs(path: Path) -> list[tuple[dict, str | list[dict]]]:
-    """Rows with `input_text` or `messages` (ending in a user turn); errors name file, line, field."""
+def prediction_params(max_new_tokens: int = 256, temperature: float = 0.0) -> SamplingParams:
+    """Predictions decode greedily, or sample with the model's own top-p/top-k defaults."""
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def read_prediction_inputs(path: Path) -> list[tuple[int, dict, str | list[dict]]]:
+    """(line number, row, input) for rows with `input_text` or `messages` (ending in a user turn);
+    errors name file, line, field."""
     def parse(row: dict, lineno: int):
         if isinstance(row.get("input_text"), str) and row["input_text"].strip():
-            return (row, row["input_text"]), []
+            return (lineno, row, row["input_text"]), []
         if isinstance(row.get("messages"), list) and row["messages"]:
             msgs = row["messages"]
             if isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
                 msgs = msgs[:-1]  # an answer already present is the reference, not part of the prompt
-            return (row, msgs), []
+            return (lineno, row, msgs), []
         return None, [("input_text", "missing or empty (or give 'messages')")]
 
     return read_jsonl(path, parse, "input")
 
 
-def predict_file(model_ref: str, input_path: str, output_path: str, **kwargs) -> Path:
-    """Batch prediction: every input row gets a `prediction`; the output appears only when complete."""
-    rows = read_prediction_inputs(Path(input_path))
-    predictor = Predictor(model_ref)
-    answers = predictor.generate([predictor.render(x) for _, x in rows], progress=True, **kwargs)
-    dst = Path(output_path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+def check_output_path(dst: Path) -> None:
+    """Fail before any model loads if `dst` cannot be written: a folder, or an unwritable parent."""
+    if dst.is_dir():
+        raise MentorError(f"output path {dst} is a directory; give a file path such as {dst / 'predictions.jsonl'}")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dst.parent):
+            pass
+    except OSError as err:
+        raise MentorError(f"cannot write the output file {dst}: its folder {dst.parent} is not writable "
+                          f"({err.strerror or err})") from None
+
+
+def partial_path(dst: Path) -> Path:
+    """Where a batch prediction into `dst` keeps its answers until it is complete."""
+    return dst.with_name(f".{dst.name}.partial")
+
+
+def _partial_key(model_ref: str, src: Path, params: SamplingParams) -> str:
+    """Same input bytes, same model (its files' fingerprint), same settings: same key."""
+    source = resolve(model_ref)
+    model = str(Path(source).resolve()) if Path(source).exists() else source
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    spec = {"format": PARTIAL_FORMAT, "input": digest, "model": model + model_fingerprint(model_ref),
+            "params": params.to_json()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _resume(partial: Path, key: str, header: dict) -> dict[int, str]:
+    """{line: prediction} a killed run with the same key saved, the file left ready to append to:
+    a torn last line (killed mid-write) is cut off; a file of another key is started afresh."""
+    data = partial.read_bytes() if partial.exists() else b""
+    complete = data[: data.rfind(b"\n") + 1]
+    # split at "\n" only: a prediction may hold characters splitlines() also breaks at (\x85, \u2028)
+    records = [_loads(line) for line in complete.decode("utf-8", errors="replace").split("\n") if line]
+    if not records or not isinstance(records[0], dict) or records[0].get("key") != key:
+        partial.write_text(json.dumps({**header, "key": key}, ensure_ascii=False) + "\n", encoding="utf-8")
+        return {}
+    if len(complete) < len(data):
+        os.truncate(partial, len(complete))
+    return {r["line"]: r["prediction"] for r in records[1:]
+            if isinstance(r, dict) and isinstance(r.get("line"), int) and isinstance(r.get("prediction"), str)}
+
+
+def _loads(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_tokens: int = 256,
+                 temperature: float = 0.0, batch_size: int = 8, progress: bool = True) -> Path:
+    """Batch prediction: every input row gets a `prediction`; the output appears only when complete.
+
+    Answers are saved to a partial file (`.NAME.partial` beside the output) as they arrive, so a
+    killed run loses nothing: rerun the same command and only the missing rows are generated."""
+    src = Path(input_path).expanduser()
+    rows = read_prediction_inputs(src)
+    dst = Path(output_path).expanduser()
+    check_output_path(dst)
+    params = prediction_params(max_new_tokens, temperature)
+    partial = partial_path(dst)
+    header = {"partial_of": str(dst), "input": str(src), "model": model_ref, "params": params.to_json()}
+    done = _resume(partial, _partial_key(model_ref, src, params), header)
+    todo = [(lineno, item) for lineno, _, item in rows if lineno not in done]
+    if done and todo:
+        print(f"[mentor] resuming {dst}: {len(rows) - len(todo)} of {len(rows)} rows already answered ({partial})")
+    if todo:
+        predictor = Predictor(model_ref)
+        prompts = [predictor.render(item) for _, item in todo]
+        with partial.open("a", encoding="utf-8") as f:
+            for index, output in predictor.stream(prompts, max_new_tokens, temperature, batch_size, progress):
+                lineno, text = todo[index][0], output.text.strip()
+                record = {"line": lineno, "prediction": text, "finish_reason": output.finish_reason,
+                          "prompt_tokens": output.prompt_tokens, "completion_tokens": output.completion_tokens}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                done[lineno] = text
     tmp = dst.with_name(f".{dst.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for (row, _), answer in zip(rows, answers):
-            f.write(json.dumps({**row, "prediction": answer}, ensure_ascii=False) + "\n")
+        for lineno, row, _ in rows:
+            f.write(json.dumps({**row, "prediction": done[lineno]}, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, dst)
+    partial.unlink(missing_ok=True)
     return dst

@@ -11,11 +11,17 @@ Spec strings for `build_teacher`:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from mentor.errors import MentorError
-from mentor.teachers.base import Completion, GenerationParams, Teacher, TeacherError, TeacherStats, apply_stop
+from mentor.teachers.base import (
+    Completion,
+    GenerationParams,
+    Teacher,
+    TeacherError,
+    TeacherStats,
+)
 from mentor.teachers.cache import CACHE_FILENAME, TeacherCache, cache_key
 from mentor.teachers.hf_local import ROUTES as HF_ROUTES
 from mentor.teachers.hf_local import HFTeacher
@@ -35,7 +41,6 @@ __all__ = [
     "TeacherCache",
     "TeacherError",
     "TeacherStats",
-    "apply_stop",
     "build_teacher",
     "cache_key",
     "default_cache_path",

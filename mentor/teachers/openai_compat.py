@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import httpx
 
 from mentor.errors import MentorError
-from mentor.teachers.base import Completion, GenerationParams, OnAnswer, Teacher, apply_stop
+from mentor.serving.stop import apply_stop
+from mentor.teachers.base import Completion, GenerationParams, OnAnswer, Teacher
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ROUTES = {"openai": "chat", "openai-chat": "chat", "openai-completions": "completions"}

@@ -11,10 +11,10 @@ ignored except `n` (that many recorded completions per input, first recorded fir
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
+from mentor.data.jsonl import read_jsonl
 from mentor.errors import DataValidationError, MentorError, Problem
 from mentor.teachers.base import Completion, GenerationParams, OnAnswer, Teacher
 
@@ -31,25 +31,14 @@ class RecordedTeacher(Teacher):
         self.source = source  # what to name in errors: the file, or the rows' field
 
     @classmethod
-    def from_file(cls, path: str | Path, progress: bool | None = None) -> "RecordedTeacher":
+    def from_file(cls, path: str | Path, progress: bool | None = None) -> RecordedTeacher:
+        """Every bad line (not JSON, not an object, a field missing or not text) is reported at once,
+        with file, line and field."""
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise MentorError(f"recorded teacher file not found: {path}")
-        rows, problems = [], []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    problems.append(Problem(str(path), number, "<json>", f"not valid JSON: {err}"))
-                    continue
-                if not isinstance(row, dict):
-                    problems.append(Problem(str(path), number, "<json>", f"expected an object, got {type(row).__name__}"))
-                    continue
-                rows.append((number, row))
-        answers = _collect(rows, str(path), None, None, problems)
+        pairs = read_jsonl(path, lambda row, number: _check(row, None, None), "recorded teacher")
+        answers: dict[str, list[str]] = {}
+        for prompt, completion in pairs:
+            answers.setdefault(prompt, []).append(completion)
         return cls(answers, f"recorded:{path.resolve()}", str(path), progress=progress)
 
     @classmethod
@@ -60,11 +49,10 @@ class RecordedTeacher(Teacher):
         input_field: str | None = None,
         source: str = "the dataset",
         progress: bool | None = None,
-    ) -> "RecordedTeacher":
+    ) -> RecordedTeacher:
         """Completions kept in field `field` of each row, keyed by `input_field` (default: the first
         of input_text, prompt, input that the row has). Row numbers in errors count from 1."""
-        problems: list[Problem] = []
-        answers = _collect(enumerate(rows, 1), source, field, input_field, problems)
+        answers = _collect(enumerate(rows, 1), source, field, input_field)
         return cls(answers, f"recorded:field={field}", f"{source} (field '{field}')", progress=progress)
 
     def _answer(self, prompts: list[str], params: GenerationParams, on_answer: OnAnswer) -> dict[str, str]:
@@ -87,26 +75,28 @@ def _collect(
     source: str,
     field: str | None,
     input_field: str | None,
-    problems: list[Problem],
 ) -> dict[str, list[str]]:
     """{input: [completions]} from numbered rows; every bad row becomes a Problem, raised together."""
     answers: dict[str, list[str]] = {}
+    problems: list[Problem] = []
     for number, row in rows:
-        in_name = input_field or next((k for k in INPUT_FIELDS if k in row), None)
-        out_name = field or next((k for k in COMPLETION_FIELDS if k in row), None)
-        if in_name is None or in_name not in row:
-            want = input_field or " or ".join(INPUT_FIELDS)
-            problems.append(Problem(source, number, want, "missing: the input the completion answers"))
-            continue
-        if out_name is None or out_name not in row:
-            want = field or " or ".join(COMPLETION_FIELDS)
-            problems.append(Problem(source, number, want, "missing: the recorded completion"))
-            continue
-        bad = [name for name in (in_name, out_name) if not isinstance(row[name], str)]
-        for name in bad:
-            problems.append(Problem(source, number, name, f"must be a string, got {type(row[name]).__name__}"))
-        if not bad:
-            answers.setdefault(row[in_name], []).append(row[out_name])
+        pair, found = _check(row, field, input_field)
+        problems += [Problem(source, number, name, message) for name, message in found]
+        if pair is not None:
+            answers.setdefault(pair[0], []).append(pair[1])
     if problems:
         raise DataValidationError(problems)
     return answers
+
+
+def _check(row: Mapping, field: str | None, input_field: str | None) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    """(input, completion) of one row, or None and its problems as (field, message)."""
+    in_name = input_field or next((k for k in INPUT_FIELDS if k in row), None)
+    out_name = field or next((k for k in COMPLETION_FIELDS if k in row), None)
+    if in_name is None or in_name not in row:
+        return None, [(input_field or " or ".join(INPUT_FIELDS), "missing: the input the completion answers")]
+    if out_name is None or out_name not in row:
+        return None, [(field or " or ".join(COMPLETION_FIELDS), "missing: the recorded completion")]
+    bad = [(name, f"must be a string, got {type(row[name]).__name__}") for name in (in_name, out_name)
+           if not isinstance(row[name], str)]
+    return (None if bad else (row[in_name], row[out_name])), bad

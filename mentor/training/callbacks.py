@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -87,3 +88,51 @@ class ProgressBar(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class JobCallback(TrainerCallback):
+    """Ties training to the job's lifecycle: progress and training time in state.json, events
+    (started or resumed, evaluation, checkpoint, early stop), and a cancel request honoured at the
+    next step boundary with a checkpoint saved there."""
+
+    def __init__(self, job):
+        self.job = job
+        self.started = 0.0
+        self.base_seconds = 0.0
+        self.cancelled = False
+
+    def _seconds(self) -> float:
+        return self.base_seconds + time.monotonic() - self.started
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self.base_seconds = self.job.train_seconds if state.global_step else 0.0
+        self.job.update(step=state.global_step, total_steps=state.max_steps)
+        if state.global_step:
+            self.job.event("resumed", f"resumed from step {state.global_step}", step=state.global_step)
+        else:
+            self.job.event("training_started", f"training for up to {state.max_steps} steps", total_steps=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.job.update(step=state.global_step)
+        if self.job.cancel_requested and not self.cancelled:
+            self.cancelled = True
+            control.should_training_stop = True
+            control.should_save = True  # the last checkpoint is this step's
+            self.job.event("cancel_requested", f"stopping at step {state.global_step}", step=state.global_step)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        shown = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))
+                 and not k.endswith(("runtime", "per_second"))}
+        self.job.event("evaluation", "", step=state.global_step, metrics=shown)
+
+    def on_save(self, args, state, control, **kwargs):
+        # training time up to this checkpoint: a run resumed from it continues the count from here
+        self.job.update(train_seconds=round(self._seconds(), 3))
+        self.job.event("checkpoint", "", step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.job.update(train_seconds=round(self._seconds(), 3), step=state.global_step)
+        if not self.cancelled and state.global_step < state.max_steps:
+            self.job.event("early_stop", f"stopped early at step {state.global_step} of {state.max_steps}: the "
+                           "evaluation metric stopped improving", step=state.global_step)

@@ -1,6 +1,6 @@
 """White-box distillation: the student learns from the teacher's weights, not only its text.
 
-Methods, registered by name (`mentor.whitebox.base.register_method`):
+Methods, registered by name (`mentor.whitebox.base.register_method`), each a job kind:
 
 - `logit`: response-based KD on next-token distributions (forward KL, reverse KL, generalized
   JSD; temperature; `kd_ratio` mix with the next-token loss), optionally from offline top-k
@@ -10,13 +10,15 @@ Methods, registered by name (`mentor.whitebox.base.register_method`):
 - `relation`: the pairwise similarity structure of representations within a batch;
 - `self`: self-distillation from a tuned copy, an earlier checkpoint or an EMA of the student.
 
-Python API: `mentor.whitebox.distill(method=..., teacher=..., student=..., data=..., ...)`
-returns a TunedModel; `mentor.whitebox.cli.register(subparsers)` adds `mentor distill-whitebox`.
+Importing this package loads nothing heavy; the methods load when a white-box job runs.
 """
 
-from mentor.whitebox import feature, logit, relation, self_distill  # noqa: F401 - registers the methods
-from mentor.whitebox.base import METHODS, Method, register_method
-from mentor.whitebox.config import WhiteboxConfig
-from mentor.whitebox.recipe import distill
+import importlib
 
-__all__ = ["METHODS", "Method", "WhiteboxConfig", "distill", "register_method"]
+BUILTIN_MODULES = ("logit", "feature", "relation", "self_distill")
+
+
+def load_builtin_methods() -> None:
+    """Import the built-in methods, which registers them."""
+    for name in BUILTIN_MODULES:
+        importlib.import_module(f"mentor.whitebox.{name}")

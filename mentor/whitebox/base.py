@@ -8,6 +8,9 @@ teacher), so metrics, checkpoints and resume work the same for every method.
     @register_method("mine")
     class Mine(Method):
         def distill_loss(self, student, teacher, batch): ...
+
+Registering a method also registers its job kind (same name, WhiteboxConfig with the method
+fixed), so `mentor.run("mine", ...)` runs it like the built-in ones.
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ from torch import nn
 
 from mentor.data.encode import IGNORE
 from mentor.errors import MentorError
+from mentor.jobs.registry import JobKind, kinds, register_kind
 from mentor.training.trainer import token_loss
+from mentor.whitebox.config import config_for
 
 METHODS: dict[str, type["Method"]] = {}
 
 
-def register_method(name: str):
+def register_method(name: str, summary: str | None = None):
+    """Class decorator: a white-box method under `name`, and a job kind of the same name."""
     def deco(cls):
         cls.name = name
         METHODS[name] = cls
+        if name not in kinds():
+            register_kind(JobKind(name, config_for(name), "mentor.recipes.whitebox:run",
+                                  summary or (cls.__doc__ or f"white-box method {name}").strip().splitlines()[0],
+                                  family="distill", method=name))
         return cls
     return deco
 

@@ -8,11 +8,11 @@ white-box job reads like a tuning job with a teacher.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
-from mentor.config import DistillJobConfig
+from mentor.training.config import StudentConfig
 
 METHOD_NAMES = ("logit", "feature", "relation", "self")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -20,10 +20,13 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}
 
 
-class WhiteboxConfig(DistillJobConfig):
-    model: str = Field(description="the student: any model reference")
-    method: Literal["logit", "feature", "relation", "self"] = Field(
-        "logit", description="distillation method (logit, feature, relation, self)")
+class WhiteboxConfig(StudentConfig):
+    """White-box distillation: the student learns from the teacher's weights (logits, hidden states)."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+
+    method: str = Field("logit", description="white-box distillation method (a registered name: logit, feature, "
+                                             "relation, self, or one of your own)")
     teacher: str | None = Field(None, description="teacher model reference; for method 'self' none (or 'ema') "
                                                    "means an exponential moving average of the student")
     tuning: Literal["full", "lora"] = Field("full", description="how the student's weights are trained")
@@ -31,9 +34,10 @@ class WhiteboxConfig(DistillJobConfig):
                                                          "to the ordinary next-token loss on the data")
 
     # response-based (logit) and self-distillation
-    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="how next-token distributions are compared (logit, self)")
     beta: float = Field(0.5, ge=0, le=1, description="generalized JSD interpolation (divergence 'jsd')")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of both models' logits")
     on_policy_fraction: float = Field(0.0, ge=0, le=1, description="share of steps trained on student-generated "
                                                                    "outputs (TRL GKD's lambda)")
     max_new_tokens: int = Field(64, ge=1, description="length of on-policy generations")
@@ -48,7 +52,7 @@ class WhiteboxConfig(DistillJobConfig):
     shard_examples: int = Field(256, ge=1, description="examples per offline-logits shard")
 
     # feature-based and relation-based
-    feature_loss: Literal["mse", "cosine"] = "mse"
+    feature_loss: Literal["mse", "cosine"] = Field("mse", description="feature method: distance between hidden states")
     layer_map: str | None = Field(None, description="student:teacher hidden-state layers, e.g. '1:2,2:4' "
                                                     "(0 is the embedding output); default uniform")
     relation_level: Literal["token", "sequence"] = Field(
@@ -84,3 +88,13 @@ class WhiteboxConfig(DistillJobConfig):
     def uses_ema_teacher(self) -> bool:
         return self.method == "self" and (self.teacher is None or self.teacher == "ema")
 
+
+
+def config_for(method: str) -> type[WhiteboxConfig]:
+    """The config of one white-box method's job kind: WhiteboxConfig with the method fixed."""
+    name = "".join(part.capitalize() for part in method.replace("-", "_").split("_")) + "WhiteboxConfig"
+    return create_model(name, __base__=WhiteboxConfig, __doc__=f"White-box distillation, method '{method}'.",
+                        method=(Literal[method], Field(method, description=f"white-box method '{method}'")))
+
+
+CONFIGS = {name: config_for(name) for name in METHOD_NAMES}

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
+import subprocess
 import os
 import signal
 import sys
@@ -33,7 +36,9 @@ import torch
 
 from mentor.data.encode import IGNORE
 from mentor.errors import MentorError
-from mentor.recipes.common import atomic_write
+from mentor.jobs.files import atomic_folder, atomic_write
+
+log = logging.getLogger("mentor")
 
 FORMAT = 1
 KILL_ENV = "MENTOR_WHITEBOX_KILL_AFTER_SHARDS"  # fault injection for tests: SIGKILL self after N new shards
@@ -131,7 +136,7 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
     """Compute and store the teacher's top-k log-probs for every unfinished shard of every job."""
     from safetensors.torch import save_file
 
-    from mentor.recipes import common
+    from mentor.training.arguments import collator
     from mentor.training.trainer import accepts_logits_to_keep, token_loss
     from mentor.whitebox.losses import teacher_topk
 
@@ -161,7 +166,7 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
             loaded.model.eval()
         model, tok = loaded.model, loaded.tokenizer
         keep = not job.is_seq2seq and accepts_logits_to_keep(model)
-        collate = common.collator(tok, model)
+        collate = collator(tok)
         started = time.time()
         for n_done, i in enumerate(todo):
             start, end = i * job.shard_examples, min((i + 1) * job.shard_examples, job.num_examples)
@@ -219,6 +224,47 @@ class TeacherLogits:
         j = example % self.shard_examples
         a, b = int(offsets[j]), int(offsets[j + 1])
         return f.get_slice("logprobs")[a:b], f.get_slice("indices")[a:b]
+
+
+def logits_folder(cfg, out: Path) -> Path:
+    return Path(cfg.teacher_logits_dir) if cfg.teacher_logits_dir else out / "teacher_logits"
+
+
+def ensure_offline_logits(cfg, out: Path, datasets: dict, width: int, is_seq2seq: bool,
+                          bf16: bool) -> tuple[dict[int, TeacherLogits], float]:
+    """Stored top-k teacher logits for each split, computed in a subprocess if missing or unfinished;
+    and the seconds that took (0 when they were there already)."""
+    root = logits_folder(cfg, out)
+    jobs = {}
+    for split_id, (name, ds) in enumerate(datasets.items()):
+        if ds is None:
+            continue
+        jobs[split_id] = LogitsJob(
+            teacher=cfg.teacher, folder=str(root / name), top_k=cfg.top_k, temperature=cfg.temperature, width=width,
+            is_seq2seq=is_seq2seq, num_examples=len(ds), rows_sha256=rows_sha256(ds),
+            shard_examples=cfg.shard_examples, batch_size=cfg.batch_size, bf16=bf16)
+    todo = [j for j in jobs.values() if not is_complete(j)]
+    seconds = 0.0
+    if todo:
+        names = dict(enumerate(datasets))
+        for split_id, job in jobs.items():
+            if job in todo:
+                with atomic_folder(Path(job.folder) / "rows") as tmp:
+                    datasets[names[split_id]].select_columns(["input_ids", "labels"]).save_to_disk(str(tmp))
+        spec = root / "job.json"
+        atomic_write(spec, json.dumps({"jobs": [vars(j) for j in todo]}, indent=1))
+        log.info(f"computing the teacher's top-{cfg.top_k} log-probs once, in a separate process, into {root}")
+        started = time.time()
+        code = subprocess.call([sys.executable, "-m", "mentor.whitebox.offline_logits", str(spec)])
+        if code != 0:
+            raise MentorError(f"computing the teacher logits stopped (exit code {code}); finished shards are kept in "
+                              f"{root}: rerun the same command to resume")
+        seconds = time.time() - started
+        log.info(f"teacher logits ready in {seconds:.1f}s")
+        for job in todo:  # the encoded rows were only for the subprocess
+            shutil.rmtree(Path(job.folder) / "rows", ignore_errors=True)
+        spec.unlink(missing_ok=True)
+    return {split_id: TeacherLogits(job.folder, expect=job) for split_id, job in jobs.items()}, seconds
 
 
 def run_job_file(path: str) -> None:

@@ -22,7 +22,7 @@ import torch
 from transformers import GenerationConfig, TrainerCallback
 
 from mentor.data.encode import IGNORE
-from mentor.recipes import common
+from mentor.training.arguments import collator
 from mentor.training.trainer import MentorTrainer, accepts_logits_to_keep
 from mentor.whitebox.base import Method, run_model
 
@@ -34,7 +34,7 @@ class WhiteboxCollator:
     """Pads like the tuning collator; adds stored teacher logits and (on-policy) left-padded prompts."""
 
     def __init__(self, tokenizer, teacher_logits: dict | None = None, with_prompts: bool = False):
-        self.base = common.collator(tokenizer, None)
+        self.base = collator(tokenizer)
         self.teacher_logits = teacher_logits or {}
         self.with_prompts = with_prompts
         self.pad_id = tokenizer.pad_token_id

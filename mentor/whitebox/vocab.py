@@ -11,7 +11,9 @@ Only tokenizers and configs are read, so this runs before any weights are loaded
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from mentor.errors import MentorError
 
@@ -66,3 +68,29 @@ def check_vocabularies(teacher_tok, student_tok, teacher_rows: int, student_rows
               f"matrices have {teacher_rows} and {student_rows} rows, so the rows past {width} are padding: "
               f"cropping both models' logits to the first {width} columns")
     return check
+
+
+def peek(ref: str):
+    """Tokenizer and config of a model reference, without loading its weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mentor.models import resolve
+    from mentor.models.resolve import prepare_tokenizer
+
+    source = Path(resolve(ref))
+    config_source = source
+    if (source / "adapter_config.json").exists():  # a LoRA adapter: the architecture is its base model's
+        base = json.loads((source / "adapter_config.json").read_text())["base_model_name_or_path"]
+        meta = source / "mentor_base.json"
+        base = json.loads(meta.read_text())["base_model"] if meta.exists() else base
+        config_source = Path(resolve(base))
+        tok_source = source if (source / "tokenizer_config.json").exists() else config_source
+    else:
+        tok_source = source
+    try:
+        config = AutoConfig.from_pretrained(str(config_source))
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_source))
+    except OSError as err:
+        raise MentorError(f"cannot read model '{ref}': {str(err).splitlines()[0][:200]}") from err
+    prepare_tokenizer(tokenizer)
+    return tokenizer, config

@@ -1,6 +1,6 @@
 """Task metrics for evaluation reports.
 
-Predictions come from parsed model outputs (see `mentor.distill.parsing`), so a missing answer is
+Predictions come from parsed model outputs (see `mentor.tasks.answers`), so a missing answer is
 ``None`` and counts as wrong rather than being dropped: dropping would flatter a model that often
 fails to answer. Numbers compare with a relative tolerance, so "3.333333" matches 10/3 and
 "$1,200" matches "1200". Every metric is a fraction in [0, 1]; an empty list scores 0.0.
@@ -11,15 +11,18 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
-from mentor.distill.parsing import normalize_answer, numbers_match, parse_number
 from mentor.errors import MentorError
+from mentor.tasks import LABEL_TASKS, TASKS
+from mentor.tasks.arithmetic import numbers_match, parse_number
+from mentor.tasks.labels import normalize_answer
 
 Gold = str | Sequence[str]
 
 
 def _check(preds: Sequence, golds: Sequence) -> None:
+    """Predictions and gold answers must pair up one to one."""
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predictions but {len(golds)} gold answers")
 
@@ -30,6 +33,7 @@ def _refs(gold: Gold) -> list[str]:
 
 
 def _norm_label(s: object) -> str:
+    """Label text for comparison: single spaces, lower case, no quotes or final period."""
     text = re.sub(r"\s+", " ", str(s)).strip().lower()
     return text.strip("\"'“”‘’` ").rstrip(".").strip()
 
@@ -137,7 +141,8 @@ def rouge_l(preds: Sequence[str | None], golds: Sequence[Gold], use_stemmer: boo
     )
 
 
-SCORED_TASKS = ("math", "choice", "nli", "classify", "extract", "text")
+# The tasks plus "text": free text such as rationales, scored by ROUGE-L.
+SCORED_TASKS = (*TASKS, "text")
 
 
 def score(
@@ -160,7 +165,7 @@ def score(
         out["accuracy"] = accuracy(preds, golds, numeric=True, rel_tol=rel_tol)
     elif task == "choice":
         out["accuracy"] = choice_accuracy(preds, golds, choices)
-    elif task in ("nli", "classify"):
+    elif task in LABEL_TASKS:
         out["accuracy"] = accuracy(preds, golds, numeric=False)
     elif task == "extract":
         out["exact_match"] = exact_match(preds, golds)

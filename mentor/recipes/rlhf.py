@@ -1,7 +1,8 @@
 """RLHF recipe: a reward model, then reinforcement learning of the policy against it.
 
-stage 1: the reward model (`mentor.rlhf.reward`), trained into OUTPUT/reward_model, a
-         complete job folder of its own; or an existing one, given as `reward_model`;
+stage 1: the reward model: a `reward-model` job of its own in OUTPUT/reward_model (run through
+         the job model, so it has its own state, events and resume); or an existing one,
+         given as `reward_model`;
 stage 2: TRL's RLOOTrainer. For each prompt it samples `num_generations` answers, scores them
          with the reward model, and subtracts `kl_coeff` times the KL divergence of the policy
          from the starting model (summed over the answer's tokens) from each reward; the
@@ -14,20 +15,28 @@ save:    the policy in OUTPUT/model like a tuned model (`mentor predict OUTPUT .
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import time
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import set_seed
 
+from mentor import jobs
 from mentor.errors import MentorError
+from mentor.jobs import Job, TunedModel
+from mentor.jobs.files import atomic_write
 from mentor.models import resolve
-from mentor.recipes import common
 from mentor.rlhf import common as rc
 from mentor.rlhf import reward as rm
 from mentor.rlhf.config import RLHFConfig
 from mentor.rlhf.data import Prompt, load_preferences, load_prompts
+from mentor.training import arguments
+from mentor.training.lora import lora_config
+from mentor.training.outputs import merge_adapter, model_card, save_trained
+from mentor.training.run import checkpoints_of, train
+
+log = logging.getLogger("mentor")
 
 
 class RewardFunction:
@@ -58,14 +67,11 @@ def check_reward_model(ref: str) -> str:
     return str(folder.resolve())
 
 
-def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
+def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     """Reward model (or a given one), then RL with a KL penalty; rerunning the same job resumes it."""
     from trl import RLOOConfig, RLOOTrainer
 
-    cfg = config or RLHFConfig(**fields)
-    out = common.prepare_output(cfg.output, cfg.model_dump())
-    if (done := common.finished_job(out)) is not None:
-        return done
+    out = job.folder
 
     # setup: every data file is validated before the first step of either stage
     prompts = load_prompts(cfg.prompt_dataset, cfg.max_examples)
@@ -77,11 +83,13 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
         load_preferences(cfg.preference_dataset, cfg.max_examples)
         if cfg.eval_dataset:
             load_preferences(cfg.eval_dataset, cfg.max_examples)
-        print("[mentor] stage 1 of 2: reward model")
-        reward_result = rm.train_reward_model(cfg.reward_model_config(str(out / "reward_model")))
+        log.info("stage 1 of 2: reward model")
+        job.event("stage", "stage 1 of 2: reward model", stage="reward-model", folder=str(out / "reward_model"))
+        reward_result = jobs.run("reward-model", cfg.reward_model_config(str(out / "reward_model")))
         reward_path = str(Path(reward_result.model_path).resolve())
 
-    print("[mentor] stage 2 of 2: reinforcement learning against the reward model")
+    log.info("stage 2 of 2: reinforcement learning against the reward model")
+    job.event("stage", "stage 2 of 2: reinforcement learning", stage="reinforcement-learning")
     set_seed(cfg.seed)
     loaded, base_ref = rc.load_start_model(cfg.model, out)
     tokenizer = loaded.tokenizer
@@ -89,65 +97,61 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
                                      cfg.prompt_sequence_length, cfg.target_sequence_length)
     train_ds = Dataset.from_list(prompt_rows(prompts, renderer))
     eval_ds = Dataset.from_list(prompt_rows(eval_prompts, renderer)) if eval_prompts else None
-    print(f"[mentor] prompts: {renderer.summary()}")
+    log.info("prompts: %s", renderer.summary())
     eos_ids = {tokenizer.eos_token_id, *([loaded.model.generation_config.eos_token_id]
                                           if isinstance(loaded.model.generation_config.eos_token_id, int)
                                           else loaded.model.generation_config.eos_token_id or [])}
     reward_fn = RewardFunction(rm.RewardModel(reward_path), [i for i in eos_ids if i is not None])
 
-    bf16 = common.use_bf16(cfg.bf16)
-    checkpoints = out / "checkpoints"
     completions_per_step = cfg.batch_size * cfg.num_generations
-    args = rc.trl_arguments(
-        RLOOConfig, cfg, checkpoints, steps=cfg.reinforcement_learning_train_steps, learning_rate=cfg.rl_learning_rate,
-        batch_size=completions_per_step, has_eval=eval_ds is not None, bf16=bf16,
+    args = arguments.training_arguments(
+        cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RLOOConfig,
+        steps=cfg.reinforcement_learning_train_steps, learning_rate=cfg.rl_learning_rate,
+        batch_size=completions_per_step,
         num_generations=cfg.num_generations, max_completion_length=cfg.target_sequence_length, beta=cfg.kl_coeff,
         temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,
     )
-    resume = common.last_complete_checkpoint(checkpoints)
     before_path = out / "before_rl.json"
     with rc.known_warnings():
         trainer = RLOOTrainer(
             model=loaded.model, reward_funcs=reward_fn, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tokenizer,
-            peft_config=rc.lora_config(cfg, "CAUSAL_LM") if cfg.method == "lora" else None,
+            peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
-    rc.quiet(trainer)
     before = {}
     if eval_ds is not None:  # the starting point on held-out prompts, as the first point of the eval curves
         if before_path.exists():
             before = json.loads(before_path.read_text())
-        elif not resume:
+        elif not job.state.get("step"):
             before = rc.final_eval(trainer, rc.RL_METRICS)
-            common.atomic_write(before_path, json.dumps(before))
+            if job.main:
+                atomic_write(before_path, json.dumps(before))
     for cb in rc.callbacks(out, rc.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
         trainer.add_callback(cb)
-    if resume:
-        print(f"[mentor] resuming from {resume}")
-    started = time.time()
-    with rc.known_warnings():
-        trainer.train(resume_from_checkpoint=resume)
-    seconds = time.time() - started
+    train(trainer, job, quiet=rc.known_warnings)
 
     # save
     metrics = {**rc.final_eval(trainer, rc.RL_METRICS), **rc.last_train_metrics(trainer, rc.RL_METRICS)}
     model_dir = out / "model"
-    meta = {"base_model": cfg.model, "method": f"rlhf-{cfg.method}", "use_chat_template": renderer.use_chat_template,
+    method = f"rlhf ({cfg.tuning})"
+    meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
             "is_seq2seq": False, "max_input_tokens": cfg.prompt_sequence_length, "instruction": cfg.instruction,
             "reward_model": reward_path}
-    common.save_model(trainer.model, tokenizer, model_dir, meta)
-    rc.write_meta(model_dir, base_ref)
-    if cfg.method == "lora" and cfg.merge_adapter:
-        common.merge_adapter(model_dir, out / "merged")
-    if base_ref == cfg.model or cfg.method == "full":
-        shutil.rmtree(out / "start_model", ignore_errors=True)  # nothing refers to it
-    result = common.TunedModel(
-        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=f"rlhf-{cfg.method}",
+    save_trained(trainer, model_dir, meta)
+    result = TunedModel(
+        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
         best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
-        extra={"seconds": round(seconds, 1), "reward_model": reward_path,
+        extra={"seconds": round(job.train_seconds, 1), "reward_model": reward_path,
                "reward_model_metrics": reward_result.metrics if reward_result else None,
                "before": before, "truncated": renderer.counts},
     )
+    if not job.main:
+        return result
+    rc.write_meta(model_dir, base_ref)
+    if cfg.tuning == "lora" and cfg.merge_adapter:
+        merge_adapter(model_dir, out / "merged")
+    if base_ref == cfg.model or cfg.tuning == "full":
+        shutil.rmtree(out / "start_model", ignore_errors=True)  # nothing refers to it
     plot(out, result.method, cfg.model)
     rm_accuracy = (reward_result.metrics if reward_result else {}).get("eval_reward_model_accuracy")
     notes = [f"reward model: `{reward_path}`" + (f" (held-out pairwise accuracy {rm_accuracy:.4f})"
@@ -158,16 +162,12 @@ def rlhf(config: RLHFConfig | None = None, **fields) -> common.TunedModel:
         notes.append(f"every prompt was prefixed with the instruction {cfg.instruction!r}: prefix it when predicting")
     if before:
         notes.append("before RL, on held-out prompts: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    hashes = rc.data_hashes(prompt_dataset=cfg.prompt_dataset, eval_prompt_dataset=cfg.eval_prompt_dataset,
-                            preference_dataset=cfg.preference_dataset, eval_dataset=cfg.eval_dataset)
-    common.model_card(out, result, cfg.model_dump(), hashes, notes)
-    common.write_result(out, result)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    model_card(job, result, notes)
+    shutil.rmtree(checkpoints_of(job), ignore_errors=True)
     before_path.unlink(missing_ok=True)
     lines = [f"  {k}: {before[k]:.4f} -> {metrics[k]:.4f}" for k in ("eval_mean_reward", "eval_kl") if k in before and k in metrics]
-    print("\n[mentor] done\n" + result.summary()
-          + ("\non held-out prompts, before -> after:\n" + "\n".join(lines) if lines else "")
-          + f"\ncurves: {out / 'curves.png'}\nTensorBoard: tensorboard --logdir {out}")
+    log.info("done\n%s%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
+             "\non held-out prompts, before -> after:\n" + "\n".join(lines) if lines else "", out / "curves.png", out)
     return result
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -17,6 +19,7 @@ class TunedModel:
     steps_run: int
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    kind: str | None = None
 
     def predict(self, prompts: list[str] | str, **kwargs) -> list[str] | str:
         from mentor.serving.predict import Predictor
@@ -28,3 +31,11 @@ class TunedModel:
                  f"steps run: {self.steps_run}" + (f", best eval step: {self.best_step}" if self.best_step else "")]
         lines += [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in self.metrics.items()]
         return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: str | Path) -> TunedModel:
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

@@ -1,0 +1,128 @@
+"""The commands around jobs: predict with a model, label data with a teacher, evaluate models,
+and look at or cancel a job in its folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from mentor.errors import MentorError
+from mentor.tasks import TASKS
+
+log = logging.getLogger("mentor")
+
+
+def cmd_predict(args) -> None:
+    from mentor.serving.predict import Predictor, predict_file
+
+    if args.input:
+        if not args.output:
+            raise MentorError("--input needs --output")
+        dst = predict_file(args.model, args.input, args.output, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature)
+        log.info("predictions written to %s", dst)
+    elif args.text:
+        print(Predictor(args.model).predict(args.text, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+    else:
+        raise MentorError("give a text to answer, or --input in.jsonl --output out.jsonl")
+
+
+def cmd_label(args) -> None:
+    from mentor.distill.label import label_file
+
+    label_file(args.teacher, args.data, args.output, task=args.task, prompt_examples=args.prompt_examples,
+               labels=_labels(args.labels), answer_field=args.answer_field, concurrency=args.teacher_concurrency)
+
+
+def cmd_eval(args) -> None:
+    from mentor.data.rows import read_rows
+    from mentor.evaluation.evaluate import evaluate_prompting, evaluate_student
+    from mentor.evaluation.report import write_report
+
+    rows = read_rows(args.data)[: args.limit] if args.limit else read_rows(args.data)
+    results = []
+    for ref in args.model:
+        if args.prompting == "none":
+            results.append(evaluate_student(ref, rows, args.task, args.answer_field, _labels(args.labels),
+                                            with_rationale=args.with_rationale, name=ref))
+        else:
+            shots = [] if args.prompting == "zero-shot" else args.prompt_examples
+            results.append(evaluate_prompting(ref, rows, args.task, args.answer_field, shots=shots,
+                                              labels=_labels(args.labels), max_new_tokens=args.max_new_tokens))
+    out = Path(args.output)
+    write_report(results, out, f"evaluation on {args.data}")
+    log.info("report: %s", out / "report.md")
+
+
+def cmd_status(args) -> None:
+    from mentor.jobs import read_events, read_state
+
+    state = read_state(args.folder)
+    if not state:
+        raise MentorError(f"{args.folder} holds no mentor job (no state.json)")
+    line = f"{state.get('kind')}: {state.get('state')}, step {state.get('step', 0)}/{state.get('total_steps', '?')}"
+    if state.get("error"):
+        line += f"\nerror: {state['error'].get('message')}"
+    print(line)
+    for event in read_events(args.folder)[-args.events:]:
+        print(json.dumps(event))
+
+
+def cmd_cancel(args) -> None:
+    from mentor.jobs import request_cancel
+
+    request_cancel(args.folder)
+    log.info("asked the job in %s to stop at its next step; it keeps its last checkpoint", args.folder)
+
+
+def _labels(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",")] if text else None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="answer a text, or a JSONL file of inputs (batch prediction)")
+    p.add_argument("model", help="a mentor output folder or any model reference")
+    p.add_argument("text", nargs="?")
+    p.add_argument("--input", help="JSONL with input_text (or messages) per line")
+    p.add_argument("--output", help="JSONL to write, each input row plus 'prediction'")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("label", help="the teacher step alone: rationales and labels for a JSONL file")
+    p.add_argument("--teacher", required=True, help="hf:REF, openai:MODEL@URL, recorded:FILE, recorded:field=NAME")
+    p.add_argument("--data", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--task", default="math", choices=TASKS)
+    p.add_argument("--prompt-examples", help="few-shot CoT examples JSONL: input, rationale, label")
+    p.add_argument("--labels", help="comma-separated label set for classify/nli")
+    p.add_argument("--answer-field", default="output_text")
+    p.add_argument("--teacher-concurrency", type=int, default=8)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("eval", help="task metrics of models on a test set (report.md + report.png)")
+    p.add_argument("model", nargs="+", help="mentor output folders or model references")
+    p.add_argument("--data", required=True, help="test JSONL with input_text and the gold answer")
+    p.add_argument("--task", default="math", choices=TASKS)
+    p.add_argument("--answer-field", default="output_text")
+    p.add_argument("--labels", help="comma-separated label set for classify/nli")
+    p.add_argument("--prompting", default="none", choices=["none", "few-shot", "zero-shot"],
+                   help="none: the model answers directly (tuned models); few-/zero-shot: chain-of-thought prompting "
+                        "baseline")
+    p.add_argument("--prompt-examples", help="few-shot examples JSONL (default: the task's built-in ones)")
+    p.add_argument("--with-rationale", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--output", default="eval-report")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("status", help="a job's state and its latest events")
+    p.add_argument("folder", help="the job's output folder")
+    p.add_argument("--events", type=int, default=10, help="how many of the latest events to show")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="stop a running job at its next step (it keeps its last checkpoint)")
+    p.add_argument("folder", help="the job's output folder")
+    p.set_defaults(func=cmd_cancel)

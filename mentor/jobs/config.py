@@ -1,0 +1,77 @@
+"""What every job kind's config shares, and reading one from a YAML job file plus overrides.
+
+A job kind's config is a pydantic model: each field has its type, default and description, and
+from it the command line, YAML job files, the Python API (and the REST bodies) are derived.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from mentor.errors import MentorError
+
+ADAPTER_SIZES = (1, 4, 8, 16)
+
+
+def _check_rank(v: int) -> int:
+    if v not in ADAPTER_SIZES:
+        raise ValueError(f"adapter_size must be one of {ADAPTER_SIZES}")
+    return v
+
+
+AdapterSize = Annotated[int, AfterValidator(_check_rank)]  # LoRA rank, as the cloud services accept it
+
+
+class JobConfig(BaseModel):
+    """Base of every job kind's config: unknown fields are refused, `output` names the job folder."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    # fields that name input files: their contents (sha256) are part of the job's identity
+    input_fields: ClassVar[tuple[str, ...]] = ()
+
+    output: str = Field(description="output folder (the job folder: model, metrics, state, events)")
+
+    def input_files(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in self.input_fields if getattr(self, name, None)}
+
+
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """(field, message) for every error pydantic found."""
+    return [(".".join(map(str, e["loc"])) or "(job)", e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+
+
+def build_config(cls: type[JobConfig], fields: dict[str, Any], source: str | None = None) -> JobConfig:
+    """Validate fields into a config; a one-message MentorError naming every bad field otherwise."""
+    try:
+        return cls(**fields)
+    except ValidationError as err:
+        where = f"{source}: " if source else ""
+        lines = [f"  field '{f}': {m}" for f, m in validation_problems(err)]
+        raise MentorError(f"{where}invalid job parameters:\n" + "\n".join(lines)) from None
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """The fields of a YAML job file (a mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MentorError(f"job file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise MentorError(f"{p}: invalid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise MentorError(f"{p}: must hold a mapping of job fields")
+    return loaded
+
+
+def load_config(cls: type[JobConfig], path: str | Path | None, overrides: dict[str, Any]) -> JobConfig:
+    """A job file's fields with overrides on top (overrides that are None are left out)."""
+    fields = read_job_file(path) if path else {}
+    fields.pop("kind", None)  # a job folder's config.yaml names its kind; the caller chose the kind already
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(cls, fields, str(path) if path else None)

@@ -1,0 +1,282 @@
+"""One lifecycle for every job kind, kept in files in the job's folder.
+
+    OUTPUT/config.yaml    the job: its kind and every config field (usable as `--config`)
+    OUTPUT/state.json     pending | running | succeeded | failed | cancelled, timestamps, progress,
+                          input file hashes, the error (with the file, line and field it concerns)
+    OUTPUT/events.jsonl   append-only: started, resumed from step N, evaluation, checkpoint saved,
+                          early stop, best checkpoint chosen, finished, failed, cancelled
+    OUTPUT/result.json    the finished job's result
+    OUTPUT/CANCEL         written by `mentor cancel` (or anyone): the job stops at the next step
+
+A job folder is held by one live process at a time (an OS file lock, released when the process
+dies, so a lock left by a SIGKILL never blocks the rerun). A folder keeps one job: a different
+config, or changed contents of an input file, is refused once the job has made progress; a job
+that failed before its first training step may be replaced. Under torchrun/accelerate only rank 0
+keeps these files; the other ranks read nothing and write nothing here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mentor.errors import DataValidationError, MentorError
+from mentor.jobs.config import JobConfig
+from mentor.jobs.files import atomic_write, file_sha256
+from mentor.jobs.result import TunedModel
+
+log = logging.getLogger("mentor")
+
+STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+CANCEL_FILE = "CANCEL"
+LOCK_FILE = ".mentor.lock"
+
+
+class JobCancelled(MentorError):
+    """The job stopped at a step boundary because it was asked to; its last checkpoint is kept."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def read_state(folder: str | Path) -> dict:
+    path = Path(folder) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_events(folder: str | Path) -> list[dict]:
+    """Every complete event line (a line cut short by a kill is skipped)."""
+    path = Path(folder) / "events.jsonl"
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def request_cancel(folder: str | Path) -> None:
+    """Ask the job in `folder` to stop at its next step boundary (it keeps its last checkpoint)."""
+    folder = Path(folder)
+    if not (folder / "config.yaml").exists():
+        raise MentorError(f"{folder} holds no mentor job")
+    (folder / CANCEL_FILE).write_text(_now() + "\n")
+
+
+class Job:
+    """A job's folder, held open while the job runs."""
+
+    def __init__(self, kind: str, config: JobConfig):
+        self.kind = kind
+        self.config = config
+        self.folder = Path(config.output).expanduser()
+        self.main = is_main_process()
+        self._lock_fd: int | None = None
+        self._state: dict[str, Any] = {}
+        self._signalled = threading.Event()
+        self._old_handler = None
+
+    # -- opening: lock, identity -------------------------------------------------------------
+    @classmethod
+    def open(cls, kind: str, config: JobConfig) -> Job:
+        job = cls(kind, config)
+        if job.main:
+            job._check_folder()
+            job._lock()
+            try:
+                job._claim()
+            except BaseException:
+                job.close()
+                raise
+        return job
+
+    def _check_folder(self) -> None:
+        f = self.folder
+        if f.exists() and not f.is_dir():
+            raise MentorError(f"output {f} is a file, not a folder: give a folder for the job")
+        try:
+            f.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MentorError(f"cannot create the output folder {f}: {err.strerror}") from None
+        if not os.access(f, os.W_OK | os.X_OK):
+            raise MentorError(f"output folder {f} is not writable")
+
+    def _lock(self) -> None:
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise MentorError(f"{self.folder} is in use by another running mentor job (pid {holder}); wait for it "
+                              "to finish, cancel it (`mentor cancel FOLDER`), or give another --output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _identity(self) -> dict:
+        return {"kind": self.kind, **self.config.model_dump(mode="json")}
+
+    def _claim(self) -> None:
+        """Make this folder this job's, or refuse: a folder holds one job."""
+        saved_path = self.folder / "config.yaml"
+        hashes = {name: file_sha256(path) for name, path in self.config.input_files().items() if Path(path).is_file()}
+        state = read_state(self.folder)
+        if saved_path.exists():
+            saved = yaml.safe_load(saved_path.read_text()) or {}
+            if "kind" not in saved:  # written before job kinds had names
+                saved = {"kind": self.kind, **saved}
+            mine = self._identity()
+            changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            changed_inputs = sorted(k for k, h in state.get("inputs", {}).items() if hashes.get(k, h) != h)
+            if changed or changed_inputs:
+                if self._replaceable(state):
+                    log.info("%s held a job that failed before training; replacing it", self.folder)
+                    self._clear()
+                    state = {}
+                elif changed:
+                    raise MentorError(f"{self.folder} holds a different job (fields differ: {', '.join(changed)}); "
+                                      "use a new --output folder, or delete this one to start over")
+                else:
+                    files = ", ".join(f"{k} ({getattr(self.config, k)})" for k in changed_inputs)
+                    raise MentorError(f"the contents of {files} changed since the job in {self.folder} started, so its "
+                                      "checkpoints and results belong to the old data; use a new --output folder, or "
+                                      "delete this one to start over")
+        atomic_write(saved_path, yaml.safe_dump(self._identity(), sort_keys=False))
+        self._state = state or {"kind": self.kind, "state": "pending", "created_at": _now(), "attempts": 0, "step": 0}
+        self._state["inputs"] = {**self._state.get("inputs", {}), **hashes}
+        self._write_state()
+
+    def _replaceable(self, state: dict) -> bool:
+        """A job may be replaced when it never trained: it failed (or never started) before step 1."""
+        progressed = state.get("step", 0) > 0 or (self.folder / "result.json").exists() \
+            or any((self.folder / "checkpoints").glob("checkpoint-*"))
+        return not progressed and state.get("state") in (None, "pending", "failed")
+
+    def _clear(self) -> None:
+        for name in ("config.yaml", "state.json", "events.jsonl", "metrics.jsonl", CANCEL_FILE):
+            (self.folder / name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
+            self._old_handler = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
+    # -- state and events ----------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        return dict(self._state)
+
+    def _write_state(self) -> None:
+        if self.main:
+            self._state["updated_at"] = _now()
+            atomic_write(self.folder / "state.json", json.dumps(self._state, indent=2))
+
+    def update(self, **fields: Any) -> None:
+        """Merge fields into state.json."""
+        self._state.update(fields)
+        self._write_state()
+
+    def event(self, type: str, message: str = "", **data: Any) -> None:
+        """Append one event to events.jsonl (and say it in the log when it has a message)."""
+        if not self.main:
+            return
+        row = {"time": _now(), "type": type, **({"message": message} if message else {}), **data}
+        with (self.folder / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def finished_result(self) -> TunedModel | None:
+        """The result of this job if it already finished: rerunning a finished job is a no-op."""
+        path = self.folder / "result.json"
+        if path.exists() and self._state.get("state", "succeeded") == "succeeded":
+            return TunedModel.read(path)
+        return None
+
+    def start(self) -> None:
+        previous = self._state.get("state")
+        if self.main:
+            (self.folder / CANCEL_FILE).unlink(missing_ok=True)
+        self._signalled.clear()
+        self._install_sigterm()
+        attempts = self._state.get("attempts", 0) + 1
+        self.update(state="running", started_at=self._state.get("started_at") or _now(), attempts=attempts,
+                    pid=os.getpid(), error=None, finished_at=None)
+        if previous == "running":
+            self.event("restarted", "the previous run of this job ended without a word (killed); continuing")
+        self.event("started", f"{self.kind} job started (attempt {attempts})", kind=self.kind, attempt=attempts,
+                   pid=os.getpid())
+
+    def succeed(self, result: TunedModel) -> None:
+        if not self.main:
+            return
+        result.kind = self.kind
+        atomic_write(self.folder / "result.json", result.to_json())
+        self.update(state="succeeded", finished_at=_now(), result="result.json", pid=None)
+        self.event("finished", f"{self.kind} job succeeded", metrics=result.metrics, model=result.model_path)
+
+    def fail(self, err: BaseException) -> None:
+        error: dict[str, Any] = {"message": str(err).splitlines()[0] if str(err) else type(err).__name__,
+                                 "type": type(err).__name__}
+        if isinstance(err, DataValidationError):
+            error["problems"] = [vars(p) for p in err.problems]
+            first = err.problems[0] if err.problems else None
+            if first is not None:
+                error.update(file=first.file, line=first.line, field=first.field, message=str(first))
+        self.update(state="failed", finished_at=_now(), error=error, pid=None)
+        self.event("failed", error["message"], error=error)
+
+    def mark_cancelled(self, why: str = "cancelled") -> None:
+        self.update(state="cancelled", finished_at=_now(), pid=None)
+        self.event("cancelled", f"{why}; rerun the same job to resume from step {self._state.get('step', 0)}",
+                   step=self._state.get("step", 0))
+        if self.main:
+            (self.folder / CANCEL_FILE).unlink(missing_ok=True)
+
+    # -- cancel -----------------------------------------------------------------------------------
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._old_handler is not None:
+            return
+
+        def on_sigterm(signum, frame):
+            self._signalled.set()
+
+        self._old_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._signalled.is_set() or (self.folder / CANCEL_FILE).exists()
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancel_requested:
+            raise JobCancelled(f"job in {self.folder} cancelled at step {self._state.get('step', 0)}; its last "
+                               "checkpoint is kept: rerun the same command to resume")
+
+    # -- progress ------------------------------------------------------------------------------------
+    @property
+    def train_seconds(self) -> float:
+        """Training time over every run of this job, up to the last checkpoint it resumed from."""
+        return float(self._state.get("train_seconds", 0.0))

@@ -1,0 +1,58 @@
+"""The registry of job kinds: each kind is registered once, by name, with its typed config and its
+run function, and everything that starts jobs (command line, Python API, job files, REST) is
+derived from it.
+
+The run function is named by a "module:function" string and imported only when a job runs, so
+listing kinds (for `mentor --help`, say) loads no ML library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mentor.errors import MentorError
+from mentor.jobs.config import JobConfig
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    config: type[JobConfig]
+    run: str  # "package.module:function", called as function(config, job) -> TunedModel
+    summary: str
+    family: str | None = None  # a command that picks this kind by its `--method` (tune, distill)
+    method: str | None = None  # this kind's name within its family
+
+    def run_function(self) -> Callable:
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_KINDS: dict[str, JobKind] = {}
+
+
+def register_kind(kind: JobKind, replace: bool = False) -> JobKind:
+    if kind.name in _KINDS and not replace:
+        if _KINDS[kind.name] == kind:
+            return kind
+        raise ValueError(f"job kind '{kind.name}' is registered already")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def kinds() -> dict[str, JobKind]:
+    """Every registered kind (the built-in ones register when `mentor.recipes` is imported)."""
+    return dict(_KINDS)
+
+
+def get_kind(name: str) -> JobKind:
+    if name not in _KINDS:
+        raise MentorError(f"unknown job kind '{name}'; known: {', '.join(sorted(_KINDS))}")
+    return _KINDS[name]
+
+
+def family(name: str) -> dict[str, JobKind]:
+    """The kinds a family command chooses between, by method name."""
+    return {k.method: k for k in kinds().values() if k.family == name}

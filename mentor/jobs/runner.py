@@ -1,0 +1,50 @@
+"""Running a job of any kind: validate its config, hold its folder, run its kind's function,
+and leave its state, events and result saying what happened."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mentor.errors import MentorError
+from mentor.jobs.config import JobConfig, build_config
+from mentor.jobs.lifecycle import Job, JobCancelled
+from mentor.jobs.registry import JobKind, get_kind
+from mentor.jobs.result import TunedModel
+
+log = logging.getLogger("mentor")
+
+
+def make_config(kind: JobKind, config: JobConfig | dict[str, Any] | None, fields: dict[str, Any]) -> JobConfig:
+    if isinstance(config, kind.config) and not fields:
+        return config
+    base = config.model_dump() if isinstance(config, JobConfig) else dict(config or {})
+    return build_config(kind.config, {**base, **fields})
+
+
+def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, **fields: Any) -> TunedModel:
+    """Run (or resume, or return the result of) a job; the same call always means the same job."""
+    kind = get_kind(kind) if isinstance(kind, str) else kind
+    cfg = make_config(kind, config, fields)
+    job = Job.open(kind.name, cfg)
+    try:
+        if (done := job.finished_result()) is not None:
+            log.info("%s already holds this finished job", job.folder)
+            return done
+        job.start()
+        result = kind.run_function()(cfg, job)
+        job.succeed(result)
+        return result
+    except JobCancelled:
+        job.mark_cancelled()
+        raise
+    except KeyboardInterrupt:
+        job.mark_cancelled("interrupted")
+        raise
+    except BaseException as err:
+        job.fail(err)
+        if not isinstance(err, MentorError):
+            log.debug("job failed", exc_info=True)
+        raise
+    finally:
+        job.close()

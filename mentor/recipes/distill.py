@@ -1,0 +1,110 @@
+"""Distillation from a teacher's text: distilling step-by-step, standard distillation, and the
+fine-tuning baseline (one job kind per method, one recipe).
+
+setup:   read data; ask the teacher (cached) for rationales and labels, parse them;
+         build the student's examples for the method; load the student.
+train:   StepByStepTrainer (label + rationale task in every step) or the plain MentorTrainer.
+save:    the tuning job's output folder, plus the teacher's labels and report.
+test:    student (label only, cheap) and teacher on the test set: report.md + report.png.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mentor.data.encode import EncodeStats
+from mentor.distill.config import DistillConfig
+from mentor.distill.label import label_rows, make_teacher, read_rows, teacher_report, write_labeled
+from mentor.distill.multitask import MultiTaskCollator, StepByStepTrainer
+from mentor.distill.scoring import run_test
+from mentor.distill.targets import encode_targets, student_targets
+from mentor.errors import MentorError
+from mentor.jobs import Job, TunedModel
+from mentor.tasks.prompts import PromptTemplate
+from mentor.training import arguments, setup
+from mentor.training.callbacks import MetricsRecorder, ProgressBar
+from mentor.training.outputs import save_tuned
+from mentor.training.run import checkpoints_of, train
+from mentor.training.trainer import MentorTrainer
+
+log = logging.getLogger("mentor")
+
+
+def run(cfg: DistillConfig, job: Job) -> TunedModel:
+    # -- setup: data and teacher ----------------------------------------------------------------
+    train_rows = read_rows(cfg.data)
+    eval_rows = read_rows(cfg.evaluation_data) if cfg.evaluation_data else None
+    test_rows = read_rows(cfg.test_data) if cfg.test_data else None
+    if len(train_rows) > cfg.max_examples:
+        raise MentorError(f"{cfg.data}: {len(train_rows)} rows, more than max_examples={cfg.max_examples}")
+    template = PromptTemplate.for_task(cfg.task, shots=cfg.prompt_examples, labels=cfg.labels)
+    labeled, teacher, report_lines = None, None, []
+    if cfg.method != "finetune":
+        if not cfg.teacher:
+            raise MentorError(f"--method {cfg.method} needs a --teacher")
+        teacher = make_teacher(cfg.teacher, train_rows + (eval_rows or []) + (test_rows or []), job.folder,
+                               cfg.teacher_concurrency)
+        labeled, summary = label_rows(teacher, train_rows, template, cfg.task, cfg.answer_field, cfg.teacher_max_new_tokens)
+        write_labeled(labeled, cfg.task, job.folder / "teacher_labels.jsonl")
+        report_lines.append(teacher_report(summary, labeled, teacher))
+        log.info(report_lines[-1])
+        job.event("teacher_labelled", report_lines[-1].splitlines()[0], teacher=teacher.stats.as_dict())
+    targets, dropped = student_targets(cfg, train_rows, labeled)
+    if not targets:
+        raise MentorError(f"no training examples left for {cfg.method} (dropped: {dropped})")
+    masked = sum(bool(t.get("mask_rationale")) for t in targets)
+    log.info(f"{len(targets)} training examples for {cfg.method}" + (f"; dropped {dropped}" if dropped else "")
+             + (f"; {masked} rationales masked (teacher's answer wrong)" if masked else ""))
+
+    eval_targets = None
+    if eval_rows:
+        if all(isinstance(r.get(cfg.label_field), str) for r in eval_rows):
+            eval_targets = [{"input": r["input_text"], "label": r[cfg.label_field], "rationale": None} for r in eval_rows]
+        else:  # unlabeled eval data: the teacher's labels stand in for gold ones
+            eval_labeled, _ = label_rows(teacher, eval_rows, template, cfg.task, None, cfg.teacher_max_new_tokens)
+            eval_targets = [{"input": item.row["input_text"], "label": item.teacher_label(cfg.task), "rationale": None}
+                            for item in eval_labeled if item.parsed.ok]
+        setup.check_eval_size(len(eval_targets))
+
+    # -- setup: student ---------------------------------------------------------------------------
+    student = setup.load_student(cfg)
+    sbs = cfg.method == "step-by-step"
+    stats = {"train": EncodeStats(), "eval": EncodeStats() if eval_targets else None}
+    train_ds = encode_targets(cfg, targets, student.loaded, student.use_chat_template, stats["train"],
+                              with_rationale=sbs and cfg.alpha < 1)
+    eval_ds = encode_targets(cfg, eval_targets, student.loaded, student.use_chat_template, stats["eval"],
+                             False) if eval_targets else None
+    log.info("train data: %s", stats["train"].summary())
+
+    # -- train --------------------------------------------------------------------------------------
+    has_eval = eval_ds is not None
+    trainer_cls, kwargs = (StepByStepTrainer, {"alpha": cfg.alpha}) if sbs else (MentorTrainer, {})
+    trainer = trainer_cls(
+        model=student.model,
+        args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=MultiTaskCollator(student.tokenizer) if sbs else arguments.collator(student.tokenizer),
+        processing_class=student.tokenizer,
+        callbacks=[MetricsRecorder(job.folder), ProgressBar(), *arguments.early_stopping(cfg, has_eval)],
+        is_seq2seq=student.is_seq2seq,
+        sampler_seed=cfg.seed,
+        **kwargs,
+    )
+    train(trainer, job)
+
+    # -- save ---------------------------------------------------------------------------------------
+    meta = {"task_prefix": cfg.label_prefix if sbs else "", "task": cfg.task,
+            "rationale_prefix": cfg.rationale_prefix if sbs and cfg.alpha < 1 else None,
+            "teacher": cfg.teacher, "distill_method": cfg.method}
+    extra = {"distill_method": cfg.method, "examples": len(targets), "dropped": dropped, "masked_rationales": masked,
+             "teacher_stats": teacher.stats.as_dict() if teacher else None}
+    result = save_tuned(job, trainer, student, stats, meta=meta, extra=extra)
+
+    # -- test ---------------------------------------------------------------------------------------
+    if test_rows and job.main:
+        result.extra["test"] = run_test(cfg, result, test_rows, teacher, template, job.folder, report_lines)
+        job.event("tested", "student and teacher scored on the test set", report=str(job.folder / "report"))
+    if teacher is not None:
+        teacher.close()
+    return result

@@ -1,0 +1,88 @@
+"""Reward-model recipe: the base model with a scalar head, trained on preference pairs.
+
+setup: validate the pairs, load the base model as a sequence classifier (one output), render
+       every prompt as inference renders it, tokenize prompt + answer + end-of-turn;
+train: TRL's RewardTrainer (pairwise loss -log sigmoid(r_chosen - r_rejected)), LoRA or full,
+       pairwise accuracy on held-out pairs at every evaluation, resumable from checkpoints;
+save:  the reward model as one plain folder (a LoRA adapter is merged, so anything that loads a
+       sequence classifier can use it), with what `RewardModel` needs to score texts the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from datasets import Dataset
+from transformers import set_seed
+
+from mentor.jobs import Job, TunedModel
+from mentor.rlhf import common as rc
+from mentor.rlhf.config import RewardModelConfig
+from mentor.rlhf.data import load_preferences
+from mentor.rlhf.reward import load_classifier, pair_rows, plot, write_card
+from mentor.training import arguments
+from mentor.training.lora import lora_config
+from mentor.training.outputs import save_trained
+from mentor.training.run import checkpoints_of, train
+from mentor.training.setup import check_eval_size
+
+log = logging.getLogger("mentor")
+
+
+def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
+    from trl import RewardConfig, RewardTrainer
+
+    out = job.folder
+    # -- setup: every data problem surfaces before any model is loaded
+    train_pairs = load_preferences(cfg.preference_dataset, cfg.max_examples)
+    eval_pairs = load_preferences(cfg.eval_dataset, cfg.max_examples) if cfg.eval_dataset else None
+    if eval_pairs is not None:
+        check_eval_size(len(eval_pairs))
+    set_seed(cfg.seed)
+    loaded, base_ref = rc.load_start_model(cfg.model, out)
+    tokenizer = loaded.tokenizer
+    source = str(out / "start_model") if base_ref != cfg.model else loaded.source
+    del loaded
+    set_seed(cfg.seed)  # the new score head is drawn from this seed
+    model = load_classifier(source)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    renderer = rc.Renderer.for_model(tokenizer, cfg.chat_template, cfg.instruction,
+                                     cfg.prompt_sequence_length, cfg.target_sequence_length)
+    train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
+    eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
+    log.info("reward model data: %s", renderer.summary())
+
+    # -- train
+    args = arguments.training_arguments(
+        cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RewardConfig,
+        steps=cfg.reward_model_train_steps, max_length=None, center_rewards_coefficient=0.01)
+    with rc.known_warnings():
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+            callbacks=rc.callbacks(out, rc.REWARD_MODEL_METRICS, ["train_reward_model_loss", "train_reward_model_accuracy"],
+                                   "reward model"),
+            peft_config=lora_config(cfg, "SEQ_CLS") if cfg.tuning == "lora" else None,
+        )
+    train(trainer, job, quiet=rc.known_warnings)
+
+    # -- save
+    metrics = {**rc.final_eval(trainer, rc.REWARD_MODEL_METRICS), **rc.last_train_metrics(trainer, rc.REWARD_MODEL_METRICS)}
+    model_dir = out / "model"
+    meta = {"kind": "reward_model", "base_model": cfg.model, "tuning": cfg.tuning,
+            "use_chat_template": renderer.use_chat_template, "instruction": cfg.instruction,
+            "prompt_sequence_length": cfg.prompt_sequence_length, "target_sequence_length": cfg.target_sequence_length}
+    save_trained(trainer, model_dir, meta, merge=cfg.tuning == "lora")
+    result = TunedModel(
+        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=f"reward-model ({cfg.tuning})",
+        best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
+        extra={"seconds": round(job.train_seconds, 1), "truncated": renderer.counts},
+    )
+    if job.main:
+        plot(out, result.method, cfg.model)
+        write_card(job, result)
+        shutil.rmtree(checkpoints_of(job), ignore_errors=True)
+        shutil.rmtree(out / "start_model", ignore_errors=True)  # the reward model folder is self-contained
+        log.info("reward model done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
+                 out / "curves.png", out / "tensorboard")
+    return result

@@ -1,0 +1,196 @@
+"""The one batched-generation path for local models: predictions (`Predictor`, `predict_file`),
+local teachers (`HFTeacher`), and whatever else answers prompts with a loaded model.
+
+Prompts arrive already rendered (chat template applied by the caller). Every answer comes back
+as a `GeneratedText`: the text, its token counts and why it ended, which is what an
+OpenAI-compatible server reports (`usage`, `finish_reason`).
+
+- causal models are padded on the left, as batched generation needs; seq2seq inputs are padded
+  on the side the tokenizer says;
+- a stop string ends a row only once it appears in the row's generated text (not in the prompt),
+  and the text is cut before the first one, as OpenAI-compatible servers do;
+- greedy decoding with `n > 1` generates once and returns `n` copies (what a server answers);
+- generation is transformers' `model.generate`; nothing here decodes token by token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from mentor.serving.stop import apply_stop
+
+FinishReason = Literal["stop", "length"]
+_FINGERPRINTED = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to generate. `top_p`/`top_k` None leave the model's generation config in charge;
+    `top_k=0` samples from the whole distribution, like an OpenAI-compatible server. `seed` seeds
+    torch once before the first batch (None: the RNG is left as it is)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1  # completions per prompt
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.n < 1 or self.temperature < 0:
+            raise ValueError(f"need max_new_tokens >= 1, n >= 1 and temperature >= 0, got {self}")
+        object.__setattr__(self, "stop", tuple(s for s in (self.stop or ()) if s))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "stop": sorted(set(self.stop))}
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    """One completion. `prompt_tokens` counts the prompt without padding; `completion_tokens` the
+    generated tokens up to and including an end-of-sequence token; `finish_reason` is "stop" when
+    an end-of-sequence token or a stop string ended it and "length" when `max_new_tokens` did."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+def generate(loaded, prompts: Sequence[str], params: SamplingParams | None = None, **options) -> list[list[GeneratedText]]:
+    """`params.n` completions for each prompt, in prompt order; options as for `generate_stream`."""
+    results: list[list[GeneratedText]] = [[] for _ in prompts]
+    for index, outputs in generate_stream(loaded, prompts, params, **options):
+        results[index] = outputs
+    return results
+
+
+def generate_stream(
+    loaded,
+    prompts: Sequence[str],
+    params: SamplingParams | None = None,
+    *,
+    batch_size: int = 8,
+    add_special_tokens: bool | None = None,
+    max_input_tokens: int | None = None,
+    sort_by_length: bool = False,
+    progress: bool = False,
+    desc: str = "generating",
+) -> Iterator[tuple[int, list[GeneratedText]]]:
+    """Yield `(prompt index, its n completions)` batch by batch, as each batch finishes.
+
+    `loaded` is what `mentor.models.load_model` returns (`.model`, `.tokenizer`, `.is_seq2seq`).
+    `add_special_tokens`: whether the tokenizer adds its special tokens to the prompts (default:
+    only for seq2seq, since a rendered chat prompt carries its own). `max_input_tokens` truncates
+    longer prompts. `sort_by_length` batches similar lengths together (less padding to compute);
+    results are then yielded longest prompt first."""
+    params = params or SamplingParams()
+    batch_size = max(1, batch_size)
+    order = list(range(len(prompts)))
+    if sort_by_length:
+        order.sort(key=lambda i: len(prompts[i]), reverse=True)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if params.seed is not None and batches:
+        torch.manual_seed(params.seed)
+    with tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress) as bar:
+        for batch in batches:
+            outputs = _generate_batch(loaded, [prompts[i] for i in batch], params, add_special_tokens, max_input_tokens)
+            bar.update(1)
+            yield from zip(batch, outputs)
+
+
+def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_special_tokens: bool | None,
+                    max_input_tokens: int | None) -> list[list[GeneratedText]]:
+    model, tok, seq2seq = loaded.model, loaded.tokenizer, loaded.is_seq2seq
+    eos_ids = _eos_ids(tok, model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos_ids, default=None)
+    enc = tok(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        padding_side=tok.padding_side if seq2seq else "left",
+        add_special_tokens=seq2seq if add_special_tokens is None else add_special_tokens,
+        **({"truncation": True, "max_length": max_input_tokens} if max_input_tokens else {}),
+    ).to(model.device)
+    copies = 1 if params.greedy else params.n  # greedy: every copy would be the same
+    kwargs = {"max_new_tokens": params.max_new_tokens, "num_return_sequences": copies, "pad_token_id": pad_id}
+    if eos_ids:
+        kwargs["eos_token_id"] = sorted(eos_ids)
+    if params.greedy:
+        kwargs["do_sample"] = False
+    else:
+        kwargs.update(do_sample=True, temperature=params.temperature)
+        kwargs.update({k: v for k, v in (("top_p", params.top_p), ("top_k", params.top_k)) if v is not None})
+    start = 1 if seq2seq else enc["input_ids"].shape[1]  # where generated tokens begin
+    if params.stop:  # stop early to save time; the text is cut at the stop string below anyway
+        kwargs["stopping_criteria"] = _stop_in_generated(tok, params.stop, start)
+    with torch.inference_mode():
+        out = model.generate(**enc, **kwargs)
+    tokens_in = enc["attention_mask"].sum(dim=1).tolist()
+    results: list[list[GeneratedText]] = [[] for _ in prompts]
+    for row, ids in enumerate(out[:, start:].tolist()):
+        end = next((k for k, i in enumerate(ids) if i in eos_ids), None)
+        if end is not None:
+            ids = ids[: end + 1]
+        full = tok.decode(ids, skip_special_tokens=True)
+        text = apply_stop(full, list(params.stop))
+        stopped = end is not None or text != full
+        # a row that stopped early is filled up with padding; one that did not generated every token
+        n_out = len(ids) if end is not None or not stopped else _last_non_pad(ids, pad_id) + 1
+        reason: FinishReason = "stop" if stopped else "length"
+        results[row // copies].append(GeneratedText(text, tokens_in[row // copies], n_out, reason))
+    return [outs * (params.n // copies) for outs in results]
+
+
+def _last_non_pad(ids: list[int], pad_id: int | None) -> int:
+    return max((k for k, i in enumerate(ids) if i != pad_id), default=-1)
+
+
+def _eos_ids(tok, model) -> set[int]:
+    """The tokenizer's end-of-sequence token and the generation config's (which may be several)."""
+    ids = {tok.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def _stop_in_generated(tokenizer, stop: Sequence[str], start: int):
+    """Ends a row once its generated text holds a stop string. transformers' own `stop_strings`
+    also match a stop string that begins in the prompt, ending answers early where an
+    OpenAI-compatible server, which looks at the completion only, would not."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    stop = [s for s in stop if s]
+    window = 4 * max(map(len, stop), default=1) + 4  # a just-completed stop string fits in its bytes' tokens
+
+    class StopInGenerated(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(input_ids[:, start:][:, -window:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in tails], device=input_ids.device)
+
+    return StoppingCriteriaList([StopInGenerated()])
+
+
+def model_fingerprint(ref: str) -> str:
+    """'#' + a short hash of the resolved folder's file names, sizes and mtimes ('' for a hub id):
+    text generated by a model folder retrained in place is not mistaken for the new model's."""
+    from mentor.models import resolve
+
+    folder = Path(resolve(ref))
+    if not folder.is_dir():
+        return ""
+    files = sorted({p for pattern in _FINGERPRINTED for p in folder.glob(pattern)})
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return "#" + hashlib.sha256(repr(stats).encode()).hexdigest()[:12]

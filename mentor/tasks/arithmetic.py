@@ -1,0 +1,186 @@
+"""Safe evaluation of math answers.
+
+Teachers answer math word problems with an arithmetic expression ("(10 * 45)", "84 / 2 = 42"),
+money ("$1,200") or a number with its unit ("12 apples"). The exact value is computed with Python's
+``ast`` restricted to numbers and + - * / // % **, never ``eval``, and bounded so a hostile or
+runaway expression ("9 ** 9 ** 9") cannot hang the machine.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from fractions import Fraction
+
+from mentor.tasks.answer_text import strip_answer
+from mentor.tasks.reasons import (
+    REASON_EMPTY_ANSWER,
+    REASON_MULTIPLE,
+    REASON_NOT_EVALUABLE,
+    REASON_TRUNCATED,
+)
+
+_MAX_EXPR_CHARS = 400
+_MAX_BITS = 4096
+_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([A-Za-z][A-Za-z'\-]*)|(\*\*|//|[-+*/%()=]))")
+# Words that scale the number before them ("2 thousand" is 2000) rather than name its unit.
+_SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+
+
+class _NotEvaluable(Exception):
+    """Why an expression was refused; `evaluate_math` turns it into a ValueError with a reason."""
+
+
+def _eval_node(node: ast.AST) -> Fraction:
+    """Exact value of an arithmetic AST using only numbers, + - * / // % ** and unary signs."""
+    if isinstance(node, ast.Expression):
+        return _eval_node(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(repr(node.value)) if isinstance(node.value, float) else Fraction(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        v = _eval_node(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _BINOPS):
+        a, b = _eval_node(node.left), _eval_node(node.right)
+        op = node.op
+        if isinstance(op, ast.Add):
+            r = a + b
+        elif isinstance(op, ast.Sub):
+            r = a - b
+        elif isinstance(op, ast.Mult):
+            r = a * b
+        elif b == 0:
+            raise _NotEvaluable("division by zero")
+        elif isinstance(op, ast.Div):
+            r = a / b
+        elif isinstance(op, ast.FloorDiv):
+            r = Fraction(a // b)
+        elif isinstance(op, ast.Mod):
+            r = a % b
+        else:  # Pow, bounded so "9 ** 9 ** 9" cannot hang the machine
+            if b.denominator == 1 and abs(b) <= 64:
+                if a == 0 and b < 0:
+                    raise _NotEvaluable("division by zero")
+                r = a ** int(b)
+            elif a >= 0 and abs(b) <= 64:
+                r = Fraction(float(a) ** float(b))
+            else:
+                raise _NotEvaluable("power out of range")
+        if r.numerator.bit_length() > _MAX_BITS or r.denominator.bit_length() > _MAX_BITS:
+            raise _NotEvaluable("number too large")
+        return r
+    raise _NotEvaluable(f"not arithmetic: {type(node).__name__}")
+
+
+def _strip_units(expr: str) -> str:
+    """Drop unit words that directly follow a number ("12 apples", "8 action figures + 10
+    cabinets"); any other word is an unknown ("some", "x") and makes the expression unevaluable."""
+    out: list[str] = []
+    pos = 0
+    prev = ""  # kind of the previous kept token: "num", "unit", "op", "("/")"
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            if expr[pos:].strip() == "":
+                break
+            raise _NotEvaluable(f"unexpected character {expr[pos]!r}")
+        pos = m.end()
+        num, word, op = m.groups()
+        if num is not None:
+            if prev in ("num", "unit", ")"):
+                raise _NotEvaluable("two numbers without an operator")
+            out.append(num)
+            prev = "num"
+        elif word is not None:
+            scale = _SCALES.get(word.lower())
+            if scale is not None and prev == "num":  # "2 thousand" is 2000, not 2 of a unit
+                out[-1] = f"({out[-1]} * {scale})"
+                continue
+            if prev in ("num", "unit"):
+                prev = "unit"
+                continue
+            raise _NotEvaluable(f"unknown {word!r}")
+        else:
+            out.append(op)
+            prev = ")" if op == ")" else op
+    return " ".join(out)
+
+
+def _prepare_math(text: str) -> str:
+    """Plain ASCII arithmetic: math signs as Python operators, no currency, thousands separators or percent."""
+    s = text.strip()
+    s = s.replace("×", "*").replace("÷", "/").replace("−", "-").replace("–", "-").replace("^", "**")
+    s = re.sub(r"[$€£¥]", "", s)
+    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
+    s = re.sub(r"%(?!\s*[\d(.])", "", s)  # a percent sign, not the modulo operator
+    return s.strip()
+
+
+def evaluate_math(text: str) -> Fraction:
+    """Exact value of an answer such as "(10 * 45)", "$1,200", "12 apples" or "84 / 2 = 42".
+
+    Uses Python's ``ast`` restricted to numbers and + - * / // % ** with parentheses, never
+    ``eval``. Raises ValueError whose message starts with the failure reason.
+    """
+    s = _prepare_math(text)
+    if not s:
+        raise ValueError(REASON_EMPTY_ANSWER)
+    if len(s) > _MAX_EXPR_CHARS:
+        raise ValueError(f"{REASON_NOT_EVALUABLE}: too long")
+    if re.search(r"\band\b|;|,", s):
+        raise ValueError(REASON_MULTIPLE)
+    if s.count("(") != s.count(")"):
+        raise ValueError(REASON_TRUNCATED if s.count("(") > s.count(")") else REASON_NOT_EVALUABLE)
+    values = []
+    try:
+        for part in _strip_units(s).split("="):
+            part = re.sub(r"(?<![\d.])0+(?=\d)", "", part).strip()  # "07" is a SyntaxError in Python
+            if not part:
+                raise _NotEvaluable("empty side of '='")
+            values.append(_eval_node(ast.parse(part, mode="eval")))
+    except (_NotEvaluable, SyntaxError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        raise ValueError(f"{REASON_NOT_EVALUABLE}: {e}") from None
+    if any(not _close(v, values[0], 1e-6) for v in values[1:]):
+        raise ValueError(f"{REASON_NOT_EVALUABLE}: the two sides of '=' differ")
+    return values[-1]
+
+
+def _close(a: Fraction | float, b: Fraction | float, rel_tol: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=1e-9)
+
+
+def format_number(value: Fraction | float) -> str:
+    """Canonical number string: "450", "2.5", "3.333333" (6 decimals at most, no "-0", no ".0")."""
+    if isinstance(value, Fraction) and value.denominator == 1:
+        return str(value.numerator)
+    x = float(value)
+    if not math.isfinite(x):
+        return str(x)
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    if x != 0 and abs(x) < 1e-3:
+        return f"{x:.6g}"
+    s = f"{round(x, 6):.6f}".rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def parse_number(text: object) -> float | None:
+    """The value of a numeric answer ("42", "$1,200", "2.5 hours", "(84 / 2)"), or None."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    try:
+        return float(evaluate_math(strip_answer(str(text))))
+    except (ValueError, OverflowError):
+        return None
+
+
+def numbers_match(a: object, b: object, rel_tol: float = 1e-4) -> bool:
+    """Whether two answers are the same number, within ``rel_tol`` so "3.333333" equals 10/3."""
+    x, y = parse_number(a), parse_number(b)
+    if x is None or y is None:
+        return False
+    return math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-9)

@@ -1,0 +1,136 @@
+"""Label normalisation: one canonical label per answer, whatever words the teacher used.
+
+A teacher may answer an NLI question "yes", "entailed" or "it is entailed", and a multiple-choice
+question "(d)", "D) canada" or "canada". Training and scoring compare canonical labels, so each
+answer is mapped onto the task's label set (or option list), or refused with a reason: a wrong label
+taught to a student is worse than a dropped example.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from mentor.errors import MentorError
+from mentor.tasks import LABEL_TASKS, check_task
+from mentor.tasks.answer_text import QUOTES, strip_answer
+from mentor.tasks.arithmetic import evaluate_math, format_number
+from mentor.tasks.reasons import (
+    REASON_CHOICE_CONFLICT,
+    REASON_EMPTY_ANSWER,
+    REASON_NOT_IN_LABELS,
+)
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+# Words a teacher uses for the NLI labels; a label set such as yes/no/maybe maps through the same groups.
+_SYNONYMS: tuple[frozenset[str], ...] = (
+    frozenset({"entailment", "entailed", "entails", "entail", "yes", "true", "it is entailed", "correct"}),
+    frozenset({"contradiction", "contradicts", "contradicted", "contradict", "no", "false", "incorrect"}),
+    frozenset(
+        {
+            "neutral", "maybe", "it is not possible to tell", "not possible to tell", "it's not possible to tell",
+            "unknown", "undetermined", "cannot be determined", "can't be determined", "can not be determined",
+            "it cannot be determined", "impossible to tell", "it is impossible to tell", "not enough information",
+            "inconclusive", "cannot tell", "can't tell", "unclear",
+        }
+    ),
+)
+
+
+def _norm_text(s: str) -> str:
+    """Text compared for label equality: lower case, single spaces, no quotes, punctuation or article."""
+    s = s.lower().replace("_", " ")
+    s = re.sub(r"\s+", " ", s).strip().strip(QUOTES).strip(" .!?,;:")
+    return re.sub(r"^(?:the|a|an) ", "", s)
+
+
+def match_label(candidate: str, labels: Sequence[str]) -> str | None:
+    """The label ``candidate`` names, directly or through a synonym group, or None."""
+    c = _norm_text(candidate)
+    for label in labels:
+        if _norm_text(label) == c:
+            return label
+    for group in _SYNONYMS:
+        if c in group:
+            for label in labels:
+                if _norm_text(label) in group:
+                    return label
+    return None
+
+
+def _normalise_label(ans: str, labels: Sequence[str]) -> tuple[str | None, str]:
+    """(label, "") when ``ans`` names one of ``labels``, alone or before an aside; else (None, reason)."""
+    hit = match_label(ans, labels)
+    if hit is not None:
+        return hit, ""
+    # "yes, because ..." / "neutral (the premise says nothing about ...)": a label, then an aside.
+    m = re.match(r"^(.+?)\s*(?:[,;:(\u2014]|\s-\s|\s(?:because|since|as)\b)", ans.strip())
+    if m:
+        hit = match_label(m.group(1), labels)
+        if hit is not None:
+            return hit, ""
+    return None, REASON_NOT_IN_LABELS
+
+
+_LETTER_FORMS = (
+    re.compile(r"^(?:(?:option|choice)\s*)?\(([a-z])\)\s*(.*)$", re.IGNORECASE | re.DOTALL),
+    re.compile(r"^(?:(?:option|choice)\s*)?([a-z])\s*[).:]\s*(.*)$", re.IGNORECASE | re.DOTALL),
+    re.compile(r"^(?:option|choice)\s+([a-z])\b\s*(.*)$", re.IGNORECASE | re.DOTALL),
+    re.compile(r"^([a-z])()$", re.IGNORECASE),
+)
+
+
+def _normalise_choice(ans: str, choices: Sequence[str] | None) -> tuple[str | None, str]:
+    """The canonical option text for a letter ("(d)", "D)"), letter plus text or option text alone;
+    the lowercase letter when no ``choices`` are given."""
+    normed = [_norm_text(c) for c in choices] if choices else []
+    text = ans.strip()
+    if choices and _norm_text(text) in normed:  # whole answer is an option (even a one-letter one)
+        return choices[normed.index(_norm_text(text))], ""
+    for form in _LETTER_FORMS:
+        m = form.match(text)
+        if not m:
+            continue
+        letter, rest = m.group(1).lower(), _norm_text(m.group(2) or "")
+        if not choices:
+            return letter, ""
+        idx = ord(letter) - ord("a")
+        if idx >= len(choices):
+            return None, REASON_NOT_IN_LABELS
+        if rest and rest != normed[idx] and rest in normed:
+            return None, REASON_CHOICE_CONFLICT
+        return choices[idx], ""
+    return None, REASON_NOT_IN_LABELS
+
+
+def normalize_answer(
+    answer: str,
+    task: str,
+    choices: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[str | None, str]:
+    """Normalise one answer text for ``task``: (label, "") or (None, reason). Math answers become a
+    canonical number, choices the option text (the letter without ``choices``), nli/classify a label
+    of the set, extract spans stay as written."""
+    check_labels(task, labels)
+    ans = strip_answer(answer)
+    if not ans:
+        return None, REASON_EMPTY_ANSWER
+    if task == "math":
+        try:
+            return format_number(evaluate_math(ans)), ""
+        except ValueError as e:
+            return None, str(e).split(":")[0]
+    if task == "choice":
+        return _normalise_choice(ans, choices)
+    if task in LABEL_TASKS:
+        return _normalise_label(ans, labels or NLI_LABELS)
+    return ans, ""  # extract: the span itself
+
+
+def check_labels(task: str, labels: Sequence[str] | None) -> None:
+    """Raise a MentorError for an unknown task, or a classify task without its label set."""
+    check_task(task)
+    if task == "classify" and not labels:
+        raise MentorError("task 'classify' needs its label set: pass labels=[...]")

@@ -1,0 +1,74 @@
+"""One builder of trainer arguments for every kind, for transformers' Trainer and TRL's trainers
+alike (TRL's configs extend TrainingArguments): a checkpoint at every evaluation, logs every step,
+the best checkpoint kept when selection is on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, TrainingArguments
+
+ACCURACY = "eval_fraction_of_correct_next_step_preds"
+
+
+def use_bf16(setting: str) -> bool:
+    """bf16 autocast where the hardware computes it natively (CUDA bf16, AVX512-BF16/AMX CPUs)."""
+    if setting != "auto":
+        return setting == "on"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, config_cls=TrainingArguments, *,
+                       steps: int | None = None, learning_rate: float | None = None, batch_size: int | None = None,
+                       best_metric: str = ACCURACY, greater_is_better: bool = True, **overrides) -> TrainingArguments:
+    """Arguments from a job's config; `steps`, `learning_rate`, `batch_size` default to its tuning fields."""
+    steps = steps or cfg.train_steps
+    batch_size = batch_size or cfg.batch_size
+    select = has_eval and getattr(cfg, "checkpoint_selection", False)
+    args = dict(
+        output_dir=str(checkpoints),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=learning_rate or cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=int(cfg.warmup_ratio * steps),
+        weight_decay=0.0,
+        logging_steps=1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.evaluation_interval,
+        save_strategy="steps",
+        save_steps=cfg.evaluation_interval,
+        save_total_limit=2 if select else 1,
+        load_best_model_at_end=select,
+        metric_for_best_model=best_metric if select else None,
+        greater_is_better=greater_is_better,
+        bf16=bf16,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        restore_callback_states_from_checkpoint=True,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    if config_cls is TrainingArguments:
+        args.update(prediction_loss_only=True, remove_unused_columns=False, include_num_input_tokens_seen="non_padding")
+    else:  # TRL turns activation checkpointing on by default; small models on CPU are faster without
+        args.update(activation_checkpointing=False)
+    args.update(overrides)
+    return config_cls(**args)
+
+
+def early_stopping(cfg, has_eval: bool) -> list:
+    if has_eval and getattr(cfg, "early_stopping", False):
+        return [EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta)]
+    return []
+
+
+def collator(tokenizer):
+    """Pads input ids, attention mask and labels (with -100) to the longest in the batch."""
+    return DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=-100, padding=True)

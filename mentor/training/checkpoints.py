@@ -1,0 +1,39 @@
+"""Finding the checkpoint to resume from: the newest one that was written whole."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+log = logging.getLogger("mentor")
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def checkpoint_complete(d: Path) -> bool:
+    """Trainer writes trainer_state.json last; a kill can still leave it half-written, and a kill
+    during rotation can leave a folder whose weights are already deleted."""
+    try:
+        json.loads((d / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any((d / f).exists() for f in WEIGHT_FILES) and (d / "optimizer.pt").exists()
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was fully written; incomplete ones (killed mid-save) are removed."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for d in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if not d.name.split("-")[-1].isdigit():
+            continue
+        if checkpoint_complete(d):
+            found.append((int(d.name.split("-")[-1]), d))
+        else:
+            log.info("removing incomplete checkpoint %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+    return str(max(found)[1]) if found else None

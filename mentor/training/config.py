@@ -1,0 +1,75 @@
+"""The tuning job's parameters, named as the managed tuning services name them.
+
+`tuning` is always how the weights are trained (full or LoRA) and `method` always names the
+method of a job kind (here: supervised). Jobs that train a model the same way (distillation,
+DPO) extend this config, so a field means one thing with one default in every kind.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, AliasChoices, Field
+
+from mentor.jobs.config import AdapterSize, JobConfig
+
+# Recommended learning rates; `learning_rate_multiplier` scales these.
+RECOMMENDED_LR = {"full": 5e-5, "lora": 5e-4}
+
+
+def _one_name_is_a_name(v: str | list[str]) -> str | list[str]:
+    # a comma-separated flag always gives a list; PEFT needs the single keyword 'all-linear' as a string
+    return v[0] if isinstance(v, list) and len(v) == 1 and v[0] == "all-linear" else v
+
+
+LoraTargets = Annotated[str | list[str], AfterValidator(_one_name_is_a_name)]
+MODEL_HELP = "model reference: hub id, folder, .gguf file, mentor output, 'smollm2-135m' or 'tiny:NAME'"
+
+
+class TuneConfig(JobConfig):
+    """Supervised tuning (full or LoRA) on text, chat or Gemini-chat JSONL."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+    recommended_lr: ClassVar[dict[str, float]] = RECOMMENDED_LR
+
+    method: Literal["supervised"] = Field("supervised", description="supervised: learn the data's outputs")
+    model: str = Field(description=MODEL_HELP)
+    data: str = Field(description="training JSONL (text, chat or Gemini chat format)")
+    evaluation_data: str | None = Field(None, description="evaluation JSONL (10 to 256 examples recommended)",
+                                        validation_alias=AliasChoices("evaluation_data", "eval_data"))
+    tuning: Literal["full", "lora"] = Field("lora", description="how the weights are trained: all of them, or LoRA adapters")
+    adapter_size: AdapterSize = Field(8, description="LoRA rank: 1, 4, 8 or 16")
+    train_steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=1, description="examples per step")
+    learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended learning rate "
+                                                                   "(5e-5 full, 5e-4 LoRA)")
+    evaluation_interval: int = Field(20, ge=1, description="steps between evaluations (and checkpoints)")
+    early_stopping: bool = Field(True, description="with evaluation data: stop when the evaluation metric stops improving")
+    early_stopping_patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest gain in the evaluation metric that counts")
+    checkpoint_selection: bool = Field(True, description="with evaluation data: the best evaluation's checkpoint is the "
+                                                         "result, not the last")
+    seed: int = Field(0, description="random seed (data order, initialisation, sampling)")
+    max_input_tokens: int = Field(7168, ge=1, description="longer inputs keep their end")
+    max_output_tokens: int = Field(1024, ge=1, description="longer outputs keep their start")
+    max_examples: int = Field(10_000, ge=1, description="most training examples read")
+    chat_template: Literal["auto", "never"] = Field("auto", description="render prompts with the tokenizer's chat "
+                                                                        "template when it has one (auto), or never")
+    merge_adapter: bool = Field(False, description="LoRA: also save base + adapter merged (merged/)")
+    lora_target_modules: LoraTargets = Field("all-linear", description="LoRA target modules: 'all-linear' or names")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto: where the hardware computes "
+                                                                  "it natively")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps with a linear learning-rate warm-up")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.recommended_lr[self.tuning] * self.learning_rate_multiplier
+
+
+class StudentConfig(TuneConfig):
+    """A tuning job whose model is a student learning from a teacher; `method` names the
+    distillation method and `tuning` how the student's weights are trained."""
+
+    method: str = Field(description="distillation method")
+    model: str = Field(description="the student: " + MODEL_HELP, validation_alias=AliasChoices("model", "student"))
+    teacher: str | None = Field(None, description="the teacher")

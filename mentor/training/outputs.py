@@ -1,0 +1,159 @@
+"""What every training kind leaves in its job folder, written the same way for all of them:
+
+    OUTPUT/model/          the tuned model, or the LoRA adapter, with its tokenizer and mentor_model.json
+    OUTPUT/merged/         base + adapter merged (LoRA with merge_adapter)
+    OUTPUT/checkpoints/    Trainer checkpoints while the job runs (removed when it succeeds)
+    OUTPUT/metrics.jsonl, OUTPUT/tensorboard/, OUTPUT/curves.png
+    OUTPUT/README.md       the model card
+
+Under DDP/FSDP/DeepSpeed every rank takes part in gathering the weights and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from mentor.jobs import Job, TunedModel
+from mentor.jobs.files import atomic_folder, atomic_write
+from mentor.training.plots import plot_curves
+
+log = logging.getLogger("mentor")
+MODEL_META = "mentor_model.json"
+
+
+def save_model(model, tokenizer, folder: Path, meta: dict) -> None:
+    """Save a model or adapter with its tokenizer, and what mentor needs to load and prompt it."""
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+
+
+def save_trained(trainer, folder: Path, meta: dict, merge: bool = False) -> None:
+    """The trainer's model (best or last) with its tokenizer, written whole before it appears.
+
+    Every rank calls this: `Trainer.save_model` gathers sharded weights and writes from the main
+    process only. With `merge`, a LoRA model is saved with its adapter merged into the base."""
+    main = trainer.is_world_process_zero()
+    if merge:
+        if main:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            save_model(model.merge_and_unload() if hasattr(model, "merge_and_unload") else model,
+                       trainer.processing_class, folder, meta)
+    else:
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        trainer.save_model(str(tmp))
+        if main:
+            (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+    trainer.accelerator.wait_for_everyone()
+
+
+def merge_adapter(adapter_folder: Path, target: Path) -> None:
+    """Base (reloaded in float32) + adapter, merged into one plain model folder."""
+    from mentor.models import load_model
+
+    loaded = load_model(str(adapter_folder), dtype=torch.float32)
+    merged = loaded.model.merge_and_unload()
+    meta = json.loads((adapter_folder / MODEL_META).read_text())
+    save_model(merged, loaded.tokenizer, target, {**meta, "merged_from": str(adapter_folder)})
+
+
+def final_metrics(trainer) -> dict:
+    """The handed-over model (best or last) re-scored on the eval set, and the last train metrics."""
+    metrics = {}
+    if trainer.eval_dataset is not None:
+        metrics.update({k: v for k, v in trainer.evaluate().items()
+                        if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))})
+    train_logs = [h for h in trainer.state.log_history if "train_total_loss" in h]
+    if train_logs:
+        metrics.update({k: v for k, v in train_logs[-1].items()
+                        if k.startswith("train_") and not k.endswith(("runtime", "per_second"))})
+    return metrics
+
+
+def card_body(result: TunedModel, cfg: dict, data_hashes: dict) -> str:
+    """The part every model card shares: data hashes, metrics, parameters, curves."""
+    params = "\n".join(f"| `{k}` | {v} |" for k, v in cfg.items())
+    metrics = "\n".join(f"| `{k}` | {v:.4f} |" if isinstance(v, float) else f"| `{k}` | {v} |"
+                        for k, v in result.metrics.items())
+    hashes = "\n".join(f"- `{k}`: sha256 `{v}`" for k, v in data_hashes.items())
+    return f"""## Data
+{hashes}
+
+## Metrics
+| metric | value |
+|---|---|
+{metrics}
+
+## Parameters
+| field | value |
+|---|---|
+{params}
+
+![training curves](curves.png)
+"""
+
+
+def model_card(job: Job, result: TunedModel, notes: list[str], title: str | None = None, intro: str | None = None) -> None:
+    """README.md of the job folder: what the model is, how it was made, how to use it."""
+    intro = intro or (f"Made by mentor. Load it with `mentor predict {result.output} \"your input\"` or "
+                      f"`mentor.serving.Predictor(\"{result.output}\")`.")
+    text = f"""# {title or f"Tuned model: {result.method} on {result.base_model}"}
+
+{intro}
+
+- job kind: {job.kind}
+- base model: `{result.base_model}`
+- method: {result.method}
+- steps run: {result.steps_run}; best eval step: {result.best_step}
+- model files: `{result.model_path}`
+
+{card_body(result, job.config.model_dump(), job.state.get("inputs", {}))}
+{chr(10).join('- ' + n for n in notes)}
+"""
+    atomic_write(job.folder / "README.md", text)
+
+
+def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | None = None, meta: dict | None = None,
+               extra: dict | None = None, notes: list[str] | None = None) -> TunedModel:
+    """The end of every kind that trains like tuning: the selected model, curves, card, summary."""
+    cfg, out, state = job.config, job.folder, trainer.state
+    best_step = state.best_global_step if cfg.checkpoint_selection and cfg.evaluation_data else None
+    if best_step:
+        job.event("best_checkpoint", f"best evaluation at step {best_step}: its checkpoint is the result",
+                  step=best_step)
+    metrics = final_metrics(trainer)
+    method = method or f"{cfg.method} ({cfg.tuning})"
+    seconds = job.train_seconds
+    result = TunedModel(
+        output=str(out), model_path=str(out / "model"), base_model=cfg.model, method=method,
+        best_step=best_step, steps_run=state.global_step, metrics=metrics,
+        extra={"seconds": round(seconds, 1), "tokens_seen": int(state.num_input_tokens_seen),
+               "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),
+               "truncated": {k: vars(v) for k, v in enc_stats.items() if v is not None},
+               "early_stopped": state.global_step < cfg.train_steps, **(extra or {})},
+    )
+    model_meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning,
+                  "use_chat_template": student.use_chat_template, "is_seq2seq": student.is_seq2seq,
+                  "max_input_tokens": cfg.max_input_tokens, **(meta or {})}
+    save_trained(trainer, out / "model", model_meta)
+    if not job.main:
+        return result
+    if cfg.tuning == "lora" and cfg.merge_adapter:
+        merge_adapter(out / "model", out / "merged")
+    plot_curves(out / "metrics.jsonl", out / "curves.png", best_step, title=f"{method} on {cfg.model}")
+    notes = [f"truncation: {k}: {v.summary()}" for k, v in enc_stats.items() if v is not None] + (notes or [])
+    model_card(job, result, notes)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    log.info("done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(), out / "curves.png",
+             out / "tensorboard")
+    return result

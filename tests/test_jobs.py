@@ -1,0 +1,229 @@
+"""The job model: one registry of kinds from which the command line and job files are derived,
+and one lifecycle (state, events, lock, cancel, resume) for every kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mentor
+from conftest import shift_task, write_jsonl
+from mentor.cli import build_parser
+from mentor.cli.jobs import config_from_args
+from mentor.errors import DataValidationError, MentorError
+from mentor.jobs import kinds, read_events, read_state
+
+REQUIRED_VALUES = {"preference_dataset": "pairs.jsonl", "teacher": "tiny:llama"}
+
+
+def _required(kind) -> dict:
+    fields = {name: REQUIRED_VALUES.get(name, f"{name}-value") for name, f in kind.config.model_fields.items()
+              if f.is_required()}
+    if "preference_dataset" in kind.config.model_fields:
+        fields["preference_dataset"] = "pairs.jsonl"  # RLHF needs pairs or a reward model
+    if "teacher" in kind.config.model_fields and kind.name not in ("self",):
+        fields["teacher"] = "tiny:llama"
+    return fields
+
+
+def _candidates(annotation, default) -> list:
+    """Values of a field's type other than its default, most ordinary first."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _candidates(args[0], default)
+    if origin is typing.Literal:
+        return [a for a in args if a != default]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return [v for a in args if a is not type(None) for v in _candidates(a, default)]
+    if annotation is bool:
+        return [not default]
+    if annotation is int:
+        return [v for v in (4, default + 1, 2, 1, 16, 0) if v != default]
+    if annotation is float:
+        return [v for v in (0.25, default / 2 if default else 0.5, 0.75, 2.0) if v != default]
+    if annotation is str:
+        return ["1:2" if default is None else "all-linear" if default == "all-linear" else f"{default}x"]
+    if origin is list:
+        return [["q_proj", "v_proj"], ["x"]]
+    raise AssertionError(f"no sample value for {annotation}")
+
+
+def _flag(name: str, value) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + name.replace("_", "-")]
+    if isinstance(value, list):
+        return [flag, ",".join(value)]
+    return [flag, str(value)]
+
+
+def _from_cli(argv: list[str]):
+    return config_from_args(build_parser(argv).parse_args(argv))
+
+
+@pytest.mark.parametrize("kind_name", sorted(kinds()))
+def test_every_field_of_every_kind_is_the_same_through_flags_and_job_files(kind_name, tmp_path):
+    kind = kinds()[kind_name]
+    base = _required(kind)
+    base_flags = [arg for name, value in base.items() for arg in _flag(name, value)]
+    checked = 0
+    for name, field in kind.config.model_fields.items():
+        for value in _candidates(field.annotation, field.default):
+            try:
+                direct = kind.config(**{**base, name: value})
+            except ValueError:
+                continue  # not a valid value of this field here (a constraint or a validator says no)
+            via_flags = _from_cli(["run", kind_name, *base_flags, *_flag(name, value)])
+            job_file = tmp_path / f"{name}.yaml"
+            job_file.write_text(yaml.safe_dump({**base, name: value}))
+            via_file = _from_cli(["run", kind_name, "--config", str(job_file)])
+            assert via_flags == (kind, direct), name
+            assert via_file == (kind, direct), name
+            checked += 1
+            break
+        else:  # no other value is valid for this kind: both routes must refuse it alike
+            for value in _candidates(field.annotation, field.default)[:1]:
+                with pytest.raises(MentorError):
+                    _from_cli(["run", kind_name, *base_flags, *_flag(name, value)])
+                job_file = tmp_path / f"{name}.yaml"
+                job_file.write_text(yaml.safe_dump({**base, name: value}))
+                with pytest.raises(MentorError):
+                    _from_cli(["run", kind_name, "--config", str(job_file)])
+                checked += 1
+    assert checked >= len(kind.config.model_fields) - 1  # every field but the kind's fixed method
+
+
+def test_flags_override_the_job_file_and_families_pick_kinds_by_method(tmp_path):
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("model: tiny:llama\ndata: d.jsonl\noutput: o\ntrain_steps: 50\nmethod: dpo\n")
+    kind, cfg = _from_cli(["tune", "--config", str(job_file), "--train-steps", "7"])
+    assert kind.name == "dpo" and cfg.train_steps == 7 and cfg.beta == 0.1
+    kind, cfg = _from_cli(["distill", "--method", "feature", "--student", "s", "--teacher", "t", "--data", "d",
+                           "--output", "o", "--layer-map", "1:2"])
+    assert kind.name == "feature" and cfg.model == "s" and cfg.layer_map == "1:2"
+    with pytest.raises(SystemExit):
+        _from_cli(["distill", "--method", "nope", "--data", "d"])
+    with pytest.raises(MentorError, match="field 'train_steps'"):
+        _from_cli(["tune", "--model", "m", "--data", "d", "--output", "o", "--train-steps", "0"])
+
+
+def test_every_kind_documents_every_field():
+    for kind in kinds().values():
+        for name, field in kind.config.model_fields.items():
+            assert field.description, f"{kind.name}.{name} has no description (it is the --help text)"
+
+
+def test_a_new_whitebox_method_is_one_file_and_one_registration(tmp_path):
+    """docs/whitebox.md's example: a method registered by name becomes a job kind of its own."""
+    from mentor.whitebox.base import Method, register_method
+
+    @register_method("first-token")
+    class FirstToken(Method):
+        """white-box: match the teacher's logits at the first output token only"""
+
+        def distill_loss(self, student, teacher, batch):
+            import torch.nn.functional as F
+
+            s, t = student.logits[:1, : self.width], teacher.logits[:1, : self.width]
+            loss = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+            return loss, {}
+
+    assert "first-token" in kinds()
+    data = write_jsonl(tmp_path / "train.jsonl", shift_task(16, 0))
+    result = mentor.run("first-token", model="tiny:llama", teacher="tiny:llama", data=str(data),
+                        output=str(tmp_path / "o"), train_steps=2, batch_size=4)
+    assert result.method == "distill-first-token" and result.steps_run == 2
+    assert read_state(tmp_path / "o")["state"] == "succeeded"
+
+
+def test_bad_data_fails_the_job_with_file_line_and_field(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "a", "output_text": "b"}, {"input_text": "a"}])
+    with pytest.raises(DataValidationError):
+        mentor.tune(model="tiny:llama", data=str(bad), output=str(tmp_path / "o"), train_steps=2)
+    state = read_state(tmp_path / "o")
+    assert state["state"] == "failed"
+    assert (state["error"]["file"], state["error"]["line"], state["error"]["field"]) == (str(bad), 2, "output_text")
+    assert read_events(tmp_path / "o")[-1]["type"] == "failed"
+    # a job that failed before training may be replaced by the corrected one
+    good = write_jsonl(tmp_path / "good.jsonl", shift_task(8, 0))
+    result = mentor.tune(model="tiny:llama", data=str(good), output=str(tmp_path / "o"), train_steps=2, batch_size=4)
+    assert result.steps_run == 2 and read_state(tmp_path / "o")["state"] == "succeeded"
+
+
+def test_changed_data_and_a_second_process_are_refused(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    out = tmp_path / "o"
+    mentor.tune(model="tiny:llama", data=str(data), output=str(out), train_steps=2, batch_size=4)
+    write_jsonl(data, shift_task(8, 1))
+    with pytest.raises(MentorError, match="contents of data"):
+        mentor.tune(model="tiny:llama", data=str(data), output=str(out), train_steps=2, batch_size=4)
+    from mentor.jobs import Job
+    from mentor.training.config import TuneConfig
+
+    holder = Job.open("tune", TuneConfig(model="m", data=str(data), output=str(tmp_path / "held")))
+    try:
+        with pytest.raises(MentorError, match="in use by another running mentor job"):
+            Job.open("tune", TuneConfig(model="m", data=str(data), output=str(tmp_path / "held")))
+    finally:
+        holder.close()
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mentor.cli", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_cancel_keeps_the_last_checkpoint_and_a_rerun_resumes(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(64, 0))
+    out = tmp_path / "job"
+    args = ["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(out), "--train-steps", "400",
+            "--batch-size", "4", "--evaluation-interval", "50"]
+    proc = _cli(*args)
+    deadline = time.time() + 120
+    while read_state(out).get("step", 0) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert subprocess.run([sys.executable, "-m", "mentor.cli", "cancel", str(out)]).returncode == 0
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    state = read_state(out)
+    stopped = state["step"]
+    assert state["state"] == "cancelled" and 5 <= stopped < 400
+    assert (out / "checkpoints" / f"checkpoint-{stopped}" / "optimizer.pt").exists()
+    assert "cancelled" in err.decode()
+
+    rerun = _cli(*args)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    events = read_events(out)
+    types = [e["type"] for e in events]
+    assert types.count("started") == 2 and types[-1] == "finished"
+    assert [e["step"] for e in events if e["type"] == "resumed"] == [stopped]
+    assert read_state(out)["state"] == "succeeded"
+
+
+def test_torchrun_preference_job_is_written_by_rank_zero_only(tmp_path):
+    """Two processes (gloo) train one DPO job; the job's files come from rank 0 alone."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"say yes {i}", "chosen": "yes", "rejected": "no"}
+                                                    for i in range(32)])
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "mentor.cli", "tune", "--method", "dpo",
+                           "--model", "tiny:llama", "--data", str(pairs), "--output", str(out), "--train-steps", "4",
+                           "--batch-size", "2", "--evaluation-interval", "2"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_events(out)
+    assert [e["type"] for e in events].count("started") == 1
+    assert [e["type"] for e in events].count("finished") == 1
+    assert len({e.get("pid") for e in events if e["type"] == "started"}) == 1
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps_run"] == 4 and (out / "model" / "adapter_model.safetensors").exists()
+    assert not list(out.glob(".*.tmp")) and not list(out.glob(".model*"))

@@ -1,0 +1,170 @@
+"""Batch prediction on tiny models: a killed run resumes and generates only the missing rows, the
+output appears atomically and equals an uninterrupted run's, a bad output path fails before any
+model loads; and the one generation path every prediction and local teacher takes."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import ClassVar
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from conftest import write_jsonl
+
+from mentor.errors import MentorError
+from mentor.models import load_model
+from mentor.serving import predict as predict_module
+from mentor.serving.generate import GeneratedText, SamplingParams, generate
+from mentor.serving.predict import Predictor, partial_path, predict_file
+
+WORDS = ["hello", "abc", "The quick brown fox", "12345", "zz top", "a", "what is 2+2?"]
+SETTINGS = {"max_new_tokens": 6, "batch_size": 3, "progress": False}
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, not even `except Exception` handlers."""
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rows = [{"id": i, "input_text": w} for i, w in enumerate(WORDS)]
+    rows.insert(3, "")  # a blank line: line numbers and row positions differ from here on
+    rows.append({"id": 99, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ref"}]})
+    return write_jsonl(tmp_path / "in.jsonl", rows)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the prompts each prediction generates for; `kill_after = k` dies after k answers."""
+
+    class Spy:
+        calls: ClassVar[list[list[str]]] = []
+        kill_after: int | None = None
+
+    real = predict_module.generate_stream
+
+    def generate_stream(loaded, prompts, params, **options):
+        Spy.calls.append(list(prompts))
+        for done, item in enumerate(real(loaded, prompts, params, **options)):
+            if done == Spy.kill_after:
+                raise Killed
+            yield item
+
+    monkeypatch.setattr(predict_module, "generate_stream", generate_stream)
+    return Spy
+
+
+def test_killed_prediction_resumes_only_missing_rows(tmp_path, inputs, spy):
+    reference = predict_file("tiny:llama", str(inputs), str(tmp_path / "ref.jsonl"), **SETTINGS)
+    ref_rows = [json.loads(line) for line in reference.read_text().splitlines()]
+    assert [r.get("id") for r in ref_rows] == [*range(len(WORDS)), 99]
+    assert all(isinstance(r["prediction"], str) for r in ref_rows)
+
+    out = tmp_path / "sub" / "out.jsonl"
+    partial = partial_path(out)
+    spy.kill_after = 4  # in the middle of the second batch of 3
+    with pytest.raises(Killed):
+        predict_file("tiny:llama", str(inputs), str(out), **SETTINGS)
+    assert not out.exists()  # nothing half-written where the output goes
+    saved = partial.read_text().splitlines()
+    assert partial.name == ".out.jsonl.partial" and len(saved) == 1 + 4  # the header and 4 answers
+    with partial.open("a") as f:
+        f.write('{"line": 9, "predic')  # killed in the middle of writing a line
+
+    spy.kill_after = None
+    assert predict_file("tiny:llama", str(inputs), str(out), **SETTINGS) == out
+    predictor = Predictor("tiny:llama")
+    answered = {json.loads(line)["line"] for line in saved[1:]}
+    lines = [n for n, line in enumerate(inputs.read_text().splitlines(), 1) if line.strip()]
+    missing = [json.loads(inputs.read_text().splitlines()[n - 1]) for n in lines if n not in answered]
+    assert len(missing) == len(lines) - 4
+    # the rerun generated for exactly the rows the killed run had not answered, nothing else
+    expected = [predictor.render(r.get("input_text") or r["messages"][:-1]) for r in missing]
+    assert spy.calls[-1] == expected
+    assert out.read_bytes() == reference.read_bytes()
+    assert not partial.exists() and sorted(p.name for p in out.parent.iterdir()) == ["out.jsonl"]
+
+
+def test_partial_answers_of_other_settings_or_input_are_not_reused(tmp_path, inputs, spy):
+    out = tmp_path / "out.jsonl"
+    spy.kill_after = 3
+    with pytest.raises(Killed):
+        predict_file("tiny:llama", str(inputs), str(out), **SETTINGS)
+    spy.kill_after = None
+    n_rows = len(WORDS) + 1
+    predict_file("tiny:llama", str(inputs), str(out), **{**SETTINGS, "max_new_tokens": 5})
+    assert len(spy.calls[-1]) == n_rows  # other settings: every row generated again
+
+    spy.kill_after = 3
+    with pytest.raises(Killed):
+        predict_file("tiny:llama", str(inputs), str(out), **SETTINGS)
+    inputs.write_text(inputs.read_text().replace("hello", "hallo"))
+    spy.kill_after = None
+    predict_file("tiny:llama", str(inputs), str(out), **SETTINGS)
+    assert len(spy.calls[-1]) == n_rows  # another input file: every row generated again
+    assert json.loads(out.read_text().splitlines()[0])["input_text"] == "hallo"
+    assert not partial_path(out).exists()
+
+
+def test_bad_output_path_fails_before_the_model_loads(tmp_path, inputs, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(predict_module, "load_model", no_model)
+    monkeypatch.setattr(predict_module, "resolve", no_model)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    with pytest.raises(MentorError, match="is a directory") as err:
+        predict_file("tiny:llama", str(inputs), str(folder))
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    with pytest.raises(MentorError, match="not writable") as err:
+        predict_file("tiny:llama", str(inputs), str(blocker / "out.jsonl"))
+    assert str(blocker / "out.jsonl") in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in.jsonl", "results"]
+
+
+def test_generation_reports_token_counts_and_finish_reasons():
+    loaded = load_model("tiny:llama")  # repeats the prompt's last character
+    [[plain], [digits]] = generate(loaded, ["hello", "12345"], SamplingParams(max_new_tokens=10))
+    assert plain == GeneratedText("o" * 10, prompt_tokens=5, completion_tokens=10, finish_reason="length")
+    assert digits.text == "5" * 10 and digits.finish_reason == "length"
+    # a stop string ends the row and cuts the text; the prompt's own "o" does not count towards it
+    [[cut]] = generate(loaded, ["hello"], SamplingParams(max_new_tokens=10, stop=("ooo",)))
+    assert cut == GeneratedText("", prompt_tokens=5, completion_tokens=3, finish_reason="stop")
+    [copies] = generate(loaded, ["hello"], SamplingParams(max_new_tokens=4, n=3))  # greedy: n equal answers
+    assert [c.text for c in copies] == ["oooo"] * 3
+    sampled = generate(loaded, ["hello", "abc"], SamplingParams(max_new_tokens=6, temperature=1.5, top_k=0, n=2, seed=7))
+    again = generate(loaded, ["hello", "abc"], SamplingParams(max_new_tokens=6, temperature=1.5, top_k=0, n=2, seed=7))
+    assert sampled == again and all(len(outs) == 2 for outs in sampled)
+
+
+@pytest.mark.parametrize("ref", ["tiny:llama", "tiny:t5"])
+def test_batched_predictions_equal_one_at_a_time_generation(ref):
+    """Left padding (causal) and the seq2seq path give each prompt what it gets alone, unpadded."""
+    predictor = Predictor(ref)
+    tok, seq2seq = predictor.tokenizer, predictor.loaded.is_seq2seq
+    prompts = [predictor.render(w) for w in WORDS]
+    alone = []
+    for prompt in prompts:
+        enc = tok([prompt], return_tensors="pt", add_special_tokens=seq2seq)
+        with torch.inference_mode():
+            out = predictor.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        alone.append(tok.decode(out[0, 1 if seq2seq else enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    assert predictor.generate(prompts, max_new_tokens=6, batch_size=3) == alone
+
+
+def test_partial_file_keeps_odd_characters_and_drops_a_torn_line(tmp_path):
+    partial = tmp_path / ".out.jsonl.partial"
+    records = [{"key": "k"}, {"line": 1, "prediction": "a\u2028b\x85c"}, {"line": 3, "prediction": "d"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    partial.write_text(text + '{"line": 4, "pre', encoding="utf-8")
+    assert predict_module._resume(partial, "k", {}) == {1: "a\u2028b\x85c", 3: "d"}
+    assert partial.read_text(encoding="utf-8") == text  # ready to append to
+    assert predict_module._resume(partial, "other key", {"model": "m"}) == {}
+    assert json.loads(partial.read_text()) == {"model": "m", "key": "other key"}
