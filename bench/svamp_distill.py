@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import mentor  # noqa: E402
+from mentor.data.rows import read_rows  # noqa: E402
 from mentor.distill.config import DistillConfig  # noqa: E402
-from mentor.distill.label import read_rows  # noqa: E402
-from mentor.distill.recipe import distill  # noqa: E402
 from mentor.evaluation.evaluate import evaluate_completions, evaluate_prompting  # noqa: E402
 
 DATA = Path(os.environ.get("MENTOR_SHARED_DATA", ROOT.parent / "shared" / "data")) / "svamp-palm"
@@ -88,7 +88,7 @@ def main() -> None:
     p.add_argument("--methods", default="finetune,standard", help="plain methods: finetune, standard, step-by-step")
     p.add_argument("--variant", action="append",
                    help="step-by-step variant as JSON fields of DistillConfig, e.g. '{\"alpha\": 0.8}' "
-                        f"(default: the two runs of the README table)")
+                        "(default: the two runs of the README table)")
     p.add_argument("--fewshot-n", type=int, default=60, help="test problems for the few-shot prompting baseline (0: skip)")
     p.add_argument("--work", default=str(ROOT / "bench" / ".work" / "svamp"))
     args = p.parse_args()
@@ -117,7 +117,7 @@ def main() -> None:
                 "alpha": args.alpha, "seed": seed, "chat_template": "never", "label_max_new_tokens": 32,
                 **fields})  # a variant's fields win over the shared ones (e.g. its own alpha)
             started = time.time()
-            r = distill(cfg)
+            r = mentor.run(cfg.method, cfg)  # the job kind is the method: finetune, standard, step-by-step
             for key, student in r.extra["test"].items():
                 if not key.startswith("student"):
                     continue

@@ -29,7 +29,7 @@ from mentor.data.encode import encode  # noqa: E402
 from mentor.data.examples import gsm_rows  # noqa: E402
 from mentor.data.formats import load_examples  # noqa: E402
 from mentor.models import load_model, resolve  # noqa: E402
-from mentor.recipes.common import collator  # noqa: E402
+from mentor.training.arguments import collator  # noqa: E402
 from mentor.training.trainer import token_loss  # noqa: E402
 
 MENTOR_JOB = """
@@ -68,10 +68,11 @@ def eval_loss(adapter: str, eval_path: Path, batch: int = 8) -> float:
     model = loaded.model.eval()
     rows = [encode(ex, loaded.tokenizer, is_seq2seq=False, use_chat_template=True, max_input_tokens=7168,
                    max_output_tokens=1024) for ex in load_examples(eval_path)]
-    collate = collator(loaded.tokenizer, model)
+    collate = collator(loaded.tokenizer)
     total, count = 0.0, 0
     for i in range(0, len(rows), batch):
-        loss_sum, _, n, *_ = token_loss(model, collate(rows[i:i + batch]), is_seq2seq=False)
+        scored = token_loss(model, collate(rows[i:i + batch]), is_seq2seq=False)
+        loss_sum, n = scored.loss_sum, scored.count
         total, count = total + loss_sum.item(), count + n
     return total / count
 
@@ -106,7 +107,7 @@ def main() -> None:
                "--output", str(work / "trl"), "--steps", str(args.steps), "--batch", str(args.batch),
                "--lr", str(args.lr), "--rank", str(args.rank)])
     print("running mentor tune ...", flush=True)
-    job = dict(model="smollm2-135m", data=str(data), output=str(work / "mentor"), method="lora",
+    job = dict(model="smollm2-135m", data=str(data), output=str(work / "mentor"), tuning="lora",
                adapter_size=args.rank, train_steps=args.steps, batch_size=args.batch,
                learning_rate_multiplier=args.lr / 5e-4, warmup_ratio=0.03)
     ours = run([sys.executable, "-c", MENTOR_JOB, json.dumps(job)])

@@ -2,7 +2,7 @@
 
 Teacher: smollm2-135m (SmolLM2-135M-Instruct, converted once and cached under MENTOR_HOME).
 Student: a 2-layer Llama built from a config with the teacher's tokenizer and vocabulary (49152).
-Both modes run the same `mentor.whitebox.distill(method="logit")` job, each in a fresh process:
+Both modes run the same `mentor.run("logit", ...)` job, each in a fresh process:
 
 - online:  the teacher is loaded in the training process and runs on every batch;
 - offline: the teacher's top-k log-probs are computed once (a subprocess the recipe starts) and
@@ -63,14 +63,14 @@ def build_student(teacher_ref: str, folder: Path) -> None:
 
 
 def child(mode: str, work: Path, args) -> None:
-    from mentor.whitebox import distill
+    import mentor
 
     started = time.time()
-    result = distill(method="logit", teacher=args.teacher, student=args.student, data=str(work / "train.jsonl"),
-                     output=str(work / f"run-{mode}"), train_steps=args.steps, batch_size=args.batch_size,
-                     evaluation_interval=args.steps, learning_rate_multiplier=20, early_stopping=False,
-                     bf16="off", offline_logits=mode == "offline", top_k=args.top_k,
-                     teacher_logits_dir=str(work / "logits") if mode == "offline" else None)
+    result = mentor.run("logit", teacher=args.teacher, student=args.student, data=str(work / "train.jsonl"),
+                            output=str(work / f"run-{mode}"), train_steps=args.steps, batch_size=args.batch_size,
+                            evaluation_interval=args.steps, learning_rate_multiplier=20, early_stopping=False,
+                            bf16="off", offline_logits=mode == "offline", top_k=args.top_k,
+                            teacher_logits_dir=str(work / "logits") if mode == "offline" else None)
     wall = time.time() - started
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -142,7 +142,7 @@ def main() -> None:
         ("offline: student training from stored logits", offline["rss_train_mb"], offline["train_s"],
          offline["wall_s"] - offline["logits_s"]),
     ]
-    print(f"\n| run | peak RSS (MB) | training loop (s) | process wall (s) |\n|---|---:|---:|---:|")
+    print("\n| run | peak RSS (MB) | training loop (s) | process wall (s) |\n|---|---:|---:|---:|")
     for name, rss, train_s, wall in rows:
         print(f"| {name} | {rss:.0f} | {train_s:.1f} | {wall:.1f} |")
     print(f"\npeak RSS of the training process, offline / online: {offline['rss_train_mb'] / online['rss_train_mb']:.2f}")

@@ -1,8 +1,11 @@
 """mentor: tune and distill language models on your own hardware.
 
     mentor.run("step-by-step", model=..., teacher=..., data=..., output=...)  # any job kind
-    mentor.tune(model=..., data=..., output=...)                            # the same, by kind
-    mentor.kinds()                                                         # what there is
+    mentor.tune(model=..., data=..., output=...)      # mentor.run("tune", ...); also mentor.dpo, mentor.reward_model
+    mentor.kinds()                                    # every kind: name, config, summary
+
+(`mentor.distill` and `mentor.rlhf` are the packages of those components; their jobs run with
+`mentor.run("step-by-step" | "logit" | ... | "rlhf", ...)`.)
 
 Every call returns a `TunedModel`; rerunning the same job resumes it, or returns its result.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mentor import logs as _logs  # noqa: F401  (the "mentor" logger speaks on stdout, as transformers' does)
 from mentor import recipes as _recipes  # noqa: F401  (registers the built-in job kinds)
 from mentor.jobs import TunedModel, kinds
 from mentor.jobs import run as _run
@@ -29,12 +33,6 @@ def tune(config: TuneConfig | None = None, **fields: Any) -> TunedModel:
     return _run("tune", config, **fields)
 
 
-def distill(method: str = "step-by-step", config=None, **fields: Any) -> TunedModel:
-    """Distil a teacher into a student with a distillation method (step-by-step, standard, finetune,
-    logit, feature, relation, self)."""
-    return _run(method, config, **fields)
-
-
 def dpo(config=None, **fields: Any) -> TunedModel:
     """DPO on preference pairs."""
     return _run("dpo", config, **fields)
@@ -45,9 +43,11 @@ def reward_model(config=None, **fields: Any) -> TunedModel:
     return _run("reward-model", config, **fields)
 
 
-def rlhf(config=None, **fields: Any) -> TunedModel:
-    """A reward model (or a given one), then reinforcement learning with a KL penalty."""
-    return _run("rlhf", config, **fields)
+def get_tuned_model(name: str, data_dir: str | None = None) -> TunedModel:
+    """A model from the registry of `mentor server` by name (ft:BASE:SUFFIX:ID); `.predict(...)` works."""
+    from mentor.server.registry import get_tuned_model as _get
+
+    return _get(name, data_dir)
 
 
-__all__ = ["TuneConfig", "TunedModel", "distill", "dpo", "kinds", "reward_model", "rlhf", "run", "tune"]
+__all__ = ["TuneConfig", "TunedModel", "dpo", "get_tuned_model", "kinds", "reward_model", "run", "tune"]

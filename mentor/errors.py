@@ -30,4 +30,4 @@ class DataValidationError(MentorError):
         self.total = total if total is not None else len(problems)
         shown = "\n".join(f"  {p}" for p in problems[:cap])
         more = f"\n  ... and {self.total - min(cap, len(problems))} more" if self.total > min(cap, len(problems)) else ""
-        super().__init__(f"{self.total} problem(s) in the data; nothing was trained:\n{shown}{more}")
+        super().__init__(f"{self.total} problem(s) in the data; nothing was done with it:\n{shown}{more}")

@@ -38,7 +38,7 @@ def main() -> None:
     out = Path(args.output)
     data = write_example_splits(out / "data", "legs", train=320, eval=16, test=60, seed=0)
     log.info(f"data: {', '.join(f'{k}={v}' for k, v in data.items())}")
-    result = mentor.distill(
+    result = mentor.run(
         "step-by-step",
         model=args.student,
         teacher="recorded:field=teacher_completion",

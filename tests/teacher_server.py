@@ -172,7 +172,7 @@ class TeacherServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
-    def __enter__(self) -> "TeacherServer":
+    def __enter__(self) -> TeacherServer:
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:

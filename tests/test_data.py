@@ -1,6 +1,5 @@
 """Data validation and encoding: every bad line named, loss only on output tokens."""
 
-import json
 
 import pytest
 
@@ -97,7 +96,8 @@ def test_multi_turn_chat_trains_on_every_assistant_turn_only():
         if l != IGNORE:
             cur.append(t)
         elif cur:
-            spans.append(tok.decode(cur)); cur = []
+            spans.append(tok.decode(cur))
+            cur = []
     if cur:
         spans.append(tok.decode(cur))
     assert spans == ["a1<|im_end|>\n", "a2<|im_end|>\n"]

@@ -5,10 +5,9 @@ import random
 from pathlib import Path
 
 import pytest
-
-import mentor
 import yaml
 
+import mentor
 from conftest import write_jsonl
 from mentor.cli import main as cli_main
 from mentor.distill.config import DistillConfig

@@ -109,7 +109,7 @@ def test_flags_override_the_job_file_and_families_pick_kinds_by_method(tmp_path)
     kind, cfg = _from_cli(["distill", "--method", "feature", "--student", "s", "--teacher", "t", "--data", "d",
                            "--output", "o", "--layer-map", "1:2"])
     assert kind.name == "feature" and cfg.model == "s" and cfg.layer_map == "1:2"
-    with pytest.raises(SystemExit):
+    with pytest.raises(MentorError, match="invalid choice: 'nope'"):
         _from_cli(["distill", "--method", "nope", "--data", "d"])
     with pytest.raises(MentorError, match="field 'train_steps'"):
         _from_cli(["tune", "--model", "m", "--data", "d", "--output", "o", "--train-steps", "0"])

@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from mentor.errors import MentorError
 from mentor.models import load_model
 from mentor.serving import predict as predict_module

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 import mentor
 from conftest import write_jsonl
+from mentor import dpo
 from mentor.cli import main as cli_main
 from mentor.errors import DataValidationError, MentorError
-from mentor import dpo, rlhf
 from mentor.rlhf import RewardModel, load_preferences, load_prompts
 
 # The same openings on both sides, so the word that decides is not always the first one.
@@ -194,7 +194,7 @@ def test_config_names_and_defaults_are_the_clouds(tmp_path):
 @pytest.fixture(scope="module")
 def rlhf_job(task, tmp_path_factory):
     out = tmp_path_factory.mktemp("rlhf") / "job"
-    result = rlhf(model=task["start"], output=str(out), tuning="full",
+    result = mentor.run("rlhf", model=task["start"], output=str(out), tuning="full",
                   preference_dataset=str(task["pairs"]), eval_dataset=str(task["eval_pairs"]),
                   prompt_dataset=str(task["prompts"]), eval_prompt_dataset=str(task["eval_prompts"]),
                   reward_model_train_steps=40, reward_model_learning_rate_multiplier=100,
@@ -256,7 +256,7 @@ def test_kl_coeff_holds_the_policy_near_the_start(task, rlhf_job, tmp_path):
     mean_kl = {}
     for kl_coeff in (0.01, 2.0):
         job = tmp_path / f"kl-{kl_coeff}"
-        rlhf(model=task["start"], output=str(job), tuning="full", reward_model=str(out / "reward_model"),
+        mentor.run("rlhf", model=task["start"], output=str(job), tuning="full", reward_model=str(out / "reward_model"),
              prompt_dataset=str(task["prompts"]), reinforcement_learning_train_steps=80,
              reinforcement_learning_rate_multiplier=1000, kl_coeff=kl_coeff, batch_size=4, num_generations=4,
              target_sequence_length=12, evaluation_interval=80)
@@ -306,7 +306,7 @@ def test_reward_model_command_with_lora_saves_a_plain_reusable_model(task, tmp_p
 def test_bad_data_stops_rlhf_before_any_training(task, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "q", "candidate_0": "a", "candidate_1": "b"}])
     with pytest.raises(DataValidationError, match=r"bad.jsonl:1: field 'choice'"):
-        rlhf(model=task["start"], output=str(tmp_path / "job"), preference_dataset=str(bad),
+        mentor.run("rlhf", model=task["start"], output=str(tmp_path / "job"), preference_dataset=str(bad),
              prompt_dataset=str(task["prompts"]))
     assert not (tmp_path / "job" / "reward_model").exists()
 

@@ -17,6 +17,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from teacher_server import TeacherServer  # noqa: E402
+
 from mentor.errors import MentorError  # noqa: E402
 from mentor.teachers import (  # noqa: E402
     GenerationParams,
@@ -27,7 +29,6 @@ from mentor.teachers import (  # noqa: E402
     build_teacher,
 )
 from mentor.teachers.openai_compat import _retry_after, parse_spec  # noqa: E402
-from teacher_server import TeacherServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = RetryPolicy(max_attempts=6, backoff_base=0.01, backoff_max=0.05)
@@ -130,8 +131,9 @@ def test_retry_after_is_honoured(make, server):
 
 
 def test_retry_after_parses_both_forms():
-    import httpx
     from email.utils import formatdate
+
+    import httpx
 
     assert _retry_after(httpx.Response(429, headers={"Retry-After": "7"})) == 7
     in_5s = _retry_after(httpx.Response(429, headers={"Retry-After": formatdate(time.time() + 5, usegmt=True)}))
@@ -313,7 +315,18 @@ def test_progress_bar_shows_calls_and_cache_hits(make, server, capsys):
 def test_spec_parsing():
     assert parse_spec("openai:llama3@http://localhost:8000/v1/") == ("chat", "llama3", "http://localhost:8000/v1")
     assert parse_spec("openai-completions:org/m@x@https://h/v1") == ("completions", "org/m@x", "https://h/v1")
-    route, model, url = parse_spec("openai:gpt-4o-mini")
-    assert (route, model) == ("chat", "gpt-4o-mini") and url.startswith("http")
     with pytest.raises(MentorError, match="openai:MODEL@"):
         parse_spec("openai:")
+
+
+def test_spec_never_falls_back_to_a_remote_endpoint(monkeypatch):
+    """A malformed URL is an error; no default remote server unless the user names one."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(MentorError, match="'notaurl' is not an http"):
+        parse_spec("openai:model@notaurl")
+    with pytest.raises(MentorError, match="names no server"):
+        parse_spec("openai:gpt-4o-mini")
+    with pytest.raises(MentorError, match="names no model"):
+        parse_spec("openai:@http://localhost:1/v1")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert parse_spec("openai:gpt-4o-mini") == ("chat", "gpt-4o-mini", "http://127.0.0.1:9/v1")

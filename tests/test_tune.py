@@ -17,6 +17,7 @@ import mentor
 from conftest import shift_task, write_jsonl
 from mentor.cli import main as cli_main
 from mentor.errors import MentorError
+from mentor.jobs import read_events
 
 TB_NAMES = [f"{m}_{n}" for m in ("train", "eval") for n in ("total_loss", "fraction_of_correct_next_step_preds", "num_predictions")]
 
@@ -182,6 +183,16 @@ def test_resume_after_sigkill_gives_same_weights(task, tmp_path):
     steps = [r["step"] for r in map(json.loads, (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
              if "train_total_loss" in r]
     assert steps == sorted(set(steps))
+    # the job's state and events tell the story: started, killed while running, resumed, succeeded
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert state["state"] == "succeeded" and state["attempts"] == 2 and state["step"] == 60
+    types = [e["type"] for e in read_events(tmp_path / "killed")]
+    assert types[:2] == ["started", "training_started"] and types[-1] == "finished"
+    assert types.count("started") == 2 and "restarted" in types
+    assert [e["step"] for e in read_events(tmp_path / "killed") if e["type"] == "resumed"] == [20]
+    # training time counts both runs (up to the checkpoint resumed from), so tokens per second stay true
+    assert 0.5 < rb["extra"]["seconds"] / ra["extra"]["seconds"] < 2.0
+    assert rb["extra"]["tokens_seen"] == ra["extra"]["tokens_seen"]
 
 
 def test_yaml_job_file_with_flag_override(task, tmp_path, capsys):

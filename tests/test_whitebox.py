@@ -15,19 +15,18 @@ import os
 import re
 
 import pytest
+import torch
 
 import mentor
-import torch
 from conftest import shift_task, write_jsonl
-
 from mentor.data.encode import render_prompt
 from mentor.errors import MentorError
-from mentor.models import load_model
 from mentor.jobs import Job
-from mentor.whitebox.config import WhiteboxConfig
-from mentor.whitebox import offline_logits as offline
-from mentor.whitebox.losses import logit_divergence, teacher_topk, topk_divergence
+from mentor.models import load_model
 from mentor.recipes.whitebox import prepare
+from mentor.whitebox import offline_logits as offline
+from mentor.whitebox.config import WhiteboxConfig
+from mentor.whitebox.losses import logit_divergence, teacher_topk, topk_divergence
 from mentor.whitebox.vocab import check_vocabularies
 
 STUDENT = "tiny:llama-small"
@@ -103,7 +102,7 @@ def opened(cfg) -> Job:
 def run(data, name: str, **fields):
     fields = {**RUN, "data": data["train"], "evaluation_data": data["eval"], "output": str(data["dir"] / name),
               "student": STUDENT, **fields}
-    return mentor.distill(fields.pop("method"), **fields)
+    return mentor.run(fields.pop("method"), **fields)
 
 
 @pytest.mark.parametrize("method,extra", [

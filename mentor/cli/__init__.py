@@ -15,16 +15,27 @@ from mentor.jobs.lifecycle import JobCancelled
 log = logging.getLogger("mentor")
 
 
+class UsageError(MentorError):
+    """A command line that does not parse."""
+
+
+class MentorParser(argparse.ArgumentParser):
+    """argparse with mentor's one-line errors: `mentor: error: mentor tune: argument ...`."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from mentor import recipes  # noqa: F401  (registers the built-in job kinds)
-    from mentor.cli import jobs, tools
+    from mentor.cli import jobs, server, tools
 
-    parser = argparse.ArgumentParser(prog="mentor", description="Tune and distill language models on your own hardware.")
+    parser = MentorParser(prog="mentor", description="Tune and distill language models on your own hardware.")
     level = parser.add_mutually_exclusive_group()
     level.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     level.add_argument("-v", "--verbose", action="store_true", help="debug messages and the libraries' own warnings")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=MentorParser)
     command = next((a for a in argv if not a.startswith("-")), None)
     for name, (help_text, kind) in jobs.job_commands().items():
         if kind is None:  # a family: the kind its --method names (parsed only when it is the command)
@@ -34,6 +45,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             jobs.add_job_parser(sub, name, help_text, kind)
     jobs.add_run_parser(sub, argv if command == "run" else ())
     tools.register(sub)
+    server.register(sub)
     return parser
 
 

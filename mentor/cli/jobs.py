@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic_settings import CliSettingsSource
 
+from mentor.errors import MentorError
 from mentor.jobs import JobConfig, JobKind, family, get_kind, kinds, load_config
 from mentor.jobs.config import read_job_file
 
@@ -30,7 +31,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[JobConfig], p
     parser.add_argument("--config", metavar="JOB.yaml", help="YAML job file holding these same fields; flags override it")
     return CliSettingsSource(config, root_parser=parser, cli_prog_name=prog, cli_kebab_case=True,
                              cli_implicit_flags=True, cli_avoid_json=True, cli_hide_none_type=True,
-                             cli_parse_none_str="null", cli_exit_on_error=True)
+                             cli_parse_none_str="null", cli_exit_on_error=True)  # errors go through parser.error
 
 
 def _option(argv: Sequence[str], name: str) -> str | None:
@@ -53,8 +54,8 @@ def family_kind(name: str, argv: Sequence[str]) -> JobKind:
             method = None
     method = method or FAMILIES[name][0]
     if method not in methods:
-        raise SystemExit(f"mentor {name}: error: argument --method: invalid choice: '{method}' "
-                         f"(choose from {', '.join(methods)})")
+        raise MentorError(f"mentor {name}: argument --method: invalid choice: '{method}' "
+                          f"(choose from {', '.join(methods)})")
     return methods[method]
 
 
@@ -88,7 +89,7 @@ def add_run_parser(sub, argv: Sequence[str]):
     run = sub.add_parser("run", help="run a job of any kind: mentor run KIND --flags (or --config job.yaml)",
                          description="job kinds:\n" + "\n".join(f"  {k.name:14} {k.summary}" for k in kinds().values()),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    kind_sub = run.add_subparsers(dest="kind", metavar="KIND", required=True)
+    kind_sub = run.add_subparsers(dest="kind", metavar="KIND", required=True, parser_class=type(run))
     for name in names:
         if name == chosen or chosen is None:
             add_job_parser(kind_sub, name, get_kind(name).summary, get_kind(name))

@@ -41,16 +41,20 @@ def cmd_eval(args) -> None:
     from mentor.evaluation.evaluate import evaluate_prompting, evaluate_student
     from mentor.evaluation.report import write_report
 
-    rows = read_rows(args.data)[: args.limit] if args.limit else read_rows(args.data)
+    # a row without the gold answer would silently score 0: every row must have it
+    rows = read_rows(args.data, required=("input_text", args.answer_field))
+    rows = rows[: args.limit] if args.limit else rows
+    lengths = {} if args.max_new_tokens is None else {"label_max_new_tokens": args.max_new_tokens,
+                                                      "rationale_max_new_tokens": args.max_new_tokens}
     results = []
     for ref in args.model:
         if args.prompting == "none":
             results.append(evaluate_student(ref, rows, args.task, args.answer_field, _labels(args.labels),
-                                            with_rationale=args.with_rationale, name=ref))
+                                            with_rationale=args.with_rationale, name=ref, **lengths))
         else:
             shots = [] if args.prompting == "zero-shot" else args.prompt_examples
             results.append(evaluate_prompting(ref, rows, args.task, args.answer_field, shots=shots,
-                                              labels=_labels(args.labels), max_new_tokens=args.max_new_tokens))
+                                              labels=_labels(args.labels), max_new_tokens=args.max_new_tokens or 256))
     out = Path(args.output)
     write_report(results, out, f"evaluation on {args.data}")
     log.info("report: %s", out / "report.md")
@@ -77,6 +81,13 @@ def cmd_cancel(args) -> None:
     log.info("asked the job in %s to stop at its next step; it keeps its last checkpoint", args.folder)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _labels(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",")] if text else None
 
@@ -87,7 +98,7 @@ def register(sub) -> None:
     p.add_argument("text", nargs="?")
     p.add_argument("--input", help="JSONL with input_text (or messages) per line")
     p.add_argument("--output", help="JSONL to write, each input row plus 'prediction'")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=_positive, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.set_defaults(func=cmd_predict)
 
@@ -99,7 +110,7 @@ def register(sub) -> None:
     p.add_argument("--prompt-examples", help="few-shot CoT examples JSONL: input, rationale, label")
     p.add_argument("--labels", help="comma-separated label set for classify/nli")
     p.add_argument("--answer-field", default="output_text")
-    p.add_argument("--teacher-concurrency", type=int, default=8)
+    p.add_argument("--teacher-concurrency", type=_positive, default=8)
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("eval", help="task metrics of models on a test set (report.md + report.png)")
@@ -113,8 +124,9 @@ def register(sub) -> None:
                         "baseline")
     p.add_argument("--prompt-examples", help="few-shot examples JSONL (default: the task's built-in ones)")
     p.add_argument("--with-rationale", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--max-new-tokens", type=_positive, help="longest answer (default: 48 for a tuned model's label, "
+                   "256 for a rationale or a prompting baseline)")
+    p.add_argument("--limit", type=_positive, help="only the first N rows")
     p.add_argument("--output", default="eval-report")
     p.set_defaults(func=cmd_eval)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
+from mentor.files import atomic_write
 
 INSTRUCTION_TAIL = re.compile(r"\s*Give the result as your final answer\. Do not include units\.\s*$")
 
@@ -102,9 +103,7 @@ def write_example_splits(folder: str | Path, kind: str = "gsm", train: int = 300
             rows = [r for r in make(n + n // 4 + 8, seed * 10_000_000 + offset * 1_000_000)
                     if r["input_text"] not in seen]
             rows = list({r["input_text"]: r for r in rows}.values())[:n]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(path)
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
         seen.update(r["input_text"] for r in rows)
         paths[name] = path
     return paths

@@ -11,11 +11,15 @@ and field, so a user fixes the file once instead of once per error.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
+
+log = logging.getLogger("mentor")
 
 
 @dataclass
@@ -142,6 +146,17 @@ def load_examples(path: str | Path, max_examples: int = 10_000) -> list[Example]
     examples = read_jsonl(path, parse, "data")
     if not examples:
         raise MentorError(f"{path}: no examples (the file is empty)")
+    _note_formats(examples, path)
     if len(examples) > max_examples:
         raise MentorError(f"{path}: {len(examples)} examples, more than the maximum of {max_examples} (raise max_examples to allow it)")
     return examples
+
+
+def _note_formats(examples: list[Example], path) -> None:
+    """A file may mix text rows and conversations (OpenAI or Gemini): a text row is the conversation
+    user: input_text -> assistant: output_text, so all are encoded alike. Mixing is said once, since it
+    is often two files pasted together."""
+    kinds = Counter(ex.kind for ex in examples)
+    if len(kinds) > 1:
+        log.warning("%s mixes formats (%s); every row is trained as a conversation, text rows as one user turn "
+                    "and one assistant turn", path, ", ".join(f"{n} {k} rows" for k, n in sorted(kinds.items())))

@@ -19,31 +19,38 @@ RowParser = Callable[[dict, int], "tuple[T | None, list[tuple[str, str]]]"]
 def read_jsonl(path: str | Path, parse: RowParser, what: str = "data", max_problems: int = MAX_PROBLEMS) -> list[T]:
     """Parse every non-blank line of a JSONL file; raise DataValidationError listing every problem."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise MentorError(f"{what} file {path} is a folder; give a JSONL file")
     if not path.is_file():
         raise MentorError(f"{what} file not found: {path}")
     items: list[T] = []
     problems: list[Problem] = []
     total = 0
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            for lineno, raw in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            try:  # line by line, so a bad byte is reported with its line; a UTF-8 BOM is tolerated
+                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                found = [("(line)", f"not UTF-8 text: byte {data[err.start]:#04x} at column {err.start + 1}")]
+            else:
                 if not raw.strip():
                     continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    found = [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
-                else:
-                    if isinstance(row, dict):
-                        item, found = parse(row, lineno)
-                        if item is not None:
-                            items.append(item)
-                    else:
-                        found = [("(line)", f"must be a JSON object, got {type(row).__name__}")]
-                total += len(found)
-                problems += [Problem(str(path), lineno, fld, msg) for fld, msg in found][: max(0, max_problems - len(problems))]
-    except UnicodeDecodeError as err:
-        raise MentorError(f"{path}: not UTF-8 text ({err})") from None
+                found = _parse_line(raw, lineno, parse, items)
+            total += len(found)
+            problems += [Problem(str(path), lineno, fld, msg) for fld, msg in found][: max(0, max_problems - len(problems))]
     if total:
         raise DataValidationError(problems, total, cap=max_problems)
     return items
+
+
+def _parse_line(raw: str, lineno: int, parse: RowParser, items: list) -> list[tuple[str, str]]:
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        return [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
+    if not isinstance(row, dict):
+        return [("(line)", f"must be a JSON object, got {type(row).__name__}")]
+    item, found = parse(row, lineno)
+    if item is not None:
+        items.append(item)
+    return found

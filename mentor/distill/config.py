@@ -11,8 +11,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mentor.training.config import StudentConfig
 from mentor.tasks import TaskName
+from mentor.training.config import StudentConfig
 
 DISTILL_METHODS = ("step-by-step", "standard", "finetune")
 

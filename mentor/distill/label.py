@@ -7,17 +7,19 @@ persistent cache, so a rerun (or a resumed run) pays only for what is missing.
 from __future__ import annotations
 
 import json
-import os
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from mentor.data.rows import read_rows
-from mentor.errors import MentorError
+from mentor.files import atomic_file, check_output_path
 from mentor.tasks.answers import Parsed, ParseSummary, summarize_parses
 from mentor.tasks.arithmetic import numbers_match
 from mentor.tasks.labels import normalize_answer
 from mentor.tasks.prompts import PromptTemplate
 from mentor.teachers import GenerationParams, RecordedTeacher, Teacher, build_teacher
+
+log = logging.getLogger("mentor")
 
 
 @dataclass
@@ -65,8 +67,7 @@ def label_rows(teacher: Teacher, rows: list[dict], template: PromptTemplate, tas
 
 def write_labeled(labeled: list[Labeled], task: str, path: Path) -> Path:
     """The labeled data as JSONL (written whole, then renamed): input, rationale, teacher label."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for item in labeled:
             row = {k: v for k, v in item.row.items() if not k.startswith("_")}
             row.update({
@@ -79,7 +80,6 @@ def write_labeled(labeled: list[Labeled], task: str, path: Path) -> Path:
                 "teacher_agrees": item.agrees,
             })
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 
@@ -98,13 +98,13 @@ def label_file(teacher_spec: str, data: str, output: str, task: str = "math", pr
     """`mentor label`: the teacher step alone, writing labeled JSONL and a report beside it."""
     rows = read_rows(data)
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out)  # before the teacher is paid for anything
     template = PromptTemplate.for_task(task, shots=prompt_examples, labels=labels)
     teacher = make_teacher(teacher_spec, rows, out.parent, concurrency)
     labeled, summary = label_rows(teacher, rows, template, task, answer_field, max_new_tokens)
     write_labeled(labeled, task, out)
     report = teacher_report(summary, labeled, teacher)
     out.with_suffix(".report.txt").write_text(report + "\n")
-    print(report)
-    print(f"[mentor] labeled data: {out}")
+    log.info(report)
+    log.info(f"labeled data: {out}")
     return out

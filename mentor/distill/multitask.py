@@ -41,21 +41,21 @@ class StepByStepTrainer(MentorTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         label_batch = {k: inputs[k] for k in RATIONALE_KEYS}
-        l_sum, l_correct, l_count, out, _, _ = token_loss(model, label_batch, self.is_seq2seq, self._keep_logits)
-        label_loss = l_sum / max(l_count, 1)
+        label = token_loss(model, label_batch, self.is_seq2seq, self._keep_logits)
+        label_loss = label.loss_sum / max(label.count, 1)
         loss = label_loss
-        values = dict(loss_sum=l_sum.item(), correct=l_correct.item(), count=l_count, label_batches=1,
+        values = dict(loss_sum=label.loss_sum.item(), correct=label.correct.item(), count=label.count, label_batches=1,
                       label_loss=label_loss.item())
         if "rationale_input_ids" in inputs and self.alpha < 1.0:
             r_batch = {k: inputs[f"rationale_{k}"] for k in RATIONALE_KEYS}
-            r_sum, r_correct, r_count, _, _, _ = token_loss(model, r_batch, self.is_seq2seq, self._keep_logits)
-            rationale_loss = r_sum / max(r_count, 1)  # 0 when every rationale of the batch is masked
+            rationale = token_loss(model, r_batch, self.is_seq2seq, self._keep_logits)
+            rationale_loss = rationale.loss_sum / max(rationale.count, 1)  # 0 when every rationale is masked
             loss = self.alpha * label_loss + (1 - self.alpha) * rationale_loss
             values.update(rationale_loss=rationale_loss.item(), rationale_batches=1)
             if mode == "train":  # the Trainer counts the label sequences' tokens; add the rationales'
                 self.state.num_input_tokens_seen += int(r_batch["attention_mask"].sum())
         self.record(mode, **values)
-        return (loss, out) if return_outputs else loss
+        return (loss, label.outputs) if return_outputs else loss
 
     def extra_metrics(self, mode: str, sums: dict) -> dict[str, float]:
         label = sums.get("label_loss", 0.0) / max(sums.get("label_batches", 0.0), 1.0)

@@ -102,8 +102,8 @@ def evaluate_prompting(model_ref: str, rows: list[dict], task: str, answer_field
                        batch_size: int = 8, name: str | None = None) -> EvalResult:
     """The prompt-engineering baseline: the untuned model with few-shot chain-of-thought prompts."""
     from mentor.serving.predict import Predictor
-    from mentor.tasks.prompts import PromptTemplate
     from mentor.serving.stop import apply_stop
+    from mentor.tasks.prompts import PromptTemplate
 
     template = PromptTemplate.for_task(task, shots=shots, labels=labels)
     predictor = Predictor(model_ref)

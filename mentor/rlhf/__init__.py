@@ -1,6 +1,6 @@
 """Preference tuning components: preference data, prompt rendering, reward models.
 
-The jobs (`reward-model`, `rlhf`, `dpo`) are run with `mentor.reward_model(...)`, `mentor.rlhf(...)`,
+The jobs (`reward-model`, `rlhf`, `dpo`) are run with `mentor.reward_model(...)`, `mentor.run("rlhf", ...)`,
 `mentor.dpo(...)` (or `mentor.run(kind, ...)`); `mentor.rlhf.RewardModel(folder).score(...)`
 scores answers with a trained reward model.
 """

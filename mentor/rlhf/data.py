@@ -34,7 +34,7 @@ class Prompt:
     line: int = 0
     extra: dict = field(default_factory=dict)
 
-    def with_instruction(self, instruction: str | None) -> "Prompt":
+    def with_instruction(self, instruction: str | None) -> Prompt:
         """The instruction goes in front of the first user turn, as the cloud's RLHF job does."""
         if not instruction:
             return self

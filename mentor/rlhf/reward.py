@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from mentor.errors import MentorError
+from mentor.files import atomic_write
+from mentor.jobs import Job, TunedModel
 from mentor.models import resolve
 from mentor.models.resolve import prepare_tokenizer
-from mentor.jobs import Job, TunedModel
-from mentor.jobs.files import atomic_write
 from mentor.rlhf import common as rc
 from mentor.rlhf.data import PreferencePair, Prompt, load_preferences
 from mentor.training.outputs import card_body

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 
 from mentor.data.encode import render_prompt
 from mentor.data.jsonl import read_jsonl
-from mentor.errors import MentorError
+from mentor.files import atomic_file, check_output_path
 from mentor.models import load_model, resolve
 from mentor.serving.generate import (
     GeneratedText,
@@ -32,6 +32,8 @@ from mentor.serving.generate import (
     generate_stream,
     model_fingerprint,
 )
+
+log = logging.getLogger("mentor")
 
 PARTIAL_FORMAT = 1  # bump when the partial file's records change meaning
 
@@ -113,19 +115,6 @@ def read_prediction_inputs(path: Path) -> list[tuple[int, dict, str | list[dict]
     return read_jsonl(path, parse, "input")
 
 
-def check_output_path(dst: Path) -> None:
-    """Fail before any model loads if `dst` cannot be written: a folder, or an unwritable parent."""
-    if dst.is_dir():
-        raise MentorError(f"output path {dst} is a directory; give a file path such as {dst / 'predictions.jsonl'}")
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=dst.parent):
-            pass
-    except OSError as err:
-        raise MentorError(f"cannot write the output file {dst}: its folder {dst.parent} is not writable "
-                          f"({err.strerror or err})") from None
-
-
 def partial_path(dst: Path) -> Path:
     """Where a batch prediction into `dst` keeps its answers until it is complete."""
     return dst.with_name(f".{dst.name}.partial")
@@ -180,7 +169,7 @@ def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_t
     done = _resume(partial, _partial_key(model_ref, src, params), header)
     todo = [(lineno, item) for lineno, _, item in rows if lineno not in done]
     if done and todo:
-        print(f"[mentor] resuming {dst}: {len(rows) - len(todo)} of {len(rows)} rows already answered ({partial})")
+        log.info(f"resuming {dst}: {len(rows) - len(todo)} of {len(rows)} rows already answered ({partial})")
     if todo:
         predictor = Predictor(model_ref)
         prompts = [predictor.render(item) for _, item in todo]
@@ -193,12 +182,10 @@ def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_t
                 f.flush()
                 os.fsync(f.fileno())
                 done[lineno] = text
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(dst) as f:
         for lineno, row, _ in rows:
             f.write(json.dumps({**row, "prediction": done[lineno]}, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, dst)
     partial.unlink(missing_ok=True)
     return dst

@@ -78,6 +78,8 @@ def build_teacher(
     """The teacher a spec string names, with its cache at `cache_path` (default: see
     `default_cache_path`). `rows` feeds `recorded:field=NAME`; recorded teachers use no cache."""
     scheme, sep, rest = spec.partition(":")
+    if sep and not rest and scheme in ("recorded", *HF_ROUTES, *OPENAI_ROUTES):
+        raise MentorError(f"teacher spec {spec!r} names no model; write one of: {SPEC_HELP}")
     if not sep or not rest:
         raise MentorError(
             f"teacher spec {spec!r} has no kind; write one of: {SPEC_HELP} "

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
@@ -57,7 +58,7 @@ class Completion:
         return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
 
     @classmethod
-    def from_json(cls, data: dict, cached: bool) -> "Completion":
+    def from_json(cls, data: dict, cached: bool) -> Completion:
         return cls(data["text"], data.get("tokens_in"), data.get("tokens_out"), cached)
 
 
@@ -106,7 +107,7 @@ class Teacher(ABC):
 
     identity: str  # stable name used in cache keys: "openai:MODEL@URL", "hf:REF", "recorded:FILE"
 
-    def __init__(self, identity: str, cache: "TeacherCache | None" = None, progress: bool | None = None):
+    def __init__(self, identity: str, cache: TeacherCache | None = None, progress: bool | None = None):
         self.identity = identity
         self.cache = cache
         self.progress = progress  # None: a bar only when attached to a terminal

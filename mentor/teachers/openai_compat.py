@@ -53,12 +53,29 @@ class _PromptFailed(Exception):
 
 
 def parse_spec(spec: str) -> tuple[str, str, str]:
-    """`openai[-completions]:MODEL[@BASE_URL]` -> (route, model, base_url)."""
+    """`openai[-completions]:MODEL@BASE_URL` -> (route, model, base_url).
+
+    The server is always one the user named: in the spec, or in OPENAI_BASE_URL. A spec whose
+    URL does not parse is an error, never a reason to fall back to a default remote endpoint
+    (that would send the user's data to a third party they did not name)."""
     scheme, _, rest = spec.partition(":")
     if scheme not in ROUTES or not rest:
         raise MentorError(f"not an OpenAI-compatible teacher spec: {spec!r}; write openai:MODEL@http://HOST:PORT/v1")
-    match = _SPEC.match(rest)
-    model, url = (match["model"], match["url"]) if match else (rest, os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL))
+    if match := _SPEC.match(rest):
+        model, url = match["model"], match["url"]
+    elif "@" in rest:
+        model, _, url = rest.rpartition("@")
+        if not model:
+            raise MentorError(f"teacher spec {spec!r} names no model; write {scheme}:MODEL@{url}")
+        raise MentorError(f"teacher spec {spec!r}: {url!r} is not an http(s) URL; write "
+                          f"{scheme}:{model}@http://HOST:PORT/v1")
+    elif os.environ.get("OPENAI_BASE_URL"):
+        model, url = rest, os.environ["OPENAI_BASE_URL"]
+    else:
+        raise MentorError(f"teacher spec {spec!r} names no server; write {scheme}:{rest}@http://HOST:PORT/v1 (for "
+                          f"OpenAI's own API: {scheme}:{rest}@{DEFAULT_BASE_URL}), or set OPENAI_BASE_URL")
+    if not model:
+        raise MentorError(f"teacher spec {spec!r} names no model; write {scheme}:MODEL@{url}")
     return ROUTES[scheme], model, url.rstrip("/")
 
 
@@ -129,7 +146,7 @@ class OpenAITeacher(Teacher):
         self.retry = retry or RetryPolicy()
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs) -> "OpenAITeacher":
+    def from_spec(cls, spec: str, **kwargs) -> OpenAITeacher:
         route, model, base_url = parse_spec(spec)
         return cls(model, base_url, route=route, **kwargs)
 

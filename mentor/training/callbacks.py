@@ -7,6 +7,7 @@ import math
 import time
 from pathlib import Path
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -113,9 +114,18 @@ class JobCallback(TrainerCallback):
         else:
             self.job.event("training_started", f"training for up to {state.max_steps} steps", total_steps=state.max_steps)
 
+    def _cancel_requested(self) -> bool:
+        """Rank 0 decides, for every rank: all processes must stop at the same step."""
+        wanted = self.job.cancel_requested
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(wanted)])
+            torch.distributed.broadcast(flag, src=0)
+            wanted = bool(flag.item())
+        return wanted
+
     def on_step_end(self, args, state, control, **kwargs):
         self.job.update(step=state.global_step)
-        if self.job.cancel_requested and not self.cancelled:
+        if not self.cancelled and self._cancel_requested():
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True  # the last checkpoint is this step's

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mentor.files import atomic_folder, atomic_write
 from mentor.jobs import Job, TunedModel
-from mentor.jobs.files import atomic_folder, atomic_write
 from mentor.training.plots import plot_curves
 
 log = logging.getLogger("mentor")

@@ -26,7 +26,9 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
     if resume:
         log.info("resuming from %s", resume)
     trainer.remove_callback(PrinterCallback)  # the progress bar shows metrics; no dict per step
-    trainer.add_callback(JobCallback(job))
+    lifecycle = JobCallback(job)
+    trainer.add_callback(lifecycle)
     with quiet():
         trainer.train(resume_from_checkpoint=resume)
-    job.raise_if_cancelled()
+    if lifecycle.cancelled:
+        raise job.cancelled()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -72,6 +73,9 @@ def load_tuning_data(cfg):
     evaluation = load_examples(cfg.evaluation_data, cfg.max_examples) if cfg.evaluation_data else None
     if evaluation is not None:
         check_eval_size(len(evaluation))
+        if Path(cfg.data).resolve() == Path(cfg.evaluation_data).resolve():
+            log.warning("the evaluation data is the training data: evaluation will not show overfitting, and "
+                        "checkpoint selection and early stopping will favour memorisation")
     return train, evaluation
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,20 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def token_loss(model, batch: dict, is_seq2seq: bool, keep_logits: bool = True):
-    """Summed cross-entropy, correct next-token predictions and their count on output tokens.
+@dataclass
+class TokenLoss:
+    """One forward pass scored on the output tokens of a batch."""
 
-    Returns (loss_sum, correct, count, model_outputs, logits_on_targets, targets).
-    """
+    loss_sum: torch.Tensor  # summed cross-entropy
+    correct: torch.Tensor  # correct next-token predictions
+    count: int  # output tokens scored
+    outputs: object  # the model's outputs (hidden states when asked for)
+    logits: torch.Tensor  # (P, V) at the positions that predict an output token, in batch order
+    targets: torch.Tensor  # (P,)
+
+
+def token_loss(model, batch: dict, is_seq2seq: bool, keep_logits: bool = True) -> TokenLoss:
+    """Summed cross-entropy, correct next-token predictions and their count on output tokens."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     labels = batch["labels"]
     if is_seq2seq:
@@ -75,7 +85,7 @@ def token_loss(model, batch: dict, is_seq2seq: bool, keep_logits: bool = True):
     loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     with torch.no_grad():
         correct = (logits.argmax(-1) == targets).sum()
-    return loss_sum, correct, targets.numel(), out, logits, targets
+    return TokenLoss(loss_sum, correct, targets.numel(), out, logits, targets)
 
 
 class MentorTrainer(Trainer):
@@ -104,11 +114,11 @@ class MentorTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        loss_sum, correct, count, out, _, _ = token_loss(model, inputs, self.is_seq2seq, self._keep_logits)
-        count = max(count, 1)
-        self.record(mode, loss_sum=loss_sum.item(), correct=correct.item(), count=count)
-        loss = loss_sum / count
-        return (loss, out) if return_outputs else loss
+        scored = token_loss(model, inputs, self.is_seq2seq, self._keep_logits)
+        count = max(scored.count, 1)
+        self.record(mode, loss_sum=scored.loss_sum.item(), correct=scored.correct.item(), count=count)
+        loss = scored.loss_sum / count
+        return (loss, scored.outputs) if return_outputs else loss
 
     def metrics_for(self, mode: str) -> dict[str, float]:
         s = self._sums[mode]

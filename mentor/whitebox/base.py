@@ -26,7 +26,7 @@ from mentor.jobs.registry import JobKind, kinds, register_kind
 from mentor.training.trainer import token_loss
 from mentor.whitebox.config import config_for
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(name: str, summary: str | None = None):
@@ -42,7 +42,7 @@ def register_method(name: str, summary: str | None = None):
     return deco
 
 
-def get_method(name: str) -> type["Method"]:
+def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         raise MentorError(f"unknown white-box method '{name}'; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]
@@ -77,14 +77,15 @@ class _WithHiddenStates:
 def run_model(model, batch: dict, is_seq2seq: bool, keep_logits: bool, hidden: bool = False) -> Forward:
     """The tuning core's output-token forward (`token_loss`), optionally with hidden states."""
     runner = _WithHiddenStates(model) if hidden else model
-    loss_sum, correct, count, out, logits, targets = token_loss(runner, batch, is_seq2seq, keep_logits)
+    scored = token_loss(runner, batch, is_seq2seq, keep_logits)
+    out = scored.outputs
     states = mask = None
     if hidden:
         if is_seq2seq:
             states, mask = out.decoder_hidden_states, batch["labels"] != IGNORE
         else:
             states, mask = out.hidden_states, batch["attention_mask"].bool()
-    return Forward(loss_sum, correct, count, logits, targets, states, mask)
+    return Forward(scored.loss_sum, scored.correct, scored.count, scored.logits, scored.targets, states, mask)
 
 
 class Method:

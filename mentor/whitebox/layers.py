@@ -19,7 +19,7 @@ def depth_and_width(config, is_seq2seq: bool) -> tuple[int, int]:
         depth = getattr(c, "num_decoder_layers", None) or c.num_layers
     else:
         depth = c.num_hidden_layers
-    width = getattr(c, "hidden_size", None) or getattr(c, "d_model")
+    width = getattr(c, "hidden_size", None) or c.d_model
     return int(depth), int(width)
 
 

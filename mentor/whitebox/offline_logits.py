@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import subprocess
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +36,7 @@ import torch
 
 from mentor.data.encode import IGNORE
 from mentor.errors import MentorError
-from mentor.jobs.files import atomic_folder, atomic_write
+from mentor.files import atomic_folder, atomic_path, atomic_write
 
 log = logging.getLogger("mentor")
 
@@ -153,7 +153,7 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
             stale.unlink()
         shards = {i: s for i in range(job.num_shards) if (s := _existing_shard(job, i))}
         if shards:
-            print(f"[mentor] teacher logits in {folder}: {len(shards)} of {job.num_shards} shards already done, resuming")
+            log.info(f"teacher logits in {folder}: {len(shards)} of {job.num_shards} shards already done, resuming")
         _write_index(job, shards, complete=len(shards) == job.num_shards)
         todo = [i for i in range(job.num_shards) if i not in shards]
         if not todo:
@@ -175,7 +175,7 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
                 feats = [{"input_ids": rows["input_ids"][j], "attention_mask": [1] * len(rows["input_ids"][j]),
                           "labels": rows["labels"][j]} for j in range(b, min(b + job.batch_size, end))]
                 batch = {k: v.to(model.device) for k, v in collate(feats).items()}
-                _, _, _, _, logits, _ = token_loss(model, batch, job.is_seq2seq, keep)
+                logits = token_loss(model, batch, job.is_seq2seq, keep).logits
                 v, ix = teacher_topk(logits[:, : job.width], job.top_k, job.temperature)
                 values.append(v.float().cpu())
                 indices.append(ix.to(torch.int32).cpu())
@@ -185,16 +185,15 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
             if logprobs.shape[0] != offsets[-1]:
                 raise MentorError("teacher logits do not line up with the output tokens (internal error)")
             path = job.shard_path(i)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({"logprobs": logprobs.contiguous(), "indices": torch.cat(indices).contiguous(), "offsets": offsets},
-                      str(tmp), metadata={"start": str(start), "end": str(end)})
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({"logprobs": logprobs.contiguous(), "indices": torch.cat(indices).contiguous(),
+                           "offsets": offsets}, str(tmp), metadata={"start": str(start), "end": str(end)})
             shards[i] = {"file": path.name, "start": start, "end": end, "positions": int(offsets[-1])}
             _write_index(job, shards, complete=len(shards) == job.num_shards)
             written += 1
             elapsed = time.time() - started
-            print(f"[mentor] teacher logits {folder.name}: shard {len(shards)}/{job.num_shards} "
-                  f"({elapsed / (n_done + 1):.1f}s per shard)", flush=True)
+            log.info(f"teacher logits {folder.name}: shard {len(shards)}/{job.num_shards} "
+                     f"({elapsed / (n_done + 1):.1f}s per shard)")
             if killer and written >= killer:
                 os.kill(os.getpid(), signal.SIGKILL)
 

@@ -11,12 +11,15 @@ all apply.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 
 from mentor.errors import MentorError
-from mentor.whitebox.logit import LogitKD
 from mentor.whitebox.base import register_method
+from mentor.whitebox.logit import LogitKD
+
+log = logging.getLogger("mentor")
 
 ARCH_KEYS = ("model_type", "hidden_size", "d_model", "num_hidden_layers", "num_layers", "num_decoder_layers",
              "num_attention_heads", "num_heads", "intermediate_size", "d_ff", "vocab_size")
@@ -35,7 +38,7 @@ class SelfDistillation(LogitKD):
         if self.cfg.uses_ema_teacher:
             self.ema = copy.deepcopy(student).eval().requires_grad_(False)
             self._trainable = [n for n, p in student.named_parameters() if p.requires_grad]
-            print(f"[mentor] self-distillation: the teacher is an EMA of the student (decay {self.cfg.ema_decay})")
+            log.info(f"self-distillation: the teacher is an EMA of the student (decay {self.cfg.ema_decay})")
             return
         a, b = architecture(student_config), architecture(teacher_config)
         if a != b:

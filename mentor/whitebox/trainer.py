@@ -14,7 +14,6 @@ as GKD does.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from transformers import GenerationConfig, TrainerCallback
 
 from mentor.data.encode import IGNORE
+from mentor.files import atomic_path
 from mentor.training.arguments import collator
 from mentor.training.trainer import MentorTrainer, accepts_logits_to_keep
 from mentor.whitebox.base import Method, run_model
@@ -144,9 +144,10 @@ class WhiteboxTrainer(MentorTrainer):
         prompts = inputs.pop("prompts", None)
         prompt_mask = inputs.pop("prompt_attention_mask", None)
         if prompts is not None and self._on_policy_now():
-            from mentor.whitebox.losses import generalized_jsd  # noqa: F401 - sets the TRL warning switch
             from trl.experimental.gkd import GKDTrainer
             from trl.models.utils import unwrap_model_for_generation
+
+            from mentor.whitebox.losses import generalized_jsd  # noqa: F401 - sets the TRL warning switch
 
             with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
                 ids, mask, labels = GKDTrainer.generate_on_policy_outputs(
@@ -173,9 +174,8 @@ class WhiteboxTrainer(MentorTrainer):
         if state:  # written before the Trainer's files, so a checkpoint with trainer_state.json has it
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{STATE_FILE}.tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, folder / STATE_FILE)
+            with atomic_path(folder / STATE_FILE) as tmp:
+                torch.save(state, tmp)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

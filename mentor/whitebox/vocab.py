@@ -12,10 +12,13 @@ Only tokenizers and configs are read, so this runs before any weights are loaded
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from mentor.errors import MentorError
+
+log = logging.getLogger("mentor")
 
 
 @dataclass
@@ -64,7 +67,7 @@ def check_vocabularies(teacher_tok, student_tok, teacher_rows: int, student_rows
     width = min(teacher_rows, student_rows)
     check = VocabCheck(width=width, teacher_rows=teacher_rows, student_rows=student_rows, tokenizer_size=t_size)
     if check.cropped and announce:
-        print(f"[mentor] vocabulary: teacher and student share one tokenizer ({t_size} tokens); their output "
+        log.info(f"vocabulary: teacher and student share one tokenizer ({t_size} tokens); their output "
               f"matrices have {teacher_rows} and {student_rows} rows, so the rows past {width} are padding: "
               f"cropping both models' logits to the first {width} columns")
     return check

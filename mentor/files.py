@@ -9,19 +9,36 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+from mentor.errors import MentorError
 
 
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write via a unique temporary file in the same folder and rename it into place."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a unique temporary path beside `path`; when the block ends without error the file
+    written there is renamed to `path`, else removed."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """An open file that appears at `path` only once the block ends without error."""
+    with atomic_path(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 @contextmanager
@@ -47,3 +64,16 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_output_path(dst: Path) -> None:
+    """Fail before any model loads if `dst` cannot be written: a folder, or an unwritable parent."""
+    if dst.is_dir():
+        raise MentorError(f"output path {dst} is a directory; give a file path such as {dst / 'predictions.jsonl'}")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dst.parent):
+            pass
+    except OSError as err:
+        raise MentorError(f"cannot write the output file {dst}: its folder {dst.parent} is not writable "
+                          f"({err.strerror or err})") from None

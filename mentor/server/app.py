@@ -1,0 +1,110 @@
+"""`mentor server`: the job service (OpenAI's fine-tuning API and the cloud's pipeline jobs over one
+job model), the registry of tuned models, and the files they are made from.
+
+    app = create_app(ServerSettings(data_dir="..."))   # FastAPI; `mentor server` runs it with uvicorn
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mentor import recipes  # noqa: F401  (registers the built-in job kinds)
+from mentor.errors import MentorError
+from mentor.server import auth
+from mentor.server.db import Database
+from mentor.server.errors import ApiError
+from mentor.server.executors import make_executor
+from mentor.server.routes import cloud, files, fine_tuning, models
+from mentor.server.scheduler import Scheduler
+from mentor.server.settings import ServerSettings
+
+log = logging.getLogger("mentor")
+
+
+@dataclass
+class Context:
+    settings: ServerSettings
+    db: Database
+    scheduler: Scheduler
+    token: str | None
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           type: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(ApiError(status, message, param, code, type).body(), status_code=status)
+
+
+def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAPI:
+    settings = settings.prepared()
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.data_dir)
+    token = None if settings.insecure_no_auth else auth.api_token(settings.data_dir)
+    scheduler = Scheduler(settings, db, make_executor(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start_scheduler:
+            scheduler.start()
+        yield
+        if start_scheduler:
+            scheduler.stop()
+
+    app = FastAPI(title="mentor", version="0.1.0", lifespan=lifespan,
+                  description="Tune and distill language models: jobs, files and tuned models.")
+    app.state.ctx = Context(settings, db, scheduler, token)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token is not None and not auth.check(request.headers.get("authorization"), token):
+            if request.url.path not in ("/health",):
+                return _error(401, "a valid API token is required (Authorization: Bearer TOKEN)", code="invalid_api_key",
+                              type="authentication_error")
+        length = request.headers.get("content-length")
+        limit = settings.max_upload_bytes if request.url.path == "/v1/files" else settings.max_body_bytes
+        if length is not None:
+            if not length.isdigit():
+                return _error(400, "bad Content-Length header")
+            if int(length) > limit + 64 * 1024:  # room for the multipart envelope
+                return _error(413, f"the request body is larger than the limit of {limit} bytes", code="too_large")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(MentorError)
+    async def mentor_error(request: Request, err: MentorError):
+        return _error(400, str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())[1:])) or 'body'}: {e.get('msg')}"
+                            for e in err.errors()[:5])
+        return _error(400, message or "invalid request", where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        return _error(err.status_code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error (see the server's log)", type="server_error")
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    for router in (files.router, fine_tuning.router, models.router, cloud.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,22 @@
+"""Errors the API answers with: OpenAI's shape, {"error": {"message", "type", "param", "code"}}, a 4xx
+for every bad request, never a traceback."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def not_found(what: str, name: str, param: str | None = None) -> ApiError:
+    return ApiError(404, f"no {what} '{name}'", param=param, code=f"{what.replace(' ', '_')}_not_found")
+
+
+def bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)

@@ -1,0 +1,228 @@
+"""Job requests in the shapes clients know, turned into one thing: a job kind and its validated
+config. OpenAI's fine-tuning body (`model`, `training_file`, `hyperparameters`, `method` with
+`supervised`, `dpo` and mentor's `distillation`) and the cloud's pipeline body (`parameterValues`)
+both arrive here; every config field of the kind may also be given by its own name."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mentor.jobs import JobConfig, JobKind, family, get_kind
+from mentor.jobs.config import validation_problems
+from mentor.server.db import Database
+from mentor.server.errors import bad
+from mentor.server.uploads import FILE_ID, get_file
+
+SERVER_FIELDS = ("output",)  # chosen by the server, never by a client
+
+
+class MethodSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo", "distillation"] = "supervised"
+    supervised: dict[str, Any] | None = None
+    dpo: dict[str, Any] | None = None
+    distillation: dict[str, Any] | None = Field(None, description="mentor's: {method, teacher, hyperparameters, ...}")
+
+
+class CreateFineTuningJob(BaseModel):
+    """POST /v1/fine_tuning/jobs, as OpenAI defines it (plus mentor's distillation method)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=512)
+    training_file: str = Field(max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    hyperparameters: dict[str, Any] | None = None
+    method: MethodSpec | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+class CloudPipelineJob(BaseModel):
+    """POST /v1/projects/P/locations/L/pipelineJobs: the cloud's tuning and distillation pipelines."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    display_name: str | None = Field(None, alias="displayName", max_length=256)
+    runtime_config: dict[str, Any] | None = Field(None, alias="runtimeConfig")
+    parameter_values: dict[str, Any] | None = Field(None, alias="parameterValues")
+
+    def parameters(self) -> dict[str, Any]:
+        values = dict(self.parameter_values or {})
+        values.update((self.runtime_config or {}).get("parameterValues") or {})
+        return values
+
+
+# the cloud's parameter names -> mentor's fields
+CLOUD_NAMES = {"dataset_uri": "data", "evaluation_data_uri": "evaluation_data", "student_model_reference": "model",
+               "teacher_model_reference": "teacher", "large_model_reference": "model", "model_reference": "model",
+               "base_model": "model", "enable_early_stopping": "early_stopping",
+               "enable_checkpoint_selection": "checkpoint_selection", "adapter_size": "adapter_size",
+               "epoch_count": "n_epochs"}
+CLOUD_IGNORED = ("project", "location", "accelerator_type", "api_endpoint", "encryption_spec_key_name",
+                 "service_account", "model_display_name", "tuned_model_display_name")
+
+
+class Resolver:
+    """Turns what a client names (file ids, paths, model names) into what a job reads, and refuses
+    paths outside the allowed roots (no reading arbitrary files through a job)."""
+
+    def __init__(self, db: Database, settings):
+        self.db, self.settings = db, settings
+
+    def data(self, value: Any, param: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise bad(f"{param} must be an uploaded file id or a path", param)
+        if FILE_ID.match(value):
+            return get_file(self.db, value, param).path
+        if value.startswith("file-"):
+            raise bad(f"no file '{value[:80]}'", param, "file_not_found")
+        path = Path(value.removeprefix("file://")).expanduser()
+        try:
+            real = path.resolve(strict=False)
+        except (OSError, RuntimeError):
+            raise bad(f"{param}: not a usable path", param) from None
+        roots = [self.settings.files_dir.resolve(), *self.settings.allowed_data_roots]
+        if not any(real == root or root in real.parents for root in roots):
+            raise bad(f"{param}: {value!r} is outside the folders this server may read; upload the file (POST "
+                      "/v1/files) or start the server with --allowed-data-roots", param, "path_not_allowed")
+        if not real.is_file():
+            raise bad(f"{param}: file not found: {value}", param, "file_not_found")
+        return str(real)
+
+    def teacher(self, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise bad("teacher must be a model reference or a teacher spec", "teacher")
+        scheme, sep, rest = value.partition(":")
+        if sep and scheme == "recorded" and not rest.startswith("field="):
+            return f"recorded:{self.data(rest, 'teacher')}"
+        if sep and scheme in ("hf", "hf-chat", "hf-completions", "openai", "openai-chat", "openai-completions",
+                              "recorded"):
+            return value
+        return f"hf:{self.model(value)}"  # a bare model reference is a local teacher
+
+    def model(self, value: str) -> str:
+        """A registered tuned model's name stands for its folder; anything else is a model reference."""
+        from mentor.server import registry
+
+        if value.startswith("ft:"):
+            try:
+                return registry.get_model(self.db, value).path
+            except registry.UnknownModel:
+                raise bad(f"no tuned model named '{value}'", "model", "model_not_found") from None
+        if value.startswith((".", "/", "~")):
+            return self.data_folder(value, "model")
+        return value
+
+    def data_folder(self, value: str, param: str) -> str:
+        real = Path(value).expanduser().resolve()
+        roots = [self.settings.data_dir, *self.settings.allowed_data_roots]
+        if not any(real == root or root in real.parents for root in roots):
+            raise bad(f"{param}: {value!r} is outside the folders this server may read", param, "path_not_allowed")
+        return str(real)
+
+
+def validate_config(kind: JobKind, fields: dict[str, Any]) -> JobConfig:
+    try:
+        return kind.config(**fields)
+    except ValidationError as err:
+        problems = validation_problems(err)
+        field, message = problems[0]
+        raise bad("; ".join(f"{f}: {m}" for f, m in problems), field) from None
+
+
+def _resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) -> dict[str, Any]:
+    for name in SERVER_FIELDS:
+        if name in fields:
+            raise bad(f"'{name}' is chosen by the server", name)
+    out = dict(fields)
+    for name in kind.config.input_fields:
+        if out.get(name) is not None:
+            out[name] = resolver.data(out[name], name)
+    if out.get("teacher") is not None:
+        out["teacher"] = resolver.teacher(out["teacher"])
+    if out.get("model") is not None:
+        out["model"] = resolver.model(out["model"])
+    return out
+
+
+def _epochs_to_steps(fields: dict[str, Any], lines: int, kind: JobKind) -> None:
+    """OpenAI's n_epochs, as optimizer steps over this many examples."""
+    epochs = fields.pop("n_epochs", None)
+    if epochs is None:
+        return
+    if not isinstance(epochs, (int, float)) or epochs <= 0:
+        raise bad("n_epochs must be a positive number", "hyperparameters.n_epochs")
+    batch = fields.get("batch_size") or kind.config.model_fields["batch_size"].default
+    if not isinstance(batch, int) or batch < 1:
+        raise bad("batch_size must be a positive integer", "hyperparameters.batch_size")
+    steps_field = "train_steps" if "train_steps" in kind.config.model_fields else None
+    if steps_field is None:
+        raise bad(f"n_epochs does not apply to {kind.name} jobs", "hyperparameters.n_epochs")
+    fields[steps_field] = max(1, math.ceil(epochs * lines / batch))
+
+
+def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path) -> tuple[JobKind, JobConfig]:
+    method = body.method or MethodSpec()
+    spec = getattr(method, method.type) or {}
+    if not isinstance(spec, dict):
+        raise bad("method settings must be an object", f"method.{method.type}")
+    spec = dict(spec)
+    hyper = {**(body.hyperparameters or {}), **(spec.pop("hyperparameters", None) or {})}
+    if method.type == "supervised":
+        kind = get_kind("tune")
+    elif method.type == "dpo":
+        kind = get_kind("dpo")
+    else:
+        name = spec.pop("method", "step-by-step")
+        methods = family("distill")
+        if name not in methods:
+            raise bad(f"distillation method must be one of {', '.join(methods)}", "method.distillation.method")
+        kind = methods[name]
+    if spec and method.type != "distillation":
+        raise bad(f"unknown settings in method.{method.type}: {', '.join(spec)}", f"method.{method.type}")
+    fields = {k: v for k, v in {**spec, **hyper}.items() if v != "auto"}
+    training = get_file(resolver.db, body.training_file, "training_file")
+    fields["data"] = body.training_file
+    if body.validation_file:
+        fields["evaluation_data"] = body.validation_file
+    if body.seed is not None:
+        fields["seed"] = body.seed
+    fields["model"] = body.model
+    _epochs_to_steps(fields, training.lines, kind)
+    fields = _resolve_fields(kind, fields, resolver)
+    return kind, validate_config(kind, {**fields, "output": str(job_folder)})
+
+
+def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> tuple[JobKind, JobConfig, str | None]:
+    """(kind, config, TensorBoard folder to link the job's logs into)."""
+    values = body.parameters()
+    if not values:
+        raise bad("parameterValues (or runtimeConfig.parameterValues) is required", "parameterValues")
+    fields: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in CLOUD_IGNORED:
+            continue
+        fields[CLOUD_NAMES.get(key, key)] = value
+    tensorboard = fields.pop("tensorboard_resource_id", None)
+    method = fields.pop("distillation_method", None) or fields.pop("method", None)
+    if "teacher" in fields:
+        kinds = family("distill")
+        method = method or "step-by-step"
+        if method not in kinds:
+            raise bad(f"method must be one of {', '.join(kinds)}", "method")
+        kind = kinds[method]
+    else:
+        kind = get_kind("dpo" if method == "dpo" else "tune")
+    lines = 0
+    if isinstance(fields.get("data"), str):
+        lines = sum(1 for line in open(resolver.data(fields["data"], "dataset_uri"), "rb") if line.strip())
+    _epochs_to_steps(fields, lines, kind)
+    fields = _resolve_fields(kind, fields, resolver)
+    if tensorboard is not None:
+        tensorboard = resolver.data_folder(str(tensorboard), "tensorboard_resource_id")
+    return kind, validate_config(kind, {**fields, "output": str(job_folder)}), tensorboard

@@ -1,0 +1,138 @@
+"""The registry of tuned models: every job that succeeds registers its model by name, with its
+lineage (base model -> job -> data and teacher). Usable without a running server: the command line
+(`mentor models ...`) and Python (`mentor.get_tuned_model(name)`) read the same database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from mentor.errors import MentorError
+from mentor.jobs import TunedModel, read_state
+from mentor.server.db import Database, JobRow, ModelRow, epoch
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}$")
+
+
+class UnknownModel(MentorError):
+    pass
+
+
+def model_name(base_model: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's shape: ft:BASE:SUFFIX:ID (the suffix is the user's, 'mentor' otherwise)."""
+    return f"ft:{base_model}:{suffix or 'mentor'}:{job_id.removeprefix('ftjob-')[:12]}"
+
+
+def _sha256_of(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def register(db: Database, job: JobRow) -> ModelRow:
+    """The model a succeeded job made, under its name; its lineage from the job folder's records."""
+    folder = Path(job.folder)
+    result = TunedModel.read(folder / "result.json")
+    state = read_state(folder)
+    model_dir = Path(result.model_path)
+    weights = "adapter" if (model_dir / "adapter_config.json").exists() else "full"
+    config = dict(job.config)
+    best = result.best_step
+    selection = (f"checkpoint of the best evaluation (step {best}) on eval next-token accuracy" if best
+                 else f"the last step ({result.steps_run})")
+    row = ModelRow(
+        name=model_name(job.base_model, job.suffix, job.id), job_id=job.id, base_model=job.base_model, kind=job.kind,
+        method=config.get("method", job.kind), tuning=config.get("tuning"), weights=weights, path=str(model_dir),
+        job_folder=str(folder), data_hashes=state.get("inputs", {}), teacher=config.get("teacher"),
+        teacher_cache_sha256=_sha256_of(folder / "teacher_cache.sqlite"), parameters=config, metrics=result.metrics,
+        best_step=best, selection=selection, display_name=job.display_name,
+        train_seconds=(result.extra or {}).get("seconds"))
+    with db.begin() as s:
+        s.merge(row)
+    return row
+
+
+def list_models(db: Database, base_model: str | None = None) -> list[ModelRow]:
+    with db.session() as s:
+        q = select(ModelRow).order_by(ModelRow.created_at)
+        if base_model:
+            q = q.where(ModelRow.base_model == base_model)
+        return list(s.scalars(q))
+
+
+def get_model(db: Database, name: str) -> ModelRow:
+    with db.session() as s:
+        row = s.get(ModelRow, name)
+    if row is None:
+        raise UnknownModel(f"no tuned model named '{name}' in the registry")
+    return row
+
+
+def delete_model(db: Database, name: str, files: bool = True) -> None:
+    """Remove a model from the registry, and its job folder with it (the weights, metrics, events)."""
+    row = get_model(db, name)
+    with db.begin() as s:
+        s.delete(s.get(ModelRow, name))
+    if files:
+        shutil.rmtree(row.job_folder, ignore_errors=True)
+
+
+@dataclass
+class Lineage:
+    model: dict
+    job: dict | None
+    base_model: str
+    data: dict
+    teacher: dict | None
+    derived: list[str]  # models tuned on this model
+
+    def as_dict(self) -> dict:
+        return vars(self)
+
+
+def lineage(db: Database, name: str) -> Lineage:
+    """From a model back to its job, data, teacher and base; and forward to models tuned on it."""
+    row = get_model(db, name)
+    with db.session() as s:
+        job = s.get(JobRow, row.job_id) if row.job_id else None
+        derived = [m.name for m in s.scalars(select(ModelRow).where(ModelRow.base_model.in_([row.name, row.path])))]
+    files = {k: v for k, v in row.parameters.items() if k in row.data_hashes}
+    return Lineage(
+        model=model_dict(row),
+        job=None if job is None else {"id": job.id, "kind": job.kind, "status": job.status,
+                                      "training_file": job.training_file, "validation_file": job.validation_file,
+                                      "created_at": epoch(job.created_at), "finished_at": epoch(job.finished_at)},
+        base_model=row.base_model,
+        data={k: {"path": files.get(k), "sha256": v} for k, v in row.data_hashes.items()},
+        teacher=None if not row.teacher else {"reference": row.teacher, "cache_sha256": row.teacher_cache_sha256},
+        derived=derived,
+    )
+
+
+def model_dict(row: ModelRow) -> dict:
+    return {"name": row.name, "base_model": row.base_model, "kind": row.kind, "method": row.method,
+            "tuning": row.tuning, "weights": row.weights, "path": row.path, "job_id": row.job_id,
+            "data_hashes": row.data_hashes, "teacher": row.teacher, "teacher_cache_sha256": row.teacher_cache_sha256,
+            "parameters": row.parameters, "metrics": row.metrics, "best_step": row.best_step,
+            "selection": row.selection, "created_at": epoch(row.created_at), "display_name": row.display_name}
+
+
+def get_tuned_model(name: str, data_dir: str | Path | None = None) -> TunedModel:
+    """A registered model by name, as the handle a job returns (`.predict(...)` works)."""
+    from mentor.server.settings import default_data_dir
+
+    db = Database(Path(data_dir).expanduser() if data_dir else default_data_dir())
+    row = get_model(db, name)
+    result = TunedModel.read(Path(row.job_folder) / "result.json")
+    result.extra = {**(result.extra or {}), "registered_name": row.name}
+    return result
+
+
+def dumps(rows) -> str:
+    return json.dumps(rows, indent=2, default=str)

@@ -1,0 +1,60 @@
+"""/v1/models: base models and every registered tuned model, with lineage; delete a tuned model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from mentor.server import registry
+from mentor.server.db import epoch
+from mentor.server.errors import not_found
+
+router = APIRouter()
+
+
+def base_models() -> list[str]:
+    from mentor.models.resolve import ALIASES
+
+    return sorted(ALIASES)
+
+
+def _model_object(model_id: str, created: int | None, owner: str, **extra) -> dict:
+    return {**extra, "id": model_id, "object": "model", "created": created or 0, "owned_by": owner}
+
+
+def _check_name(name: str) -> None:
+    if not registry.NAME_PATTERN.match(name or ""):
+        raise not_found("model", name[:80], "model")
+
+
+@router.get("/v1/models")
+def list_models(request: Request, base_model: str | None = Query(None, max_length=512)) -> dict:
+    ctx = request.app.state.ctx
+    tuned = registry.list_models(ctx.db, base_model)
+    bases = [] if base_model else sorted({*base_models(), *(m.base_model for m in tuned)})
+    data = [_model_object(b, None, "mentor:base") for b in bases]
+    data += [_model_object(m.name, epoch(m.created_at), "mentor", base_model=m.base_model, kind=m.kind,
+                           job_id=m.job_id) for m in tuned]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{name:path}")
+def retrieve(request: Request, name: str) -> dict:
+    _check_name(name)
+    ctx = request.app.state.ctx
+    if not name.startswith("ft:") and name in base_models():
+        return _model_object(name, None, "mentor:base")
+    try:
+        lineage = registry.lineage(ctx.db, name)
+    except registry.UnknownModel:
+        raise not_found("model", name, "model") from None
+    return _model_object(name, lineage.model["created_at"], "mentor", **lineage.model, lineage=lineage.as_dict())
+
+
+@router.delete("/v1/models/{name:path}")
+def delete(request: Request, name: str) -> dict:
+    _check_name(name)
+    try:
+        registry.delete_model(request.app.state.ctx.db, name)
+    except registry.UnknownModel:
+        raise not_found("model", name, "model") from None
+    return {"id": name, "object": "model", "deleted": True}

@@ -1,0 +1,151 @@
+"""The queue: starts queued jobs up to the concurrency limit, watches running ones, and settles each
+job's status from its folder when its worker ends. Restart-safe: a job found running when the server
+starts (its worker died with the old server) is queued again and resumes from its last checkpoint;
+a job whose worker died is resumed the same way, a few times, before it is failed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mentor.jobs import read_state
+from mentor.jobs.lifecycle import CANCEL_FILE
+from mentor.server import registry
+from mentor.server.db import Database, JobRow, now
+
+log = logging.getLogger("mentor")
+
+
+def service_event(folder: str | Path, type: str, message: str, **data) -> None:
+    """An event of the service itself (queued, paused, restarted...) in the job's events.jsonl."""
+    from mentor.jobs.lifecycle import _now
+
+    row = {"time": _now(), "type": type, "message": message, "source": "server", **data}
+    with (Path(folder) / "events.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+class Scheduler:
+    def __init__(self, settings, db: Database, executor):
+        self.settings, self.db, self.executor = settings, db, executor
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        # workers are started from this one long-lived thread: their parent-death signal follows it
+        self._thread = threading.Thread(target=self._loop, name="mentor-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.executor.shutdown()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the queue must outlive any one bad job
+                log.exception("scheduler tick failed")
+            self._wake.wait(self.settings.poll_seconds)
+            self._wake.clear()
+
+    def recover(self) -> None:
+        """Jobs the previous server left running: still running on the engine (Ray), or resumed."""
+        with self.db.begin() as s:
+            for job in s.scalars(select(JobRow).where(JobRow.status == "running")):
+                if self.executor.poll(job.id, job.executor_ref) is None:
+                    continue  # still running (a Ray job outlives the server): keep watching it
+                job.status = "queued"
+                service_event(job.folder, "server_restarted", "the server restarted while this job ran; it resumes "
+                              "from its last checkpoint")
+
+    # -- one look at every job ---------------------------------------------------------------------
+    def tick(self) -> None:
+        with self.db.begin() as s:
+            for job in s.scalars(select(JobRow).where(JobRow.status.in_(("validating_files", "queued")))):
+                if job.requested:
+                    self._settle_request(job)
+            for job in s.scalars(select(JobRow).where(JobRow.status == "running")):
+                if job.requested and not (Path(job.folder) / CANCEL_FILE).exists():
+                    (Path(job.folder) / CANCEL_FILE).write_text(job.requested + "\n")
+                    self.executor.terminate(job.id, job.executor_ref)
+                finished = self.executor.poll(job.id, job.executor_ref)
+                if finished is not None:
+                    self._finish(job, finished.exit_code)
+            running = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "running"))
+            free = self.settings.max_concurrent_jobs - running
+            if free > 0:
+                queued = s.scalars(select(JobRow).where(JobRow.status.in_(("validating_files", "queued")))
+                                   .order_by(JobRow.created_at).limit(free))
+                for job in list(queued):
+                    self._start(job)
+
+    def _settle_request(self, job: JobRow) -> None:
+        job.status = "paused" if job.requested == "pause" else "cancelled"
+        job.finished_at = now() if job.status == "cancelled" else None
+        job.requested = None
+        service_event(job.folder, job.status, f"job {job.status} before it started")
+
+    def _start(self, job: JobRow) -> None:
+        (Path(job.folder) / CANCEL_FILE).unlink(missing_ok=True)
+        attempt = int(read_state(job.folder).get("attempts", 0)) + 1
+        job.executor_ref = self.executor.start(job.id, Path(job.folder), attempt)
+        job.status = "running"
+        job.started_at = job.started_at or now()
+        service_event(job.folder, "dispatched", f"started on the {self.executor.name} executor", ref=job.executor_ref)
+
+    def _finish(self, job: JobRow, exit_code: int | None) -> None:
+        """The worker is gone: the job folder says how the job ended."""
+        state = read_state(job.folder)
+        outcome = state.get("state")
+        job.executor_ref = None
+        if outcome == "succeeded":
+            try:
+                model = registry.register(self.db, job)
+            except Exception as err:  # noqa: BLE001 - a result that cannot be registered fails the job
+                job.status, job.error = "failed", {"code": "registry_error", "message": str(err), "param": None}
+            else:
+                job.status, job.fine_tuned_model = "succeeded", model.name
+                job.trained_tokens = _tokens(job.folder)
+            job.finished_at = now()
+        elif outcome == "cancelled":
+            job.status = "paused" if job.requested == "pause" else "cancelled"
+            job.finished_at = now() if job.status == "cancelled" else None
+        elif outcome == "failed":
+            error = state.get("error") or {}
+            job.status, job.finished_at = "failed", now()
+            job.error = {"code": "invalid_training_file" if error.get("file") else "job_failed",
+                         "message": error.get("message", "the job failed"), "param": error.get("field"),
+                         "file": error.get("file"), "line": error.get("line")}
+        else:  # the worker died (killed, out of memory): resume, a few times
+            job.worker_deaths += 1
+            if job.worker_deaths > self.settings.max_worker_restarts:
+                job.status, job.finished_at = "failed", now()
+                job.error = {"code": "worker_died", "param": None,
+                             "message": f"the job's worker died {job.worker_deaths} times (exit code {exit_code}); "
+                                        f"see {Path(job.folder) / 'worker.log'}"}
+            else:
+                job.status = "queued"
+                service_event(job.folder, "worker_died", f"the worker ended without finishing (exit code "
+                              f"{exit_code}); resuming from the last checkpoint")
+        job.requested = None if job.status != "queued" else job.requested
+
+
+def _tokens(folder: str) -> int | None:
+    try:
+        return int(json.loads((Path(folder) / "result.json").read_text())["extra"].get("tokens_seen") or 0) or None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None

@@ -1,0 +1,244 @@
+"""Reliability as a hostile but fair user finds it (issue "Reliability"): each case once failed with a
+traceback, a silent wrong result or lost work; each now fails early with one clear line, or works."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mentor
+from conftest import shift_task, write_jsonl
+from mentor.cli import main
+from mentor.data.formats import load_examples
+from mentor.errors import DataValidationError
+from mentor.jobs import read_state
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A LoRA job on a tiny model, finished, and its data."""
+    d = tmp_path_factory.mktemp("tuned")
+    data = write_jsonl(d / "train.jsonl", shift_task(16, 0))
+    result = mentor.tune(model="tiny:llama", data=str(data), output=str(d / "run"), train_steps=2, batch_size=4)
+    return {"dir": d, "data": data, "run": Path(result.output)}
+
+
+def error_of(argv: list[str], capsys) -> str:
+    """The one line a failing command prints; it must exit 2, with no traceback."""
+    capsys.readouterr()  # what earlier commands printed
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    first = err.strip().splitlines()[0]
+    assert first.startswith("mentor: error:"), err
+    return err
+
+
+# -- 1: two runs into one folder -------------------------------------------------------------------
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(32, 0))
+    args = [sys.executable, "-m", "mentor.cli", "tune", "--model", "tiny:llama", "--data", str(data), "--output",
+            str(tmp_path / "o"), "--train-steps", "2000", "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while read_state(tmp_path / "o").get("step", 0) < 1 and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "in use by another running mentor job" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the lock dies with its process: after a SIGKILL the folder is free again
+    import fcntl
+
+    fd = os.open(tmp_path / "o" / ".mentor.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+# -- 2 and 8: job identity ---------------------------------------------------------------------------
+
+def test_changed_data_is_refused_after_progress_but_a_failed_start_is_replaceable(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    out = str(tmp_path / "o")
+    assert main(["tune", "--model", "tiny:llama", "--data", str(data), "--output", out, "--train-steps", "2",
+                 "--batch-size", "4"]) == 0
+    write_jsonl(data, shift_task(8, 5))
+    err = error_of(["tune", "--model", "tiny:llama", "--data", str(data), "--output", out, "--train-steps", "2",
+                    "--batch-size", "4"], capsys)
+    assert "contents of data" in err and "changed" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out2 = str(tmp_path / "o2")
+    error_of(["tune", "--model", "tiny:llama", "--data", str(empty), "--output", out2], capsys)
+    assert main(["tune", "--model", "tiny:llama", "--data", str(data), "--output", out2, "--train-steps", "1",
+                 "--batch-size", "4"]) == 0
+
+
+# -- 4: silent wrong scores ---------------------------------------------------------------------------
+
+def test_eval_without_the_gold_field_is_an_error_and_max_new_tokens_counts(tuned, tmp_path, capsys):
+    rows = write_jsonl(tmp_path / "x.jsonl", [{"input_text": "abc"}, {"input_text": "bcd"}])
+    err = error_of(["eval", str(tuned["run"]), "--data", str(rows), "--task", "extract"], capsys)
+    assert f"{rows}:1: field 'output_text'" in err
+    err = error_of(["eval", str(tuned["run"]), "--data", str(tuned["data"]), "--answer-field", "answer"], capsys)
+    assert "field 'answer'" in err
+    assert main(["eval", str(tuned["run"]), "--data", str(tuned["data"]), "--task", "extract", "--max-new-tokens",
+                 "1", "--limit", "4", "--output", str(tmp_path / "rep")]) == 0
+    preds = [json.loads(line) for p in (tmp_path / "rep").glob("predictions-*.jsonl") for line in p.open()]
+    assert preds and all(len(p.get("prediction") or p.get("output") or "") <= 12 for p in preds)
+
+
+# -- 5 and 6: errors instead of tracebacks, said early and plainly ----------------------------------------
+
+def test_bad_outputs_and_bad_models_fail_early_with_one_line(tuned, tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"input_text": "abc"}])
+    a_dir = tmp_path / "a-dir"
+    a_dir.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    run = str(tuned["run"])
+    assert "is a directory" in error_of(["predict", run, "--input", str(inp), "--output", str(a_dir)], capsys)
+    assert not list(Path.cwd().glob(".*.tmp"))
+    assert "is a directory" in error_of(["label", "--teacher", "hf:tiny:llama", "--data", str(inp), "--output",
+                                         str(a_dir)], capsys)
+    assert "is a file" in error_of(["tune", "--model", "tiny:llama", "--data", str(tuned["data"]), "--output",
+                                    str(a_file)], capsys)
+    assert "output folder" in error_of(["tune", "--model", "tiny:llama", "--data", str(tuned["data"]), "--output",
+                                        str(a_file / "sub")], capsys)
+    assert "must be 1 or more" in error_of(["predict", run, "hi", "--max-new-tokens", "-1"], capsys)
+
+    killed = tmp_path / "killed-early"  # a job folder killed before its first checkpoint
+    killed.mkdir()
+    (killed / "config.yaml").write_text("kind: tune\n")
+    (killed / "state.json").write_text(json.dumps({"state": "running", "step": 0}))
+    assert "has not finished" in error_of(["predict", str(killed), "hi"], capsys)
+
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(tuned["run"]), str(damaged)], check=True)
+    weights = damaged / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert "incomplete or damaged" in error_of(["predict", str(damaged), "hi"], capsys)
+
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("not a gguf")
+    assert "not a GGUF file" in error_of(["predict", str(fake), "hi"], capsys)
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    started = time.time()
+    assert "incomplete or damaged" in error_of(["predict", str(broken), "hi"], capsys)
+    (tmp_path / "runs").mkdir()
+    missing = str(Path(os.path.relpath(tmp_path, Path.cwd())) / "runs" / "nope")
+    assert "model folder not found" in error_of(["predict", missing, "hi"], capsys)
+    assert time.time() - started < 10  # no hub retries for a local path
+
+    assert "names no model" in error_of(["label", "--teacher", "openai:", "--data", str(inp), "--output",
+                                         str(tmp_path / "l.jsonl")], capsys)
+    assert "is a folder" in error_of(["tune", "--model", "tiny:llama", "--data", str(a_dir), "--output",
+                                      str(tmp_path / "o")], capsys)
+
+
+def test_data_problems_name_the_line_and_column(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"input_text": "a", "output_text": "b"}\n'
+                    b'{"input_text": "abcdefghijklmnopqrstuvwxyz", "output_text": "b" "c"}\n'
+                    b'{"input_text": "caf\xe9", "output_text": "b"}\n')
+    with pytest.raises(DataValidationError) as info:
+        load_examples(bad)
+    text = str(info.value)
+    assert f"{bad}:2: field '(line)': invalid JSON: Expecting ',' delimiter at column 65" in text
+    assert f"{bad}:3: field '(line)': not UTF-8 text" in text
+    assert "nothing was trained" not in text
+
+
+# -- 10: formats, BOM, train == eval ---------------------------------------------------------------------
+
+def test_mixed_formats_are_said_a_bom_is_tolerated_and_train_as_eval_warns(tmp_path, capsys):
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"input_text": "a", "output_text": "b"},
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    assert len(load_examples(mixed)) == 2  # a text row is a one-turn conversation: both encode alike
+    assert "mixes formats (1 chat rows, 1 text rows)" in capsys.readouterr().out
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"input_text": "a", "output_text": "b"}).encode() + b"\n")
+    assert len(load_examples(bom)) == 1
+    chats = write_jsonl(tmp_path / "chats.jsonl", [
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+        {"contents": [{"role": "user", "parts": [{"text": "a"}]}, {"role": "model", "parts": [{"text": "b"}]}]}])
+    assert len(load_examples(chats)) == 2  # OpenAI and Gemini chat rows are both conversations
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    mentor.tune(model="tiny:llama", data=str(data), evaluation_data=str(data), output=str(tmp_path / "o"),
+                train_steps=1, batch_size=4, evaluation_interval=1)
+    out = capsys.readouterr().out
+    assert "the evaluation data is the training data" in out
+    assert out.count("evaluation set has 8 examples") == 1
+
+
+# -- property-based: malformed JSONL never gives a traceback or a file that looks complete ---------------
+
+GOOD = json.dumps({"input_text": "abc", "output_text": "bcd"}).encode()
+BAD_LINES = st.one_of(
+    st.binary(min_size=1, max_size=200).filter(
+        lambda b: b"\n" not in b and b"\r" not in b and b.decode("utf-8", "replace").strip()),
+    st.sampled_from([b'{"input_text": 3, "output_text": "x"}', b'{"input_text": "a"', b"[1, 2]", b"null",
+                     b'{"input_text": "' + b"x" * 200_000 + b'", "output_text": 7}', b'{"output_text": "x"}',
+                     b'{"input_text": "\xff\xfe", "output_text": "b"}', b'"just a string"']),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.integers(0, 3), bad=BAD_LINES, after=st.integers(0, 3))
+def test_malformed_jsonl_is_reported_by_file_and_line(tmp_path_factory, before, bad, after):
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / "in.jsonl"
+    path.write_bytes(b"\n".join([GOOD] * before + [bad] + [GOOD] * after) + b"\n")
+    line = before + 1
+    try:
+        load_examples(path)
+    except DataValidationError as err:
+        assert f"{path}:{line}:" in str(err)
+    else:
+        raise AssertionError(f"accepted a malformed line: {bad[:80]!r}")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=BAD_LINES)
+def test_malformed_prediction_input_fails_before_any_output(tmp_path_factory, bad):
+    folder = tmp_path_factory.mktemp("fuzz-predict")
+    path = folder / "in.jsonl"
+    path.write_bytes(b'{"input_text": "hi"}\n' + bad + b"\n")
+    out = folder / "out.jsonl"
+    proc_err = _main_err(["predict", "tiny:llama", "--input", str(path), "--output", str(out)])
+    code, err = proc_err
+    if code == 0:  # the bad line happened to be a valid input row
+        return
+    assert code == 2 and "Traceback" not in err and err.startswith("mentor: error:")
+    assert f"{path}:2" in err
+    assert not out.exists() and not list(folder.glob(".out.jsonl*"))
+
+
+def _main_err(argv: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        code = main(argv)
+    return code, buf.getvalue()
