@@ -32,6 +32,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> Server:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir.parent / f"server-{self.port}.log").open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mentor.cli", "server", "--data-dir", str(self.data_dir),
                                       "--port", str(self.port), "--poll-seconds", "0.2", *self.args],

@@ -188,7 +188,7 @@ def test_server_and_worker_kills_resume_to_the_same_weights(tmp_path, files):
     try:
         c = srv.client()
         train = upload(c, files["train"])
-        hyper = {"batch_size": 4, "train_steps": 40, "evaluation_interval": 8, "learning_rate_multiplier": 4}
+        hyper = {"batch_size": 4, "train_steps": 160, "evaluation_interval": 8, "learning_rate_multiplier": 4}
 
         def weights(job) -> dict:
             return load_file(str(Path(job.model_extra["config"]["output"]) / "model" / "adapter_model.safetensors"))
@@ -197,8 +197,9 @@ def test_server_and_worker_kills_resume_to_the_same_weights(tmp_path, files):
         assert straight.status == "succeeded"
 
         def after_checkpoint(job_id: str, step: int):
-            return srv.wait(job_id, until=lambda j: (Path(j.model_extra["config"]["output"]) / "checkpoints" /
-                                                     f"checkpoint-{step}" / "trainer_state.json").exists(), timeout=120)
+            """The job, running, once it has saved a checkpoint at `step` or later."""
+            return srv.wait(job_id, statuses=(), timeout=120,
+                            until=lambda j: j.status == "running" and j.model_extra["progress"]["step"] > step)
 
         # the server is SIGKILLed mid-job (its worker dies with it); a new server resumes the job
         job = c.fine_tuning.jobs.create(model="tiny:llama", training_file=train, hyperparameters=hyper)
@@ -210,7 +211,7 @@ def test_server_and_worker_kills_resume_to_the_same_weights(tmp_path, files):
         done = srv.wait(job.id)
         assert done.status == "succeeded"
         kinds = [e["type"] for e in read_events_of(Path(done.model_extra["config"]["output"]))]
-        assert "server_restarted" in kinds and "resumed" in kinds
+        assert "server_restarted" in kinds and "resumed" in kinds, kinds
 
         # a worker is SIGKILLed mid-job; the server resumes it
         job2 = c.fine_tuning.jobs.create(model="tiny:llama", training_file=train, hyperparameters=hyper)
@@ -223,6 +224,7 @@ def test_server_and_worker_kills_resume_to_the_same_weights(tmp_path, files):
         a, b, b2 = weights(straight), weights(done), weights(done2)
         assert a.keys() == b.keys() == b2.keys()
         for k in a:
-            assert (a[k] == b[k]).all() and (a[k] == b2[k]).all(), k
+            assert (a[k] == b[k]).all(), f"after a server kill: {k}"
+            assert (a[k] == b2[k]).all(), f"after a worker kill: {k}"
     finally:
         srv.stop()

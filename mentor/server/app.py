@@ -68,11 +68,12 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
                 return _error(401, "a valid API token is required (Authorization: Bearer TOKEN)", code="invalid_api_key",
                               type="authentication_error")
         length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes if request.url.path == "/v1/files" else settings.max_body_bytes
+        upload = request.url.path == "/v1/files"
+        limit = settings.max_upload_bytes if upload else settings.max_body_bytes
         if length is not None:
             if not length.isdigit():
                 return _error(400, "bad Content-Length header")
-            if int(length) > limit + 64 * 1024:  # room for the multipart envelope
+            if int(length) > limit + (64 * 1024 if upload else 0):  # room for the multipart envelope
                 return _error(413, f"the request body is larger than the limit of {limit} bytes", code="too_large")
         return await call_next(request)
 

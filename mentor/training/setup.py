@@ -47,6 +47,9 @@ def load_student(cfg) -> Student:
     # and spares autocast from re-casting every weight at every step.
     dtype = torch.bfloat16 if (bf16 and cfg.tuning == "lora") else torch.float32
     loaded = load_model(cfg.model, dtype=dtype)
+    # seeded again after loading: building or converting the model on its first use draws random
+    # numbers, and the LoRA weights must not depend on whether the model was cached already
+    set_seed(cfg.seed)
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(loaded.tokenizer, "chat_template", None))
     model = apply_lora(loaded.model, cfg, loaded.is_seq2seq) if cfg.tuning == "lora" else loaded.model
     return Student(loaded, model, bf16, use_chat_template)
