@@ -242,3 +242,35 @@ def _main_err(argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stderr(buf):
         code = main(argv)
     return code, buf.getvalue()
+
+
+# -- every command's documented failure modes: exit 2, one line, no traceback ------------------------------
+
+@pytest.mark.parametrize("argv,expected", [
+    (["tune", "--model", "tiny:llama", "--data", "{missing}", "--output", "{out}"], "data file not found"),
+    (["tune", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}", "--adapter-size", "3"],
+     "field 'adapter_size'"),
+    (["distill", "--method", "standard", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}"],
+     "needs a --teacher"),
+    (["distill", "--method", "logit", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}"],
+     "needs a teacher model"),
+    (["dpo", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}"], "field 'candidate_0'"),
+    (["reward-model", "--model", "tiny:llama", "--preference-dataset", "{missing}", "--output", "{out}"], "not found"),
+    (["rlhf", "--model", "tiny:llama", "--prompt-dataset", "{data}", "--output", "{out}"], "reward_model"),
+    (["run", "nope", "--output", "{out}"], "invalid choice: 'nope'"),
+    (["label", "--teacher", "openai:m@notaurl", "--data", "{data}", "--output", "{out}/l.jsonl"], "not an http"),
+    (["eval", "{out}", "--data", "{data}"], "holds no model|not a model folder|not found"),
+    (["predict", "{missing}", "hi"], "model folder not found"),
+    (["status", "{out}"], "holds no mentor job"),
+    (["cancel", "{out}"], "holds no mentor job"),
+    (["models", "get", "ft:none:x:y", "--data-dir", "{out}/reg"], "no tuned model named"),
+    (["server", "--insecure-no-auth", "--host", "0.0.0.0", "--data-dir", "{out}/srv"], "only allowed on a loopback"),
+])
+def test_each_command_fails_with_one_line(argv, expected, tmp_path, capsys):
+    import re
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(4, 0))
+    values = {"data": str(data), "missing": str(tmp_path / "missing.jsonl"), "out": str(tmp_path / "o")}
+    (tmp_path / "o").mkdir()
+    err = error_of([a.format(**values) for a in argv], capsys)
+    assert re.search(expected, err), err

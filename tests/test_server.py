@@ -13,11 +13,11 @@ import httpx
 import openai
 import pytest
 from safetensors.torch import load_file
+from server_fixtures import TOKEN, Server
 
 import mentor
 from conftest import shift_task, write_jsonl
 from mentor.jobs import read_state
-from server_fixtures import TOKEN, Server
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,16 @@ def test_openai_client_end_to_end(server, files):
     tuned = mentor.get_tuned_model(job.fine_tuned_model, data_dir=server.data_dir)
     assert isinstance(tuned.predict("abc", max_new_tokens=3), str)
 
+    # a kept checkpoint becomes a model of its own, with its step's metrics
+    promoted = c.post("/models/promote", body={"model": job.fine_tuned_model, "step": 4}, cast_to=object)
+    assert promoted["id"] == f"{job.fine_tuned_model}:ckpt-step-4" and "eval_total_loss" in promoted["metrics"]
+    assert isinstance(mentor.get_tuned_model(promoted["id"], data_dir=server.data_dir).predict("abc", max_new_tokens=2),
+                      str)
+    with pytest.raises(openai.BadRequestError, match="no checkpoint at step 5"):
+        c.post("/models/promote", body={"model": job.fine_tuned_model, "step": 5}, cast_to=object)
+    assert c.models.delete(promoted["id"]).deleted
+    assert (Path(job.model_extra["config"]["output"]) / "model").exists()  # the job's own model stays
+
 
 def test_distillation_and_dpo_methods(server, files):
     c = server.client()
@@ -143,7 +153,7 @@ def test_cloud_shaped_pipeline_job(server, files, tmp_path):
         "enable_checkpoint_selection": True, "tensorboard_resource_id": str(tensorboard), "project": "p"}}}
     path = "/projects/p1/locations/l1/pipelineJobs"
     made = c.post(path, body=body, cast_to=object)
-    assert made["state"] in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED") and made["name"].startswith(f"projects/p1/locations/l1/pipelineJobs/ftjob-")
+    assert made["state"] in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED") and made["name"].startswith("projects/p1/locations/l1/pipelineJobs/ftjob-")
     job_id = made["name"].rsplit("/", 1)[1]
     server.wait(job_id)
     got = c.get(f"{path}/{job_id}", cast_to=object)

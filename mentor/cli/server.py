@@ -51,6 +51,13 @@ def cmd_models(args) -> None:
         print(registry.dumps(registry.model_dict(registry.get_model(db, args.name))))
     elif args.action == "lineage":
         print(registry.dumps(registry.lineage(db, args.name).as_dict()))
+    elif args.action == "promote":
+        if args.step is None:
+            from mentor.errors import MentorError
+
+            raise MentorError("mentor models promote needs --step N (the checkpoint's step)")
+        row = registry.promote(db, args.name, args.step)
+        log.info("registered %s (%s)", row.name, row.path)
     elif args.action == "delete":
         registry.delete_model(db, args.name)
         log.info("deleted %s and its files", args.name)
@@ -64,10 +71,11 @@ def register(sub) -> None:
     source = add_config_flags(p, ServerSettings, "mentor server")
     p.set_defaults(func=cmd_server, server_source=source)
 
-    p = sub.add_parser("models", help="the registry of tuned models: list, get, lineage, delete")
-    p.add_argument("action", choices=["list", "get", "lineage", "delete"])
+    p = sub.add_parser("models", help="the registry of tuned models: list, get, lineage, promote a checkpoint, delete")
+    p.add_argument("action", choices=["list", "get", "lineage", "promote", "delete"])
     p.add_argument("name", nargs="?", help="a registered model name (ft:BASE:SUFFIX:ID)")
     p.add_argument("--base-model", help="list: only the models tuned on this base")
+    p.add_argument("--step", type=int, help="promote: the checkpoint's step")
     p.add_argument("--data-dir", help="the server's data folder (default MENTOR_SERVER_DATA_DIR or ~/.mentor/server)")
     p.set_defaults(func=lambda args: _need_name(args) or cmd_models(args))
 

@@ -127,6 +127,8 @@ class Resolver:
 
 
 def validate_config(kind: JobKind, fields: dict[str, Any]) -> JobConfig:
+    if "keep_checkpoints" in kind.config.model_fields:
+        fields.setdefault("keep_checkpoints", True)  # each checkpoint can be promoted to a model of its own
     try:
         return kind.config(**fields)
     except ValidationError as err:

@@ -58,6 +58,50 @@ def register(db: Database, job: JobRow) -> ModelRow:
     return row
 
 
+def promote(db: Database, name: str, step: int) -> ModelRow:
+    """Checkpoint `step` of a registered model's job, as a model of its own: NAME:ckpt-step-STEP.
+
+    The job must have kept its checkpoints (`keep_checkpoints`, the server's default)."""
+    from mentor.files import atomic_folder
+    from mentor.training.checkpoints import checkpoint_complete
+
+    row = get_model(db, name)
+    folder = Path(row.job_folder)
+    checkpoint = folder / "checkpoints" / f"checkpoint-{step}"
+    if not checkpoint_complete(checkpoint):
+        kept = sorted(int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("checkpoint-*")
+                      if checkpoint_complete(p))
+        kept_text = ", ".join(map(str, kept)) or "none (the job ran without keep_checkpoints)"
+        raise MentorError(f"{name} has no checkpoint at step {step}; kept: {kept_text}")
+    target = folder / "promoted" / f"step-{step}"
+    skip = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
+            "whitebox_state.pt")
+    with atomic_folder(target) as tmp:
+        for item in checkpoint.iterdir():
+            if item.name not in skip and item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        meta = json.loads((Path(row.path) / "mentor_model.json").read_text())
+        (tmp / "mentor_model.json").write_text(json.dumps({**meta, "promoted_from": str(checkpoint)}, indent=2))
+        for extra in ("mentor_base.json",):
+            if (Path(row.path) / extra).exists():
+                shutil.copy2(Path(row.path) / extra, tmp / extra)
+    metrics = {}
+    for line in (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").exists() else []:
+        data = json.loads(line)
+        if data.get("step") == step:
+            metrics.update({k: v for k, v in data.items() if k != "step"})
+    promoted = ModelRow(
+        name=f"{name}:ckpt-step-{step}", job_id=row.job_id, base_model=row.base_model, kind=row.kind,
+        method=row.method, tuning=row.tuning, weights=row.weights, path=str(target), job_folder=row.job_folder,
+        data_hashes=row.data_hashes, teacher=row.teacher, teacher_cache_sha256=row.teacher_cache_sha256,
+        parameters=row.parameters, metrics=metrics, best_step=step,
+        selection=f"promoted: the checkpoint at step {step} (instead of {row.selection})",
+        display_name=row.display_name, train_seconds=row.train_seconds)
+    with db.begin() as s:
+        s.merge(promoted)
+    return promoted
+
+
 def list_models(db: Database, base_model: str | None = None) -> list[ModelRow]:
     with db.session() as s:
         q = select(ModelRow).order_by(ModelRow.created_at)
@@ -79,8 +123,13 @@ def delete_model(db: Database, name: str, files: bool = True) -> None:
     row = get_model(db, name)
     with db.begin() as s:
         s.delete(s.get(ModelRow, name))
-    if files:
+        sharing = s.scalar(select(ModelRow.name).where(ModelRow.job_folder == row.job_folder).limit(1))
+    if not files:
+        return
+    if sharing is None:  # the last model of its job: the job folder goes
         shutil.rmtree(row.job_folder, ignore_errors=True)
+    elif Path(row.job_folder) / "promoted" in Path(row.path).parents:  # a promoted checkpoint: its own copy
+        shutil.rmtree(row.path, ignore_errors=True)
 
 
 @dataclass

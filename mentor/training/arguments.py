@@ -42,7 +42,7 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         eval_steps=cfg.evaluation_interval,
         save_strategy="steps",
         save_steps=cfg.evaluation_interval,
-        save_total_limit=2 if select else 1,
+        save_total_limit=None if getattr(cfg, "keep_checkpoints", False) else 2 if select else 1,
         load_best_model_at_end=select,
         metric_for_best_model=best_metric if select else None,
         greater_is_better=greater_is_better,

@@ -60,6 +60,8 @@ class TuneConfig(JobConfig):
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto: where the hardware computes "
                                                                   "it natively")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps with a linear learning-rate warm-up")
+    keep_checkpoints: bool = Field(False, description="keep every evaluation's checkpoint after the job, so any can "
+                                                      "be promoted to a model of its own (`mentor models promote`)")
 
     @property
     def learning_rate(self) -> float:

@@ -153,7 +153,8 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
     plot_curves(out / "metrics.jsonl", out / "curves.png", best_step, title=f"{method} on {cfg.model}")
     notes = [f"truncation: {k}: {v.summary()}" for k, v in enc_stats.items() if v is not None] + (notes or [])
     model_card(job, result, notes)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     log.info("done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(), out / "curves.png",
              out / "tensorboard")
     return result

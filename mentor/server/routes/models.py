@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
+from mentor.errors import MentorError
 from mentor.server import registry
 from mentor.server.db import epoch
-from mentor.server.errors import not_found
+from mentor.server.errors import bad, not_found
 
 router = APIRouter()
 
@@ -35,6 +37,24 @@ def list_models(request: Request, base_model: str | None = Query(None, max_lengt
     data += [_model_object(m.name, epoch(m.created_at), "mentor", base_model=m.base_model, kind=m.kind,
                            job_id=m.job_id) for m in tuned]
     return {"object": "list", "data": data}
+
+
+class Promote(BaseModel):
+    model: str = Field(max_length=255)
+    step: int = Field(ge=0)
+
+
+@router.post("/v1/models/promote")
+def promote(request: Request, body: Promote) -> dict:
+    """A kept checkpoint of a tuned model's job, registered as a model of its own."""
+    _check_name(body.model)
+    try:
+        row = registry.promote(request.app.state.ctx.db, body.model, body.step)
+    except registry.UnknownModel:
+        raise not_found("model", body.model, "model") from None
+    except MentorError as err:
+        raise bad(str(err), "step", "checkpoint_not_found") from None
+    return _model_object(row.name, epoch(row.created_at), "mentor", **registry.model_dict(row))
 
 
 @router.get("/v1/models/{name:path}")
