@@ -10,23 +10,20 @@ save:  the model like a tuned model, the held-out log-prob margin before and aft
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 
 from datasets import Dataset
 from transformers import set_seed
 
-from mentor.files import atomic_write
 from mentor.jobs import Job, TunedModel
 from mentor.rlhf import common as rc
 from mentor.rlhf.config import DPOConfig
-from mentor.rlhf.data import PreferencePair, load_preferences
+from mentor.rlhf.data import PreferencePair
 from mentor.training import arguments
 from mentor.training.lora import lora_config
 from mentor.training.outputs import merge_adapter, model_card, save_trained
 from mentor.training.run import checkpoints_of, train
-from mentor.training.setup import check_eval_size
 
 log = logging.getLogger("mentor")
 
@@ -42,10 +39,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
 
     out = job.folder
     # -- setup
-    train_pairs = load_preferences(cfg.data, cfg.max_examples)
-    eval_pairs = load_preferences(cfg.evaluation_data, cfg.max_examples) if cfg.evaluation_data else None
-    if eval_pairs is not None:
-        check_eval_size(len(eval_pairs))
+    train_pairs, eval_pairs = rc.load_pairs(cfg, cfg.data, cfg.evaluation_data)
     set_seed(cfg.seed)
     loaded, base_ref = rc.load_start_model(cfg.model, out)
     tokenizer = loaded.tokenizer
@@ -68,14 +62,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
     before_path = out / "before_dpo.json"
-    before = {}
-    if has_eval:  # the starting point on held-out pairs, as the first point of the eval curves
-        if before_path.exists():
-            before = json.loads(before_path.read_text())
-        elif not job.state.get("step"):
-            before = rc.final_eval(trainer, rc.DPO_METRICS)
-            if job.main:
-                atomic_write(before_path, json.dumps(before))
+    before = rc.starting_point(trainer, job, rc.DPO_METRICS, before_path.name)
     for cb in rc.callbacks(out, rc.DPO_METRICS, ["train_dpo_loss", "train_reward_margin"], "DPO", before):
         trainer.add_callback(cb)
     train(trainer, job, quiet=rc.known_warnings)

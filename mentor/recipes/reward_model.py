@@ -19,13 +19,11 @@ from transformers import set_seed
 from mentor.jobs import Job, TunedModel
 from mentor.rlhf import common as rc
 from mentor.rlhf.config import RewardModelConfig
-from mentor.rlhf.data import load_preferences
 from mentor.rlhf.reward import load_classifier, pair_rows, plot, write_card
 from mentor.training import arguments
 from mentor.training.lora import lora_config
 from mentor.training.outputs import save_trained
 from mentor.training.run import checkpoints_of, train
-from mentor.training.setup import check_eval_size
 
 log = logging.getLogger("mentor")
 
@@ -35,10 +33,7 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
 
     out = job.folder
     # -- setup: every data problem surfaces before any model is loaded
-    train_pairs = load_preferences(cfg.preference_dataset, cfg.max_examples)
-    eval_pairs = load_preferences(cfg.eval_dataset, cfg.max_examples) if cfg.eval_dataset else None
-    if eval_pairs is not None:
-        check_eval_size(len(eval_pairs))
+    train_pairs, eval_pairs = rc.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
     set_seed(cfg.seed)
     loaded, base_ref = rc.load_start_model(cfg.model, out)
     tokenizer = loaded.tokenizer

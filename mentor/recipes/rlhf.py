@@ -24,7 +24,6 @@ from transformers import set_seed
 
 from mentor import jobs
 from mentor.errors import MentorError
-from mentor.files import atomic_write
 from mentor.jobs import Job, TunedModel
 from mentor.models import resolve
 from mentor.rlhf import common as rc
@@ -118,14 +117,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
             processing_class=tokenizer,
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
-    before = {}
-    if eval_ds is not None:  # the starting point on held-out prompts, as the first point of the eval curves
-        if before_path.exists():
-            before = json.loads(before_path.read_text())
-        elif not job.state.get("step"):
-            before = rc.final_eval(trainer, rc.RL_METRICS)
-            if job.main:
-                atomic_write(before_path, json.dumps(before))
+    before = rc.starting_point(trainer, job, rc.RL_METRICS, before_path.name)
     for cb in rc.callbacks(out, rc.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
         trainer.add_callback(cb)
     train(trainer, job, quiet=rc.known_warnings)

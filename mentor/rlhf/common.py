@@ -105,6 +105,36 @@ class MetricsProgressBar(ProgressBar):
             self.bar.write(f"step {state.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(evals.items())))
 
 
+def starting_point(trainer, job, names: dict, filename: str) -> dict:
+    """The model before training on the held-out set, measured once (a resumed run reads it back), as
+    the first point of the eval curves."""
+    from mentor.files import atomic_write
+
+    path = job.folder / filename
+    if trainer.eval_dataset is None:
+        return {}
+    if path.exists():
+        return json.loads(path.read_text())
+    if job.state.get("step"):
+        return {}  # resumed without it: the first run was killed before measuring
+    before = final_eval(trainer, names)
+    if job.main:
+        atomic_write(path, json.dumps(before))
+    return before
+
+
+def load_pairs(cfg, train: str, evaluation: str | None):
+    """Training and held-out preference pairs, validated before any model loads."""
+    from mentor.rlhf.data import load_preferences
+    from mentor.training.setup import check_eval_size
+
+    pairs = load_preferences(train, cfg.max_examples)
+    held_out = load_preferences(evaluation, cfg.max_examples) if evaluation else None
+    if held_out is not None:
+        check_eval_size(len(held_out))
+    return pairs, held_out
+
+
 def callbacks(out: Path, names: dict, show: list[str], desc: str, initial: dict | None = None) -> list:
     return [RenamedMetricsRecorder(out, names, initial), MetricsProgressBar(names, show, desc)]
 
