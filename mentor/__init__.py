@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mentor import logs as _logs  # noqa: F401  (the "mentor" logger speaks on stdout, as transformers' does)
+from mentor import logs as _logs  # the "mentor" logger speaks on stdout, as transformers' does
 from mentor import recipes as _recipes  # noqa: F401  (registers the built-in job kinds)
 from mentor.jobs import TunedModel, kinds
 from mentor.jobs import run as _run
 from mentor.training.config import TuneConfig
 
 __version__ = "0.1.0"
+_logs.quiet_libraries()  # deprecation notices and internal load bars of the libraries underneath
 
 
 def run(kind: str, config=None, **fields: Any) -> TunedModel:

@@ -35,7 +35,7 @@ class _Format(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
         prefix = "[mentor] " if record.levelno < logging.WARNING else f"[mentor] {record.levelname.lower()}: "
-        if record.exc_info and record.levelno <= logging.DEBUG:
+        if record.exc_info:  # an internal error (log.exception): its traceback belongs in the log
             text += "\n" + self.formatException(record.exc_info)
         return "\n".join(prefix + line if line else line for line in text.split("\n"))
 

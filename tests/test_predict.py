@@ -114,7 +114,7 @@ def test_bad_output_path_fails_before_the_model_loads(tmp_path, inputs, monkeypa
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(predict_module, "load_model", no_model)
+    monkeypatch.setattr(predict_module, "Predictor", no_model)
     monkeypatch.setattr(predict_module, "resolve", no_model)
     folder = tmp_path / "results"
     folder.mkdir()

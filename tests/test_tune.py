@@ -102,12 +102,14 @@ def test_lora_rank_is_what_was_asked(task, tmp_path):
     assert len(a_mats) == 7 * 2
     with pytest.raises(Exception, match="adapter_size"):
         mentor.TuneConfig(model="tiny:llama", data="x", output="y", adapter_size=3)
-    # at inference the adapter is merged into the base weights: same logits as base + adapter
+    # at inference the adapter stays an adapter on its base, as the server serves it (many adapters on
+    # one base): the same logits as loading base + adapter
     from mentor.models import load_model
     from mentor.serving.predict import Predictor
 
     predictor = Predictor(result.output)
-    assert not any("lora" in name for name, _ in predictor.model.named_parameters())
+    assert any("lora" in name for name, _ in predictor.model.named_parameters())
+    assert predictor.parameters == sum(p.numel() for p in load_model("tiny:llama").model.parameters())
     unmerged = load_model(result.model_path).model.eval()
     assert any("lora" in name for name, _ in unmerged.named_parameters())
     ids = predictor.tokenizer(["abc def"], return_tensors="pt").input_ids

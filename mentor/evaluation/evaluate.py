@@ -77,7 +77,7 @@ def evaluate_student(model_ref, rows: list[dict], task: str, answer_field: str =
     metrics = score(preds, golds_of(rows, answer_field), task, choices=[r.get("choices") for r in rows] if task == "choice" else None)
     if rationales is not None:
         metrics["answered_from_rationale"] = (len(rows) - len(todo)) / len(rows)
-    params = sum(p.numel() for p in predictor.model.parameters())
+    params = predictor.parameters
     records = [{"input_text": r["input_text"], "prediction": o, "label": p, "gold": r.get(answer_field)}
                for r, o, p in zip(rows, outputs, preds)]
     for rec, rat in zip(records, rationales or []):
@@ -115,4 +115,4 @@ def evaluate_prompting(model_ref: str, rows: list[dict], task: str, answer_field
     tokens = sum(len(predictor.tokenizer(o, add_special_tokens=False).input_ids) for o in outputs) / len(rows)
     kind = "zero-shot" if template.zero_shot else f"{len(template.shots)}-shot"
     return evaluate_completions(outputs, rows, task, answer_field, labels, name or f"{model_ref} ({kind} CoT prompting)",
-                                seconds / len(rows), tokens, sum(p.numel() for p in predictor.model.parameters()))
+                                seconds / len(rows), tokens, predictor.parameters)

@@ -21,9 +21,11 @@ from mentor.server import auth
 from mentor.server.db import Database
 from mentor.server.errors import ApiError
 from mentor.server.executors import make_executor
-from mentor.server.routes import cloud, files, fine_tuning, models
+from mentor.server.routes import cloud, files, fine_tuning, inference, models
 from mentor.server.scheduler import Scheduler
 from mentor.server.settings import ServerSettings
+from mentor.serving.engine import Engine
+from mentor.serving.pool import ModelPool
 
 log = logging.getLogger("mentor")
 
@@ -34,6 +36,8 @@ class Context:
     db: Database
     scheduler: Scheduler
     token: str | None
+    pool: ModelPool
+    engine: Engine
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -48,18 +52,22 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
     db = Database(settings.data_dir)
     token = None if settings.insecure_no_auth else auth.api_token(settings.data_dir)
     scheduler = Scheduler(settings, db, make_executor(settings))
+    budget = int(settings.serving_memory_mb * 2**20) if settings.serving_memory_mb else None
+    pool = ModelPool(budget)
+    engine = Engine(pool, max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if start_scheduler:
             scheduler.start()
         yield
+        engine.close()
         if start_scheduler:
             scheduler.stop()
 
     app = FastAPI(title="mentor", version="0.1.0", lifespan=lifespan,
                   description="Tune and distill language models: jobs, files and tuned models.")
-    app.state.ctx = Context(settings, db, scheduler, token)
+    app.state.ctx = Context(settings, db, scheduler, token, pool, engine)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -106,6 +114,6 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
     def health() -> dict:
         return {"status": "ok"}
 
-    for router in (files.router, fine_tuning.router, models.router, cloud.router):
+    for router in (files.router, fine_tuning.router, models.router, cloud.router, inference.router):
         app.include_router(router)
     return app

@@ -34,6 +34,10 @@ class ServerSettings(BaseSettings):
                                                                            "path (uploads are always allowed)")
     max_worker_restarts: int = Field(3, ge=0, description="times a job whose worker died is resumed before it fails")
     poll_seconds: float = Field(0.5, gt=0, description="how often the scheduler looks at jobs")
+    serving_memory_mb: float | None = Field(None, gt=0, description="memory for served models and adapters; the "
+                                                                 "least recently used are evicted beyond it")
+    max_batch: int = Field(16, ge=1, description="requests answered in one batch")
+    batch_window_ms: float = Field(5.0, ge=0, description="how long a request waits for others to batch with")
 
     def prepared(self) -> ServerSettings:
         """Absolute folders, and the no-auth switch refused away from loopback."""

@@ -88,6 +88,8 @@ def generate_stream(
     sort_by_length: bool = False,
     progress: bool = False,
     desc: str = "generating",
+    adapter_names: Sequence[str] | None = None,
+    on_tokens=None,
 ) -> Iterator[tuple[int, list[GeneratedText]]]:
     """Yield `(prompt index, its n completions)` batch by batch, as each batch finishes.
 
@@ -95,7 +97,10 @@ def generate_stream(
     `add_special_tokens`: whether the tokenizer adds its special tokens to the prompts (default:
     only for seq2seq, since a rendered chat prompt carries its own). `max_input_tokens` truncates
     longer prompts. `sort_by_length` batches similar lengths together (less padding to compute);
-    results are then yielded longest prompt first."""
+    results are then yielded longest prompt first. `adapter_names` (one per prompt) runs a PEFT
+    model's adapters in one mixed batch ("__base__": none). `on_tokens(prompt indices, token ids)`
+    is called at every decoding step with each row's new token (rows: a prompt's copies in turn),
+    for streaming."""
     params = params or SamplingParams()
     batch_size = max(1, batch_size)
     order = list(range(len(prompts)))
@@ -106,13 +111,17 @@ def generate_stream(
         torch.manual_seed(params.seed)
     with tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress) as bar:
         for batch in batches:
-            outputs = _generate_batch(loaded, [prompts[i] for i in batch], params, add_special_tokens, max_input_tokens)
+            names = [adapter_names[i] for i in batch] if adapter_names is not None else None
+            streamer = _RowStreamer(on_tokens, batch, loaded.is_seq2seq) if on_tokens else None
+            outputs = _generate_batch(loaded, [prompts[i] for i in batch], params, add_special_tokens, max_input_tokens,
+                                      names, streamer)
             bar.update(1)
             yield from zip(batch, outputs)
 
 
 def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_special_tokens: bool | None,
-                    max_input_tokens: int | None) -> list[list[GeneratedText]]:
+                    max_input_tokens: int | None, adapter_names: list[str] | None = None,
+                    streamer=None) -> list[list[GeneratedText]]:
     model, tok, seq2seq = loaded.model, loaded.tokenizer, loaded.is_seq2seq
     eos_ids = _eos_ids(tok, model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos_ids, default=None)
@@ -136,6 +145,11 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
     start = 1 if seq2seq else enc["input_ids"].shape[1]  # where generated tokens begin
     if params.stop:  # stop early to save time; the text is cut at the stop string below anyway
         kwargs["stopping_criteria"] = _stop_in_generated(tok, params.stop, start)
+    if adapter_names is not None:  # PEFT: each row with its own adapter, one base model for all
+        kwargs["adapter_names"] = [name for name in adapter_names for _ in range(copies)]
+    if streamer is not None:
+        streamer.copies = copies
+        kwargs["streamer"] = streamer
     with torch.inference_mode():
         out = model.generate(**enc, **kwargs)
     tokens_in = enc["attention_mask"].sum(dim=1).tolist()
@@ -152,6 +166,26 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
         reason: FinishReason = "stop" if stopped else "length"
         results[row // copies].append(GeneratedText(text, tokens_in[row // copies], n_out, reason))
     return [outs * (params.n // copies) for outs in results]
+
+
+class _RowStreamer:
+    """transformers' streamer protocol for a whole batch: hands each step's new token of every row
+    to `callback(prompt indices, token ids)` (transformers' own text streamers take one row)."""
+
+    def __init__(self, callback, indices: list[int], seq2seq: bool):
+        self.callback, self.indices, self.copies = callback, indices, 1
+        self._skip = not seq2seq  # a causal model's first `put` is the prompt itself
+
+    def put(self, value) -> None:
+        if self._skip:
+            self._skip = False
+            return
+        ids = value.reshape(-1).tolist()
+        if len(ids) == len(self.indices) * self.copies:
+            self.callback([self.indices[row // self.copies] for row in range(len(ids))], ids)
+
+    def end(self) -> None:
+        pass
 
 
 def _last_non_pad(ids: list[int], pad_id: int | None) -> int:

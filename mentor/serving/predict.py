@@ -17,7 +17,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,13 +24,14 @@ import torch
 from mentor.data.encode import render_prompt
 from mentor.data.jsonl import read_jsonl
 from mentor.files import atomic_file, check_output_path
-from mentor.models import load_model, resolve
+from mentor.models import resolve
 from mentor.serving.generate import (
     GeneratedText,
     SamplingParams,
     generate_stream,
     model_fingerprint,
 )
+from mentor.serving.pool import ModelPool, Servable, adapter_names
 
 log = logging.getLogger("mentor")
 
@@ -39,17 +39,15 @@ PARTIAL_FORMAT = 1  # bump when the partial file's records change meaning
 
 
 class Predictor:
-    def __init__(self, model_ref: str, dtype: torch.dtype = torch.float32):
-        loaded = load_model(model_ref, dtype=dtype)
-        # a LoRA adapter is folded into the base weights for inference: the same outputs, without the
-        # adapters' extra matmuls in every layer at every generated token
-        model = loaded.model.merge_and_unload() if loaded.adapter else loaded.model
-        self.loaded = replace(loaded, model=model.eval())
-        self.model = self.loaded.model
+    """A model ready to answer, rendered and generated exactly as `mentor server` answers it: the
+    same model pool (a LoRA adapter stays an adapter on its base) and the same generation path."""
+
+    def __init__(self, model_ref: str | Servable, dtype: torch.dtype = torch.float32, pool: ModelPool | None = None):
+        self.servable = model_ref if isinstance(model_ref, Servable) else Servable.of(model_ref)
+        self.pool = pool or ModelPool(dtype=dtype)
+        self.loaded = self.pool.base_of(self.servable)
         self.tokenizer = self.loaded.tokenizer
-        self.tokenizer.padding_side = "left"  # seq2seq inputs too (causal ones always are)
-        meta_path = Path(resolve(model_ref)) / "mentor_model.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta = self.servable.meta
         self.use_chat_template = meta.get("use_chat_template", bool(getattr(self.tokenizer, "chat_template", None)))
         self.max_input_tokens = meta.get("max_input_tokens", 7168)
         # distilled step-by-step students answer a task named by a prefix: "[label] ", "[rationale] "
@@ -58,7 +56,21 @@ class Predictor:
         # preference-tuned models were trained with an instruction before every prompt
         self.instruction = meta.get("instruction")
 
+    @property
+    def model(self):
+        """The model answering (with its adapter attached)."""
+        loaded, _ = self.pool.acquire([self.servable])
+        self.pool.release([self.servable])
+        return loaded.model
+
+    @property
+    def parameters(self) -> int:
+        """Parameters of the model answering (an adapter's few are not counted: merged, they add none)."""
+        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" not in n)
+
     def render(self, item: str | list[dict], prefix: str | None = None) -> str:
+        """The prompt as the model learned it: chat template, instruction, task prefix (a step-by-step
+        student's label task unless `prefix` names another, e.g. its `rationale_prefix`)."""
         prefix = self.task_prefix if prefix is None else prefix
         if self.instruction:
             prefix = f"{self.instruction}\n{prefix}"
@@ -73,10 +85,15 @@ class Predictor:
                batch_size: int = 8, progress: bool = False) -> Iterator[tuple[int, GeneratedText]]:
         """(prompt index, completion) for already-rendered prompts, batch by batch, in prompt order."""
         params = prediction_params(max_new_tokens, temperature)
-        for index, [output] in generate_stream(self.loaded, prompts, params, batch_size=batch_size,
-                                               max_input_tokens=self.max_input_tokens, progress=progress,
-                                               desc="predicting"):
-            yield index, output
+        loaded, names = self.pool.acquire([self.servable])
+        try:
+            for index, [output] in generate_stream(loaded, prompts, params, batch_size=batch_size,
+                                                   max_input_tokens=self.max_input_tokens, progress=progress,
+                                                   desc="predicting",
+                                                   adapter_names=adapter_names(loaded, names, len(prompts))):
+                yield index, output
+        finally:
+            self.pool.release([self.servable])
 
     def generate(self, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
                  batch_size: int = 8, progress: bool = False) -> list[str]:

@@ -1,0 +1,168 @@
+"""The serving engine: requests from many clients, batched. Requests that share a base model and
+sampling settings are gathered for a few milliseconds and answered in one `generate` call, each row
+with its own LoRA adapter (PEFT mixed-adapter batches); text streams out token by token.
+
+Generation is `mentor.serving.generate`, the path `mentor predict` takes too, on models from the
+`ModelPool` (which loads and evicts them), so a server and `mentor predict` answer alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from mentor.serving.generate import GeneratedText, SamplingParams, generate_stream
+from mentor.serving.pool import ModelPool, Servable, adapter_names
+from mentor.serving.stop import apply_stop
+
+log = logging.getLogger("mentor")
+DONE = object()
+
+
+@dataclass
+class Ticket:
+    """One request in the engine: its prompt, settings, and the events its client reads."""
+
+    servable: Servable
+    prompt: str
+    params: SamplingParams
+    max_input_tokens: int | None = None
+    stream: bool = False
+    events: queue.Queue = field(default_factory=queue.Queue)
+    _ids: dict = field(default_factory=dict)  # copy -> generated ids so far (streaming)
+    _sent: dict = field(default_factory=dict)  # copy -> text already streamed
+
+    @property
+    def key(self) -> tuple:
+        return self.servable.base, self.params, self.max_input_tokens
+
+    def result(self, timeout: float | None = None) -> list[GeneratedText]:
+        """The finished completions (raises what generating raised)."""
+        while True:
+            kind, *payload = self.events.get(timeout=timeout)
+            if kind == "done":
+                return payload[0]
+            if kind == "error":
+                raise payload[0]
+
+    def deltas(self, timeout: float | None = None):
+        """(copy, text delta) as text is generated, then ("done", completions)."""
+        while True:
+            kind, *payload = self.events.get(timeout=timeout)
+            if kind == "delta":
+                yield payload[0], payload[1]
+            elif kind == "done":
+                yield "done", payload[0]
+                return
+            else:
+                raise payload[0]
+
+    # -- called by the engine thread ------------------------------------------------------------
+    def token(self, copy: int, token_id: int, tokenizer, eos_ids: set[int]) -> None:
+        ids = self._ids.setdefault(copy, [])
+        if ids and ids[-1] in eos_ids:
+            return  # this copy ended; the batch goes on for others
+        ids.append(token_id)
+        text = apply_stop(tokenizer.decode(ids, skip_special_tokens=True), list(self.params.stop))
+        text = text.rstrip("\ufffd")  # half a character: wait for the rest of its bytes
+        held = max((len(s) - 1 for s in self.params.stop if s), default=0)  # a stop string may be starting
+        safe = text[: max(len(text) - held, 0)] if held else text
+        sent = self._sent.get(copy, "")
+        if len(safe) > len(sent) and safe.startswith(sent):
+            self.events.put(("delta", copy, safe[len(sent):]))
+            self._sent[copy] = safe
+
+    def finish(self, outputs: list[GeneratedText]) -> None:
+        if self.stream:
+            for copy, out in enumerate(outputs):
+                sent = self._sent.get(copy, "")
+                if out.text.startswith(sent) and len(out.text) > len(sent):
+                    self.events.put(("delta", copy, out.text[len(sent):]))
+        self.events.put(("done", outputs))
+
+
+class Engine:
+    """Batches requests onto the pool's models from one worker thread."""
+
+    def __init__(self, pool: ModelPool, max_batch: int = 16, window_seconds: float = 0.005):
+        self.pool, self.max_batch, self.window = pool, max_batch, window_seconds
+        self._queue: queue.Queue = queue.Queue()
+        self._held: deque[Ticket] = deque()  # taken from the queue but for another batch
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.requests = 0
+
+    def submit(self, ticket: Ticket) -> Ticket:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="mentor-engine", daemon=True)
+                self._thread.start()
+        self._queue.put(ticket)
+        return ticket
+
+    def close(self) -> None:
+        self._queue.put(DONE)
+
+    def _next(self, timeout: float | None) -> Ticket | object:
+        if self._held:
+            return self._held.popleft()
+        return self._queue.get(timeout=timeout)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is DONE:
+                return
+            batch, deadline = [first], time.monotonic() + self.window
+            skipped: list[Ticket] = []
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._next(max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+                if nxt is DONE:
+                    self._queue.put(DONE)
+                    break
+                (batch if nxt.key == first.key else skipped).append(nxt)
+            self._held.extend(skipped)
+            self._run(batch)
+
+    def _run(self, batch: list[Ticket]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        servables = [t.servable for t in batch]
+        try:
+            loaded, names = self.pool.acquire(servables)
+            tok = loaded.tokenizer
+            from mentor.serving.generate import _eos_ids
+
+            eos = _eos_ids(tok, loaded.model)
+            streaming = any(t.stream for t in batch)
+            rows_seen: dict[int, int] = {}
+
+            def on_tokens(indices: list[int], ids: list[int]) -> None:
+                rows_seen.clear()
+                for index, token_id in zip(indices, ids):
+                    copy = rows_seen.get(index, 0)
+                    rows_seen[index] = copy + 1
+                    if batch[index].stream:
+                        batch[index].token(copy, token_id, tok, eos)
+
+            first = batch[0]
+            outputs = dict(generate_stream(loaded, [t.prompt for t in batch], first.params, batch_size=len(batch),
+                                           max_input_tokens=first.max_input_tokens,
+                                           adapter_names=adapter_names(loaded, names),
+                                           on_tokens=on_tokens if streaming else None))
+            self.pool.release(servables)
+            for index, ticket in enumerate(batch):
+                ticket.finish(outputs[index])
+        except Exception as err:  # noqa: BLE001 - every waiting client hears of it
+            self.pool.release(servables)
+            log.exception("serving: a batch failed")
+            for ticket in batch:
+                ticket.events.put(("error", err))

@@ -1,0 +1,136 @@
+"""Serving tuned models through `mentor server` with the official `openai` client: chat, completions
+and streaming against a base model and two LoRA adapters of it, many adapters batched on one base,
+eviction under a memory budget, and the same greedy answers as `mentor predict`."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+import mentor
+from conftest import shift_task, write_jsonl
+from server_fixtures import TOKEN, Server
+
+PROMPTS = ["abc", "hgfe", "bad", "cafe"]
+
+
+def reverse_task(n: int, seed: int) -> list[dict]:
+    return [{"input_text": r["input_text"], "output_text": r["input_text"][::-1]} for r in shift_task(n, seed)]
+
+
+def _tune(server, rows, tmp_path, name: str) -> str:
+    c = server.client()
+    data = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    file_id = c.files.create(file=open(data, "rb"), purpose="fine-tune").id
+    job = c.fine_tuning.jobs.create(model="tiny:llama", training_file=file_id, suffix=name,
+                                    hyperparameters={"batch_size": 8, "train_steps": 60, "learning_rate_multiplier": 8,
+                                                     "evaluation_interval": 30})
+    job = server.wait(job.id, timeout=300)
+    assert job.status == "succeeded", job.error
+    return job.fine_tuned_model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    # a budget that holds the base (0.35 MB) and one adapter (0.07 MB), not two: alternating adapters evict
+    server = Server(tmp / "data", "--serving-memory-mb", "0.45").start()
+    first = _tune(server, shift_task(64, 0), tmp, "shift")
+    yield {"server": server, "tmp": tmp, "shift": first}
+    server.stop()
+
+
+def chat(c, model: str, text: str, **kw) -> str:
+    r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], max_tokens=8,
+                                  temperature=0, **kw)
+    return r.choices[0].message.content
+
+
+def state(server) -> dict:
+    return httpx.get(server.url + "/v1/mentor/serving", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+
+
+def test_chat_completions_and_streaming_for_base_and_adapters(served):
+    server = served["server"]
+    c = server.client()
+    # an adapter registered while the server runs is servable at once
+    second = _tune(server, reverse_task(64, 1), served["tmp"], "reverse")
+    models = [m.id for m in c.models.list().data]
+    assert served["shift"] in models and second in models
+    for model in ("tiny:llama", served["shift"], second):
+        r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "abc"}], max_tokens=6,
+                                      temperature=0)
+        assert r.object == "chat.completion" and r.choices[0].finish_reason in ("stop", "length")
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens and r.usage.prompt_tokens > 0
+        chunks = list(c.chat.completions.create(model=model, messages=[{"role": "user", "content": "abc"}], max_tokens=6,
+                                                temperature=0, stream=True, stream_options={"include_usage": True}))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text == r.choices[0].message.content
+        assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == r.choices[0].finish_reason
+        done = c.completions.create(model=model, prompt=["abc", "bcd"], max_tokens=4, temperature=0)
+        assert len(done.choices) == 2 and done.usage.completion_tokens > 0
+    # the adapters answer differently from each other and from the base
+    answers = {m: chat(c, m, "abcd") for m in ("tiny:llama", served["shift"], second)}
+    assert len(set(answers.values())) == 3, answers
+    served["reverse"] = second
+
+
+def test_concurrent_requests_for_different_adapters_batch_on_one_base(served):
+    server, c = served["server"], served["server"].client()
+    second = served.get("reverse") or pytest.skip("needs the second adapter")
+    models = [served["shift"], second, "tiny:llama"]
+    alone = {(m, p): chat(c, m, p) for m in models for p in PROMPTS}
+    before = state(server)
+    with ThreadPoolExecutor(12) as pool:
+        together = dict(zip(alone, pool.map(lambda key: chat(c, *key), list(alone))))
+    after = state(server)
+    assert together == alone
+    assert after["batches"] - before["batches"] < after["requests"] - before["requests"]  # some were batched
+
+
+def test_eviction_under_a_memory_budget_keeps_answers_right(served):
+    server, c = served["server"], served["server"].client()
+    second = served.get("reverse") or pytest.skip("needs the second adapter")
+    expected = {m: [mentor.get_tuned_model(m, data_dir=server.data_dir).predict(p, max_new_tokens=8) for p in PROMPTS]
+                for m in (served["shift"], second)}  # `mentor predict`'s answers: the same code path
+    before = state(server)["evictions"]
+    for _ in range(2):
+        for m, answers in expected.items():
+            assert [chat(c, m, p).strip() for p in PROMPTS] == answers
+    s = state(server)
+    assert s["evictions"] > before and s["used_bytes"] <= s["budget_bytes"]
+
+
+def test_errors_name_the_model_and_the_overflow(served):
+    c = served["server"].client()
+    with pytest.raises(openai.NotFoundError, match="ft:tiny:llama:nope:1"):
+        chat(c, "ft:tiny:llama:nope:1", "x")
+    with pytest.raises(openai.BadRequestError, match="more than the model's context of 2048 tokens"):
+        chat(c, "tiny:llama", "x " * 3000)
+    with pytest.raises(openai.BadRequestError, match="no rationale task"):
+        chat(c, served["shift"], "abc", extra_body={"task": "rationale"})
+
+
+def test_a_step_by_step_student_answers_its_label_task_or_its_rationale(served, tmp_path):
+    server, c = served["server"], served["server"].client()
+    rows = [{"input_text": f"What is {a} + {b}?", "output_text": str(a + b),
+             "teacher_completion": f"{a} plus {b} makes {a + b}. The answer is ({a} + {b})."}
+            for a in range(1, 9) for b in range(1, 5)]
+    data = write_jsonl(tmp_path / "sbs.jsonl", rows)
+    file_id = c.files.create(file=open(data, "rb"), purpose="fine-tune").id
+    job = c.fine_tuning.jobs.create(model="tiny:llama", training_file=file_id, method={"type": "distillation",
+        "distillation": {"method": "step-by-step", "teacher": "recorded:field=teacher_completion", "task": "math",
+                         "hyperparameters": {"train_steps": 4, "batch_size": 8}}})
+    job = server.wait(job.id, timeout=300)
+    assert job.status == "succeeded", job.error
+    label = chat(c, job.fine_tuned_model, "What is 2 + 3?")
+    rationale = chat(c, job.fine_tuned_model, "What is 2 + 3?", extra_body={"task": "rationale"})
+    folder = json.loads(json.dumps(job.model_extra["config"]))["output"]
+    meta = json.loads(open(f"{folder}/model/mentor_model.json").read())
+    assert meta["task_prefix"] == "[label] " and meta["rationale_prefix"] == "[rationale] "
+    assert isinstance(label, str) and isinstance(rationale, str)
