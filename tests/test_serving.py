@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from server_fixtures import TOKEN, Server
 
 import mentor
 from conftest import shift_task, write_jsonl
-from server_fixtures import TOKEN, Server
 
 PROMPTS = ["abc", "hgfe", "bad", "cafe"]
 
