@@ -134,3 +134,65 @@ def test_a_step_by_step_student_answers_its_label_task_or_its_rationale(served, 
     meta = json.loads(open(f"{folder}/model/mentor_model.json").read())
     assert meta["task_prefix"] == "[label] " and meta["rationale_prefix"] == "[rationale] "
     assert isinstance(label, str) and isinstance(rationale, str)
+
+
+def _batch_lines(model: str, prompts: list[str]) -> list[dict]:
+    return [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": 6, "temperature": 0}}
+            for i, p in enumerate(prompts)]
+
+
+def _wait_batch(c, batch_id: str, timeout: float = 300, until=None):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        b = c.batches.retrieve(batch_id)
+        if b.status in ("completed", "failed", "cancelled") or (until and until(b)):
+            return b
+        time.sleep(0.3)
+    raise AssertionError(f"batch {batch_id} still {b.status}")
+
+
+def test_batch_api_answers_every_good_line_and_reports_the_bad_one(served, tmp_path):
+    c = served["server"].client()
+    lines = _batch_lines(served["shift"], PROMPTS * 3)
+    lines.insert(3, {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+                     "body": {"model": served["shift"], "messages": []}})
+    lines.insert(5, {"custom_id": "nomodel", "method": "POST", "url": "/v1/chat/completions",
+                     "body": {"model": "ft:tiny:llama:none:0", "messages": [{"role": "user", "content": "x"}]}})
+    data = write_jsonl(tmp_path / "batch.jsonl", lines)
+    file_id = c.files.create(file=open(data, "rb"), purpose="batch").id
+    batch = c.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status in ("validating", "in_progress")
+    batch = _wait_batch(c, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 12 and batch.request_counts.failed == 2
+    out = [json.loads(line) for line in c.files.content(batch.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == [f"r{i}" for i in range(12)]
+    for o, prompt in zip(out, PROMPTS * 3):
+        assert o["response"]["body"]["choices"][0]["message"]["content"] == chat(c, served["shift"], prompt)
+    errors = [json.loads(line) for line in c.files.content(batch.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == ["bad", "nomodel"]
+    assert "line 4" in errors[0]["error"]["message"] and "messages" in errors[0]["error"]["message"]
+
+
+def test_a_killed_batch_resumes_with_only_the_missing_lines(served, tmp_path):
+    import os
+    import signal
+
+    from mentor.jobs import read_events, read_state
+
+    c = served["server"].client()
+    prompts = [f"{a}{b}{d}{e}" for a in "abcdefgh" for b in "abcdefgh" for d in "abcdefgh" for e in "abc"][:1500]
+    data = write_jsonl(tmp_path / "big.jsonl", _batch_lines("tiny:llama", prompts))
+    file_id = c.files.create(file=open(data, "rb"), purpose="batch").id
+    batch = c.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    folder = served["server"].data_dir / "jobs" / batch.id
+    _wait_batch(c, batch.id, until=lambda b: (read_state(folder).get("step") or 0) >= 100)
+    os.kill(read_state(folder)["pid"], signal.SIGKILL)
+    batch = _wait_batch(c, batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1500
+    resumed = [e for e in read_events(folder) if e["type"] == "resumed"]
+    assert resumed and resumed[0]["answered"] >= 100
+    out = [json.loads(line)["custom_id"] for line in c.files.content(batch.output_file_id).text.splitlines()]
+    assert out == [f"r{i}" for i in range(1500)]  # every line once, in input order

@@ -8,6 +8,7 @@ command line starts fast; a recipe module is imported when its job runs.
 
 from mentor.distill.config import CONFIGS as DISTILL_CONFIGS
 from mentor.jobs.registry import JobKind, register_kind
+from mentor.recipes.batch_config import BatchConfig
 from mentor.rlhf.config import DPOConfig, RewardModelConfig, RLHFConfig
 from mentor.training.config import TuneConfig
 from mentor.whitebox.config import CONFIGS as WHITEBOX_CONFIGS
@@ -38,3 +39,5 @@ for _name, _config in DISTILL_CONFIGS.items():
 for _name, _config in WHITEBOX_CONFIGS.items():
     register_kind(JobKind(_name, _config, "mentor.recipes.whitebox:run", WHITEBOX_SUMMARIES[_name], family="distill",
                           method=_name))
+register_kind(JobKind("batch", BatchConfig, "mentor.recipes.batch:run",
+                      "batch prediction: every request line of a JSONL file answered (OpenAI's batch API)"))

@@ -21,7 +21,7 @@ from mentor.server import auth
 from mentor.server.db import Database
 from mentor.server.errors import ApiError
 from mentor.server.executors import make_executor
-from mentor.server.routes import cloud, files, fine_tuning, inference, models
+from mentor.server.routes import batches, cloud, files, fine_tuning, inference, models
 from mentor.server.scheduler import Scheduler
 from mentor.server.settings import ServerSettings
 from mentor.serving.engine import Engine
@@ -114,6 +114,6 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
     def health() -> dict:
         return {"status": "ok"}
 
-    for router in (files.router, fine_tuning.router, models.router, cloud.router, inference.router):
+    for router in (files.router, fine_tuning.router, models.router, cloud.router, inference.router, batches.router):
         app.include_router(router)
     return app

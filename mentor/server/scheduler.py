@@ -5,12 +5,14 @@ a job whose worker died is resumed the same way, a few times, before it is faile
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import object_session
 
 from mentor.jobs import read_state
 from mentor.jobs.lifecycle import CANCEL_FILE
@@ -107,12 +109,31 @@ class Scheduler:
         job.started_at = job.started_at or now()
         service_event(job.folder, "dispatched", f"started on the {self.executor.name} executor", ref=job.executor_ref)
 
+    def _batch_files(self, job: JobRow) -> dict:
+        from mentor.server.db import FileRow
+        from mentor.server.uploads import new_id
+
+        result = _batch_result(job.folder)
+        for name, key in (("output.jsonl", "output_file_id"), ("errors.jsonl", "error_file_id")):
+            path = Path(job.folder) / name
+            if path.exists():
+                file_id = new_id("file")
+                data = path.read_bytes()
+                object_session(job).add(FileRow(id=file_id, filename=f"{job.id}-{name}", purpose="batch_output",
+                                                 bytes=len(data), lines=data.count(b"\n"),
+                                                 sha256=hashlib.sha256(data).hexdigest(), path=str(path)))
+                result[key] = file_id
+        return result
+
     def _finish(self, job: JobRow, exit_code: int | None) -> None:
         """The worker is gone: the job folder says how the job ended."""
         state = read_state(job.folder)
         outcome = state.get("state")
         job.executor_ref = None
-        if outcome == "succeeded":
+        if outcome == "succeeded" and job.kind == "batch":  # its answers and bad lines, as files
+            job.status, job.finished_at = "succeeded", now()
+            job.request = {**job.request, "result": self._batch_files(job)}
+        elif outcome == "succeeded":
             try:
                 model = registry.register(self.db, job)
             except Exception as err:  # noqa: BLE001 - a result that cannot be registered fails the job
@@ -142,6 +163,13 @@ class Scheduler:
                 service_event(job.folder, "worker_died", f"the worker ended without finishing (exit code "
                               f"{exit_code}); resuming from the last checkpoint")
         job.requested = None if job.status != "queued" else job.requested
+
+
+def _batch_result(folder: str) -> dict:
+    try:
+        return json.loads((Path(folder) / "result.json").read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _tokens(folder: str) -> int | None:

@@ -146,7 +146,8 @@ class ModelPool:
                 model = PeftModel.from_pretrained(model, s.adapter, adapter_name=name)
                 base.loaded = replace(base.loaded, model=model.eval())
         except Exception as err:  # noqa: BLE001 - a damaged or foreign adapter folder
-            raise MentorError(f"cannot load the adapter {s.adapter}: {str(err).splitlines()[0][:200]}") from None
+            raise MentorError(f"cannot load the adapter {s.adapter}: its files are incomplete or damaged "
+                              f"({str(err).splitlines()[0][:200]})") from None
         size = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n)
         base.adapters[name] = size
         self.loads += 1

@@ -12,63 +12,22 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from mentor.errors import MentorError
 from mentor.server import registry
 from mentor.server.errors import ApiError, bad, not_found
 from mentor.serving.engine import Ticket
 from mentor.serving.generate import SamplingParams
+from mentor.serving.openai_api import ChatRequest, CompletionRequest, chat_prompt, chat_response, completion_response
+from mentor.serving.openai_api import usage as _usage
 from mentor.serving.pool import Servable
 from mentor.serving.predict import Predictor
 
 router = APIRouter()
 CHECKPOINT = re.compile(r"^(?P<name>.+):ckpt-step-(?P<step>\d+)$")
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1, max_length=512)
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    task: Literal["label", "rationale"] = Field("label", description="mentor: a step-by-step student's task")
-
-    def params(self, default_max: int = 256) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if len(stop) > 4:
-            raise bad("at most 4 stop sequences", "stop")
-        return SamplingParams(max_new_tokens=self.max_tokens or default_max, temperature=self.temperature,
-                              top_p=self.top_p, stop=tuple(stop), n=self.n, seed=self.seed,
-                              top_k=0 if self.temperature > 0 else None)
-
-
-class ChatRequest(Common):
-    messages: list[Message] = Field(min_length=1, max_length=256)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-
-
-class CompletionRequest(Common):
-    prompt: str | list[str] = Field(max_length=64)
 
 
 def servable(ctx, name: str) -> Servable:
@@ -121,12 +80,6 @@ def _context_check(p: Predictor, prompts: list[str], max_new: int) -> None:
                       f"model's context of {context} tokens", "messages", "context_length_exceeded")
 
 
-def _usage(outputs_per_prompt) -> dict:
-    prompt = sum(outs[0].prompt_tokens for outs in outputs_per_prompt if outs)
-    completion = sum(o.completion_tokens for outs in outputs_per_prompt for o in outs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
 def _answer(ctx, p: Predictor, prompts: list[str], params: SamplingParams, stream: bool) -> list[Ticket]:
     tickets = [Ticket(p.servable, prompt, params, max_input_tokens=None, stream=stream) for prompt in prompts]
     for t in tickets:
@@ -142,25 +95,15 @@ def _sse(payload: dict) -> str:
 def chat(request: Request, body: ChatRequest):
     ctx = request.app.state.ctx
     p = prompter(ctx, body.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
-                for m in body.messages]
-    if messages[-1]["role"] != "user":
-        raise bad("the last message must be the user's", "messages")
-    prefix = p.rationale_prefix if body.task == "rationale" else None
-    if body.task == "rationale" and not prefix:
-        raise bad(f"model '{body.model}' has no rationale task (only step-by-step students do)", "task")
-    item = messages if len(messages) > 1 else messages[0]["content"]
-    prompt = p.render(item, prefix)
-    params = body.model_copy(update={"max_tokens": body.max_completion_tokens or body.max_tokens}).params()
+    try:
+        prompt, params = chat_prompt(p, body)
+    except ValueError as err:
+        raise bad(str(err), "messages" if "message" in str(err) else "task") from None
     _context_check(p, [prompt], params.max_new_tokens)
     [ticket] = _answer(ctx, p, [prompt], params, body.stream)
     rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if not body.stream:
-        outputs = ticket.result()
-        return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
-                             "finish_reason": o.finish_reason} for i, o in enumerate(outputs)],
-                "usage": _usage([outputs])}
+        return chat_response(rid, created, body.model, ticket.result())
 
     def events():
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
@@ -187,9 +130,14 @@ def completions(request: Request, body: CompletionRequest):
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not texts:
         raise bad("prompt must not be empty", "prompt")
+    if body.task == "rationale" and not p.rationale_prefix:
+        raise bad(f"model '{body.model}' has no rationale task (only step-by-step students do)", "task")
     prefix = p.rationale_prefix if body.task == "rationale" else None
     prompts = [p.render(t, prefix) for t in texts]
-    params = body.params(default_max=16)
+    try:
+        params = body.params(default_max=16)
+    except ValueError as err:
+        raise bad(str(err), "stop") from None
     _context_check(p, prompts, params.max_new_tokens)
     tickets = _answer(ctx, p, prompts, params, body.stream and len(prompts) == 1)
     rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
@@ -197,10 +145,7 @@ def completions(request: Request, body: CompletionRequest):
         outputs = [t.result() for t in tickets]
         if body.stream:  # several prompts: streamed as whole answers
             return StreamingResponse(_whole_stream(rid, created, body, outputs), media_type="text/event-stream")
-        choices = [{"index": k * body.n + i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
-                   for k, outs in enumerate(outputs) for i, o in enumerate(outs)]
-        return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                "choices": choices, "usage": _usage(outputs)}
+        return completion_response(rid, created, body.model, outputs, body.n)
 
     def events():
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
@@ -227,14 +172,6 @@ def _whole_stream(rid, created, body, outputs):
     if body.stream_options and body.stream_options.include_usage:
         yield _sse({**base, "choices": [], "usage": _usage(outputs)})
     yield "data: [DONE]\n\n"
-
-
-def _text(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
 
 
 @router.get("/v1/mentor/serving")

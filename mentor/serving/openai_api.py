@@ -1,0 +1,94 @@
+"""OpenAI's chat and completion requests as mentor reads them, and the prompt and settings they
+become: one reading for the online endpoints and the batch API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mentor.serving.generate import SamplingParams
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=512)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    task: Literal["label", "rationale"] = Field("label", description="mentor: a step-by-step student's task")
+
+    def params(self, default_max: int = 256) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return SamplingParams(max_new_tokens=self.max_tokens or default_max, temperature=self.temperature,
+                              top_p=self.top_p, stop=tuple(stop), n=self.n, seed=self.seed,
+                              top_k=0 if self.temperature > 0 else None)
+
+
+class ChatRequest(Common):
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+
+
+class CompletionRequest(Common):
+    prompt: str | list[str] = Field(max_length=64)
+
+
+def chat_prompt(p, body: ChatRequest) -> tuple[str, SamplingParams]:
+    """The rendered prompt (the model's chat template, instruction and task prefix) and settings.
+    `p` is the model's `Predictor`. Raises ValueError for a request that cannot be answered."""
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content)}
+                for m in body.messages]
+    if messages[-1]["role"] != "user":
+        raise ValueError("the last message must be the user's")
+    if body.task == "rationale" and not p.rationale_prefix:
+        raise ValueError(f"model '{body.model}' has no rationale task (only step-by-step students do)")
+    prefix = p.rationale_prefix if body.task == "rationale" else None
+    item = messages if len(messages) > 1 else messages[0]["content"]
+    params = body.model_copy(update={"max_tokens": body.max_completion_tokens or body.max_tokens}).params()
+    return p.render(item, prefix), params
+
+
+def usage(outputs_per_prompt) -> dict:
+    prompt = sum(outs[0].prompt_tokens for outs in outputs_per_prompt if outs)
+    completion = sum(o.completion_tokens for outs in outputs_per_prompt for o in outs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def message_text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+
+
+def chat_response(rid: str, created: int, model: str, outputs) -> dict:
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
+                         "finish_reason": o.finish_reason} for i, o in enumerate(outputs)],
+            "usage": usage([outputs])}
+
+
+def completion_response(rid: str, created: int, model: str, outputs_per_prompt, n: int) -> dict:
+    choices = [{"index": k * n + i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
+               for k, outs in enumerate(outputs_per_prompt) for i, o in enumerate(outs)]
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices,
+            "usage": usage(outputs_per_prompt)}
