@@ -53,6 +53,8 @@ def _candidates(annotation, default) -> list:
         return ["1:2" if default is None else "all-linear" if default == "all-linear" else f"{default}x"]
     if origin is list:
         return [["q_proj", "v_proj"], ["x"]]
+    if origin is dict:
+        return [{"ft:model": "tiny:llama"}]
     raise AssertionError(f"no sample value for {annotation}")
 
 
@@ -62,6 +64,8 @@ def _flag(name: str, value) -> list[str]:
         return [flag if value else "--no-" + name.replace("_", "-")]
     if isinstance(value, list):
         return [flag, ",".join(value)]
+    if isinstance(value, dict):
+        return [flag, json.dumps(value)]
     return [flag, str(value)]
 
 

@@ -196,3 +196,35 @@ def test_a_killed_batch_resumes_with_only_the_missing_lines(served, tmp_path):
     assert resumed and resumed[0]["answered"] >= 100
     out = [json.loads(line)["custom_id"] for line in c.files.content(batch.output_file_id).text.splitlines()]
     assert out == [f"r{i}" for i in range(1500)]  # every line once, in input order
+
+
+def test_mentor_serve_serves_the_models_it_is_given(served, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from server_fixtures import free_port
+
+    c = served["server"].client()
+    folder = c.models.retrieve(served["shift"]).model_extra["path"]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mentor.cli", "serve", "tiny:llama", folder, "--port", str(port),
+                             "--insecure-no-auth", "--data-dir", str(tmp_path / "d")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        alone = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        assert sorted(m.id for m in alone.models.list().data) == sorted(["tiny:llama", folder])
+        assert chat(alone, folder, "abc") == chat(c, served["shift"], "abc")
+        with pytest.raises(openai.NotFoundError):
+            chat(alone, served["shift"], "abc")  # a registry name: not one of the models it serves
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/fine_tuning/jobs").status_code == 404  # no jobs here
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -26,6 +26,19 @@ def cmd_server(args) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from mentor.server.app import create_app
+    from mentor.server.settings import ServerSettings
+
+    fields = {k: v for k, v in args.server_source(parsed_args=args)().items() if v is not None}
+    settings = ServerSettings(**fields).prepared()
+    app = create_app(settings, serve=args.models)
+    log.info("serving %s on http://%s:%d", ", ".join(args.models), settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
 def _db(args):
     from pathlib import Path
 
@@ -70,6 +83,11 @@ def register(sub) -> None:
                        "model registry")
     source = add_config_flags(p, ServerSettings, "mentor server")
     p.set_defaults(func=cmd_server, server_source=source)
+
+    p = sub.add_parser("serve", help="serve models alone (OpenAI-compatible chat and completions), no jobs")
+    p.add_argument("models", nargs="+", help="model references: tuned model folders, base models, adapters")
+    source = add_config_flags(p, ServerSettings, "mentor serve")
+    p.set_defaults(func=cmd_serve, server_source=source)
 
     p = sub.add_parser("models", help="the registry of tuned models: list, get, lineage, promote a checkpoint, delete")
     p.add_argument("action", choices=["list", "get", "lineage", "promote", "delete"])

@@ -25,7 +25,7 @@ from mentor.server.routes import batches, cloud, files, fine_tuning, inference, 
 from mentor.server.scheduler import Scheduler
 from mentor.server.settings import ServerSettings
 from mentor.serving.engine import Engine
-from mentor.serving.pool import ModelPool
+from mentor.serving.pool import ModelPool, Servable
 
 log = logging.getLogger("mentor")
 
@@ -38,6 +38,7 @@ class Context:
     token: str | None
     pool: ModelPool
     engine: Engine
+    served: dict  # `mentor serve`'s models by the names it was given
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -45,7 +46,9 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     return JSONResponse(ApiError(status, message, param, code, type).body(), status_code=status)
 
 
-def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAPI:
+def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: list[str] | None = None) -> FastAPI:
+    """The service; with `serve` (model references), only those models' inference endpoints
+    (`mentor serve`): no jobs, no uploads."""
     settings = settings.prepared()
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +58,13 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
     budget = int(settings.serving_memory_mb * 2**20) if settings.serving_memory_mb else None
     pool = ModelPool(budget)
     engine = Engine(pool, max_batch=settings.max_batch, window_seconds=settings.batch_window_ms / 1000)
+
+    served = {}
+    for ref in serve or []:
+        served[ref] = Servable.of(ref, name=ref)
+        pool.acquire([served[ref]])  # loaded before the first request
+        pool.release([served[ref]])
+    start_scheduler = start_scheduler and serve is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,7 +77,7 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
 
     app = FastAPI(title="mentor", version="0.1.0", lifespan=lifespan,
                   description="Tune and distill language models: jobs, files and tuned models.")
-    app.state.ctx = Context(settings, db, scheduler, token, pool, engine)
+    app.state.ctx = Context(settings, db, scheduler, token, pool, engine, served)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -114,6 +124,13 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True) -> FastAP
     def health() -> dict:
         return {"status": "ok"}
 
-    for router in (files.router, fine_tuning.router, models.router, cloud.router, inference.router, batches.router):
+    routers = (inference.router,) if serve is not None else (files.router, fine_tuning.router, models.router,
+                                                                  cloud.router, inference.router, batches.router)
+    for router in routers:
         app.include_router(router)
+    if serve is not None:
+        @app.get("/v1/models")
+        def served_models() -> dict:
+            return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "mentor"}
+                                               for name in served]}
     return app

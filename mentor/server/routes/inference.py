@@ -32,6 +32,10 @@ CHECKPOINT = re.compile(r"^(?P<name>.+):ckpt-step-(?P<step>\d+)$")
 
 def servable(ctx, name: str) -> Servable:
     """What a `model` field names, or a 404 naming it."""
+    if ctx.served:  # `mentor serve`: the models it was given, nothing else
+        if name not in ctx.served:
+            raise not_found("model", name[:200], "model")
+        return ctx.served[name]
     if not registry.NAME_PATTERN.match(name):
         raise not_found("model", name[:80], "model")
     try:
