@@ -8,58 +8,18 @@ after everything that could be answered has been saved.
 
 from __future__ import annotations
 
-import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from mentor.errors import MentorError
+from mentor.teachers.cache import TeacherCache
+from mentor.teachers.completion import Completion, GenerationParams
 
-if TYPE_CHECKING:
-    from mentor.teachers.cache import TeacherCache
-
-
-class GenerationParams(BaseModel):
-    """How to generate; all of it is part of the cache key, since each field changes the answer."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0)  # 0 means greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: list[str] | None = None
-    n: int = Field(1, ge=1)  # completions per prompt
-
-    def __hash__(self) -> int:  # the stop list would make pydantic's frozen hash fail
-        return hash(self.canonical_json())
-
-    def canonical_json(self) -> str:
-        """Same params, same string: sorted keys, no whitespace, an empty stop list equals none."""
-        data = self.model_dump()
-        data["stop"] = sorted(set(data["stop"])) if data["stop"] else None
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One teacher answer. Token counts are None when the teacher did not report them."""
-
-    text: str
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cached: bool = False
-
-    def to_json(self) -> dict:
-        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
-
-    @classmethod
-    def from_json(cls, data: dict, cached: bool) -> Completion:
-        return cls(data["text"], data.get("tokens_in"), data.get("tokens_out"), cached)
+__all__ = ["Completion", "GenerationParams", "OnAnswer", "Teacher", "TeacherError", "TeacherStats"]
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from mentor.errors import MentorError
-from mentor.teachers.base import Completion, GenerationParams
+from mentor.teachers.completion import Completion, GenerationParams
 
 CACHE_FILENAME = "teacher_cache.sqlite"
 
