@@ -387,3 +387,30 @@ def test_svamp_hand_checked(svamp, split, index, label, reason, rationale_end):
     assert p.reason == reason
     assert p.rationale.endswith(rationale_end), p.rationale[-120:]
     assert "Q:" not in p.rationale
+
+
+def test_the_closing_answer_statement_wins_over_a_restated_question():
+    """Chain-of-thought in the CoT paper's exemplar style opens by restating what is asked."""
+    text = ("The answer must be the place where beavers get their supplies. Of the above choices, only wooded "
+            "areas have the trees beavers need. So the answer is (c) wooded area.")
+    parsed = parse_completion(text, "choice", choices=["river", "zoo", "wooded area", "desert"])
+    assert parsed.ok and parsed.label == "wooded area" and parsed.raw_answer == "(c) wooded area"
+    assert parsed.rationale.startswith("The answer must be the place")
+    repeated = parse_completion("So the answer is (d) canada. Therefore, the answer is (d).", "choice",
+                                choices=["a", "b", "c", "canada"])
+    assert repeated.ok and repeated.label == "canada" and repeated.rationale == ""
+
+
+def test_a_completion_naming_two_different_answers_is_refused():
+    parsed = parse_completion("The answer is 5. Then again, 2 + 2 = 4, so the answer is 4.", "math")
+    assert not parsed.ok and parsed.reason.startswith("conflicting answers")
+    assert parse_completion("The answer is 4. Check: 2 + 2 = 4. So the answer is 4.0.", "math").ok
+
+
+def test_failure_excerpts_show_the_start_and_the_end():
+    from mentor.tasks.answers import summarize_parses
+
+    text = "The answer must be the place where beavers live. " + "filler words " * 30 + "The end"
+    summary = summarize_parses([parse_completion(text, "choice", choices=["x", "y"])], [text], excerpt_chars=80)
+    excerpt = next(iter(summary.examples.values()))[0]["excerpt"]
+    assert excerpt.startswith("The answer must be") and excerpt.endswith("The end") and " ... " in excerpt

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from mentor.tasks import LABEL_TASKS
 from mentor.tasks.labels import NLI_LABELS, check_labels, match_label, normalize_answer
-from mentor.tasks.reasons import REASON_EMPTY, REASON_NO_ANSWER, REASON_TRUNCATED
+from mentor.tasks.reasons import REASON_CONFLICTING, REASON_EMPTY, REASON_NO_ANSWER, REASON_TRUNCATED
 from mentor.tasks.runon import cut_runon
 
 
@@ -96,14 +96,24 @@ def _is_abbreviation(text: str, start: int, dot: int) -> bool:
     return len(word) == 1 and word.isupper() and dot + 2 < len(text) and text[dot + 2 : dot + 3].isupper()
 
 
+def find_answers(head: str, spans: bool = False) -> list[tuple[re.Match[str], int, bool]]:
+    """Every answer marker in ``head``, in order, with where its answer ends and whether it is whole."""
+    found = sorted((m for p in (_ANSWER_SENTENCE, _ANSWER_COLON, _HASHES) for m in p.finditer(head)),
+                   key=lambda x: x.start())
+    out, last_end = [], -1
+    for m in found:
+        if m.start() < last_end:
+            continue  # one marker inside another's answer ("the answer is: answer: 5")
+        end, balanced = _answer_end(head, m.end(), spans)
+        out.append((m, end, balanced))
+        last_end = end
+    return out
+
+
 def find_answer(head: str, spans: bool = False) -> tuple[re.Match[str] | None, int, bool]:
     """The earliest answer marker in ``head`` with where its answer ends and whether it is whole."""
-    found = [m for m in (p.search(head) for p in (_ANSWER_SENTENCE, _ANSWER_COLON, _HASHES)) if m]
-    if not found:
-        return None, 0, True
-    m = min(found, key=lambda x: x.start())
-    end, balanced = _answer_end(head, m.end(), spans)
-    return m, end, balanced
+    found = find_answers(head, spans)
+    return found[0] if found else (None, 0, True)
 
 
 def _clean_rationale(text: str) -> str:
@@ -154,18 +164,38 @@ def parse_completion(
     if not text or not text.strip():
         return Parsed("", None, "", False, REASON_EMPTY)
     head = cut_runon(text)
-    m, end, balanced = find_answer(head, spans=task == "extract")
-    if m is None:
+    markers = find_answers(head, spans=task == "extract")
+    if not markers:
         label, raw = _bare_answer(head, task, choices, labels)
         if label is not None:
             return Parsed("", label, raw, True)
         return Parsed(_clean_rationale(head), None, "", False, REASON_NO_ANSWER)
+    # The closing answer statement wins: chain-of-thought often opens by restating what is asked
+    # ("The answer must be the place where beavers get their supplies. ... So the answer is (c).").
+    # Earlier statements count only to catch a completion that names two different answers.
+    m, end, balanced = markers[-1]
     rationale = _clean_rationale(head[: m.start()])
     raw = head[m.end() : end].strip()
     if not balanced:
         return Parsed(rationale, None, raw, False, REASON_TRUNCATED)
     label, reason = normalize_answer(raw, task, choices, labels)
+    if label is not None:
+        for earlier, earlier_end, whole in markers[:-1]:
+            other = normalize_answer(head[earlier.end() : earlier_end].strip(), task, choices, labels)[0] if whole else None
+            if other is not None and not _same(other, label, task):
+                return Parsed(rationale, None, raw, False, f"{REASON_CONFLICTING}: {other!r} and {label!r}")
+            if other is not None:  # the same answer said twice: the rationale ends before the first time
+                rationale = _clean_rationale(head[: earlier.start()])
+                break
     return Parsed(rationale, label, raw, label is not None, reason)
+
+
+def _same(a: str, b: str, task: str) -> bool:
+    if task == "math":
+        from mentor.tasks.arithmetic import numbers_match
+
+        return numbers_match(a, b)
+    return a == b
 
 
 @dataclass
@@ -212,7 +242,18 @@ def summarize_parses(
         bucket = examples.setdefault(p.reason, [])
         if len(bucket) < max_examples:
             source = cut_runon(completions[i]) if completions is not None else (p.rationale + " " + p.raw_answer)
-            source = " ".join(source.split())
-            bucket.append({"index": i, "raw_answer": p.raw_answer, "excerpt": source[-excerpt_chars:]})
+            bucket.append({"index": i, "raw_answer": p.raw_answer, "excerpt": _excerpt(source, excerpt_chars)})
     ok = sum(1 for p in results if p.ok)
     return ParseSummary(total=len(results), ok=ok, failed=dict(failed), examples=examples)
+
+
+def _excerpt(text: str, chars: int) -> str:
+    """The start and the end of a text, cut at words: where an answer went wrong is usually in one
+    of them, and a cut from the middle of a word hides which."""
+    text = " ".join(text.split())
+    if len(text) <= chars:
+        return text
+    half = chars // 2
+    head = text[:half].rsplit(" ", 1)[0]
+    tail = text[-half:].split(" ", 1)[-1]
+    return f"{head} ... {tail}"
