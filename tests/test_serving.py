@@ -128,12 +128,24 @@ def test_a_step_by_step_student_answers_its_label_task_or_its_rationale(served, 
                          "hyperparameters": {"train_steps": 4, "batch_size": 8}}})
     job = server.wait(job.id, timeout=300)
     assert job.status == "succeeded", job.error
-    label = chat(c, job.fine_tuned_model, "What is 2 + 3?")
-    rationale = chat(c, job.fine_tuned_model, "What is 2 + 3?", extra_body={"task": "rationale"})
-    folder = json.loads(json.dumps(job.model_extra["config"]))["output"]
+    folder = job.model_extra["config"]["output"]
     meta = json.loads(open(f"{folder}/model/mentor_model.json").read())
     assert meta["task_prefix"] == "[label] " and meta["rationale_prefix"] == "[rationale] "
-    assert isinstance(label, str) and isinstance(rationale, str)
+    # the server renders each task with its own prefix: its prompt-token counts are those of the
+    # prompts `mentor predict` renders for the label task and for the rationale task
+    from mentor.serving.predict import Predictor
+
+    student = Predictor(folder)
+    question = "What is 2 + 3?"
+    counts = []
+    for task, prefix in (("label", None), ("rationale", "[rationale] ")):
+        r = c.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": question}],
+                                      max_tokens=4, temperature=0, extra_body={"task": task})
+        rendered = student.render(question, prefix)
+        counts.append(len(student.tokenizer(rendered, add_special_tokens=False).input_ids))
+        assert r.usage.prompt_tokens == counts[-1], task
+        assert r.choices[0].message.content.strip() == student.generate([rendered], max_new_tokens=4)[0], task
+    assert counts[0] != counts[1]  # the two tasks' prompts are told apart
 
 
 def _batch_lines(model: str, prompts: list[str]) -> list[dict]:

@@ -14,7 +14,6 @@ import logging
 import shutil
 
 from datasets import Dataset
-from transformers import set_seed
 
 from mentor.jobs import Job, TunedModel
 from mentor.rlhf import common as rc
@@ -22,7 +21,7 @@ from mentor.rlhf.config import DPOConfig
 from mentor.rlhf.data import PreferencePair
 from mentor.training import arguments
 from mentor.training.lora import lora_config
-from mentor.training.outputs import merge_adapter, model_card, save_trained
+from mentor.training.outputs import model_card, save_trained
 from mentor.training.run import checkpoints_of, train
 
 log = logging.getLogger("mentor")
@@ -40,11 +39,8 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     out = job.folder
     # -- setup
     train_pairs, eval_pairs = rc.load_pairs(cfg, cfg.data, cfg.evaluation_data)
-    set_seed(cfg.seed)
-    loaded, base_ref = rc.load_start_model(cfg.model, out)
+    loaded, base_ref, renderer = rc.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens)
     tokenizer = loaded.tokenizer
-    renderer = rc.Renderer.for_model(tokenizer, cfg.chat_template, cfg.instruction,
-                                     cfg.max_input_tokens, cfg.max_output_tokens)
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
     log.info("preference data: %s", renderer.summary())
@@ -84,11 +80,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     )
     if not job.main:
         return result
-    rc.write_meta(model_dir, base_ref)
-    if cfg.tuning == "lora" and cfg.merge_adapter:
-        merge_adapter(model_dir, out / "merged")
-    if base_ref == cfg.model or cfg.tuning == "full":
-        shutil.rmtree(out / "start_model", ignore_errors=True)
+    rc.finish_policy(cfg, out, model_dir, base_ref)
     m = out / "metrics.jsonl"
     rc.plot_panels([("DPO loss", m, ["train_dpo_loss", "eval_dpo_loss"]),
                     ("reward margin: beta x (chosen - rejected log-ratio)", m, ["train_reward_margin", "eval_reward_margin"]),

@@ -34,16 +34,13 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     out = job.folder
     # -- setup: every data problem surfaces before any model is loaded
     train_pairs, eval_pairs = rc.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
-    set_seed(cfg.seed)
-    loaded, base_ref = rc.load_start_model(cfg.model, out)
+    loaded, base_ref, renderer = rc.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
     tokenizer = loaded.tokenizer
     source = str(out / "start_model") if base_ref != cfg.model else loaded.source
-    del loaded
+    del loaded  # the reward model is the same weights with a score head, loaded as a classifier
     set_seed(cfg.seed)  # the new score head is drawn from this seed
     model = load_classifier(source)
     model.config.pad_token_id = tokenizer.pad_token_id
-    renderer = rc.Renderer.for_model(tokenizer, cfg.chat_template, cfg.instruction,
-                                     cfg.prompt_sequence_length, cfg.target_sequence_length)
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
     log.info("reward model data: %s", renderer.summary())

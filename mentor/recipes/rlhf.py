@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import set_seed
 
 from mentor import jobs
 from mentor.errors import MentorError
@@ -30,9 +29,10 @@ from mentor.rlhf import common as rc
 from mentor.rlhf import reward as rm
 from mentor.rlhf.config import RLHFConfig
 from mentor.rlhf.data import Prompt, load_preferences, load_prompts
+from mentor.serving.generate import eos_ids
 from mentor.training import arguments
 from mentor.training.lora import lora_config
-from mentor.training.outputs import merge_adapter, model_card, save_trained
+from mentor.training.outputs import model_card, save_trained
 from mentor.training.run import checkpoints_of, train
 
 log = logging.getLogger("mentor")
@@ -89,18 +89,12 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
 
     log.info("stage 2 of 2: reinforcement learning against the reward model")
     job.event("stage", "stage 2 of 2: reinforcement learning", stage="reinforcement-learning")
-    set_seed(cfg.seed)
-    loaded, base_ref = rc.load_start_model(cfg.model, out)
+    loaded, base_ref, renderer = rc.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
     tokenizer = loaded.tokenizer
-    renderer = rc.Renderer.for_model(tokenizer, cfg.chat_template, cfg.instruction,
-                                     cfg.prompt_sequence_length, cfg.target_sequence_length)
     train_ds = Dataset.from_list(prompt_rows(prompts, renderer))
     eval_ds = Dataset.from_list(prompt_rows(eval_prompts, renderer)) if eval_prompts else None
     log.info("prompts: %s", renderer.summary())
-    eos_ids = {tokenizer.eos_token_id, *([loaded.model.generation_config.eos_token_id]
-                                          if isinstance(loaded.model.generation_config.eos_token_id, int)
-                                          else loaded.model.generation_config.eos_token_id or [])}
-    reward_fn = RewardFunction(rm.RewardModel(reward_path), [i for i in eos_ids if i is not None])
+    reward_fn = RewardFunction(rm.RewardModel(reward_path), sorted(eos_ids(tokenizer, loaded.model)))
 
     completions_per_step = cfg.batch_size * cfg.num_generations
     args = arguments.training_arguments(
@@ -139,11 +133,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     )
     if not job.main:
         return result
-    rc.write_meta(model_dir, base_ref)
-    if cfg.tuning == "lora" and cfg.merge_adapter:
-        merge_adapter(model_dir, out / "merged")
-    if base_ref == cfg.model or cfg.tuning == "full":
-        shutil.rmtree(out / "start_model", ignore_errors=True)  # nothing refers to it
+    rc.finish_policy(cfg, out, model_dir, base_ref)
     plot(out, result.method, cfg.model)
     rm_accuracy = (reward_result.metrics if reward_result else {}).get("eval_reward_model_accuracy")
     notes = [f"reward model: `{reward_path}`" + (f" (held-out pairwise accuracy {rm_accuracy:.4f})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,6 +122,30 @@ def starting_point(trainer, job, names: dict, filename: str) -> dict:
     if job.main:
         atomic_write(path, json.dumps(before))
     return before
+
+
+def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int):
+    """The starting model (seeded, a LoRA adapter merged first) and the renderer of its prompts:
+    (loaded, base_ref, renderer)."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    loaded, base_ref = load_start_model(cfg.model, out)
+    renderer = Renderer.for_model(loaded.tokenizer, cfg.chat_template, cfg.instruction, max_prompt_tokens,
+                                  max_answer_tokens)
+    return loaded, base_ref, renderer
+
+
+def finish_policy(cfg, out: Path, model_dir: Path, base_ref: str) -> None:
+    """After a policy is saved (rank 0): its base recorded beside an adapter, the merged copy if asked,
+    and the merged starting model removed when nothing refers to it."""
+    from mentor.training.outputs import merge_adapter
+
+    write_meta(model_dir, base_ref)
+    if cfg.tuning == "lora" and cfg.merge_adapter:
+        merge_adapter(model_dir, out / "merged")
+    if base_ref == cfg.model or cfg.tuning == "full":
+        shutil.rmtree(out / "start_model", ignore_errors=True)
 
 
 def load_pairs(cfg, train: str, evaluation: str | None):

@@ -162,7 +162,8 @@ class Scheduler:
                 job.status = "queued"
                 service_event(job.folder, "worker_died", f"the worker ended without finishing (exit code "
                               f"{exit_code}); resuming from the last checkpoint")
-        job.requested = None if job.status != "queued" else job.requested
+        if job.status != "queued":  # a resumed job still owes its client a pending pause or cancel
+            job.requested = None
 
 
 def _batch_result(folder: str) -> dict:

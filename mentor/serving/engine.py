@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from mentor.serving.generate import GeneratedText, SamplingParams, generate_stream
+from mentor.serving.generate import GeneratedText, SamplingParams, eos_ids, generate_stream
 from mentor.serving.pool import ModelPool, Servable, adapter_names
 from mentor.serving.stop import apply_stop
 
@@ -139,9 +139,7 @@ class Engine:
         try:
             loaded, names = self.pool.acquire(servables)
             tok = loaded.tokenizer
-            from mentor.serving.generate import _eos_ids
-
-            eos = _eos_ids(tok, loaded.model)
+            eos = eos_ids(tok, loaded.model)
             streaming = any(t.stream for t in batch)
             rows_seen: dict[int, int] = {}
 

@@ -123,8 +123,8 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
                     max_input_tokens: int | None, adapter_names: list[str] | None = None,
                     streamer=None) -> list[list[GeneratedText]]:
     model, tok, seq2seq = loaded.model, loaded.tokenizer, loaded.is_seq2seq
-    eos_ids = _eos_ids(tok, model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos_ids, default=None)
+    eos = eos_ids(tok, model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=None)
     enc = tok(
         prompts,
         return_tensors="pt",
@@ -135,8 +135,8 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
     ).to(model.device)
     copies = 1 if params.greedy else params.n  # greedy: every copy would be the same
     kwargs = {"max_new_tokens": params.max_new_tokens, "num_return_sequences": copies, "pad_token_id": pad_id}
-    if eos_ids:
-        kwargs["eos_token_id"] = sorted(eos_ids)
+    if eos:
+        kwargs["eos_token_id"] = sorted(eos)
     if params.greedy:
         kwargs["do_sample"] = False
     else:
@@ -155,7 +155,7 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
     tokens_in = enc["attention_mask"].sum(dim=1).tolist()
     results: list[list[GeneratedText]] = [[] for _ in prompts]
     for row, ids in enumerate(out[:, start:].tolist()):
-        end = next((k for k, i in enumerate(ids) if i in eos_ids), None)
+        end = next((k for k, i in enumerate(ids) if i in eos), None)
         if end is not None:
             ids = ids[: end + 1]
         full = tok.decode(ids, skip_special_tokens=True)
@@ -192,7 +192,7 @@ def _last_non_pad(ids: list[int], pad_id: int | None) -> int:
     return max((k for k, i in enumerate(ids) if i != pad_id), default=-1)
 
 
-def _eos_ids(tok, model) -> set[int]:
+def eos_ids(tok, model) -> set[int]:
     """The tokenizer's end-of-sequence token and the generation config's (which may be several)."""
     ids = {tok.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from mentor.server import shapes
-from mentor.server.db import JobRow
+from mentor.server.db import JobRow, now
 from mentor.server.errors import ApiError, not_found
 from mentor.server.job_requests import CreateFineTuningJob, Resolver, from_openai
 from mentor.server.scheduler import service_event
@@ -59,7 +59,7 @@ def request_stop(ctx, job_id: str, what: str) -> JobRow:
                            if what == "cancel" else f"job {job_id} is {row.status}; only a queued or running job "
                            "can be paused", code="invalid_state")
         if row.status == "paused":  # cancelling a paused job: nothing runs, it just ends
-            row.status, row.finished_at = "cancelled", shapes.dt.datetime.now(shapes.dt.timezone.utc).replace(tzinfo=None)
+            row.status, row.finished_at = "cancelled", now()
         else:
             row.requested = what
     service_event(row.folder, f"{what}_requested", f"{what} requested")
