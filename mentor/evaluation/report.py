@@ -59,7 +59,8 @@ def bar_chart(results: list[EvalResult], path: Path, title: str = "") -> Path:
 
 
 def write_report(results: list[EvalResult], folder: Path, title: str, notes: list[str] | None = None) -> Path:
-    """report.md + report.png + predictions per model (JSONL), in `folder`."""
+    """report.md + report.png + report.json (the table, for programs and the console) + predictions
+    per model (JSONL), in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
     bar_chart(results, folder / "report.png", title)
@@ -70,5 +71,9 @@ def write_report(results: list[EvalResult], folder: Path, title: str, notes: lis
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     text = f"# {title}\n\n{table}\n\n![report](report.png)\n" + "".join(f"\n- {n}" for n in notes or []) + "\n"
     (folder / "report.md").write_text(text)
+    summary = {"title": title, "notes": notes or [], "main_metric": results[0].main_metric[0] if results else None,
+               "results": [{"name": r.name, "metrics": r.metrics, "seconds_per_example": r.seconds_per_example,
+                            "tokens_per_example": r.tokens_per_example, "parameters": r.parameters} for r in results]}
+    (folder / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("\n%s", table)
     return folder / "report.md"

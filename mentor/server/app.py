@@ -21,7 +21,7 @@ from mentor.server import auth
 from mentor.server.db import Database
 from mentor.server.errors import ApiError
 from mentor.server.executors import make_executor
-from mentor.server.routes import batches, cloud, files, fine_tuning, inference, models
+from mentor.server.routes import batches, cloud, console, files, fine_tuning, inference, jobs, models
 from mentor.server.scheduler import Scheduler
 from mentor.server.settings import ServerSettings
 from mentor.serving.engine import Engine
@@ -82,7 +82,7 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if token is not None and not auth.check(request.headers.get("authorization"), token):
-            if request.url.path not in ("/health",):
+            if request.url.path != "/health" and not (serve is None and console.is_public(request.url.path)):
                 return _error(401, "a valid API token is required (Authorization: Bearer TOKEN)", code="invalid_api_key",
                               type="authentication_error")
         length = request.headers.get("content-length")
@@ -124,10 +124,13 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     def health() -> dict:
         return {"status": "ok"}
 
-    routers = (inference.router,) if serve is not None else (files.router, fine_tuning.router, models.router,
-                                                                  cloud.router, inference.router, batches.router)
+    routers = (inference.router,) if serve is not None else (files.router, fine_tuning.router, jobs.router,
+                                                                  models.router, cloud.router, inference.router,
+                                                                  batches.router)
     for router in routers:
         app.include_router(router)
+    if serve is None:
+        console.mount(app)
     if serve is not None:
         @app.get("/v1/models")
         def served_models() -> dict:

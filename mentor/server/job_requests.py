@@ -137,7 +137,7 @@ def validate_config(kind: JobKind, fields: dict[str, Any]) -> JobConfig:
         raise bad("; ".join(f"{f}: {m}" for f, m in problems), field) from None
 
 
-def _resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) -> dict[str, Any]:
+def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) -> dict[str, Any]:
     for name in SERVER_FIELDS:
         if name in fields:
             raise bad(f"'{name}' is chosen by the server", name)
@@ -196,7 +196,7 @@ def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path)
         fields["seed"] = body.seed
     fields["model"] = body.model
     _epochs_to_steps(fields, training.lines, kind)
-    fields = _resolve_fields(kind, fields, resolver)
+    fields = resolve_fields(kind, fields, resolver)
     return kind, validate_config(kind, {**fields, "output": str(job_folder)})
 
 
@@ -224,7 +224,7 @@ def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> 
     if isinstance(fields.get("data"), str):
         lines = sum(1 for line in open(resolver.data(fields["data"], "dataset_uri"), "rb") if line.strip())
     _epochs_to_steps(fields, lines, kind)
-    fields = _resolve_fields(kind, fields, resolver)
+    fields = resolve_fields(kind, fields, resolver)
     if tensorboard is not None:
         tensorboard = resolver.data_folder(str(tensorboard), "tensorboard_resource_id")
     return kind, validate_config(kind, {**fields, "output": str(job_folder)}), tensorboard

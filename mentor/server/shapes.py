@@ -69,7 +69,8 @@ def job_object(job: JobRow) -> dict:
         "estimated_finish": estimated_finish(job, prog), "integrations": [], "metadata": job.job_metadata or None,
         "method": method_of(job), "user_provided_suffix": job.suffix,
         # mentor's own: the job kind, its whole config, and progress
-        "kind": job.kind, "config": cfg, "progress": prog,
+        "kind": job.kind, "config": cfg, "progress": prog, "started_at": epoch(job.started_at),
+        "display_name": job.display_name, "api": job.api, "request": job.request,
     }
 
 
@@ -109,23 +110,32 @@ def events(job: JobRow) -> list[dict]:
     return out[::-1]
 
 
-def _metrics_by_step(folder: Path) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    path = folder / "metrics.jsonl"
+def metric_rows(job: JobRow) -> list[dict]:
+    """The job's metrics.jsonl rows, oldest first; a line being written is skipped, not an error."""
+    rows = []
+    path = Path(job.folder) / "metrics.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
-            rows.setdefault(row.get("step", 0), {}).update(row)
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _metrics_by_step(job: JobRow) -> dict[int, dict]:
+    rows: dict[int, dict] = {}
+    for row in metric_rows(job):
+        rows.setdefault(row.get("step", 0), {}).update(row)
     return rows
 
 
 def checkpoints(job: JobRow) -> list[dict]:
     """Every checkpoint the job saved, newest first, with OpenAI's and the cloud's metric names."""
     folder = Path(job.folder)
-    by_step = _metrics_by_step(folder)
+    by_step = _metrics_by_step(job)
     seen, out = set(), []
     name = job.fine_tuned_model or f"ft:{job.base_model}:{job.suffix or 'mentor'}:{job.id.removeprefix('ftjob-')[:12]}"
     for e in read_events(folder):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from mentor.errors import MentorError
@@ -78,3 +82,39 @@ def delete(request: Request, name: str) -> dict:
     except registry.UnknownModel:
         raise not_found("model", name, "model") from None
     return {"id": name, "object": "model", "deleted": True}
+
+
+def _registered(request: Request, name: str):
+    _check_name(name)
+    try:
+        return registry.get_model(request.app.state.ctx.db, name)
+    except registry.UnknownModel:
+        raise not_found("model", name, "model") from None
+
+
+@router.get("/v1/mentor/models/{name:path}/report")
+def report(request: Request, name: str) -> dict:
+    """The test report its job wrote (distillation: student vs teacher), as a table of results."""
+    row = _registered(request, name)
+    path = Path(row.job_folder) / "report" / "report.json"
+    if not path.is_file():
+        raise not_found("report for model", name, "model")
+    return json.loads(path.read_text())
+
+
+@router.get("/v1/mentor/models/{name:path}/files")
+def model_files(request: Request, name: str) -> dict:
+    """The files that make up the model (weights, adapter, tokenizer, card), for download."""
+    folder = Path(_registered(request, name).path)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {"object": "list", "data": [{"path": str(p.relative_to(folder)), "bytes": p.stat().st_size}
+                                       for p in files]}
+
+
+@router.get("/v1/mentor/model_file")
+def model_file(request: Request, model: str = Query(max_length=255), path: str = Query(max_length=512)):
+    folder = Path(_registered(request, model).path).resolve()
+    target = (folder / path).resolve()
+    if folder not in target.parents or not target.is_file():
+        raise not_found("file", path[:80], "path")
+    return FileResponse(target, filename=target.name)
