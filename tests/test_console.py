@@ -29,6 +29,7 @@ def files(tmp_path_factory):
     distill = [{**r, "teacher_completion": f"Shift each letter. The answer is {r['output_text']}."} for r in rows[:16]]
     return {"dir": d, "train": write_jsonl(d / "train.jsonl", rows), "eval": write_jsonl(d / "eval.jsonl", shift_task(12, 1)),
             "distill": write_jsonl(d / "distill.jsonl", distill),
+            "bad": write_jsonl(d / "bad.jsonl", [rows[0], {"input_text": "abc"}]),
             "test": write_jsonl(d / "test.jsonl", [{**r, "teacher_completion": f"The answer is {r['output_text']}."}
                                                    for r in shift_task(6, 2)])}
 
@@ -55,7 +56,20 @@ def wait_status(client: httpx.Client, job_id: str, statuses=("succeeded", "faile
     raise AssertionError(f"{job_id} still {job['status']}")
 
 
-def test_console_api(server, files):
+@pytest.fixture(scope="module")
+def distilled(server, files) -> dict:
+    """A distillation job with a test set, made by its fields: its model has a report (student vs teacher)."""
+    c = api(server)
+    job = c.post("/v1/mentor/jobs", json={"kind": "standard", "suffix": "rep", "config": {
+        "model": "tiny:llama", "data": str(files["distill"]), "test_data": str(files["test"]),
+        "teacher": "recorded:field=teacher_completion", "task": "extract", "train_steps": 2, "batch_size": 4}})
+    assert job.status_code == 200, job.text
+    done = wait_status(c, job.json()["id"])
+    assert done["status"] == "succeeded", done["error"]
+    return done
+
+
+def test_console_api(server, files, distilled):
     """Kinds with their schemas, a job of any kind by its fields, metrics rows, model files and report."""
     c = api(server)
     assert httpx.get(server.url + "/console/").status_code == 200  # the page itself needs no token ...
@@ -74,17 +88,10 @@ def test_console_api(server, files):
     assert outside.status_code == 400 and outside.json()["error"]["param"] == "data"
     assert c.post("/v1/mentor/jobs", json={"kind": "nope"}).json()["error"]["param"] == "kind"
 
-    # a distillation job with a test set, by its fields: the model gets a report (student vs teacher)
-    job = c.post("/v1/mentor/jobs", json={"kind": "standard", "suffix": "rep", "config": {
-        "model": "tiny:llama", "data": str(files["distill"]), "test_data": str(files["test"]),
-        "teacher": "recorded:field=teacher_completion", "task": "extract", "train_steps": 2, "batch_size": 4}})
-    assert job.status_code == 200, job.text
-    done = wait_status(c, job.json()["id"])
-    assert done["status"] == "succeeded", done["error"]
-    assert done["api"] == "mentor" and done["request"]["kind"] == "standard"
-    rows = c.get(f"/v1/mentor/jobs/{done['id']}/metrics").json()["data"]
+    name = distilled["fine_tuned_model"]
+    assert distilled["api"] == "mentor" and distilled["request"]["kind"] == "standard"
+    rows = c.get(f"/v1/mentor/jobs/{distilled['id']}/metrics").json()["data"]
     assert rows and all("step" in r for r in rows) and any("train_total_loss" in r for r in rows)
-    name = done["fine_tuned_model"]
     report = c.get(f"/v1/mentor/models/{name}/report").json()
     assert [r["name"] for r in report["results"]][0].startswith("student") and report["main_metric"]
     assert any(r["name"].startswith("teacher") for r in report["results"])
@@ -115,7 +122,7 @@ def points(page, chart: str) -> int:
     return int(box.get_attribute("data-points")) if box else 0
 
 
-def test_console_in_a_browser(server, files, browser):
+def test_console_in_a_browser(server, files, browser, distilled):
     SHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -147,6 +154,12 @@ def test_console_in_a_browser(server, files, browser):
     error = page.wait_for_selector('[data-error-for="train_steps"]:not([hidden])')
     assert "greater than or equal to 1" in error.inner_text()
     assert "#/new" in page.url
+    # a file that fails validation: the line and field it concerns, next to the field
+    page.set_input_files('input[data-upload="evaluation_data"]', str(files["bad"]))
+    error = page.wait_for_selector('[data-error-for="evaluation_data"]:not([hidden])')
+    assert "bad.jsonl:2: field 'output_text': missing" in error.inner_text()
+    page.set_input_files('input[data-upload="evaluation_data"]', str(files["eval"]))
+    page.wait_for_selector('[data-error-for="evaluation_data"]', state="hidden")
     page.fill("#field-suffix", "console")
     for field, value in {"train_steps": "160", "batch_size": "4", "evaluation_interval": "8",
                          "learning_rate_multiplier": "4"}.items():
@@ -207,6 +220,19 @@ def test_console_in_a_browser(server, files, browser):
     page.wait_for_selector('[data-state="running"]', timeout=120_000)
     page.click('[data-action="cancel"]')
     page.wait_for_selector('[data-state="cancelled"]', timeout=120_000)
+
+    # the distilled model: its report (student vs teacher) as a table and a chart; then deleted
+    page.goto(server.url + "/console/#/models/" + distilled["fine_tuned_model"])
+    page.wait_for_selector("#report")
+    report = page.inner_text("#report")
+    assert "student: standard" in report and "teacher (recorded" in report
+    assert page.query_selector("#report canvas")
+    page.screenshot(path=str(SHOTS / "distilled-model-1280.png"), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete-model")
+    page.wait_for_url("**/#/models")
+    page.wait_for_selector(f'tr[data-model="{model}"]')
+    assert not page.query_selector(f'tr[data-model="{distilled["fine_tuned_model"]}"]')
 
     # the pages at a phone's width: nothing wider than the window
     phone = browser.new_context(viewport={"width": 390, "height": 844})
