@@ -202,3 +202,35 @@ def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
 
     p = Predictor(str(out))
     assert p.render("x").endswith("[label] x<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_selection_and_early_stopping_on_the_task_metric(data, tmp_path):
+    """--selection-metric task: every evaluation generates the student's answers for the eval set and
+    scores them; the chosen checkpoint is the best score's, and early stopping watches the same score."""
+    out = tmp_path / "task"
+    result = distill(base_job(data, out, selection_metric="task", train_steps=120, evaluation_interval=20,
+                              mask_wrong_rationales=True))
+    scores = {}
+    for r in metric_rows(out):  # the first evaluation at each step (the last one re-scores the chosen model)
+        if "eval_task_score" in r:
+            scores.setdefault(r["step"], r["eval_task_score"])
+    assert sorted(scores) == [20, 40, 60, 80, 100, 120] and all(0 <= v <= 1 for v in scores.values())
+    assert max(scores.values()) > 0  # the student learns to answer at all
+    best = max(scores.values())
+    assert result.best_step == min(s for s, v in scores.items() if v == best)  # the first best score's checkpoint
+
+    stopped = tmp_path / "stop"
+    result = distill(base_job(data, stopped, selection_metric="task", train_steps=200, evaluation_interval=20,
+                              early_stopping=True, early_stopping_patience=2, mask_wrong_rationales=True))
+    series = [(r["step"], r["eval_task_score"]) for r in metric_rows(stopped) if "eval_task_score" in r]
+    best, stale, expected = -1.0, 0, None
+    for step, value in series:  # transformers' EarlyStoppingCallback rule, on the task score
+        if value > best + 0.001:
+            best, stale = value, 0
+        else:
+            stale += 1
+        if stale >= 2:
+            expected = step
+            break
+    assert expected is not None and result.steps_run == expected < 200
+    assert DistillConfig(model="m", data="d", output="o").selection_metric == "next_token_accuracy"

@@ -46,6 +46,10 @@ class DistillConfig(StudentConfig):
     with_rationale: bool = Field(
         False, description="at test time also let the student write its rationale first and read the label from the "
                            "answer that closes it (implies rationale_format='rationale+label')")
+    selection_metric: Literal["next_token_accuracy", "task"] = Field(
+        "next_token_accuracy", description="what checkpoint selection and early stopping judge on the evaluation data: "
+        "next-token accuracy of the gold labels (the cloud's rule), or the task metric of the student's generated "
+        "answers (eval_task_score: accuracy, F1 for extract)")
     label_prefix: str = Field("[label] ", description="task prefix of the label task")
     rationale_prefix: str = Field("[rationale] ", description="task prefix of the rationale task")
 

@@ -17,6 +17,7 @@ from mentor.distill.config import DistillConfig
 from mentor.distill.label import label_rows, make_teacher, read_rows, teacher_report, write_labeled
 from mentor.distill.multitask import MultiTaskCollator, StepByStepTrainer
 from mentor.distill.scoring import run_test
+from mentor.distill.selection import TASK_SCORE, TaskScore
 from mentor.distill.targets import encode_targets, student_targets
 from mentor.errors import MentorError
 from mentor.jobs import Job, TunedModel
@@ -59,11 +60,12 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     eval_targets = None
     if eval_rows:
         if all(isinstance(r.get(cfg.label_field), str) for r in eval_rows):
-            eval_targets = [{"input": r["input_text"], "label": r[cfg.label_field], "rationale": None} for r in eval_rows]
+            eval_targets = [{"input": r["input_text"], "label": r[cfg.label_field], "rationale": None, "row": r,
+                             "gold": r.get(cfg.answer_field, r[cfg.label_field])} for r in eval_rows]
         else:  # unlabeled eval data: the teacher's labels stand in for gold ones
             eval_labeled, _ = label_rows(teacher, eval_rows, template, cfg.task, None, cfg.teacher_max_new_tokens)
-            eval_targets = [{"input": item.row["input_text"], "label": item.teacher_label(cfg.task), "rationale": None}
-                            for item in eval_labeled if item.parsed.ok]
+            eval_targets = [{"input": item.row["input_text"], "label": item.teacher_label(cfg.task), "rationale": None,
+                             "row": item.row} for item in eval_labeled if item.parsed.ok]
         setup.check_eval_size(len(eval_targets))
 
     # -- setup: student ---------------------------------------------------------------------------
@@ -79,9 +81,15 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     # -- train --------------------------------------------------------------------------------------
     has_eval = eval_ds is not None
     trainer_cls, kwargs = (StepByStepTrainer, {"alpha": cfg.alpha}) if sbs else (MentorTrainer, {})
+    on_task = has_eval and cfg.selection_metric == "task"
+    if on_task:
+        kwargs["task_score"] = TaskScore(eval_targets, cfg.task, cfg.labels, cfg.label_prefix if sbs else "",
+                                         student.tokenizer, student.use_chat_template, student.is_seq2seq,
+                                         cfg.label_max_new_tokens, cfg.batch_size, cfg.max_input_tokens)
     trainer = trainer_cls(
         model=student.model,
-        args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16),
+        args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16,
+                                          **({"best_metric": TASK_SCORE} if on_task else {})),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=MultiTaskCollator(student.tokenizer) if sbs else arguments.collator(student.tokenizer),

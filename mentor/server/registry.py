@@ -44,7 +44,9 @@ def register(db: Database, job: JobRow) -> ModelRow:
     weights = "adapter" if (model_dir / "adapter_config.json").exists() else "full"
     config = dict(job.config)
     best = result.best_step
-    selection = (f"checkpoint of the best evaluation (step {best}) on eval next-token accuracy" if best
+    judged_on = "eval task score (generated answers)" if config.get("selection_metric") == "task" \
+        else "eval next-token accuracy"
+    selection = (f"checkpoint of the best evaluation (step {best}) on {judged_on}" if best
                  else f"the last step ({result.steps_run})")
     row = ModelRow(
         name=model_name(job.base_model, job.suffix, job.id), job_id=job.id, base_model=job.base_model, kind=job.kind,

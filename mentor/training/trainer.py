@@ -91,10 +91,11 @@ def token_loss(model, batch: dict, is_seq2seq: bool, keep_logits: bool = True) -
 class MentorTrainer(Trainer):
     """Trainer with output-token loss and the tuning services' metric names."""
 
-    def __init__(self, *args, is_seq2seq: bool = False, sampler_seed: int = 0, **kwargs):
+    def __init__(self, *args, is_seq2seq: bool = False, sampler_seed: int = 0, task_score=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.is_seq2seq = is_seq2seq
         self.sampler_seed = sampler_seed
+        self.task_score = task_score  # model -> metrics of generated answers, added to every evaluation
         self.model_accepts_loss_kwargs = False  # the loss below is a per-batch token mean
         self._keep_logits = not is_seq2seq and accepts_logits_to_keep(self.model)
         self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
@@ -143,6 +144,8 @@ class MentorTrainer(Trainer):
         output.metrics.pop(f"{prefix}_loss", None)
         for k, v in self.metrics_for("eval").items():
             output.metrics[prefix + k[len("eval"):]] = v
+        if self.task_score is not None and prefix == "eval":
+            output.metrics.update(self.task_score(self.model))
         return output
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
