@@ -234,3 +234,18 @@ def test_selection_and_early_stopping_on_the_task_metric(data, tmp_path):
             break
     assert expected is not None and result.steps_run == expected < 200
     assert DistillConfig(model="m", data="d", output="o").selection_metric == "next_token_accuracy"
+
+
+def test_validation_split_held_out_of_the_training_rows(data, tmp_path):
+    """Without evaluation data, validation_split holds rows out (the same ones for every seed):
+    they are evaluated on and never trained on."""
+    out = tmp_path / "val"
+    result = distill(base_job(data, out, evaluation_data=None, validation_split=0.1, train_steps=20,
+                              evaluation_interval=10, method="finetune", teacher=None))
+    held = [json.loads(l) for l in (out / "validation.jsonl").read_text().splitlines()]
+    assert len(held) == 12 and result.extra["examples"] == 120 - 12
+    assert any("eval_total_loss" in r for r in metric_rows(out)) and result.best_step in (10, 20)
+    again = tmp_path / "val2"
+    distill(base_job(data, again, evaluation_data=None, validation_split=0.1, train_steps=2, seed=7,
+                     method="finetune", teacher=None))
+    assert (again / "validation.jsonl").read_text() == (out / "validation.jsonl").read_text()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
+from mentor.files import atomic_file
 
 
 def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",)) -> list[dict]:
@@ -19,3 +22,29 @@ def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",)) -> 
     if not rows:
         raise MentorError(f"{path}: no rows")
     return rows
+
+
+MAX_HELD_OUT = 256  # the seeds' evaluation sets hold 10 to 256 examples: more costs time, not insight
+
+
+def hold_out(rows: list[dict], share: float, path: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """(kept, held out): `share` of the rows (at least 1, at most 256) held out as validation data.
+
+    The choice depends only on the rows themselves (a fixed shuffle, not the job's seed), so runs
+    with different seeds or recipe variants are compared on the same validation rows. With `path`,
+    the held-out rows are written there (without mentor's bookkeeping fields) for the record."""
+    if not 0 < share < 1:
+        raise MentorError(f"validation share must be between 0 and 1, got {share}")
+    if len(rows) < 2:
+        raise MentorError(f"{len(rows)} row(s): too few to hold any out for validation")
+    count = min(MAX_HELD_OUT, max(1, round(share * len(rows))), len(rows) - 1)
+    order = list(range(len(rows)))
+    random.Random(len(rows)).shuffle(order)
+    held = set(order[:count])
+    kept = [r for i, r in enumerate(rows) if i not in held]
+    validation = [r for i, r in enumerate(rows) if i in held]
+    if path is not None:
+        with atomic_file(path) as f:
+            for r in validation:
+                f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False) + "\n")
+    return kept, validation

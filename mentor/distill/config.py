@@ -31,6 +31,10 @@ class DistillConfig(StudentConfig):
     prompt_examples: str | None = Field(None, description="few-shot CoT examples JSONL (input, rationale, label)")
     labels: list[str] | None = Field(None, description="label set for classify/nli")
     test_data: str | None = Field(None, description="test JSONL: student and teacher are scored on it at the end")
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=0.5, description="without evaluation_data: this share of the training rows (at most 256) is "
+        "held out as evaluation data, the same rows for every seed, so checkpoints and recipe variants are chosen on "
+        "it and the test set is scored once (0: none held out)")
     label_field: str = Field("output_text", description="field holding the gold label to train on")
     answer_field: str = Field("output_text", description="field holding the gold answer to score against")
     filter_disagreements: bool = Field(False, description="drop examples where the teacher's answer disagrees with the gold one")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from mentor.data.encode import EncodeStats
+from mentor.data.rows import hold_out
 from mentor.distill.config import DistillConfig
 from mentor.distill.label import label_rows, make_teacher, read_rows, teacher_report, write_labeled
 from mentor.distill.multitask import MultiTaskCollator, StepByStepTrainer
@@ -38,6 +39,10 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     test_rows = read_rows(cfg.test_data) if cfg.test_data else None
     if len(train_rows) > cfg.max_examples:
         raise MentorError(f"{cfg.data}: {len(train_rows)} rows, more than max_examples={cfg.max_examples}")
+    if eval_rows is None and cfg.validation_split:
+        train_rows, eval_rows = hold_out(train_rows, cfg.validation_split, job.folder / "validation.jsonl")
+        log.info(f"validation split: {len(eval_rows)} of the training rows held out as evaluation data "
+                 f"({job.folder / 'validation.jsonl'})")
     template = PromptTemplate.for_task(cfg.task, shots=cfg.prompt_examples, labels=cfg.labels)
     labeled, teacher, report_lines = None, None, []
     if cfg.method != "finetune":

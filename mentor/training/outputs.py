@@ -127,7 +127,7 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
                extra: dict | None = None, notes: list[str] | None = None) -> TunedModel:
     """The end of every kind that trains like tuning: the selected model, curves, card, summary."""
     cfg, out, state = job.config, job.folder, trainer.state
-    best_step = state.best_global_step if cfg.checkpoint_selection and cfg.evaluation_data else None
+    best_step = state.best_global_step if trainer.args.load_best_model_at_end else None  # selection was on
     if best_step:
         job.event("best_checkpoint", f"best evaluation at step {best_step}: its checkpoint is the result",
                   step=best_step)
