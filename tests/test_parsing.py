@@ -414,3 +414,104 @@ def test_failure_excerpts_show_the_start_and_the_end():
     summary = summarize_parses([parse_completion(text, "choice", choices=["x", "y"])], [text], excerpt_chars=80)
     excerpt = next(iter(summary.examples.values()))[0]["excerpt"]
     assert excerpt.startswith("The answer must be") and excerpt.endswith("The end") and " ... " in excerpt
+
+
+# ----------------------------------------------------------------------------------------------
+# Common chain-of-thought styles beyond "The answer is X." (the corpus in tests/data/cot_corpus
+# measures them on real texts; these pin each rule)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        # zero-shot CoT (Kojima et al. 2022): the answer prompt names the answer's form
+        ("9 * 2 = 18.\nTherefore, the answer (arabic numerals) is 18.", "18"),
+        # the answer on the line after the marker
+        ("56 in total.\nTherefore, the answer (arabic numerals) is: \n\n56", "56"),
+        ("Answer:\n2,000", "2000"),
+        # MATH, Minerva, boxed
+        ("The difference between 36 and 26 is $\\boxed{10}$.", "10"),
+        ("So $\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$\nFinal Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct.", "-0.666667"),
+        ("**Final Answer**\n\\[\n\\boxed{18}\n\\]", "18"),
+        ("Final Answer: The final answer is $\\$1,\\!250$. I hope it is correct.", "1250"),
+        # markdown answer lines and tags
+        ("**Answer:** 72 km/h", "72"),
+        ("### Final Answer: 238", "238"),
+        ("<think>\n16 - 7 = 9, so the answer is 8? No: 9 * 2 = 18.\n</think>\n<answer>18</answer>", "18"),
+        ("<think>84 / 2 = 42</think>\n\n42", "42"),
+        # numbers: rates, exponents, hex, mixed numbers, named values, one value written two ways
+        ("The answer is 20 km/h.", "20"),
+        ("The answer is $12/hour.", "12"),
+        ("The answer is 4.5e-5 m.", "4.5e-05"),
+        ("The answer is 0x3b300.", "242432"),
+        ("The answer is 1 1/2 cups.", "1.5"),
+        ("The answer is 90°.", "90"),
+        ("The answer is x = 24.", "24"),
+        ("The answer is 3/8 or 0.375.", "0.375"),
+        ("The answer is $50k.", "50000"),
+    ],
+)
+def test_common_cot_styles(text, label):
+    p = parse_completion(text, "math")
+    assert p.ok, p
+    assert p.label == label
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("The answer is 4x.", REASON_NOT_EVALUABLE),  # four times x, not 4 of a unit
+        ("The answer is 4/5 or 80%.", REASON_MULTIPLE),  # two values
+        ("Computing. $\\boxed{12", REASON_TRUNCATED),
+        ("<think>It is 12.</think><answer>12</answer> Actually, the correct answer is 15.", "conflicting answers: '12' and '15'"),
+    ],
+)
+def test_common_cot_styles_refused(text, reason):
+    p = parse_completion(text, "math")
+    assert not p.ok and p.reason == reason
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("Therefore, among A through E, the answer is B, melted.", "melted"),
+        ("So the answer is melted (B).", "melted"),
+        ("The correct option is (C).", "ice cream"),
+        ("The best answer is C) ice cream.", "ice cream"),
+        ("Answer: B", "melted"),
+        ("So the answer is $\\boxed{\\text{(E)}}$.", "sculptured"),
+    ],
+)
+def test_choice_styles(text, label):
+    p = parse_completion(text, "choice", choices=["carved", "melted", "ice cream", "antarctica", "sculptured"])
+    assert p.ok and p.label == label, p
+
+
+@pytest.mark.parametrize("answer", ["A, B, D, or E", "(A) or (B)", "(A), (B), (C), or (D)", "B, carved", "probably (A)"])
+def test_choice_naming_several_options_is_refused(answer):
+    p = parse_completion(f"Hard to say. So the answer is {answer}.", "choice", choices=["carved", "melted", "ice cream", "antarctica", "sculptured"])
+    assert not p.ok, p
+
+
+def test_boxed_rationale_ends_before_the_boxed_sentence():
+    p = parse_completion("Half of 84 is 42. So each round is worth $\\boxed{42}$ points.", "math")
+    assert (p.label, p.rationale) == ("42", "Half of 84 is 42.")
+    p = parse_completion("Half of 84 is 42.\n\n**Final Answer**\n\\[\n\\boxed{42}\n\\]", "math")
+    assert (p.label, p.rationale) == ("42", "Half of 84 is 42.")
+
+
+def test_one_span_written_two_ways_is_not_a_conflict():
+    p = parse_completion('So the final answer would be "s-a-n-n". Therefore, the answer is "sann".', "extract")
+    assert p.ok and p.label == "sann"
+    assert not parse_completion('So the answer is "y z e e". Therefore, the answer is "yzeet".', "extract").ok
+
+
+def test_degenerate_markers_stay_fast():
+    import time
+
+    for text in ["the answer is " * 20000, "\\boxed{" * 20000, "<answer>" * 20000, "Final Answer: The final answer is " * 5000,
+                 "</think>" * 20000, "1 or " * 20000, "\\frac{" * 10000]:
+        start = time.perf_counter()
+        parse_completion(text, "math")
+        assert time.perf_counter() - start < 2.0, text[:30]

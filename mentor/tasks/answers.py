@@ -2,9 +2,11 @@
 
 Distilling step-by-step trains the student on the teacher's rationale *and* label, so both must be
 clean: the completion is cut at the first invented follow-up (`runon`), the answer sentence is found
-in its many shapes ("The answer is (10 * 45).", "Answer: neutral", "#### 42") and the answer is
-normalised for the task (`labels`). Anything not clearly parseable comes back with ``ok=False`` and
-a fixed ``reason`` (`reasons`) that batch reports group by (see `summarize_parses`).
+in its many shapes ("The answer is (10 * 45).", "Therefore, the answer (arabic numerals) is 18.",
+"Answer: neutral", "#### 42", "\\boxed{42}", "<answer>42</answer>") and the answer is normalised for
+the task (`labels`); tests/data/cot_corpus measures this on published chain-of-thought texts.
+Anything not clearly parseable comes back with ``ok=False`` and a fixed ``reason`` (`reasons`) that
+batch reports group by (see `summarize_parses`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from mentor.tasks import LABEL_TASKS
+from mentor.tasks.answer_text import strip_answer
+from mentor.tasks.arithmetic import plain_math
 from mentor.tasks.labels import NLI_LABELS, check_labels, match_label, normalize_answer
 from mentor.tasks.reasons import REASON_CONFLICTING, REASON_EMPTY, REASON_NO_ANSWER, REASON_TRUNCATED
 from mentor.tasks.runon import cut_runon
@@ -34,19 +39,36 @@ class Parsed:
 # An answer turn marker at a line start: the teacher echoed the question, then answered.
 _ANSWER_TURN = re.compile(r"^[ \t]*A[ \t]*[:：][ \t]*", re.MULTILINE)
 
-_CONNECTOR = r"(?:(?:so|therefore|thus|hence|then)\b[ \t]*,?[ \t]*)?"
+# "So", "Therefore," and zero-shot CoT's "Therefore, among A through E," belong to the answer statement.
+_CONNECTOR = (r"(?:(?:so|therefore|thus|hence|then)\b[ \t]*,?[ \t]*)?"
+              r"(?:among[ \t]+[A-Z][ \t]+through[ \t]+[A-Z][ \t]*,[ \t]*)?")
 _ANSWER_SENTENCE = re.compile(
     _CONNECTOR
-    + r"\b(?:the[ \t]+|my[ \t]+|our[ \t]+)?(?:final[ \t]+|correct[ \t]+|right[ \t]+)?answer[ \t]+"
+    + r"\b(?:the[ \t]+|my[ \t]+|our[ \t]+)?"
+    # "the correct option is (c)" names the answer too, but "option"/"choice" only with such an
+    # adjective: "the first option is a shelf" is reasoning.
+    r"(?:(?:final|correct|right|best)[ \t]+(?:option|choice)|(?:(?:final|correct|right|best)[ \t]+)?answer)[ \t]+"
+    # Zero-shot CoT's answer prompt names the answer's form: "the answer (arabic numerals) is 18".
+    r"(?:\([^()\n]{1,40}\)[ \t]+)?"
     r"(?:is|would[ \t]+be|will[ \t]+be|should[ \t]+be|must[ \t]+be)\b[ \t]*[:：]?[ \t]*",
     re.IGNORECASE,
 )
+# "Answer: 42", also as a markdown heading or in bold ("**Final Answer:** 42", "### Answer: 42").
 _ANSWER_COLON = re.compile(
-    r"(?:^|(?<=[.!?])[ \t]+)" + _CONNECTOR + r"(?:the[ \t]+)?(?:final[ \t]+)?answer[ \t]*[:：][ \t]*",
+    r"(?:^|(?<=[.!?])[ \t]+)(?:[#*_]+[ \t]*)?" + _CONNECTOR
+    + r"(?:the[ \t]+)?(?:final[ \t]+)?answer(?:\*\*|__)?[ \t]*[:：][ \t]*(?:\*\*|__)?[ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
 _HASHES = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
+# MATH/Minerva-style solutions box their answer ("... = \boxed{42}$."); the answer is the braces' content.
+_BOXED = re.compile(r"\\(?:boxed|fbox)[ \t]*\{")
+# reasoning-gym's and R1-style prompts ask for "<answer>42</answer>".
+_ANSWER_TAG = re.compile(r"<answer>", re.IGNORECASE)
+_ANSWER_TAG_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
+_THINK_TAG = re.compile(r"</?think>[ \t]*\n?", re.IGNORECASE)
 _TRAILING_CONNECTOR = re.compile(r"\b(?:so|therefore|thus|hence|then)[\s,:]*\Z", re.IGNORECASE)
+# A "Final Answer" heading left dangling before a boxed answer on the next line.
+_TRAILING_HEADING = re.compile(r"(?:#+[ \t]*|\*\*)?(?:final[ \t]+)?answer(?:\*\*)?[ \t]*[:：]?(?:\*\*)?\Z", re.IGNORECASE)
 
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "mt", "inc", "prof"}
 
@@ -96,18 +118,80 @@ def _is_abbreviation(text: str, start: int, dot: int) -> bool:
     return len(word) == 1 and word.isupper() and dot + 2 < len(text) and text[dot + 2 : dot + 3].isupper()
 
 
+def _brace_end(text: str, start: int) -> tuple[int, bool]:
+    """Where the braces opened just before ``start`` close: (index of "}", True), or (len, False)."""
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i, True
+    return len(text), False
+
+
+class _Statement(NamedTuple):
+    """An answer marker, where its statement starts (before any heading it replaced, or for a boxed
+    answer at its sentence), where its answer ends and whether the answer is whole."""
+
+    m: re.Match[str]
+    start: int
+    end: int
+    balanced: bool
+
+
+def _sentence_start(head: str, i: int) -> int:
+    while i > 0 and head[i - 1] != "\n" and not (head[i - 1] in ".!?" and head[i].isspace()):
+        i -= 1
+    return i
+
+
+def _statements(head: str, spans: bool = False) -> list[_Statement]:
+    patterns = (_ANSWER_SENTENCE, _ANSWER_COLON, _HASHES, _BOXED, _ANSWER_TAG)
+    found = sorted((m for p in patterns for m in p.finditer(head)), key=lambda x: x.start())
+    out: list[_Statement] = []
+    last_end, headings, next_line = -1, 0, False
+    for m in found:
+        start = m.start()
+        if m.start() < last_end:
+            prev = out[-1].m
+            # "Final Answer: The final answer is $42$.", "The answer is $\boxed{42}$": a marker that
+            # opens the previous marker's answer makes that one a heading, and so does one on the
+            # line a dangling "the correct answer is" was taken to answer on; otherwise it is part
+            # of the answer ("the answer is: answer: 5"). Two headings at most, so that degenerate
+            # text ("the answer is the answer is ...") is not scanned again for every marker.
+            if (prev.re not in (_ANSWER_SENTENCE, _ANSWER_COLON, _HASHES) or headings == 2 or m.start() < prev.end()
+                    or (head[prev.end() : m.start()].strip(" \t\n*_#$") and not next_line)):
+                continue
+            start = out.pop().start
+            headings += 1
+        else:
+            headings = 0
+        next_line = False
+        if m.re is _BOXED:  # "So the total is $\boxed{42}$.": the whole sentence is the statement
+            start = min(start, _sentence_start(head, m.start()))
+            end, balanced = _brace_end(head, m.end())
+        elif m.re is _ANSWER_TAG:
+            close = _ANSWER_TAG_CLOSE.search(head, m.end())
+            # A teacher stopped at "</answer>" as its stop sequence leaves the tag open.
+            end, balanced = (close.start(), True) if close else (len(head), True)
+        else:
+            answer_start = m.end()
+            line_end = head.find("\n", answer_start)
+            if line_end != -1 and not head[answer_start:line_end].strip():
+                # "Therefore, the answer (Yes or No) is:\n\nYes": the answer is on the next line.
+                answer_start = len(head) - len(head[line_end:].lstrip())
+                next_line = True
+            end, balanced = _answer_end(head, answer_start, spans)
+        out.append(_Statement(m, start, end, balanced))
+        last_end = max(end, m.end())
+    return out
+
+
 def find_answers(head: str, spans: bool = False) -> list[tuple[re.Match[str], int, bool]]:
     """Every answer marker in ``head``, in order, with where its answer ends and whether it is whole."""
-    found = sorted((m for p in (_ANSWER_SENTENCE, _ANSWER_COLON, _HASHES) for m in p.finditer(head)),
-                   key=lambda x: x.start())
-    out, last_end = [], -1
-    for m in found:
-        if m.start() < last_end:
-            continue  # one marker inside another's answer ("the answer is: answer: 5")
-        end, balanced = _answer_end(head, m.end(), spans)
-        out.append((m, end, balanced))
-        last_end = end
-    return out
+    return [(s.m, s.end, s.balanced) for s in _statements(head, spans)]
 
 
 def find_answer(head: str, spans: bool = False) -> tuple[re.Match[str] | None, int, bool]:
@@ -118,6 +202,7 @@ def find_answer(head: str, spans: bool = False) -> tuple[re.Match[str] | None, i
 
 def _clean_rationale(text: str) -> str:
     """Rationale text: after the last echoed "A:" turn, without a dangling "So"/"Therefore"."""
+    text = _THINK_TAG.sub("", text)
     turns = list(_ANSWER_TURN.finditer(text))
     if turns:
         text = text[turns[-1].end() :]
@@ -127,11 +212,31 @@ def _clean_rationale(text: str) -> str:
         if not m:
             break
         text = text[: m.start()].rstrip(" \t\n,:")
-    return text.strip()
+    return _strip_opener(text).strip()
+
+
+def _strip_opener(text: str) -> str:
+    """The rationale without what opened the boxed answer after it: a math delimiter
+    ("so the total is $", "\\[") and a "**Final Answer**" heading line before it."""
+    t = text.rstrip()
+    for _ in range(2):  # "**Final Answer**\n\\[" has both
+        if t.endswith(("\\[", "\\(")):
+            t = t[:-2].rstrip()
+        elif t.endswith("$$") and t.count("$$") % 2 == 1:  # an unclosed display-math opener
+            t = t[:-2].rstrip()
+        elif t.endswith("$") and (len(t) == 1 or t[-2].isspace()):  # "is $\boxed{5}$": an opener, not "$x$"
+            t = t[:-1].rstrip()
+        line_start = t.rfind("\n") + 1
+        if _TRAILING_HEADING.match(t, line_start):
+            t = t[:line_start].rstrip()
+    return t
 
 
 # No "=" and at most two unit words: "16 - 7 = 9 peaches." is working, not a stated answer.
-_BARE_MATH = re.compile(r"^[\s$€£\d.,()+\-*/×÷%]*\d[\s$€£\d.,()+\-*/×÷%]*(?:\s*[A-Za-z]+){0,2}\s*\.?$")
+_MATH_CHAR = r"[\s$€£\d.,()+\-*/×÷%]"
+_BARE_MATH = re.compile(
+    rf"^{_MATH_CHAR}*(?:0[xX][0-9a-fA-F]+|\d(?:[eE][-+]?\d+)?){_MATH_CHAR}*(?:\s*[A-Za-z]+){{0,2}}\s*\.?$"
+)
 
 
 def _bare_answer(head: str, task: str, choices, labels) -> tuple[str | None, str]:
@@ -140,7 +245,7 @@ def _bare_answer(head: str, task: str, choices, labels) -> tuple[str | None, str
     text = _clean_rationale(head)
     if not text or "\n" in text or task == "extract" or len(text) > 80:
         return None, ""
-    if task == "math" and not _BARE_MATH.match(text):
+    if task == "math" and not _BARE_MATH.match(plain_math(strip_answer(text))):  # also "$\\frac{3}{4}$"
         return None, ""
     if task in LABEL_TASKS and match_label(text, labels or NLI_LABELS) is None:
         return None, ""
@@ -164,28 +269,33 @@ def parse_completion(
     if not text or not text.strip():
         return Parsed("", None, "", False, REASON_EMPTY)
     head = cut_runon(text)
-    markers = find_answers(head, spans=task == "extract")
+    markers = _statements(head, spans=task == "extract")
+    think_end = head.rfind("</think>")
+    if think_end != -1:
+        # Reasoning models try answers while thinking aloud ("<think>... so 5? No, wait ...</think>"):
+        # only the statements after the thinking count, when there are any.
+        markers = [mk for mk in markers if mk.m.start() > think_end] or markers
     if not markers:
-        label, raw = _bare_answer(head, task, choices, labels)
-        if label is not None:
-            return Parsed("", label, raw, True)
+        label, raw = _bare_answer(head[think_end + len("</think>") :] if think_end != -1 else head, task, choices, labels)
+        if label is not None:  # after thinking aloud, the thinking is the rationale
+            return Parsed(_clean_rationale(head[:think_end]) if think_end != -1 else "", label, raw, True)
         return Parsed(_clean_rationale(head), None, "", False, REASON_NO_ANSWER)
     # The closing answer statement wins: chain-of-thought often opens by restating what is asked
     # ("The answer must be the place where beavers get their supplies. ... So the answer is (c).").
     # Earlier statements count only to catch a completion that names two different answers.
-    m, end, balanced = markers[-1]
-    rationale = _clean_rationale(head[: m.start()])
+    m, start, end, balanced = markers[-1]
+    rationale = _clean_rationale(head[:start])
     raw = head[m.end() : end].strip()
     if not balanced:
         return Parsed(rationale, None, raw, False, REASON_TRUNCATED)
     label, reason = normalize_answer(raw, task, choices, labels)
     if label is not None:
-        for earlier, earlier_end, whole in markers[:-1]:
+        for earlier, earlier_start, earlier_end, whole in markers[:-1]:
             other = normalize_answer(head[earlier.end() : earlier_end].strip(), task, choices, labels)[0] if whole else None
             if other is not None and not _same(other, label, task):
                 return Parsed(rationale, None, raw, False, f"{REASON_CONFLICTING}: {other!r} and {label!r}")
             if other is not None:  # the same answer said twice: the rationale ends before the first time
-                rationale = _clean_rationale(head[: earlier.start()])
+                rationale = _clean_rationale(head[:earlier_start])
                 break
     return Parsed(rationale, label, raw, label is not None, reason)
 
@@ -195,6 +305,8 @@ def _same(a: str, b: str, task: str) -> bool:
         from mentor.tasks.arithmetic import numbers_match
 
         return numbers_match(a, b)
+    if task == "extract":  # one span written two ways: "s-a-n-n" and "sann", "Marie Curie" and "marie curie"
+        return re.sub(r"[\W_]+", "", a.lower()) == re.sub(r"[\W_]+", "", b.lower())
     return a == b
 
 

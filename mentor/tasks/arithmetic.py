@@ -1,9 +1,9 @@
 """Safe evaluation of math answers.
 
 Teachers answer math word problems with an arithmetic expression ("(10 * 45)", "84 / 2 = 42"),
-money ("$1,200") or a number with its unit ("12 apples"). The exact value is computed with Python's
-``ast`` restricted to numbers and + - * / // % **, never ``eval``, and bounded so a hostile or
-runaway expression ("9 ** 9 ** 9") cannot hang the machine.
+money ("$1,200"), a number with its unit ("12 apples", "45 km/h") or LaTeX ("\\frac{3}{4}"). The
+exact value is computed with Python's ``ast`` restricted to numbers and + - * / // % **, never
+``eval``, and bounded so a hostile or runaway expression ("9 ** 9 ** 9") cannot hang the machine.
 """
 
 from __future__ import annotations
@@ -24,9 +24,17 @@ from mentor.tasks.reasons import (
 _MAX_EXPR_CHARS = 400
 _MAX_BITS = 4096
 _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
-_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([A-Za-z][A-Za-z'\-]*)|(\*\*|//|[-+*/%()=]))")
-# Words that scale the number before them ("2 thousand" is 2000) rather than name its unit.
-_SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+# Numbers include hex ("0x3b300") and exponents ("1.2e-5"), which would otherwise read as a number and a unit.
+_TOKEN = re.compile(
+    r"\s*(?:(0[xX][0-9a-fA-F]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)|([A-Za-z][A-Za-z'\-]*)|(\*\*|//|[-+*/%()=]))"
+)
+# Units a number can be "per" ("$12/hour"); after a unit word any word is ("45 km/hr").
+_PER_UNITS = {"h", "hr", "hrs", "hour", "day", "week", "month", "year", "min", "minute", "s", "sec", "second",
+              "kg", "lb", "item", "person", "each", "unit", "piece"}
+# Letters that name an unknown, not a unit: "4x" is four times x, not 4.
+_VARIABLES = {"x", "y", "z", "n"}
+# Words that scale the number before them ("2 thousand" is 2000, "$50k" 50000) rather than name its unit.
+_SCALES = {"k": 1000, "dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 
 
 class _NotEvaluable(Exception):
@@ -80,6 +88,7 @@ def _strip_units(expr: str) -> str:
     out: list[str] = []
     pos = 0
     prev = ""  # kind of the previous kept token: "num", "unit", "op", "("/")"
+    kinds: list[str] = []  # what came before each operator, to tell "km/h" from "10 / x"
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
         if not m or m.end() == pos:
@@ -94,28 +103,72 @@ def _strip_units(expr: str) -> str:
             out.append(num)
             prev = "num"
         elif word is not None:
+            if prev == "/" and (kinds[-1] == "unit" or (kinds[-1] == "num" and word.lower() in _PER_UNITS)):
+                out.pop()  # "20 km/h", "$12/hour": a rate's unit, not a division
+                prev = "unit"
+                continue
             scale = _SCALES.get(word.lower())
             if scale is not None and prev == "num":  # "2 thousand" is 2000, not 2 of a unit
                 out[-1] = f"({out[-1]} * {scale})"
                 continue
-            if prev in ("num", "unit"):
+            if prev in ("num", "unit", ")") and word not in _VARIABLES:  # "12 apples", "(1 + 1 / 2) cups"
                 prev = "unit"
                 continue
             raise _NotEvaluable(f"unknown {word!r}")
         else:
+            kinds.append(prev)
             out.append(op)
             prev = ")" if op == ")" else op
     return " ".join(out)
 
 
+# LaTeX a math answer may be written in ("\\frac{3}{4}", "\\$1{,}200", "12\\text{ cm}"), as plain arithmetic.
+_LATEX_SUBS = (
+    (re.compile(r"\\(?:text|textrm|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}"), r" \1 "),
+    (re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"), r"((\1) / (\2))"),
+    (re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)"), r"((\1) / (\2))"),  # "\frac14", TeX shorthand
+    (re.compile(r"\\(?:cdot|times)(?![A-Za-z])"), "*"),
+    (re.compile(r"\\div(?![A-Za-z])"), "/"),
+    (re.compile(r"\\(?:left|right)(?![A-Za-z])|\\[,!;: ]|\\q?quad(?![A-Za-z])"), ""),
+    (re.compile(r"\{,\}"), ","),
+    (re.compile(r"\\([$%])"), r"\1"),
+)
+
+
+def _latex_to_plain(s: str) -> str:
+    if "\\" not in s and "{" not in s:
+        return s
+    for _ in range(4):  # nested \frac{\frac{..}{..}}{..} from the inside out
+        for pattern, repl in _LATEX_SUBS:
+            s = pattern.sub(repl, s)
+    return s.replace("{", "(").replace("}", ")")  # grouping braces: "2^{10}"
+
+
+def plain_math(text: str) -> str:
+    """``text`` as plain arithmetic, the way `evaluate_math` reads it (LaTeX, currency and
+    thousands separators gone)."""
+    return _prepare_math(text)
+
+
 def _prepare_math(text: str) -> str:
-    """Plain ASCII arithmetic: math signs as Python operators, no currency, thousands separators or percent."""
-    s = text.strip()
-    s = s.replace("×", "*").replace("÷", "/").replace("−", "-").replace("–", "-").replace("^", "**")
+    """Plain ASCII arithmetic: math signs as Python operators, no currency, thousands separators,
+    percent or degree signs, unit exponents ("m^2", "cm³") or LaTeX."""
+    s = _latex_to_plain(text.strip())
+    s = s.replace("×", "*").replace("·", "*").replace("÷", "/").replace("−", "-").replace("–", "-")
+    s = re.sub(r"(?<=[A-Za-z])\s*(?:\^|\*\*)\s*[23]\b|(?<=[A-Za-z])[²³]", "", s)  # "12 m^2" is 12
+    s = s.replace("^", "**")
+    s = re.sub(r"\s*°(?:\s*[CF]\b)?|\*\*\s*\\circ", " ", s)  # degrees, "90^\circ"
     s = re.sub(r"[$€£¥]", "", s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
     s = re.sub(r"%(?!\s*[\d(.])", "", s)  # a percent sign, not the modulo operator
+    s = re.sub(r"(?<![\d.])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1 + \2 / \3)", s)  # "1 1/2 cups"
     return s.strip()
+
+
+# "x = 24", "Allen's age = 143": a name for the value before it (not "7x = 14", which is an equation).
+_NAMED_VALUE = re.compile(r"^[A-Za-z][A-Za-z' ]{0,40}?\s*=(?!=)\s*")
+# "3/8 or 0.375": one value written two ways (different values are two answers).
+_ALTERNATIVES = re.compile(r"\s*,?\s+or,?\s+", re.IGNORECASE)
 
 
 def evaluate_math(text: str) -> Fraction:
@@ -129,6 +182,20 @@ def evaluate_math(text: str) -> Fraction:
         raise ValueError(REASON_EMPTY_ANSWER)
     if len(s) > _MAX_EXPR_CHARS:
         raise ValueError(f"{REASON_NOT_EVALUABLE}: too long")
+    alternatives = _ALTERNATIVES.split(s)
+    if len(alternatives) > 1:
+        values = [_evaluate_prepared(a) for a in alternatives]
+        if any(not _close(v, values[0], 1e-6) for v in values[1:]):
+            raise ValueError(REASON_MULTIPLE)
+        return values[0]
+    return _evaluate_prepared(s)
+
+
+def _evaluate_prepared(s: str) -> Fraction:
+    """`evaluate_math` on text `_prepare_math` has already cleaned."""
+    s = _NAMED_VALUE.sub("", s, count=1)
+    if not s:
+        raise ValueError(REASON_EMPTY_ANSWER)
     if re.search(r"\band\b|;|,", s):
         raise ValueError(REASON_MULTIPLE)
     if s.count("(") != s.count(")"):

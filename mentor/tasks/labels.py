@@ -18,6 +18,7 @@ from mentor.tasks.arithmetic import evaluate_math, format_number
 from mentor.tasks.reasons import (
     REASON_CHOICE_CONFLICT,
     REASON_EMPTY_ANSWER,
+    REASON_MULTIPLE,
     REASON_NOT_IN_LABELS,
 )
 
@@ -73,12 +74,21 @@ def _normalise_label(ans: str, labels: Sequence[str]) -> tuple[str | None, str]:
     return None, REASON_NOT_IN_LABELS
 
 
-_LETTER_FORMS = (
-    re.compile(r"^(?:(?:option|choice)\s*)?\(([a-z])\)\s*(.*)$", re.IGNORECASE | re.DOTALL),
-    re.compile(r"^(?:(?:option|choice)\s*)?([a-z])\s*[).:]\s*(.*)$", re.IGNORECASE | re.DOTALL),
-    re.compile(r"^(?:option|choice)\s+([a-z])\b\s*(.*)$", re.IGNORECASE | re.DOTALL),
-    re.compile(r"^([a-z])()$", re.IGNORECASE),
+# (pattern, strict): a strict form counts only when its text is the letter's own option or absent,
+# so "B, melted" is option B but "A, B, D, or E" and "probably (A)" are not option A.
+_LETTER_FORMS = tuple(
+    (re.compile(pattern, re.IGNORECASE | re.DOTALL), strict)
+    for pattern, strict in (
+        (r"^(?:(?:option|choice)\s*)?\((?P<letter>[a-z])\)\s*(?P<text>.*)$", False),
+        (r"^(?:(?:option|choice)\s*)?(?P<letter>[a-z])\s*[).:]\s*(?P<text>.*)$", False),
+        (r"^(?:option|choice)\s+(?P<letter>[a-z])\b\s*(?P<text>.*)$", False),
+        (r"^(?P<letter>[a-z])$", False),
+        # Zero-shot CoT answers "the answer is B, melted."; others put the letter last: "melted (B)".
+        (r"^\(?(?P<letter>[a-z])\)?\s*,\s*(?P<text>.+)$", True),
+        (r"^(?P<text>.+?)\s*\((?P<letter>[a-z])\)$", True),
+    )
 )
+_LETTER_IN_PARENS = re.compile(r"\(([a-z])\)", re.IGNORECASE)
 
 
 def _normalise_choice(ans: str, choices: Sequence[str] | None) -> tuple[str | None, str]:
@@ -88,17 +98,22 @@ def _normalise_choice(ans: str, choices: Sequence[str] | None) -> tuple[str | No
     text = ans.strip()
     if choices and _norm_text(text) in normed:  # whole answer is an option (even a one-letter one)
         return choices[normed.index(_norm_text(text))], ""
-    for form in _LETTER_FORMS:
+    for form, strict in _LETTER_FORMS:
         m = form.match(text)
         if not m:
             continue
-        letter, rest = m.group(1).lower(), _norm_text(m.group(2) or "")
+        letter, rest = m.group("letter").lower(), _norm_text(m.groupdict().get("text") or "")
+        if any(other.lower() != letter for other in _LETTER_IN_PARENS.findall(rest)):
+            return None, REASON_MULTIPLE  # "(A) or (B)", "(A), (B), (C), or (D)"
+        idx = ord(letter) - ord("a")
+        own = normed[idx] if idx < len(normed) else None
+        if strict and rest and rest != own:
+            continue
         if not choices:
             return letter, ""
-        idx = ord(letter) - ord("a")
-        if idx >= len(choices):
+        if own is None:
             return None, REASON_NOT_IN_LABELS
-        if rest and rest != normed[idx] and rest in normed:
+        if rest and rest != own and rest in normed:
             return None, REASON_CHOICE_CONFLICT
         return choices[idx], ""
     return None, REASON_NOT_IN_LABELS
