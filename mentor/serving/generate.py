@@ -134,7 +134,10 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
         **({"truncation": True, "max_length": max_input_tokens} if max_input_tokens else {}),
     ).to(model.device)
     copies = 1 if params.greedy else params.n  # greedy: every copy would be the same
-    kwargs = {"max_new_tokens": params.max_new_tokens, "num_return_sequences": copies, "pad_token_id": pad_id}
+    # use_cache: a model mid-training may have its KV cache switched off (gradient checkpointing does);
+    # generating without it recomputes the whole sequence at every token
+    kwargs = {"max_new_tokens": params.max_new_tokens, "num_return_sequences": copies, "pad_token_id": pad_id,
+              "use_cache": True}
     if eos:
         kwargs["eos_token_id"] = sorted(eos)
     if params.greedy:
