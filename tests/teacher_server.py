@@ -2,15 +2,18 @@
 
 FastAPI + uvicorn in a background thread on 127.0.0.1 and a free port. It answers
 `/v1/chat/completions` and `/v1/completions` either with deterministic text derived from the
-prompt (backend "echo") or with greedy generation from `tiny:llama` (backend "tiny"). It counts
-requests per prompt and in-flight requests, and injects faults per prompt: the first N requests
-of each prompt can get a 500, a 429 with Retry-After, a delay longer than the client timeout, or
-a malformed body; some prompts can fail forever or hang; a wrong key gets 401, an unknown model 404.
+prompt (backend "echo") or with greedy generation from `tiny:llama` (backend "tiny"), as one JSON
+body or, when asked (`stream: true`), as server-sent events word by word. It counts requests per
+prompt, in-flight requests (also per prompt) and requests whose client left before the answer was
+sent, and injects faults per prompt: the first N requests of each prompt can get a 500, a 429 with
+Retry-After, a delay longer than the client timeout, a malformed body or a stream cut short; some
+prompts can fail forever or hang; a wrong key gets 401, an unknown model 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 MALFORMED_BODIES = ['{"choices": [', '{"object": "chat.completion", "choices": "nope"}', "<html>bad gateway</html>"]
 
@@ -40,6 +43,15 @@ class ServerState:
     fail_always: set = field(default_factory=set)  # prompts answered 500 forever
     hang: set = field(default_factory=set)  # prompts that wait while listed here (up to 30 s)
     delay: float = 0.0  # every request takes this long (to see concurrency)
+    word_delay: float = 0.0  # streamed answers: seconds between words (an answer that progresses slowly)
+    serial_seconds: float = 0.0  # each answer holds one server-wide lock this long: one request at a time
+    serial_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cut_first: int = 0  # first N streamed requests of each prompt: the stream stops mid-answer
+    send_done: bool = True  # end streams with `data: [DONE]` (transformers serve does not)
+    streamed: int = 0  # requests answered as a stream
+    abandoned: int = 0  # requests whose client went away before the whole answer was sent
+    prompt_in_flight: Counter = field(default_factory=Counter)
+    max_prompt_in_flight: int = 0  # the most requests of one prompt the server had at once
     requests: Counter = field(default_factory=Counter)  # per prompt, every request received
     answered: Counter = field(default_factory=Counter)  # per prompt, completions sent
     rejected: int = 0  # requests refused with 401 or 404
@@ -77,7 +89,9 @@ class _Tiny:
                 cls.loaded = load_model("tiny:llama")
             model, tok = cls.loaded.model, cls.loaded.tokenizer
             text = (
-                tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+                tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                )
                 if chat
                 else prompt
             )
@@ -107,6 +121,14 @@ def make_app(state: ServerState) -> FastAPI:
         k = state.requests[prompt]
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        state.prompt_in_flight[prompt] += 1
+        state.max_prompt_in_flight = max(state.max_prompt_in_flight, state.prompt_in_flight[prompt])
+        streaming = False
+
+        def done() -> None:
+            state.in_flight -= 1
+            state.prompt_in_flight[prompt] -= 1
+
         try:
             if state.delay:
                 await asyncio.sleep(state.delay)
@@ -117,13 +139,21 @@ def make_app(state: ServerState) -> FastAPI:
                 return _error(500, "internal error (injected)")
             if k <= state.rate_limit_first:
                 return _error(429, "rate limited (injected)", headers={"Retry-After": state.retry_after})
-            if k <= state.slow_first:
-                await asyncio.sleep(state.slow_seconds)
             if k <= state.malformed_first:
                 return Response(MALFORMED_BODIES[(k - 1) % len(MALFORMED_BODIES)], media_type="application/json")
-            return JSONResponse(_answer(state, body, prompt, chat))
+            if body.get("stream"):
+                streaming = True
+                return StreamingResponse(_events(state, body, prompt, chat, k, done), media_type="text/event-stream")
+            if k <= state.slow_first:
+                await asyncio.sleep(state.slow_seconds)
+            await _serial(state)
+            answer = _answer(state, body, prompt, chat)
+            if await request.is_disconnected():
+                state.abandoned += 1
+            return JSONResponse(answer)
         finally:
-            state.in_flight -= 1
+            if not streaming:  # a stream counts as in flight until its last event is sent
+                done()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -151,11 +181,71 @@ def _answer(state: ServerState, body: dict, prompt: str, chat: bool) -> dict:
         tokens_out += used
     state.answered[prompt] += 1
     if chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+            for i, t in enumerate(texts)
+        ]
     else:
         choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
     usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
-    return {"id": "x", "object": "chat.completion" if chat else "text_completion", "model": body["model"], "choices": choices, "usage": usage}
+    return {
+        "id": "x",
+        "object": "chat.completion" if chat else "text_completion",
+        "model": body["model"],
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+async def _serial(state: ServerState) -> None:
+    if state.serial_seconds:
+        async with state.serial_lock:
+            await asyncio.sleep(state.serial_seconds)
+
+
+async def _events(state: ServerState, body: dict, prompt: str, chat: bool, k: int, done):
+    """The answer as server-sent events: a role event at once (as servers send while a request
+    waits its turn), then the words, `word_delay` apart, then the finish and usage."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    model = body["model"]
+
+    def event(choices: list, **extra) -> str:
+        return "data: " + json.dumps({"id": "x", "object": kind, "model": model, "choices": choices, **extra}) + "\n\n"
+
+    def piece(index: int, text: str, finish: str | None = None) -> dict:
+        if chat:
+            return {"index": index, "delta": {"content": text} if text else {}, "finish_reason": finish}
+        return {"index": index, "text": text, "finish_reason": finish}
+
+    finished = False
+    try:
+        if chat:
+            yield event([{"index": i, "delta": {"role": "assistant"}} for i in range(body.get("n", 1))])
+        if k <= state.slow_first:
+            await asyncio.sleep(state.slow_seconds)  # silence longer than the client's timeout
+        await _serial(state)
+        answer = _answer(state, body, prompt, chat)
+        texts = [c["message"]["content"] if chat else c["text"] for c in answer["choices"]]
+        for i, text in enumerate(texts):
+            words = text.split(" ")
+            for j, word in enumerate(words):
+                if state.word_delay:
+                    await asyncio.sleep(state.word_delay)
+                yield event([piece(i, word if j == 0 else " " + word)])
+                if k <= state.cut_first and j == len(words) // 2:
+                    finished = True  # the server's part ends here: a stream cut short, not a client gone
+                    return
+        for i in range(len(texts)):
+            yield event([piece(i, "", "stop")])
+        yield event([], usage=answer["usage"])
+        if state.send_done:
+            yield "data: [DONE]\n\n"
+        finished = True
+        state.streamed += 1
+    finally:
+        if not finished:
+            state.abandoned += 1
+        done()
 
 
 class TeacherServer:

@@ -1,10 +1,11 @@
 """The OpenAI-compatible teacher against a real HTTP server on loopback (tests/teacher_server.py):
 retries of every transient fault, fail-fast on hopeless ones, caching that survives a killed run,
-bounded concurrency."""
+streamed answers, concurrency that adapts to a server answering one request at a time."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -68,9 +69,10 @@ def make(server, tmp_path, monkeypatch):
     return make
 
 
+@pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("kind", ["openai", "openai-completions"])
-def test_routes_answer_and_record_usage(make, server, kind):
-    teacher = make(kind=kind)
+def test_routes_answer_and_record_usage(make, server, kind, stream):
+    teacher = make(kind=kind, stream=stream)
     out = teacher.complete(PROMPTS[:3], PARAMS)
     assert [c.text for c in out] == [expected(p) for p in PROMPTS[:3]]
     assert all(not c.cached for c in out)
@@ -80,6 +82,7 @@ def test_routes_answer_and_record_usage(make, server, kind):
     assert s.tokens_out == sum(len(expected(p).split()) for p in PROMPTS[:3])
     assert "3 calls" in s.summary() and "0 cache hits" in s.summary()
     assert teacher.identity == f"{kind}:echo@{server.base_url}"
+    assert server.state.streamed == (3 if stream else 0)
 
 
 def test_second_run_makes_zero_calls(make, server):
@@ -117,17 +120,79 @@ def test_transient_faults_are_retried(make, server, fault, faulty, extra):
     assert all(server.state.requests[p] == faulty + 1 for p in PROMPTS[:4])
     assert teacher.stats.retries == 4 * faulty and teacher.stats.calls == 4 * (faulty + 1)
     assert teacher.stats.failures == 0
+    assert teacher.stats.timeouts == (4 if fault == "slow_first" else 0)
+
+
+def test_a_slow_answer_that_progresses_is_not_given_up(make, server):
+    """Streamed, the timeout bounds the server's silence, not the answer's length: 1.2 s answers
+    with a 0.4 s timeout arrive at the first try."""
+    server.state.word_delay = 0.2
+    teacher = make(timeout=0.4)
+    out = teacher.complete(PROMPTS[:2], PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:2]]
+    assert all(server.state.requests[p] == 1 for p in PROMPTS[:2])
+    assert (teacher.stats.timeouts, teacher.stats.retries, server.state.abandoned) == (0, 0, 0)
+
+
+def test_a_timed_out_request_is_closed_before_its_retry(make, server):
+    """The server hears the client leave and stops; the retry never runs beside the attempt it replaces."""
+    server.state.slow_first, server.state.slow_seconds = 1, 2.0
+    teacher = make(timeout=0.3)
+    out = teacher.complete(PROMPTS[:3], PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:3]]
+    assert teacher.stats.timeouts == 3 and all(server.state.requests[p] == 2 for p in PROMPTS[:3])
+    assert server.state.abandoned == 3  # the three silent attempts, each ended when the client left
+    assert server.state.max_prompt_in_flight == 1
+    assert server.state.in_flight == 0
+
+
+@pytest.mark.parametrize("fault", ["cut", "no_done"])
+def test_streams_end_whole_or_are_retried(make, server, fault):
+    """A stream that stops mid-answer is retried; one without `[DONE]` but with every choice
+    finished (as transformers serve sends) is whole."""
+    if fault == "cut":
+        server.state.cut_first = 1
+    else:
+        server.state.send_done = False
+    teacher = make()
+    params = GenerationParams(max_new_tokens=32, n=2, temperature=0.7)
+    out = teacher.complete(PROMPTS[:3], params)
+    assert [c.text for c in out] == [f"sample {i} answer to: {p}" for p in PROMPTS[:3] for i in range(2)]
+    assert teacher.stats.retries == (3 if fault == "cut" else 0)
+    with TeacherCache(teacher.cache.path) as cache:  # only whole answers were kept
+        assert [c.text for c in cache.get_many(teacher.identity, PROMPTS[:3], params)[PROMPTS[0]]] == [
+            f"sample {i} answer to: {PROMPTS[0]}" for i in range(2)
+        ]
+
+
+def test_a_server_that_answers_one_at_a_time_is_not_flooded(make, server):
+    """Against a server that takes one request at a time, the limit stays at 2 or 3 (of 8 allowed)
+    and nothing times out; a fixed limit keeps all 8 waiting on it."""
+    server.state.serial_seconds = 0.15
+    teacher = make(concurrency=8)
+    out = teacher.complete(PROMPTS, PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS]
+    assert 2 <= server.state.max_in_flight <= 3 and teacher.limiter.limit in (2, 3)
+    assert (teacher.stats.calls, teacher.stats.timeouts, server.state.abandoned) == (10, 0, 0)
+
+    server.state.reset()
+    server.state.serial_seconds = 0.15
+    fixed = make(concurrency=8, adaptive=False, cache_path=teacher.cache.path.with_name("fixed.sqlite"))
+    fixed.complete(PROMPTS, PARAMS)
+    assert server.state.max_in_flight == 8
 
 
 def test_retry_after_is_honoured(make, server):
     server.state.rate_limit_first = 1
     server.state.retry_after = "1"
     start = time.monotonic()
-    out = make().complete(PROMPTS[:3], PARAMS)
+    teacher = make()
+    out = teacher.complete(PROMPTS[:3], PARAMS)
     elapsed = time.monotonic() - start
     assert elapsed >= 1.0  # the backoff alone would be ~0.01 s
     assert [c.text for c in out] == [expected(p) for p in PROMPTS[:3]]
     assert all(server.state.requests[p] == 2 for p in PROMPTS[:3])
+    assert teacher.limiter.round >= 1  # the limiter heard the 429s as overload
 
 
 def test_retry_after_parses_both_forms():
@@ -286,10 +351,13 @@ def test_different_params_or_teacher_ask_again(make, server):
     assert t.stats.calls == 0 and t.stats.cache_hits == 2
 
 
-def test_concurrency_is_bounded(make, server):
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_concurrency_is_bounded(make, server, adaptive):
+    """A server that works on every request at once: the adaptive limit grows to the maximum, never past it."""
     server.state.delay = 0.15
-    make(concurrency=3).complete(PROMPTS, PARAMS)
-    assert server.state.max_in_flight == 3
+    teacher = make(concurrency=3, adaptive=adaptive)
+    teacher.complete(PROMPTS, PARAMS)
+    assert server.state.max_in_flight == 3 and teacher.limiter.limit == 3
 
 
 def test_n_completions_and_stop_strings(make, server):
@@ -305,11 +373,13 @@ def test_n_completions_and_stop_strings(make, server):
     assert again.stats.calls == 0
 
 
-def test_progress_bar_shows_calls_and_cache_hits(make, server, capsys):
+def test_progress_bar_shows_calls_cache_hits_rate_and_limit(make, server, capsys):
     make().complete(PROMPTS[:2], PARAMS)
     make(progress=True).complete(PROMPTS[:5], PARAMS)
     err = capsys.readouterr().err
     assert f"teacher openai:echo@{server.base_url}" in err and "5/5" in err and "cached=2" in err
+    final = err.strip().splitlines()[-1].split("\r")[-1]
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+(prompt/s|s/prompt), cached=2, limit=\d\]", final), final
 
 
 def test_spec_parsing():

@@ -110,7 +110,9 @@ def register(sub) -> None:
     p.add_argument("--prompt-examples", help="few-shot CoT examples JSONL: input, rationale, label")
     p.add_argument("--labels", help="comma-separated label set for classify/nli")
     p.add_argument("--answer-field", default="output_text")
-    p.add_argument("--teacher-concurrency", type=_positive, default=8)
+    p.add_argument("--teacher-concurrency", type=_positive, default=8,
+                   help="most teacher requests in flight at once; the number adapts below it, down to 1, to what the "
+                        "server answers without queueing")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("eval", help="task metrics of models on a test set (report.md + report.png)")

@@ -25,8 +25,8 @@ from mentor.teachers.base import (
 from mentor.teachers.cache import CACHE_FILENAME, TeacherCache, cache_key
 from mentor.teachers.hf_local import ROUTES as HF_ROUTES
 from mentor.teachers.hf_local import HFTeacher
+from mentor.teachers.openai_compat import DEFAULT_TIMEOUT, OpenAITeacher, RetryPolicy, parse_spec
 from mentor.teachers.openai_compat import ROUTES as OPENAI_ROUTES
-from mentor.teachers.openai_compat import OpenAITeacher, RetryPolicy, parse_spec
 from mentor.teachers.recorded import RecordedTeacher
 
 __all__ = [
@@ -69,14 +69,18 @@ def build_teacher(
     *,
     output_dir: str | Path | None = None,
     use_cache: bool = True,
-    timeout: float = 120.0,
+    timeout: float = DEFAULT_TIMEOUT,
     retry: RetryPolicy | None = None,
     batch_size: int = 8,
     rows: Iterable[Mapping] | None = None,
     progress: bool | None = None,
+    adaptive: bool = True,
+    stream: bool = True,
 ) -> Teacher:
     """The teacher a spec string names, with its cache at `cache_path` (default: see
-    `default_cache_path`). `rows` feeds `recorded:field=NAME`; recorded teachers use no cache."""
+    `default_cache_path`). `rows` feeds `recorded:field=NAME`; recorded teachers use no cache.
+    For a server: at most `concurrency` requests in flight, fewer while it queues them (exactly
+    `concurrency` with `adaptive=False`); see `OpenAITeacher` for `timeout` and `stream`."""
     scheme, sep, rest = spec.partition(":")
     if sep and not rest and scheme in ("recorded", *HF_ROUTES, *OPENAI_ROUTES):
         raise MentorError(f"teacher spec {spec!r} names no model; write one of: {SPEC_HELP}")
@@ -111,6 +115,8 @@ def build_teacher(
             timeout=timeout,
             retry=retry,
             progress=progress,
+            adaptive=adaptive,
+            stream=stream,
         )
     if scheme in HF_ROUTES:
         return HFTeacher(rest, chat=HF_ROUTES[scheme], cache=cache(), batch_size=batch_size, progress=progress)

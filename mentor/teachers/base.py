@@ -24,7 +24,8 @@ __all__ = ["Completion", "GenerationParams", "OnAnswer", "Teacher", "TeacherErro
 
 @dataclass
 class TeacherStats:
-    """What a teacher cost so far; `calls` counts requests actually sent (retries included)."""
+    """What a teacher cost so far; `calls` counts requests actually sent (retries included),
+    `timeouts` those given up on for the server's silence."""
 
     calls: int = 0
     cache_hits: int = 0
@@ -32,6 +33,7 @@ class TeacherStats:
     tokens_out: int = 0
     failures: int = 0
     retries: int = 0
+    timeouts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int | None) -> None:
@@ -42,12 +44,13 @@ class TeacherStats:
 
     def as_dict(self) -> dict[str, int]:
         with self._lock:
-            return {k: getattr(self, k) for k in ("calls", "cache_hits", "tokens_in", "tokens_out", "retries", "failures")}
+            names = ("calls", "cache_hits", "tokens_in", "tokens_out", "retries", "timeouts", "failures")
+            return {k: getattr(self, k) for k in names}
 
     def summary(self) -> str:
         return (
             f"{self.calls} calls, {self.cache_hits} cache hits, {self.tokens_in:,} tokens in, "
-            f"{self.tokens_out:,} tokens out, {self.retries} retries, {self.failures} failures"
+            f"{self.tokens_out:,} tokens out, {self.retries} retries, {self.timeouts} timeouts, {self.failures} failures"
         )
 
 
@@ -76,6 +79,10 @@ class Teacher(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity!r})"
 
+    def status(self) -> dict[str, object]:
+        """What the progress bar shows beside the counts (an HTTP teacher: its in-flight limit)."""
+        return {}
+
     @abstractmethod
     def _answer(self, prompts: list[str], params: GenerationParams, on_answer: OnAnswer) -> dict[str, str]:
         """Answer distinct uncached prompts, calling `on_answer(prompt, completions)` as each arrives
@@ -91,17 +98,20 @@ class Teacher(ABC):
             results.update(self.cache.get_many(self.identity, unique, params))
             self.stats.add(cache_hits=len(results))
         missing = [p for p in unique if p not in results]
+        cached = len(results)
         lock = threading.Lock()
 
+        # with the right total and the cached ones as its start, tqdm shows the rate and the time
+        # left of what is still asked
         with tqdm(
             total=len(unique),
-            initial=len(results),
+            initial=cached,
             desc=f"teacher {self.identity}",
             unit="prompt",
             # None lets tqdm decide: a bar on a terminal, none in logs
             disable=(None if missing else True) if self.progress is None else not self.progress,
         ) as bar:
-            bar.set_postfix(cached=len(results), refresh=False)
+            bar.set_postfix(cached=cached, **self.status(), refresh=False)
 
             def on_answer(prompt: str, completions: list[Completion]) -> None:
                 if self.cache is not None:
@@ -112,6 +122,7 @@ class Teacher(ABC):
                     tokens_in=completions[0].tokens_in if completions else 0,
                     tokens_out=sum(c.tokens_out or 0 for c in completions),
                 )
+                bar.set_postfix(cached=cached, **self.status(), refresh=False)
                 bar.update(1)
 
             failed = self._answer(missing, params, on_answer) if missing else {}

@@ -4,16 +4,31 @@ Spec: `openai:MODEL@BASE_URL` (chat route, the prompt sent as one user message) 
 `openai-completions:MODEL@BASE_URL` (plain completions route). Without `@BASE_URL`,
 $OPENAI_BASE_URL or the OpenAI API is used.
 
-Requests run concurrently on one httpx.AsyncClient, at most `concurrency` at a time. Transient
-faults (timeouts, dropped connections, 408, 429, 5xx, bodies that are not the expected JSON) are retried
-with exponential backoff and jitter, honouring Retry-After; faults that no retry can fix (401, 403,
-404: wrong key, URL or model) stop the whole run at once with a message naming URL and model.
+Requests run concurrently on one httpx.AsyncClient. How many are in flight adapts to the server
+(`concurrency.AdaptiveLimit`): from 1, up to `concurrency`, down when answers wait in the server's
+queue or the server is overloaded, so a server that answers one request at a time is not flooded.
+Transient faults (timeouts, dropped connections, 408, 429, 5xx, bodies that are not the expected
+JSON) are retried with exponential backoff and jitter, honouring Retry-After; faults that no retry
+can fix (401, 403, 404: wrong key, URL or model) stop the whole run at once with a message naming
+URL and model.
+
+Answers are streamed (`stream: true`), for two reasons. The read timeout then bounds the server's
+silence, not the length of an answer: a slow answer that is progressing is never cut off, and a
+hung server is still found out. And a request the client gives up on is closed mid-stream, which
+servers notice and stop generating for, whereas some keep computing an unstreamed request whose
+client has gone (`transformers serve` does; that is the flood short timeouts with many requests
+in flight cause). The stream is read to its end before anything is kept, so the cache only ever
+holds whole answers; a server that ignores `stream` and sends one JSON body is understood too.
+A prompt has at most one request open at a time, and its retry is sent only after the attempt
+before it was closed (and, streamed, stopped by the server): never the same prompt twice in
+flight from this client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import os
 import random
 import re
@@ -26,8 +41,12 @@ import httpx
 from mentor.errors import MentorError
 from mentor.serving.stop import apply_stop
 from mentor.teachers.base import Completion, GenerationParams, OnAnswer, Teacher
+from mentor.teachers.concurrency import AdaptiveLimit, FixedLimit, Slots
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 300.0  # seconds of silence from the server before a request is given up
+CONNECT_TIMEOUT = 10.0  # a server that does not accept a connection in this long is down or swamped
+OVERLOADED = (408, 429, 503, 504)  # statuses that say "fewer requests, please"
 ROUTES = {"openai": "chat", "openai-chat": "chat", "openai-completions": "completions"}
 _SPEC = re.compile(r"^(?P<model>.+?)@(?P<url>https?://\S+)$")
 
@@ -67,13 +86,16 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
         model, _, url = rest.rpartition("@")
         if not model:
             raise MentorError(f"teacher spec {spec!r} names no model; write {scheme}:MODEL@{url}")
-        raise MentorError(f"teacher spec {spec!r}: {url!r} is not an http(s) URL; write "
-                          f"{scheme}:{model}@http://HOST:PORT/v1")
+        raise MentorError(
+            f"teacher spec {spec!r}: {url!r} is not an http(s) URL; write {scheme}:{model}@http://HOST:PORT/v1"
+        )
     elif os.environ.get("OPENAI_BASE_URL"):
         model, url = rest, os.environ["OPENAI_BASE_URL"]
     else:
-        raise MentorError(f"teacher spec {spec!r} names no server; write {scheme}:{rest}@http://HOST:PORT/v1 (for "
-                          f"OpenAI's own API: {scheme}:{rest}@{DEFAULT_BASE_URL}), or set OPENAI_BASE_URL")
+        raise MentorError(
+            f"teacher spec {spec!r} names no server; write {scheme}:{rest}@http://HOST:PORT/v1 (for "
+            f"OpenAI's own API: {scheme}:{rest}@{DEFAULT_BASE_URL}), or set OPENAI_BASE_URL"
+        )
     if not model:
         raise MentorError(f"teacher spec {spec!r} names no model; write {scheme}:MODEL@{url}")
     return ROUTES[scheme], model, url.rstrip("/")
@@ -117,7 +139,10 @@ def _run(coro):
 
 
 class OpenAITeacher(Teacher):
-    """Completions from an OpenAI-compatible HTTP endpoint, concurrent, retried and cached."""
+    """Completions from an OpenAI-compatible HTTP endpoint: streamed, concurrent (adaptively, up to
+    `concurrency` in flight; `adaptive=False` keeps exactly `concurrency`), retried and cached.
+    `timeout` is how long the server may stay silent (for an unstreamed answer: take) before the
+    request is given up and retried."""
 
     def __init__(
         self,
@@ -127,9 +152,11 @@ class OpenAITeacher(Teacher):
         cache=None,
         concurrency: int = 8,
         api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 120.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         progress: bool | None = None,
+        adaptive: bool = True,
+        stream: bool = True,
     ):
         if route not in ("chat", "completions"):
             raise MentorError(f"unknown route {route!r}; use 'chat' or 'completions'")
@@ -144,11 +171,17 @@ class OpenAITeacher(Teacher):
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.stream = stream
+        # one limiter for the teacher's life: what it learnt about the server holds for the next call
+        self.limiter = AdaptiveLimit(concurrency) if adaptive else FixedLimit(concurrency)
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> OpenAITeacher:
         route, model, base_url = parse_spec(spec)
         return cls(model, base_url, route=route, **kwargs)
+
+    def status(self) -> dict[str, object]:
+        return {"limit": self.limiter.limit}
 
     def _body(self, prompt: str, params: GenerationParams) -> dict:
         body: dict = {
@@ -164,10 +197,13 @@ class OpenAITeacher(Teacher):
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["prompt"] = prompt
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}  # token counts in the last event
         return body
 
     def _parse(self, resp: httpx.Response, params: GenerationParams) -> list[Completion]:
-        """The completions in a 200 body; ValueError if it is not what the API promises."""
+        """The completions in a 200 JSON body; ValueError if it is not what the API promises."""
         try:
             data = resp.json()
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
@@ -175,21 +211,75 @@ class OpenAITeacher(Teacher):
                 texts = [c["message"].get("content") or "" for c in choices]
             else:
                 texts = [c["text"] for c in choices]
-            if not all(isinstance(t, str) for t in texts):
-                raise ValueError("a choice's text is not a string")
             usage = data.get("usage") or {}
-            tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"unexpected JSON shape ({type(err).__name__}: {err})") from err
+        return self._completions(texts, usage, params)
+
+    async def _read_stream(self, resp: httpx.Response, start: float) -> tuple[list[str], dict, float | None]:
+        """Texts, usage and seconds from `start` to the first token of a server-sent event stream;
+        ValueError if the stream is malformed, reports an error or ends before the answer does."""
+        parts: dict[int, list[str]] = {}
+        finished: set[int] = set()
+        usage, first, done = {}, None, False
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments (keep-alives), event names
+                data = line[5:].strip()
+                if not data:
+                    continue
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                if event.get("error"):
+                    raise ValueError(f"error event in the stream: {str(event['error'])[:300]}")
+                for choice in event.get("choices") or []:
+                    index = choice.get("index", 0)
+                    piece = (choice.get("delta") or {}).get("content") if self.route == "chat" else choice.get("text")
+                    if piece is not None and not isinstance(piece, str):
+                        raise TypeError(f"a text of type {type(piece).__name__}")
+                    parts.setdefault(index, [])
+                    if piece:
+                        parts[index].append(piece)
+                        first = first if first is not None else time.monotonic() - start
+                    if choice.get("finish_reason"):
+                        finished.add(index)
+                usage = event.get("usage") or usage
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"unexpected event shape ({type(err).__name__}: {err})") from err
+        # not every server sends [DONE] (transformers serve does not); a finish reason per choice is as good
+        if not done and not (parts and finished >= parts.keys()):
+            raise ValueError("the stream ended before the answer did")
+        return ["".join(parts[i]) for i in sorted(parts)], usage, first
+
+    def _completions(self, texts: list, usage: dict, params: GenerationParams) -> list[Completion]:
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("a choice's text is not a string")
         if len(texts) < params.n:
             raise ValueError(f"{len(texts)} choice(s) for n={params.n}")
         texts = texts[: params.n]
+        usage = usage if isinstance(usage, dict) else {}
+        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         # usage counts all n choices together: spread it so the per-completion numbers add up
         outs = [None] * params.n
         if isinstance(tokens_out, int):
             outs = [tokens_out // params.n + (i < tokens_out % params.n) for i in range(params.n)]
         tokens_in = tokens_in if isinstance(tokens_in, int) else None
         return [Completion(apply_stop(t, params.stop), tokens_in, o) for t, o in zip(texts, outs)]
+
+    async def _send(
+        self, client: httpx.AsyncClient, body: dict, params: GenerationParams, start: float
+    ) -> tuple[httpx.Response, list[Completion] | None, float | None]:
+        """One request: the response (its body read), and for a 200 its completions and the seconds to
+        the first token (None when not streamed). ValueError if a 200's body is not a completion."""
+        async with client.stream("POST", self.url, json=body) as resp:
+            if resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
+                texts, usage, first = await self._read_stream(resp, start)
+                return resp, self._completions(texts, usage, params), first
+            await resp.aread()
+        return resp, (self._parse(resp, params) if resp.status_code == 200 else None), None
 
     def _fatal(self, resp: httpx.Response) -> MentorError:
         status = resp.status_code
@@ -201,33 +291,41 @@ class OpenAITeacher(Teacher):
             fix = f"Check the API key in ${self.api_key_env} (currently {key_state}) and its access to this model."
         return MentorError(f"{where} {fix}")
 
-    async def _ask(self, client: httpx.AsyncClient, prompt: str, params: GenerationParams) -> list[Completion]:
-        """One prompt, retried until answered, given up on, or found hopeless for every prompt."""
+    async def _ask(
+        self, client: httpx.AsyncClient, prompt: str, params: GenerationParams, slots: Slots
+    ) -> list[Completion]:
+        """One prompt, retried until answered, given up on, or found hopeless for every prompt; the
+        limiter hears how each attempt went."""
         body = self._body(prompt, params)
         last = ""
         for attempt in range(1, self.retry.max_attempts + 1):
             retry_after = None
             self.stats.add(calls=1)
+            ticket = slots.ticket()
             try:
-                resp = await client.post(self.url, json=body)
+                resp, completions, first = await self._send(client, body, params, ticket.sent)
             except httpx.TimeoutException as err:
-                last = f"timed out after {self.timeout:g}s ({type(err).__name__})"
+                self.stats.add(timeouts=1)
+                self.limiter.on_overload(ticket)
+                last = f"timed out after {time.monotonic() - ticket.sent:.1f}s ({type(err).__name__})"
             except httpx.RequestError as err:
                 last = f"{type(err).__name__}: {err}"
+            except ValueError as err:
+                last = f"malformed response body: {err}"
             else:
                 status = resp.status_code
+                if completions is not None:
+                    self.limiter.on_answer(ticket, time.monotonic() - ticket.sent, first)
+                    return completions
                 if status in (401, 403, 404):
                     raise self._fatal(resp)
-                if status in (408, 429) or status >= 500:
+                if status in OVERLOADED or status >= 500:
+                    if status in OVERLOADED:
+                        self.limiter.on_overload(ticket)
                     retry_after = _retry_after(resp)
                     last = f"HTTP {status}: {_detail(resp)}"
-                elif status >= 400:  # e.g. a prompt too long for the context: retrying cannot help
+                else:  # e.g. a prompt too long for the context: retrying cannot help
                     raise _PromptFailed(f"{self.url} answered HTTP {status}: {_detail(resp)}")
-                else:
-                    try:
-                        return self._parse(resp, params)
-                    except ValueError as err:
-                        last = f"malformed response body: {err}"
             if attempt < self.retry.max_attempts:
                 self.stats.add(retries=1)
                 await asyncio.sleep(self.retry.delay(attempt, retry_after))
@@ -235,22 +333,24 @@ class OpenAITeacher(Teacher):
 
     async def _answer_async(self, prompts: list[str], params: GenerationParams, on_answer: OnAnswer) -> dict[str, str]:
         failed: dict[str, str] = {}
-        semaphore = asyncio.Semaphore(self.concurrency)
+        slots = Slots(self.limiter)
         halt = asyncio.Event()  # set on a fatal error: a task waking on a freed slot sends nothing
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        # waiting for a pooled connection is our own queue, not the server's silence: no pool timeout
+        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT), pool=None)
 
-        async with httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=headers) as client:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
 
             async def one(prompt: str) -> None:
                 # the slot is held through the backoff sleeps too, so a rate-limited server sees
                 # fewer requests, not more
-                async with semaphore:
+                async with slots.hold():
                     if halt.is_set():
                         return
                     try:
-                        completions = await self._ask(client, prompt, params)
+                        completions = await self._ask(client, prompt, params, slots)
                     except _PromptFailed as err:
                         failed[prompt] = str(err)
                         return
