@@ -2,7 +2,8 @@
 
 FastAPI + uvicorn in a background thread on 127.0.0.1 and a free port. It answers
 `/v1/chat/completions` and `/v1/completions` either with deterministic text derived from the
-prompt (backend "echo") or with greedy generation from `tiny:llama` (backend "tiny"), as one JSON
+prompt (backend "echo"), with greedy generation from `tiny:llama` (backend "tiny"), or with worked
+chain-of-thought answers to "what is A + B?" questions (backend "sums"), as one JSON
 body or, when asked (`stream: true`), as server-sent events word by word. It counts requests per
 prompt, in-flight requests (also per prompt) and requests whose client left before the answer was
 sent, and injects faults per prompt: the first N requests of each prompt can get a 500, a 429 with
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -32,7 +34,7 @@ class ServerState:
     """Faults to inject and what was seen; tests set fields directly, `reset` between tests."""
 
     backend: str = "echo"
-    models: set = field(default_factory=lambda: {"echo", "tiny"})
+    models: set = field(default_factory=lambda: {"echo", "tiny", "sums"})
     api_key: str | None = None  # when set, requests must carry it as a Bearer token
     fail_first: int = 0  # first N requests of each prompt: HTTP 500
     rate_limit_first: int = 0  # first N requests of each prompt: HTTP 429 with Retry-After
@@ -166,12 +168,27 @@ def make_app(state: ServerState) -> FastAPI:
     return app
 
 
+def _worked_sum(prompt: str) -> str:
+    """Backend "sums": a chain-of-thought answer to the last "what is A + B?" the prompt asks (a few-shot
+    prompt ends with the question to answer), in the CoT exemplars' style; a question it cannot read
+    (or one marked "unclear") gets a rambling answer with no answer statement, as real teachers give."""
+    asked = re.findall(r"what is (\d+) \+ (\d+)\?", prompt)
+    question = prompt.rsplit("Q:", 1)[-1]
+    if not asked or "unclear" in question:
+        return "Let us think about this. There are several ways to read the question, and it depends on them."
+    a, b = map(int, asked[-1])
+    return f"We start with {a} and add {b}. {a} + {b} = {a + b}. The answer is {a + b}."
+
+
 def _answer(state: ServerState, body: dict, prompt: str, chat: bool) -> dict:
     n, max_tokens, stop = body.get("n", 1), body.get("max_tokens", 16), body.get("stop") or []
     texts, tokens_in, tokens_out = [], len(prompt.split()), 0
     for i in range(n):
         if state.backend == "tiny":
             text, tokens_in, used = _Tiny.generate(prompt, chat, max_tokens)
+        elif state.backend == "sums":
+            text = _worked_sum(prompt)
+            used = len(text.split())
         else:
             words = f"{'sample ' + str(i) + ' ' if n > 1 else ''}answer to: {prompt}".split()[:max_tokens]
             text, used = " ".join(words), len(words)

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,35 @@ def test_validation_split_held_out_of_the_training_rows(data, tmp_path):
     distill(base_job(data, again, evaluation_data=None, validation_split=0.1, train_steps=2, seed=7,
                      method="finetune", teacher=None))
     assert (again / "validation.jsonl").read_text() == (out / "validation.jsonl").read_text()
+
+
+def test_unlabeled_data_with_a_live_teacher_end_to_end(tmp_path):
+    """`mentor distill` on inputs without labels, the teacher a live OpenAI-compatible server over HTTP:
+    its parsed labels and rationales are what the student learns, the rows it gave no answer for are
+    left out, and the report says how many."""
+    from teacher_server import TeacherServer
+
+    rows = [{"input_text": f"Problem {i}: what is {i % 9 + 1} + {i % 5 + 2}?"} for i in range(36)]
+    for i in (4, 11, 25):
+        rows[i]["input_text"] = f"Problem {i}: an unclear question about apples."
+    train = write_jsonl(tmp_path / "unlabeled.jsonl", rows)
+    test = write_jsonl(tmp_path / "test.jsonl", [{"input_text": f"What is {a} + 3?", "output_text": str(a + 3)}
+                                                 for a in range(6)])
+    out = tmp_path / "live"
+    with TeacherServer() as server:
+        server.state.backend = "sums"
+        code = cli_main(["distill", "--method", "step-by-step", "--teacher", f"openai:sums@{server.base_url}",
+                         "--student", "tiny:llama", "--data", str(train), "--test-data", str(test), "--task", "math",
+                         "--train-steps", "4", "--batch-size", "8", "--output", str(out)])
+        asked = server.state.total_requests
+    assert code == 0 and asked == 36 + 6  # every training and test input asked once
+    labeled = [json.loads(l) for l in (out / "teacher_labels.jsonl").read_text().splitlines()]
+    parsed = [l for l in labeled if l["parse_ok"]]
+    assert len(parsed) == 33 and all(l["teacher_label"] is None for l in labeled if not l["parse_ok"])
+    for item in parsed:  # the teacher's own answers, not gold ones (there are none)
+        a, b = (int(x) for x in re.findall(r"what is (\d+) \+ (\d+)", item["input_text"])[0])
+        assert item["teacher_label"] == str(a + b) and item["rationale"].startswith(f"We start with {a}")
+    result = json.loads((out / "result.json").read_text())
+    assert result["extra"]["examples"] == 33 and result["extra"]["dropped"] == {"teacher unparseable": 3}
+    report = (out / "report" / "report.md").read_text()
+    assert "parsed 33/36 completions" in report and "teacher (openai:sums@" in report
