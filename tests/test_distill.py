@@ -252,7 +252,7 @@ def test_validation_split_held_out_of_the_training_rows(data, tmp_path):
     assert (again / "validation.jsonl").read_text() == (out / "validation.jsonl").read_text()
 
 
-def test_unlabeled_data_with_a_live_teacher_end_to_end(tmp_path):
+def test_unlabeled_data_with_a_live_teacher_end_to_end(tmp_path, caplog):
     """`mentor distill` on inputs without labels, the teacher a live OpenAI-compatible server over HTTP:
     its parsed labels and rationales are what the student learns, the rows it gave no answer for are
     left out, and the report says how many."""
@@ -282,3 +282,4 @@ def test_unlabeled_data_with_a_live_teacher_end_to_end(tmp_path):
     assert result["extra"]["examples"] == 33 and result["extra"]["dropped"] == {"teacher unparseable": 3}
     report = (out / "report" / "report.md").read_text()
     assert "parsed 33/36 completions" in report and "teacher (openai:sums@" in report
+    assert "33 teacher-labelled examples" in caplog.text and "at least 1,000 unlabeled inputs" in caplog.text

@@ -30,6 +30,7 @@ from mentor.training.run import checkpoints_of, train
 from mentor.training.trainer import MentorTrainer
 
 log = logging.getLogger("mentor")
+RECOMMENDED_UNLABELED = 1000  # the cloud's advice for distilling from unlabeled data; see the README
 
 
 def run(cfg: DistillConfig, job: Job) -> TunedModel:
@@ -58,6 +59,11 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     targets, dropped = student_targets(cfg, train_rows, labeled)
     if not targets:
         raise MentorError(f"no training examples left for {cfg.method} (dropped: {dropped})")
+    unlabeled = not any(isinstance(r.get(cfg.label_field), str) for r in train_rows)
+    if unlabeled and len(targets) < RECOMMENDED_UNLABELED:
+        log.warning(f"{len(targets)} teacher-labelled examples: with no gold labels the student learns the teacher's "
+                    f"mistakes too, and nothing can mask them; at least {RECOMMENDED_UNLABELED:,} unlabeled inputs are "
+                    "recommended (more when the teacher's answers often fail to parse)")
     masked = sum(bool(t.get("mask_rationale")) for t in targets)
     log.info(f"{len(targets)} training examples for {cfg.method}" + (f"; dropped {dropped}" if dropped else "")
              + (f"; {masked} rationales masked (teacher's answer wrong)" if masked else ""))
