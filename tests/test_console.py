@@ -234,6 +234,14 @@ def test_console_in_a_browser(server, files, browser, distilled):
     page.wait_for_selector(f'tr[data-model="{model}"]')
     assert not page.query_selector(f'tr[data-model="{distilled["fine_tuned_model"]}"]')
 
+    # a job whose data fails inside the worker: its page names the file, line and field
+    failed = api(server).post("/v1/mentor/jobs", json={"kind": "tune", "config": {
+        "model": "tiny:llama", "data": str(files["bad"]), "train_steps": 2}}).json()
+    page.goto(server.url + f"/console/#/jobs/{failed['id']}")
+    page.wait_for_selector('[data-state="failed"]', timeout=120_000)
+    shown = page.inner_text("#job-problems .error")
+    assert "file " in shown and "bad.jsonl" in shown and "line 2" in shown and "output_text" in shown, shown
+
     # the pages at a phone's width: nothing wider than the window
     phone = browser.new_context(viewport={"width": 390, "height": 844})
     small = phone.new_page()

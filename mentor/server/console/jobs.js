@@ -69,7 +69,7 @@ function seriesByGroup(rows) {
 export function jobPage(root, jobId) {
   const head = h("div", {});
   const actions = h("div", { class: "actions" });
-  const problems = h("div", {});
+  const problems = h("div", { id: "job-problems" });
   const summary = h("dl", { class: "facts" });
   const result = h("div", {});
   const charts = h("div", { class: "charts", id: "charts" });
