@@ -74,16 +74,21 @@ export function newJob(root, kindName, cloneId) {
   root.append(h("h1", {}, cloneId ? `Clone ${cloneId}` : "New job"), container);
 
   (async () => {
-    const [kinds, files, clone] = await Promise.all([
-      get("/v1/mentor/kinds"), get("/v1/files"), cloneId ? get(`/v1/fine_tuning/jobs/${cloneId}`) : null]);
+    const [kinds, files, clone, models] = await Promise.all([
+      get("/v1/mentor/kinds"), get("/v1/files"), cloneId ? get(`/v1/fine_tuning/jobs/${cloneId}`) : null,
+      get("/v1/models")]);
     const byName = Object.fromEntries(kinds.data.map((k) => [k.id, k]));
     const kind = byName[kindName] || byName.tune;
     const picker = h("select", { id: "kind", onchange: () => { location.hash = `#/new/${picker.value}`; } },
       kinds.data.map((k) => h("option", { value: k.id, selected: k.id === kind.id },
         k.family && k.family !== k.id ? `${k.family}: ${k.id}` : k.id)));
     const start = clone ? (clone.api === "mentor" && clone.request.config ? clone.request.config : clone.config) : {};
+    const form = buildForm(kind, files.data, start, clone);
+    // model fields suggest the base and tuned models the server knows (any other reference still works)
+    const known = h("datalist", { id: "known-models" }, models.data.map((m) => h("option", { value: m.id })));
+    for (const name of ["model", "teacher", "reward_model"]) form.querySelector(`#field-${name}`)?.setAttribute("list", "known-models");
     container.append(h("label", { class: "field" }, h("span", { class: "label" }, "Job kind"), picker),
-      h("p", { class: "muted" }, kind.summary || ""), status, buildForm(kind, files.data, start, clone));
+      h("p", { class: "muted" }, kind.summary || ""), status, known, form);
   })().catch((err) => {
     status.textContent = err.message;
     status.hidden = false;
