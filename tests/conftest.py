@@ -34,3 +34,23 @@ def shift_task(n: int, seed: int) -> list[dict]:
         word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
         rows.append({"input_text": word, "output_text": "".join(chr(ord(c) + 1) for c in word)})
     return rows
+
+
+def sigkill_when(proc, ready, timeout: float, what: str) -> None:
+    """SIGKILL a running subprocess as soon as `ready()` holds (a run killed mid-way, for resume tests);
+    fails if it ends by itself or `ready` never holds within `timeout` seconds."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"{what}: the run ended by itself"
+            assert time.monotonic() < deadline, f"{what}: not reached in {timeout:g} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from teacher_server import TeacherServer  # noqa: E402
 
+from conftest import sigkill_when  # noqa: E402
 from mentor.errors import MentorError  # noqa: E402
 from mentor.teachers import (  # noqa: E402
     GenerationParams,
@@ -304,18 +304,8 @@ def test_killed_run_resumes_with_only_the_missing_prompts(server, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while _cached_prompts(cache_path) != set(PROMPTS[:5]) or server.state.in_flight < 2:
-            assert proc.poll() is None, "the first run ended by itself"
-            assert time.monotonic() < deadline, "the first run did not get its first answers"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    sigkill_when(proc, lambda: _cached_prompts(cache_path) == set(PROMPTS[:5]) and server.state.in_flight >= 2, 30,
+                 "the first run's first answers")
 
     assert _cached_prompts(cache_path) == set(PROMPTS[:5])
     server.state.hang.clear()

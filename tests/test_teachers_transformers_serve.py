@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from conftest import sigkill_when
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSFORMERS = Path(sys.executable).with_name("transformers")
@@ -137,18 +138,7 @@ def test_label_killed_mid_run_resumes_with_only_the_missing(served, tmp_path):
     posts_before = log.read_text().count("POST /v1/chat/completions")
 
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 45
-        while _cached(cache) < 3:
-            assert proc.poll() is None, f"the first run ended by itself: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "the first run got no answers in 45 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    sigkill_when(proc, lambda: _cached(cache) >= 3, 45, "the first run's third answer")
     kept = _cached(cache)
     assert 3 <= kept < len(ROWS), f"{kept} answers kept: the run was not killed mid-way"
     assert not out.exists()  # the labeled file is written whole at the end, or not at all
