@@ -12,20 +12,12 @@ from __future__ import annotations
 import torch
 
 from mentor.data.encode import render_prompt
+from mentor.evaluation.evaluate import label_of, main_metric
 from mentor.models import LoadedModel
 from mentor.serving.generate import SamplingParams, generate
-from mentor.tasks.labels import normalize_answer
 from mentor.tasks.metrics import score
 
 TASK_SCORE = "eval_task_score"
-
-
-def main_score(metrics: dict[str, float]) -> float:
-    """The one number a task is judged by (accuracy, or F1 for extraction, or ROUGE-L for text)."""
-    for key in ("accuracy", "f1", "rouge_l"):
-        if key in metrics:
-            return metrics[key]
-    raise KeyError(f"no task metric in {sorted(metrics)}")
 
 
 class TaskScore:
@@ -51,8 +43,7 @@ class TaskScore:
                                    self.params, batch_size=self.batch_size, max_input_tokens=self.max_input_tokens)
         finally:
             model.train(was_training)
-        preds = [normalize_answer(out[0].text.strip(), self.task, row.get("choices"), self.labels)[0]
-                 for out, row in zip(outputs, self.rows)]
+        preds = [label_of(out[0].text, self.task, row, self.labels) for out, row in zip(outputs, self.rows)]
         choices = [row.get("choices") for row in self.rows] if self.task == "choice" else None
         metrics = score(preds, self.golds, self.task, choices=choices)
-        return {TASK_SCORE: main_score(metrics), "eval_task_answered": metrics["answered"]}
+        return {TASK_SCORE: main_metric(metrics)[1], "eval_task_answered": metrics["answered"]}

@@ -26,17 +26,22 @@ class EvalResult:
 
     @property
     def main_metric(self) -> tuple[str, float]:
-        for key in ("accuracy", "choice_accuracy", "f1", "rouge_l"):
-            if key in self.metrics:
-                return key, self.metrics[key]
-        return "n", float(self.metrics.get("n", 0))
+        return main_metric(self.metrics)
 
 
 def golds_of(rows: list[dict], answer_field: str) -> list[str]:
     return [str(r.get(answer_field, "")) for r in rows]
 
 
-def _label_of(text: str, task: str, row: dict, labels: list[str] | None) -> str | None:
+def main_metric(metrics: dict) -> tuple[str, float]:
+    """The one number a task is judged by: accuracy (choice accuracy), else F1, else ROUGE-L."""
+    for key in ("accuracy", "choice_accuracy", "f1", "rouge_l"):
+        if key in metrics:
+            return key, metrics[key]
+    return "n", float(metrics.get("n", 0))
+
+
+def label_of(text: str, task: str, row: dict, labels: list[str] | None) -> str | None:
     """A label-task answer, normalised for the task (a math expression is evaluated)."""
     label, _ = normalize_answer(text.strip(), task, row.get("choices"), labels)
     return label
@@ -70,7 +75,7 @@ def evaluate_student(model_ref, rows: list[dict], task: str, answer_field: str =
                                  batch_size=batch_size, progress=True) if todo else []
     for i, out in zip(todo, answers):
         outputs[i] = out
-        preds[i] = _label_of(out, task, rows[i], labels)
+        preds[i] = label_of(out, task, rows[i], labels)
     seconds = time.perf_counter() - start
     generated = [len(tok(o, add_special_tokens=False).input_ids) for o in answers]
     generated += [len(tok(r, add_special_tokens=False).input_ids) for r in rationales or []]

@@ -2,7 +2,7 @@
 // watches: the job runs on the server whatever happens to the tab.
 
 import { get, poll, post } from "./api.js";
-import { badge, duration, errorBox, h, lineChart, now, number, progressBar, table, when } from "./ui.js";
+import { badge, duration, errorBox, h, lineChart, now, number, progressBar, when } from "./ui.js";
 
 const ACTIVE = new Set(["validating_files", "queued", "running"]);
 const POLL_MS = 2000;

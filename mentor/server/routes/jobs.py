@@ -54,8 +54,6 @@ def create(request: Request, body: CreateJob) -> dict:
     kind = get_kind(body.kind)
     job_id = new_id("ftjob")
     fields = {k: v for k, v in body.config.items() if v is not None and v != ""}
-    if "suffix" in kind.config.model_fields and body.suffix:
-        fields.setdefault("suffix", body.suffix)
     cfg = validate_config(kind, {**resolve_fields(kind, fields, Resolver(ctx.db, ctx.settings)),
                                  "output": str(ctx.settings.jobs_dir / job_id)})
     inputs = kind.config.input_fields
