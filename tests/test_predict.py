@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import ClassVar
 
 import pytest
@@ -157,6 +158,33 @@ def test_batched_predictions_equal_one_at_a_time_generation(ref):
             out = predictor.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
         alone.append(tok.decode(out[0, 1 if seq2seq else enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     assert predictor.generate(prompts, max_new_tokens=6, batch_size=3) == alone
+
+
+def test_batches_stay_whole_while_other_threads_count_tokens():
+    """A server counts prompt tokens on request threads while its engine generates a padded batch
+    with the same tokenizer; that must not switch the batch's padding or truncation off mid-call."""
+    loaded = load_model("tiny:llama")
+    prompts = [w * 3 for w in WORDS]
+    expected = generate(loaded, prompts, SamplingParams(max_new_tokens=2), batch_size=len(prompts))
+    [[truncated]] = generate(loaded, ["abcdefgh"], SamplingParams(max_new_tokens=2), max_input_tokens=3)
+    assert truncated.prompt_tokens == 3 and truncated.text == "cc"  # the tokenizer's side: the first 3 kept
+    stop = threading.Event()
+
+    def count_tokens():
+        while not stop.is_set():
+            loaded.tokenizer("a prompt to count", add_special_tokens=False)
+
+    counters = [threading.Thread(target=count_tokens) for _ in range(2)]
+    for thread in counters:
+        thread.start()
+    try:
+        for _ in range(40):
+            assert generate(loaded, prompts, SamplingParams(max_new_tokens=2), batch_size=len(prompts)) == expected
+            assert generate(loaded, ["abcdefgh"], SamplingParams(max_new_tokens=2), max_input_tokens=3) == [[truncated]]
+    finally:
+        stop.set()
+        for thread in counters:
+            thread.join()
 
 
 def test_partial_file_keeps_odd_characters_and_drops_a_torn_line(tmp_path):

@@ -22,9 +22,10 @@ import torch
 
 from mentor.errors import MentorError
 from mentor.models import load_model, resolve
+from mentor.serving.generate import BASE_ADAPTER
 
 log = logging.getLogger("mentor")
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+BASE = BASE_ADAPTER  # PEFT's name for "no adapter" in a mixed batch
 
 
 def _folder_bytes(folder: Path, patterns=("*.safetensors", "*.bin")) -> int:
