@@ -1,6 +1,7 @@
 """The serving engine: requests from many clients, batched. Requests that share a base model and
-sampling settings are gathered for a few milliseconds and answered in one `generate` call, each row
-with its own LoRA adapter (PEFT mixed-adapter batches); text streams out token by token.
+sampling settings are gathered while they keep arriving (a few milliseconds) and answered in one
+`generate` call, each row with its own LoRA adapter (PEFT mixed-adapter batches; a batch of one
+adapter runs it as the active one); text streams out token by token.
 
 Generation is `mentor.serving.generate`, the path `mentor predict` takes too, on models from the
 `ModelPool` (which loads and evicts them), so a server and `mentor predict` answer alike.
@@ -21,6 +22,7 @@ from mentor.serving.stop import apply_stop
 
 log = logging.getLogger("mentor")
 DONE = object()
+MAX_WINDOWS = 8  # the longest a batch waits for company, in batch windows
 
 
 @dataclass
@@ -118,7 +120,11 @@ class Engine:
             first = self._next(None)
             if first is DONE:
                 return
-            batch, deadline = [first], time.monotonic() + self.window
+            # Gather while requests keep coming: each arrival gives the others one more window, up to
+            # MAX_WINDOWS. Clients answered by the last batch come back within milliseconds of each
+            # other, and one that misses a fixed window waits out a whole batch alone.
+            now = time.monotonic()
+            batch, deadline, cap = [first], now + self.window, now + self.window * MAX_WINDOWS
             skipped: list[Ticket] = []
             while len(batch) < self.max_batch:
                 try:
@@ -129,12 +135,14 @@ class Engine:
                     self._queue.put(DONE)
                     break
                 (batch if nxt.key == first.key else skipped).append(nxt)
+                deadline = min(time.monotonic() + self.window, cap)
             self._held.extend(skipped)
             self._run(batch)
 
     def _run(self, batch: list[Ticket]) -> None:
         self.batches += 1
         self.requests += len(batch)
+        log.debug("serving: a batch of %d (%d waiting)", len(batch), self._queue.qsize() + len(self._held))
         servables = [t.servable for t in batch]
         try:
             loaded, names = self.pool.acquire(servables)
