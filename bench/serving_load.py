@@ -144,7 +144,7 @@ def main() -> None:
         try:
             load(port, models, 2, 4, args.max_tokens)  # warm-up
             for level in levels:
-                table[(name, level)] = load(port, models, level, max(8, 2 * level), args.max_tokens)
+                table[(name, level)] = load(port, models, level, max(16, min(4 * level, 128)), args.max_tokens)
                 print(f"{name}, {level} in flight: {table[(name, level)]}", flush=True)
             memory[name] = peak_rss_mb(proc.pid)
         finally:
