@@ -91,6 +91,15 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def engine_counts(port: int) -> tuple[int, int] | None:
+    """(batches, requests) mentor's engine has run so far (None for another server)."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/mentor/serving", timeout=5)
+        return (r.json()["batches"], r.json()["requests"]) if r.status_code == 200 else None
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
 def load(port: int, models: list[str], in_flight: int, n: int, max_tokens: int) -> dict:
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=600,
                           limits=httpx.Limits(max_connections=in_flight))
@@ -107,14 +116,17 @@ def load(port: int, models: list[str], in_flight: int, n: int, max_tokens: int) 
             ok, tokens = False, 0
         return time.perf_counter() - started, tokens, ok
 
+    before = engine_counts(port)
     started = time.perf_counter()
     with ThreadPoolExecutor(in_flight) as pool:
         results = list(pool.map(one, range(n)))
     wall = time.perf_counter() - started
+    after = engine_counts(port)
     lat = sorted(r[0] for r in results)
     return {"requests_per_s": n / wall, "tokens_per_s": sum(r[1] for r in results) / wall,
             "p50": statistics.median(lat), "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "errors": sum(not r[2] for r in results)}
+            "errors": sum(not r[2] for r in results),
+            "mean_batch": (after[1] - before[1]) / max(after[0] - before[0], 1) if before and after else None}
 
 
 def main() -> None:
@@ -151,11 +163,12 @@ def main() -> None:
             stop(proc)
 
     print(f"\nSmolLM2-135M, chat completions of up to {args.max_tokens} tokens, greedy, {os.cpu_count()} CPU cores\n")
-    print("| server | in flight | requests/s | output tokens/s | p50 s | p99 s | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| server | in flight | requests/s | output tokens/s | p50 s | p99 s | errors | mean batch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for (name, level), r in table.items():
+        batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
         print(f"| {name} | {level} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['p50']:.2f} | "
-              f"{r['p99']:.2f} | {r['errors']} |")
+              f"{r['p99']:.2f} | {r['errors']} | {batch} |")
     print("\n| server | peak memory (MB) |\n|---|---:|")
     for name, mb in memory.items():
         print(f"| {name} | {mb:.0f} |")

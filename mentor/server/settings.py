@@ -37,7 +37,8 @@ class ServerSettings(BaseSettings):
     serving_memory_mb: float | None = Field(None, gt=0, description="memory for served models and adapters; the "
                                                                  "least recently used are evicted beyond it")
     max_batch: int = Field(16, ge=1, description="requests answered in one batch")
-    batch_window_ms: float = Field(5.0, ge=0, description="how long a request waits for others to batch with")
+    batch_window_ms: float = Field(10.0, ge=0, description="how long a batch waits for one more request (each arrival "
+                                   "restarts it, up to 8 times): a few ms against seconds of generating")
 
     def prepared(self) -> ServerSettings:
         """Absolute folders, and the no-auth switch refused away from loopback."""

@@ -90,7 +90,7 @@ class Ticket:
 class Engine:
     """Batches requests onto the pool's models from one worker thread."""
 
-    def __init__(self, pool: ModelPool, max_batch: int = 16, window_seconds: float = 0.005):
+    def __init__(self, pool: ModelPool, max_batch: int = 16, window_seconds: float = 0.010):
         self.pool, self.max_batch, self.window = pool, max_batch, window_seconds
         self._queue: queue.Queue = queue.Queue()
         self._held: deque[Ticket] = deque()  # taken from the queue but for another batch
