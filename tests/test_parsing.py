@@ -58,6 +58,9 @@ from mentor.tasks.runon import cut_runon
         ("The answer is (8 action figures + 10 cabinets) * 4 shelves.", "72", None, ""),
         ("42", "42", "42", ""),  # a bare answer is an answer, not a guess
         ("A: 6 * 7 = 42. The answer is 42.", "42", "42", "6 * 7 = 42."),
+        ("The answer is twelve.", "12", "twelve", ""),  # number words, where the answer has no digit
+        ("The answer (words) is sixty-two dollars.", "62", "sixty-two dollars", ""),
+        ("So the answer is one hundred and five.", "105", None, ""),
     ],
 )
 def test_math_answer_forms(text, label, raw, rationale):
@@ -84,7 +87,8 @@ def test_math_answer_forms(text, label, raw, rationale):
         ('The answer is __import__("os").system("true").', REASON_NOT_EVALUABLE),
         ("The answer is (lambda: 1)().", REASON_NOT_EVALUABLE),
         ("The answer is 7 because 3 + 4.", REASON_NOT_EVALUABLE),
-        ("The answer is twelve.", REASON_NOT_EVALUABLE),
+        ("The answer is none.", REASON_NOT_EVALUABLE),
+        ("The answer is two thirds.", REASON_NOT_EVALUABLE),  # "2 3rds" to text2num: refused, not misread
         ("The answer is (175, 5).", REASON_MULTIPLE),
         ("The answer is (8 / 4) and (6 / 4).", REASON_MULTIPLE),
         ("The answer is ((491 - 21", REASON_TRUNCATED),
@@ -237,7 +241,7 @@ def test_numbers():
     assert format_number(-0.0) == "0"
     assert format_number(Fraction(1, 10**6 * 3)) == "3.33333e-07"
     assert parse_number("$1,200.50") == 1200.5
-    assert parse_number("twelve") is None and parse_number(None) is None
+    assert parse_number("twelve") == 12 and parse_number("many") is None and parse_number(None) is None
     assert numbers_match("3.333333", "10/3")
     assert numbers_match("450", "450.00") and numbers_match(2.5, "2.5 hours")
     assert not numbers_match("450", "451") and not numbers_match("x", "x")

@@ -30,13 +30,7 @@ from mentor.tasks.labels import NLI_LABELS
 CORPUS = load_corpus()
 SCORES = score(CORPUS)
 
-FLOORS = {
-    # One real text-davinci-002 completion (Kojima et al. 2022) ends "... (arabic numerals) is 62.
-    # The answer (words) is sixty-two dollars." The closing statement wins, and number words are
-    # not read as numbers (tests/test_parsing.py keeps "The answer is twelve." refused), so it is
-    # refused: 1 of the style's 33 items, marked "KNOWN GAP" in its source.
-    "zero-shot-cot": 0.95,
-}
+FLOORS: dict[str, float] = {}  # a style that may parse below 100%, and why
 
 
 def test_the_corpus_is_varied_and_well_formed():

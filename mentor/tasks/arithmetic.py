@@ -152,7 +152,8 @@ def plain_math(text: str) -> str:
 
 def _prepare_math(text: str) -> str:
     """Plain ASCII arithmetic: math signs as Python operators, no currency, thousands separators,
-    percent or degree signs, unit exponents ("m^2", "cm³") or LaTeX."""
+    percent or degree signs, unit exponents ("m^2", "cm³") or LaTeX; number words as digits when
+    the answer has no digit (a number written both ways is read from its digits)."""
     s = _latex_to_plain(text.strip())
     s = s.replace("×", "*").replace("·", "*").replace("÷", "/").replace("−", "-").replace("–", "-")
     s = re.sub(r"(?<=[A-Za-z])\s*(?:\^|\*\*)\s*[23]\b|(?<=[A-Za-z])[²³]", "", s)  # "12 m^2" is 12
@@ -162,6 +163,10 @@ def _prepare_math(text: str) -> str:
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
     s = re.sub(r"%(?!\s*[\d(.])", "", s)  # a percent sign, not the modulo operator
     s = re.sub(r"(?<![\d.])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1 + \2 / \3)", s)  # "1 1/2 cups"
+    if not re.search(r"\d", s):  # an answer in words alone: "sixty-two dollars", "one hundred and five"
+        from text_to_num import alpha2digit
+
+        s = alpha2digit(s, "en", threshold=0)
     return s.strip()
 
 
