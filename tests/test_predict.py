@@ -20,6 +20,7 @@ from mentor.errors import MentorError
 from mentor.models import load_model
 from mentor.serving import predict as predict_module
 from mentor.serving.generate import GeneratedText, SamplingParams, generate
+from mentor.serving.pool import adapter_names
 from mentor.serving.predict import Predictor, partial_path, predict_file
 
 WORDS = ["hello", "abc", "The quick brown fox", "12345", "zz top", "a", "what is 2+2?"]
@@ -167,7 +168,7 @@ def test_batches_stay_whole_while_other_threads_count_tokens():
     prompts = [w * 3 for w in WORDS]
     expected = generate(loaded, prompts, SamplingParams(max_new_tokens=2), batch_size=len(prompts))
     [[truncated]] = generate(loaded, ["abcdefgh"], SamplingParams(max_new_tokens=2), max_input_tokens=3)
-    assert truncated.prompt_tokens == 3 and truncated.text == "cc"  # the tokenizer's side: the first 3 kept
+    assert truncated.prompt_tokens == 3 and truncated.text == "hh"  # as in training, a causal prompt keeps its end
     stop = threading.Event()
 
     def count_tokens():
@@ -185,6 +186,40 @@ def test_batches_stay_whole_while_other_threads_count_tokens():
         stop.set()
         for thread in counters:
             thread.join()
+
+
+def test_a_base_whose_last_adapter_was_evicted_still_answers(tmp_path):
+    """Evicting a base's only adapter leaves the plain base model, not a PEFT model whose active
+    adapter is gone (every later batch on that base failed with a KeyError)."""
+    from peft import LoraConfig, get_peft_model
+
+    from mentor.serving.pool import ModelPool, Servable
+
+    folder = tmp_path / "adapter"
+    peft = get_peft_model(load_model("tiny:llama").model, LoraConfig(r=2, target_modules="all-linear",
+                                                                     init_lora_weights=False))
+    peft.save_pretrained(folder)
+    (folder / "mentor_base.json").write_text(json.dumps({"base_model": "tiny:llama"}))
+    base, adapter, other = Servable.of("tiny:llama"), Servable.of(str(folder)), Servable.of("tiny:t5")
+
+    def answer(pool, servable):
+        loaded, names = pool.acquire([servable])
+        try:
+            return generate(loaded, ["hello"], SamplingParams(max_new_tokens=3),
+                            adapter_names=adapter_names(loaded, names))[0][0].text
+        finally:
+            pool.release([servable])
+
+    sizes = ModelPool()
+    expected = {s: answer(sizes, s) for s in (base, adapter, other)}
+    assert expected[adapter] != expected[base]
+    used = sizes.used_bytes  # all three; room for the two bases, not for the adapter as well
+    pool = ModelPool(memory_budget_bytes=used - sizes._bases[adapter.base].adapters[adapter.adapter_name] // 2)
+    assert answer(pool, adapter) == expected[adapter]
+    assert answer(pool, other) == expected[other]  # evicts the adapter, the base stays
+    assert pool.loaded_names() == {base.base: [], other.base: []}
+    assert answer(pool, base) == expected[base]
+    assert answer(pool, adapter) == expected[adapter]  # and it loads again on demand
 
 
 def test_partial_file_keeps_odd_characters_and_drops_a_torn_line(tmp_path):

@@ -55,6 +55,17 @@ def _segments(ex: Example, tokenizer, use_chat_template: bool) -> list[tuple[str
     return pieces
 
 
+def truncate_input(ids: list[int], max_tokens: int, *, is_seq2seq: bool, eos_id: int | None) -> list[int]:
+    """An input cut to `max_tokens`, the same way for training and for generation: a causal model's
+    keeps its end (the generation prompt sits next to the answer); an encoder's keeps its start and
+    its closing end-of-sequence token."""
+    if len(ids) <= max_tokens:
+        return ids
+    if not is_seq2seq:
+        return ids[-max_tokens:]
+    return ids[: max_tokens - 1] + ids[-1:] if eos_id is not None and ids[-1] == eos_id else ids[:max_tokens]
+
+
 def render_prompt(messages: list[dict], tokenizer, use_chat_template: bool, kind: str = "chat") -> str:
     """The text a model continues at inference: everything before the answer."""
     if use_chat_template:
@@ -82,8 +93,7 @@ def encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool,
             tgt = tgt + [tokenizer.eos_token_id]  # T5's tokenizer appends it, others don't: without it the student never stops
         if len(src) > max_input_tokens:
             stats.truncated_inputs += 1
-            ends_with_eos = src[-1] == tokenizer.eos_token_id
-            src = src[: max_input_tokens - 1] + src[-1:] if ends_with_eos else src[:max_input_tokens]
+            src = truncate_input(src, max_input_tokens, is_seq2seq=True, eos_id=tokenizer.eos_token_id)
         if len(tgt) > max_output_tokens:
             stats.truncated_outputs += 1
             tgt = tgt[:max_output_tokens]
@@ -108,7 +118,8 @@ def encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool,
         out_ids = out_ids[:max_output_tokens]
     if len(inp_ids) > max_input_tokens:
         stats.truncated_inputs += 1
-        inp_ids, inp_mask = inp_ids[-max_input_tokens:], inp_mask[-max_input_tokens:]
+        inp_ids = truncate_input(inp_ids, max_input_tokens, is_seq2seq=False, eos_id=tokenizer.eos_token_id)
+        inp_mask = inp_mask[-max_input_tokens:]
     ids = inp_ids + out_ids
     labels = [t if m else IGNORE for t, m in zip(inp_ids, inp_mask)] + out_ids
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

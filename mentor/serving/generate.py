@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from mentor.data.encode import truncate_input
 from mentor.serving.stop import apply_stop
 
 FinishReason = Literal["stop", "length"]
@@ -97,12 +98,12 @@ def generate_stream(
 
     `loaded` is what `mentor.models.load_model` returns (`.model`, `.tokenizer`, `.is_seq2seq`).
     `add_special_tokens`: whether the tokenizer adds its special tokens to the prompts (default:
-    only for seq2seq, since a rendered chat prompt carries its own). `max_input_tokens` truncates
-    longer prompts. `sort_by_length` batches similar lengths together (less padding to compute);
-    results are then yielded longest prompt first. `adapter_names` (one per prompt) runs a PEFT
-    model's adapters in one mixed batch ("__base__": none). `on_tokens(prompt indices, token ids)`
-    is called at every decoding step with each row's new token (rows: a prompt's copies in turn),
-    for streaming."""
+    only for seq2seq, since a rendered chat prompt carries its own). `max_input_tokens` cuts
+    longer prompts as training does (`truncate_input`). `sort_by_length` batches similar lengths
+    together (less padding to compute); results are then yielded longest prompt first.
+    `adapter_names` (one per prompt) runs a PEFT model's adapters in one mixed batch ("__base__":
+    none). `on_tokens(prompt indices, token ids)` is called at every decoding step with each row's
+    new token (rows: a prompt's copies in turn), for streaming."""
     params = params or SamplingParams()
     batch_size = max(1, batch_size)
     order = list(range(len(prompts)))
@@ -131,8 +132,8 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
     # settings on its one shared backend, which a server thread counting a prompt's tokens at the
     # same moment switches off in the middle of this call.
     ids = tok(prompts, add_special_tokens=seq2seq if add_special_tokens is None else add_special_tokens)["input_ids"]
-    if max_input_tokens:
-        ids = [row[-max_input_tokens:] if tok.truncation_side == "left" else row[:max_input_tokens] for row in ids]
+    if max_input_tokens:  # training's rule: a causal prompt keeps its end, an encoder's its start and </s>
+        ids = [truncate_input(row, max_input_tokens, is_seq2seq=seq2seq, eos_id=tok.eos_token_id) for row in ids]
     enc = tok.pad({"input_ids": ids}, padding=True, padding_side=tok.padding_side if seq2seq else "left",
                   return_attention_mask=True, return_tensors="pt").to(model.device)
     copies = 1 if params.greedy else params.n  # greedy: every copy would be the same
@@ -184,7 +185,7 @@ def _one_adapter(model, name: str):
         with model.disable_adapter():
             yield
         return
-    model.set_adapter(name)
+    model.set_adapter(name, inference_mode=True)  # (without it PEFT makes the adapter trainable)
     yield
 
 
