@@ -171,6 +171,8 @@ class ModelPool:
                 if name not in keep_adapters and not base.pins.get(name):
                     base.loaded.model.delete_adapter(name)
                     del base.adapters[name]
+                    if not base.adapters:  # PEFT would keep naming the deleted adapter as the active one
+                        base.loaded = replace(base.loaded, model=base.loaded.model.unload().eval())
                     return True
         for ref in list(self._bases):
             if ref != keep_base and not self._bases[ref].pins.get(BASE):
