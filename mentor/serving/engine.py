@@ -134,7 +134,10 @@ class Engine:
                 if nxt is DONE:
                     self._queue.put(DONE)
                     break
-                (batch if nxt.key == first.key else skipped).append(nxt)
+                if nxt.key != first.key:
+                    skipped.append(nxt)  # for a later batch; it does not keep this one waiting
+                    continue
+                batch.append(nxt)
                 deadline = min(time.monotonic() + self.window, cap)
             self._held.extend(skipped)
             self._run(batch)
