@@ -88,7 +88,12 @@ def test_math_answer_forms(text, label, raw, rationale):
         ("The answer is (lambda: 1)().", REASON_NOT_EVALUABLE),
         ("The answer is 7 because 3 + 4.", REASON_NOT_EVALUABLE),
         ("The answer is none.", REASON_NOT_EVALUABLE),
-        ("The answer is two thirds.", REASON_NOT_EVALUABLE),  # "2 3rds" to text2num: refused, not misread
+        ("The answer is two thirds.", REASON_NOT_EVALUABLE),  # number words that are not one amount
+        ("The answer is one half.", REASON_NOT_EVALUABLE),
+        ("The answer is three quarters.", REASON_NOT_EVALUABLE),
+        ("The answer is the twenty-first.", REASON_NOT_EVALUABLE),
+        ("The answer is one more.", REASON_NOT_EVALUABLE),
+        ("One of them.", REASON_NO_ANSWER),
         ("The answer is (175, 5).", REASON_MULTIPLE),
         ("The answer is (8 / 4) and (6 / 4).", REASON_MULTIPLE),
         ("The answer is ((491 - 21", REASON_TRUNCATED),

@@ -164,10 +164,28 @@ def _prepare_math(text: str) -> str:
     s = re.sub(r"%(?!\s*[\d(.])", "", s)  # a percent sign, not the modulo operator
     s = re.sub(r"(?<![\d.])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", r"(\1 + \2 / \3)", s)  # "1 1/2 cups"
     if not re.search(r"\d", s):  # an answer in words alone: "sixty-two dollars", "one hundred and five"
-        from text_to_num import alpha2digit
-
-        s = alpha2digit(s, "en", threshold=0)
+        s = _number_words(s)
     return s.strip()
+
+
+# After the number, unit words only: "one of them", "two thirds", "three quarters", "one more" are not amounts.
+_AMOUNT_IN_WORDS = re.compile(r"-?\d+(?:\.\d+)?(?:\s+[A-Za-z]+){0,3}\s*\.?")
+_NOT_UNITS = re.compile(r"\b(?:of|more|less|fewer|than|times|and|or|halfs?|halves|thirds?|quarters?|fourths?|fifths?|"
+                        r"sixths?|sevenths?|eighths?|ninths?|tenths?|hundredths?|thousandths?|dozens?|millionths?)\b",
+                        re.IGNORECASE)
+
+
+def _number_words(text: str) -> str:
+    """A number written in words as digits ("sixty-two dollars" -> "62 dollars", with text2num),
+    where the words say one amount; anything else (ordinals, fractions, "one of them") is left as
+    words, which the evaluator refuses."""
+    from text_to_num import alpha2digit
+
+    digits = alpha2digit(text, "en", threshold=0)
+    if _AMOUNT_IN_WORDS.fullmatch(digits.strip()) and not _NOT_UNITS.search(digits) \
+            and not re.search(r"\d(?:st|nd|rd|th)\b", digits):
+        return digits
+    return text
 
 
 # "x = 24", "Allen's age = 143": a name for the value before it (not "7x = 14", which is an equation).
