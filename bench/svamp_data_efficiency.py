@@ -18,7 +18,9 @@ split by the task metric of generated answers (`selection_metric="task"`).
     python bench/svamp_data_efficiency.py [--seeds 0,1,2] [--fractions 0.125,0.25,0.5,1]
 
 Finished runs are reused from bench/.work/svamp-efficiency, so an interrupted benchmark (or one
-run with more seeds later) trains only what is missing. Prints a table and writes a chart.
+run with more seeds later) trains only what is missing. Prints a table and writes a chart;
+`--report` trains nothing: the table and chart of the finished runs, the chart also copied to
+docs/images/svamp-data-efficiency.png for the README.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -40,6 +43,7 @@ import mentor  # noqa: E402
 from mentor.data.rows import hold_out, read_rows  # noqa: E402
 from mentor.distill.config import DistillConfig  # noqa: E402
 from mentor.evaluation.evaluate import evaluate_student  # noqa: E402
+from mentor.jobs.lifecycle import read_state  # noqa: E402
 
 RECIPE = {"rationale_format": "rationale+label", "mask_wrong_rationales": True}
 ALPHAS = (0.5, 0.8)
@@ -122,6 +126,7 @@ def main() -> None:
     p.add_argument("--fractions", default="0.125,0.25,0.5,1")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--work", default=str(ROOT / "bench" / ".work" / "svamp-efficiency"))
+    p.add_argument("--report", action="store_true", help="only the table and chart of the runs already finished")
     args = p.parse_args()
     if not DATA.is_dir():
         sys.exit(f"SVAMP data not found at {DATA} (set MENTOR_SHARED_DATA)")
@@ -161,10 +166,13 @@ def main() -> None:
             continue
         fields = methods[method]
         tag = f"{fields['method']}-a{alpha:g}" if method == "step-by-step" else fields["method"]
+        if args.report and read_state(work / "runs" / f"{tag}-f{f:g}-seed{seed}").get("state") != "succeeded":
+            continue
         results[method].setdefault(f"{f:g}", {})[seed] = run(
             work, f"{tag}-f{f:g}-seed{seed}", subsets[f], validation, test, seed, args, **fields)
-        (work / "results.json").write_text(json.dumps({"alpha": alpha, "choice": choice, "results": results},
-                                                      indent=2))
+        if not args.report:
+            (work / "results.json").write_text(json.dumps({"alpha": alpha, "choice": choice, "results": results},
+                                                          indent=2))
 
     print(f"\nSVAMP test accuracy % (200 problems), SmolLM2-135M-Instruct LoRA r=16, {args.steps} steps of 16, "
           f"checkpoints chosen on 80 held-out training rows; step-by-step alpha {alpha} (chosen on validation: "
@@ -174,10 +182,13 @@ def main() -> None:
     for f in fractions:
         cells = []
         for method in ("fine-tuning", "step-by-step"):
-            values = [r["test"] for r in results[method][f"{f:g}"].values()]
+            values = [r["test"] for r in results[method].get(f"{f:g}", {}).values()]
+            if not values:
+                cells.append("not run")
+                continue
             spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
-            cells.append(f"{100 * statistics.mean(values):.1f}{spread} ({len(values)} seeds)")
-        examples = next(iter(results["fine-tuning"][f"{f:g}"].values()))["examples"]
+            cells.append(f"{100 * statistics.mean(values):.1f}{spread} ({len(values)} seed{'s' if len(values) > 1 else ''})")
+        examples = next((r["examples"] for m in results.values() for r in m.get(f"{f:g}", {}).values()), "-")
         print(f"| {100 * f:g}% | {examples} | {cells[0]} | {cells[1]} |")
     full = statistics.mean(r["test"] for r in results["fine-tuning"]["1"].values()) if "1" in results["fine-tuning"] \
         else None
@@ -188,6 +199,8 @@ def main() -> None:
               f"{100 * (half - full):+.1f} points; target (>= 0): {verdict}")
     chart(results, fractions, work / "data_efficiency.png")
     print(f"chart: {work / 'data_efficiency.png'}")
+    if args.report:
+        shutil.copy(work / "data_efficiency.png", ROOT / "docs" / "images" / "svamp-data-efficiency.png")
 
 
 if __name__ == "__main__":
