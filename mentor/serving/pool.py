@@ -25,7 +25,6 @@ from mentor.models import load_model, resolve
 from mentor.serving.generate import BASE_ADAPTER
 
 log = logging.getLogger("mentor")
-BASE = BASE_ADAPTER  # PEFT's name for "no adapter" in a mixed batch
 
 
 def _folder_bytes(folder: Path, patterns=("*.safetensors", "*.bin")) -> int:
@@ -58,7 +57,7 @@ class Servable:
     @property
     def adapter_name(self) -> str:
         """A name PEFT accepts (no dots), the same for the same adapter folder."""
-        return "a" + hashlib.sha256(self.adapter.encode()).hexdigest()[:16] if self.adapter else BASE
+        return "a" + hashlib.sha256(self.adapter.encode()).hexdigest()[:16] if self.adapter else BASE_ADAPTER
 
 
 @dataclass
@@ -66,7 +65,7 @@ class _Base:
     loaded: object  # LoadedModel; .model becomes a PeftModel once an adapter is attached
     bytes: int
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter name -> bytes, least recent first
-    pins: dict = field(default_factory=dict)  # name (or BASE for the model) -> batches using it now
+    pins: dict = field(default_factory=dict)  # name (or BASE_ADAPTER for the model) -> batches using it now
 
 
 class ModelPool:
@@ -103,7 +102,7 @@ class ModelPool:
                     self._adapter(base, s, keep={s2.adapter_name for s2 in servables})
                 names.append(s.adapter_name)
             self._bases.move_to_end(servables[0].base)
-            for name in {*names, BASE}:
+            for name in {*names, BASE_ADAPTER}:
                 base.pins[name] = base.pins.get(name, 0) + 1
             return base.loaded, names
 
@@ -112,7 +111,7 @@ class ModelPool:
             base = self._bases.get(servables[0].base)
             if base is None:
                 return
-            for name in {*(s.adapter_name for s in servables), BASE}:
+            for name in {*(s.adapter_name for s in servables), BASE_ADAPTER}:
                 base.pins[name] = max(base.pins.get(name, 0) - 1, 0)
             self._make_room(0, keep_base=None, keep_adapters=set())  # a batch that needed more than fits: trim
 
@@ -175,7 +174,7 @@ class ModelPool:
                         base.loaded = replace(base.loaded, model=base.loaded.model.unload().eval())
                     return True
         for ref in list(self._bases):
-            if ref != keep_base and not self._bases[ref].pins.get(BASE):
+            if ref != keep_base and not self._bases[ref].pins.get(BASE_ADAPTER):
                 del self._bases[ref]
                 return True
         return None
