@@ -20,6 +20,7 @@ from mentor.tasks.arithmetic import (
 from mentor.tasks.labels import normalize_answer
 from mentor.tasks.reasons import (
     REASON_CHOICE_CONFLICT,
+    REASON_CONFLICTING,
     REASON_EMPTY,
     REASON_EMPTY_ANSWER,
     REASON_MULTIPLE,
@@ -94,6 +95,18 @@ def test_math_answer_forms(text, label, raw, rationale):
         ("The answer is the twenty-first.", REASON_NOT_EVALUABLE),
         ("The answer is one more.", REASON_NOT_EVALUABLE),
         ("One of them.", REASON_NO_ANSWER),
+        # words after a number that change the amount are not its unit
+        ("The answer is 2 thirds.", REASON_NOT_EVALUABLE),
+        ("The answer is 3 times the number of pages.", REASON_NOT_EVALUABLE),
+        ("The answer is 42 - 3 of which are red.", REASON_NOT_EVALUABLE),
+        ("The answer is 3 more than Tom has.", REASON_NOT_EVALUABLE),
+        ("The answer is 2 degrees lower than at noon.", REASON_NOT_EVALUABLE),
+        ("The answer is $5M.", REASON_NOT_EVALUABLE),  # million, or metres: never guessed
+        ("The answer is $2.5B.", REASON_NOT_EVALUABLE),
+        # ranges and dates are not subtractions
+        ("The answer is 5-7 days.", REASON_NOT_EVALUABLE),
+        ("The answer is 5–7.", REASON_NOT_EVALUABLE),
+        ("The answer is 2023-10-05.", REASON_NOT_EVALUABLE),
         ("The answer is (175, 5).", REASON_MULTIPLE),
         ("The answer is (8 / 4) and (6 / 4).", REASON_MULTIPLE),
         ("The answer is ((491 - 21", REASON_TRUNCATED),
@@ -524,3 +537,100 @@ def test_degenerate_markers_stay_fast():
         start = time.perf_counter()
         parse_completion(text, "math")
         assert time.perf_counter() - start < 2.0, text[:30]
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("The answer is 13 bags of wheat.", "13"),  # "of" after a unit is part of it
+        ("The answer is 8 more cups of flour.", "8"),
+        ("The answer is 1 1/2 bottles of mustard.", "1.5"),
+        ("The answer is $50k.", "50000"),
+        ("The answer is 300 K.", "300"),  # a detached K is a unit (kelvins), not a thousand
+        ("The answer is 20-4.", "16"),
+        ("The answer is 20 – 4 = 16.", "16"),
+    ],
+)
+def test_math_amounts_with_words_after_them(text, label):
+    p = parse_completion(text, "math")
+    assert (p.ok, p.label) == (True, label), p
+
+
+def test_a_completion_cut_off_by_the_token_limit_is_read_only_to_its_last_whole_sentence():
+    # "The answer is 12" may have been "The answer is 120"
+    cut = parse_completion("3 boxes of 40 pencils. The answer is 12", "math", cut_off=True)
+    assert not cut.ok and cut.reason == REASON_TRUNCATED
+    assert parse_completion("3 boxes of 40 pencils. The answer is 12", "math").label == "12"  # a stop ended it
+    assert parse_completion("We add. The answer is 12.", "math", cut_off=True).reason == REASON_TRUNCATED
+    # the answer ended before the cut: in a later sentence, or before an invented follow-up
+    assert parse_completion("We add. The answer is 12. Next we", "math", cut_off=True).label == "12"
+    assert parse_completion("The answer is 12.\n\nQ: What is", "math", cut_off=True).label == "12"
+
+
+def test_thinking_aloud():
+    # thinking that never closed holds guesses, not an answer
+    p = parse_completion("<think>Maybe the answer is 5. Hmm, but 2 + 4 is", "math")
+    assert not p.ok and p.reason.startswith(REASON_TRUNCATED)
+    # after the thinking, a bare answer counts, not the guesses inside it
+    p = parse_completion("<think>Is the answer is 5? No: 2 + 4 = 6, so 6.</think>\n\n**6**", "math")
+    assert (p.ok, p.label) == (True, "6")
+    p = parse_completion("<think>So the answer is 5.</think>\nI am not sure what is asked.", "math")
+    assert not p.ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "If the answer is yes, the premise would have to mention a dog; it does not, so we cannot tell.",
+        "Maybe the answer is entailment? The premise says nothing about it.",
+    ],
+)
+def test_an_answer_weighed_is_not_an_answer_given(text):
+    assert not parse_completion(text, "nli").ok
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("So the answer is yes, it is not entailed.", None),
+        ("So the answer is false; it is entailed.", None),
+        ("So the answer is entailment - no, contradiction.", None),
+        ("So the answer is unknown, probably entailment.", None),
+        ("So the answer is no, there is no contradiction.", None),
+        ("So the answer is no, the premise does not entail it.", "contradiction"),
+        ("So the answer is yes, because the premise entails it.", "entailment"),
+        ("So the answer is neutral (it could be true).", "neutral"),
+    ],
+)
+def test_a_label_whose_aside_takes_it_back_is_refused(text, label):
+    p = parse_completion(text, "nli")
+    assert p.label == label and (p.ok or p.reason == REASON_CONFLICTING)
+
+
+def test_yes_no_asides_use_the_words_freely():
+    p = parse_completion("Therefore, the answer (Yes or No) is: Yes, some patients have no illness.", "classify",
+                         labels=["yes", "no"])
+    assert p.label == "yes"
+
+
+@pytest.mark.parametrize(
+    "text, label, reason",
+    [
+        ('So the answer is "Paris".', "Paris", ""),
+        ('So the answer is **"Paris".**', "Paris", ""),
+        ('So the answer is the "Big Apple" nickname.', 'the "Big Apple" nickname', ""),
+        ('So the answer is "Paris" or "Lyon".', None, REASON_MULTIPLE),
+        ('So the answer is "Paris", not "Lyon".', None, REASON_MULTIPLE),
+        ('So the answer is "Marie', None, REASON_TRUNCATED),
+    ],
+)
+def test_extracted_spans_in_quotes(text, label, reason):
+    p = parse_completion(text, "extract")
+    assert (p.label, p.reason) == (label, reason)
+
+
+def test_a_letter_taken_back_is_refused():
+    choices = ["red", "blue", "a frog", "green"]
+    assert not parse_completion("B. No wait, it is C.", "choice", choices=choices).ok
+    assert parse_completion("C. A frog", "choice", choices=choices).label == "a frog"
+    assert parse_completion("D) green, which is A natural color", "choice", choices=choices).label == "green"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 QUOTES = "\"'“”‘’`*"
+_DOUBLE_QUOTES = frozenset('"“”')
 
 # LaTeX that wraps a whole answer: math delimiters and boxing/text commands.
 _MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
@@ -45,8 +46,10 @@ def strip_answer(raw: str) -> str:
         s = s.strip().rstrip(";:,!").strip()
         if s.endswith(".") and not re.search(r"\b(?:[A-Za-z]\.){2,}$", s):  # keep "D.C."
             s = s[:-1].rstrip()
-        if len(s) >= 2 and s[0] in QUOTES and s[-1] in QUOTES:
-            s = s[1:-1]
+        if len(s) >= 2 and s[0] in QUOTES and s[-1] in QUOTES and not (
+            s[0] in _DOUBLE_QUOTES and _DOUBLE_QUOTES.intersection(s[1:-1])
+        ):
+            s = s[1:-1]  # '"Paris"', not '"Paris" or "Lyon"' (two answers, kept whole to be refused)
         s = _unwrap_latex(s.strip())
         s = re.sub(r"^\*+\s*|\s*\*+$", "", s)  # bold left open by the marker: "**Answer:** 42**"
     return s.strip()

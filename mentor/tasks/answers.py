@@ -253,33 +253,56 @@ def _bare_answer(head: str, task: str, choices, labels) -> tuple[str | None, str
     return (label, text) if label is not None else (None, "")
 
 
+def _whole_sentences(text: str) -> str:
+    """``text`` up to its last sentence or line end: what a completion cut off by the token limit
+    surely said whole ("... The answer is 12" may have been "120")."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else ""
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]*_$]*(?=\s)|\n")
+# "If the answer is yes, ...", "Is the answer is 5?": an answer weighed, not given.
+_HYPOTHETICAL = re.compile(r"\b(?:if|whether|suppose|assume|assuming|unless)\b[^.!?\n]*\Z", re.IGNORECASE)
+
+
 def parse_completion(
     text: str,
     task: str,
     choices: list[str] | None = None,
     labels: list[str] | None = None,
+    cut_off: bool = False,
 ) -> Parsed:
     """Split a teacher completion (the text written after the prompt's "A:") into rationale and
     normalised label, cutting everything after the answer sentence.
 
     ``choices`` are the option texts of a multiple-choice question (letters map to them in order);
     ``labels`` the label set for "nli" (default entailment/neutral/contradiction) and "classify".
+    ``cut_off``: generation stopped at the token limit, so only whole sentences are read.
     """
     check_labels(task, labels)
     if not text or not text.strip():
         return Parsed("", None, "", False, REASON_EMPTY)
     head = cut_runon(text)
-    markers = _statements(head, spans=task == "extract")
-    think_end = head.rfind("</think>")
+    if cut_off and head.rstrip() == text.rstrip():  # the cut is in the answer's part, not in a run-on
+        head = _whole_sentences(head)
+        if not head.strip():
+            return Parsed("", None, "", False, REASON_TRUNCATED)
+    lowered = head.lower()
+    think_end = lowered.rfind("</think>")
+    if think_end == -1 and "<think>" in lowered:  # the thinking never ended: its guesses are no answer
+        return Parsed(_clean_rationale(head), None, "", False, f"{REASON_TRUNCATED}: thinking never closed")
+    markers = [mk for mk in _statements(head, spans=task == "extract") if not _hypothetical(head, mk)]
+    after_thinking = head[think_end + len("</think>") :] if think_end != -1 else head
     if think_end != -1:
         # Reasoning models try answers while thinking aloud ("<think>... so 5? No, wait ...</think>"):
-        # only the statements after the thinking count, when there are any.
-        markers = [mk for mk in markers if mk.m.start() > think_end] or markers
+        # only what follows the thinking counts, and it counts alone when it says anything.
+        markers = [mk for mk in markers if mk.m.start() > think_end] or ([] if after_thinking.strip() else markers)
     if not markers:
-        label, raw = _bare_answer(head[think_end + len("</think>") :] if think_end != -1 else head, task, choices, labels)
+        label, raw = _bare_answer(after_thinking, task, choices, labels)
         if label is not None:  # after thinking aloud, the thinking is the rationale
             return Parsed(_clean_rationale(head[:think_end]) if think_end != -1 else "", label, raw, True)
-        return Parsed(_clean_rationale(head), None, "", False, REASON_NO_ANSWER)
+        reason = REASON_TRUNCATED if cut_off else REASON_NO_ANSWER
+        return Parsed(_clean_rationale(head), None, "", False, reason)
     # The closing answer statement wins: chain-of-thought often opens by restating what is asked
     # ("The answer must be the place where beavers get their supplies. ... So the answer is (c).").
     # Earlier statements count only to catch a completion that names two different answers.
@@ -298,6 +321,13 @@ def parse_completion(
                 rationale = _clean_rationale(head[:earlier_start])
                 break
     return Parsed(rationale, label, raw, label is not None, reason)
+
+
+def _hypothetical(head: str, statement: _Statement) -> bool:
+    """Whether an answer marker is weighed, not stated: "if the answer is yes", "is the answer 5?"."""
+    if _HYPOTHETICAL.search(head, _sentence_start(head, statement.m.start()), statement.m.start()):
+        return True
+    return statement.m.re is _ANSWER_SENTENCE and head[statement.end : statement.end + 1] == "?"
 
 
 def _same(a: str, b: str, task: str) -> bool:

@@ -34,7 +34,15 @@ _PER_UNITS = {"h", "hr", "hrs", "hour", "day", "week", "month", "year", "min", "
 # Letters that name an unknown, not a unit: "4x" is four times x, not 4.
 _VARIABLES = {"x", "y", "z", "n"}
 # Words that scale the number before them ("2 thousand" is 2000, "$50k" 50000) rather than name its unit.
-_SCALES = {"k": 1000, "dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+# Scales written as a letter count only attached to the number ("$50k", "50K"); "300 K" could be kelvins.
+_ATTACHED_SCALES = {"k": 1000, "bn": 10**9}
+# "$5M", "2.5B": million and billion in finance, metres and bytes elsewhere; never guessed.
+_AMBIGUOUS_SCALES = {"M", "B", "m", "b", "mn"}
+# Words that make the number before them a part or a multiple, not an amount: "2 thirds", "3 times
+# the pages", "42 - 3 of which are red" (after a unit they are fine: "13 bags of wheat").
+_PART_WORDS = re.compile(r"(?:of|times|halfs?|halves|thirds?|quarters?|fourths?|fifths?|sixths?|sevenths?|eighths?|"
+                         r"ninths?|tenths?|hundredths?|thousandths?|millionths?|dozens)", re.IGNORECASE)
 
 
 class _NotEvaluable(Exception):
@@ -95,6 +103,7 @@ def _strip_units(expr: str) -> str:
             if expr[pos:].strip() == "":
                 break
             raise _NotEvaluable(f"unexpected character {expr[pos]!r}")
+        attached = not m.group(0)[:1].isspace()
         pos = m.end()
         num, word, op = m.groups()
         if num is not None:
@@ -107,11 +116,16 @@ def _strip_units(expr: str) -> str:
                 out.pop()  # "20 km/h", "$12/hour": a rate's unit, not a division
                 prev = "unit"
                 continue
-            scale = _SCALES.get(word.lower())
+            scale = _SCALES.get(word.lower()) or (_ATTACHED_SCALES.get(word.lower()) if attached else None)
             if scale is not None and prev == "num":  # "2 thousand" is 2000, not 2 of a unit
                 out[-1] = f"({out[-1]} * {scale})"
                 continue
+            if prev == "num" and word in _AMBIGUOUS_SCALES and attached:
+                raise _NotEvaluable(f"{word!r} after a number: a scale or a unit")
             if prev in ("num", "unit", ")") and word not in _VARIABLES:  # "12 apples", "(1 + 1 / 2) cups"
+                # "3 more than Tom", "2 degrees lower than at noon": an amount relative to another
+                if word.lower() == "than" or (prev == "num" and _PART_WORDS.fullmatch(word)):
+                    raise _NotEvaluable(f"{word!r} after a number: not a unit")
                 prev = "unit"
                 continue
             raise _NotEvaluable(f"unknown {word!r}")
@@ -188,6 +202,8 @@ def _number_words(text: str) -> str:
     return text
 
 
+# "5–7", "5-7 days", "2023-10-05": a range or a date, which reads as a subtraction ("12 - 5" stays one).
+_RANGE = re.compile(r"\d\s*–\s*\d|\b\d{4}-\d{1,2}-\d{1,2}\b|(?<![\d.])\d+(?:\.\d+)?-\d+(?:\.\d+)?\s*[A-Za-z]")
 # "x = 24", "Allen's age = 143": a name for the value before it (not "7x = 14", which is an equation).
 _NAMED_VALUE = re.compile(r"^[A-Za-z][A-Za-z' ]{0,40}?\s*=(?!=)\s*")
 # "3/8 or 0.375": one value written two ways (different values are two answers).
@@ -200,6 +216,8 @@ def evaluate_math(text: str) -> Fraction:
     Uses Python's ``ast`` restricted to numbers and + - * / // % ** with parentheses, never
     ``eval``. Raises ValueError whose message starts with the failure reason.
     """
+    if "=" not in text and _RANGE.search(text):
+        raise ValueError(f"{REASON_NOT_EVALUABLE}: a range or a date, not one number")
     s = _prepare_math(text)
     if not s:
         raise ValueError(REASON_EMPTY_ANSWER)

@@ -17,9 +17,11 @@ from mentor.tasks.answer_text import QUOTES, strip_answer
 from mentor.tasks.arithmetic import evaluate_math, format_number
 from mentor.tasks.reasons import (
     REASON_CHOICE_CONFLICT,
+    REASON_CONFLICTING,
     REASON_EMPTY_ANSWER,
     REASON_MULTIPLE,
     REASON_NOT_IN_LABELS,
+    REASON_TRUNCATED,
 )
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -70,8 +72,32 @@ def _normalise_label(ans: str, labels: Sequence[str]) -> tuple[str | None, str]:
     if m:
         hit = match_label(m.group(1), labels)
         if hit is not None:
+            if _aside_disagrees(ans.strip()[m.end(1) :], hit, labels):
+                return None, REASON_CONFLICTING
             return hit, ""
     return None, REASON_NOT_IN_LABELS
+
+
+# The words that name an NLI label in an aside: its own name and verb forms, not the everyday
+# synonyms ("true", "no", "maybe") that explanations use freely.
+_NAMING = (r"entail\w*", r"contradict\w*", r"neutral")
+_NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bno)\s+(?:\w+\s+){0,2}\Z", re.IGNORECASE)
+
+
+def _aside_disagrees(aside: str, hit: str, labels: Sequence[str]) -> bool:
+    """Whether the aside after a label takes it back: names another label ("false; it is entailed",
+    "unknown, probably entailment") or denies this one ("yes, it is not entailed")."""
+    for label in labels:
+        group = next((g for g in _SYNONYMS if _norm_text(label) in g), None)
+        # a label that is an everyday word ("yes", "no", "true") is named in its group's terms only
+        names = [word for word, g in zip(_NAMING, _SYNONYMS) if g is group]
+        if group is None or re.fullmatch("|".join(_NAMING), _norm_text(label)):
+            names.append(re.escape(_norm_text(label)))
+        for m in re.finditer(rf"\b(?:{'|'.join(names)})\b", aside, re.IGNORECASE):
+            negated = bool(_NEGATED.search(aside, 0, m.start()))
+            if negated == (label == hit):
+                return True
+    return False
 
 
 # (pattern, strict): a strict form counts only when its text is the letter's own option or absent,
@@ -89,6 +115,8 @@ _LETTER_FORMS = tuple(
     )
 )
 _LETTER_IN_PARENS = re.compile(r"\(([a-z])\)", re.IGNORECASE)
+# A capital letter named as the answer in the text after a letter: "B. No wait, it is C."
+_LETTER_NAMED = re.compile(r"\b(?i:option|choice|answer|it is|it's)\s+([A-Z])(?=[\s.,;:!?)]|$)")
 
 
 def _normalise_choice(ans: str, choices: Sequence[str] | None) -> tuple[str | None, str]:
@@ -103,8 +131,9 @@ def _normalise_choice(ans: str, choices: Sequence[str] | None) -> tuple[str | No
         if not m:
             continue
         letter, rest = m.group("letter").lower(), _norm_text(m.groupdict().get("text") or "")
-        if any(other.lower() != letter for other in _LETTER_IN_PARENS.findall(rest)):
-            return None, REASON_MULTIPLE  # "(A) or (B)", "(A), (B), (C), or (D)"
+        others = _LETTER_IN_PARENS.findall(rest) + _LETTER_NAMED.findall(m.groupdict().get("text") or "")
+        if any(other.lower() != letter for other in others):
+            return None, REASON_MULTIPLE  # "(A) or (B)", "(A), (B), (C), or (D)", "B. No wait, it is C."
         idx = ord(letter) - ord("a")
         own = normed[idx] if idx < len(normed) else None
         if strict and rest and rest != own:
@@ -141,7 +170,16 @@ def normalize_answer(
         return _normalise_choice(ans, choices)
     if task in LABEL_TASKS:
         return _normalise_label(ans, labels or NLI_LABELS)
-    return ans, ""  # extract: the span itself
+    return _span(ans)
+
+
+def _span(ans: str) -> tuple[str | None, str]:
+    """An extracted span as written; two quoted spans are two answers, an open quote a cut one."""
+    if ans.count('"') >= 4 or ans.count("“") >= 2:  # '"Paris" or "Lyon"', '"Paris", not "Lyon"'
+        return None, REASON_MULTIPLE
+    if ans.count('"') % 2 or ans.count("“") != ans.count("”"):
+        return None, REASON_TRUNCATED
+    return ans, ""
 
 
 def check_labels(task: str, labels: Sequence[str] | None) -> None:
