@@ -17,16 +17,26 @@ from mentor.errors import MentorError
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a unique temporary path beside `path`; when the block ends without error the file
-    written there is renamed to `path`, else removed."""
+    written there is made durable and renamed to `path`, else removed."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)  # else a crash just after the rename can leave an empty file under the final name
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # the rename itself
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -182,28 +182,34 @@ def _worked_sum(prompt: str) -> str:
 
 def _answer(state: ServerState, body: dict, prompt: str, chat: bool) -> dict:
     n, max_tokens, stop = body.get("n", 1), body.get("max_tokens", 16), body.get("stop") or []
-    texts, tokens_in, tokens_out = [], len(prompt.split()), 0
+    texts, reasons, tokens_in, tokens_out = [], [], len(prompt.split()), 0
     for i in range(n):
+        reason = "stop"
         if state.backend == "tiny":
             text, tokens_in, used = _Tiny.generate(prompt, chat, max_tokens)
-        elif state.backend == "sums":
-            text = _worked_sum(prompt)
-            used = len(text.split())
+            reason = "length" if used >= max_tokens else "stop"
         else:
-            words = f"{'sample ' + str(i) + ' ' if n > 1 else ''}answer to: {prompt}".split()[:max_tokens]
+            # a word is a token here: an answer longer than max_tokens is cut, as a real server cuts it
+            text = _worked_sum(prompt) if state.backend == "sums" else (
+                f"{'sample ' + str(i) + ' ' if n > 1 else ''}answer to: {prompt}")
+            words = text.split()
+            if len(words) > max_tokens:
+                words, reason = words[:max_tokens], "length"
             text, used = " ".join(words), len(words)
         for s in stop:
-            text = text.split(s)[0]
+            if s in text:
+                text, reason = text.split(s)[0], "stop"
         texts.append(text)
+        reasons.append(reason)
         tokens_out += used
     state.answered[prompt] += 1
     if chat:
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-            for i, t in enumerate(texts)
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
+            for i, (t, r) in enumerate(zip(texts, reasons))
         ]
     else:
-        choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        choices = [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))]
     usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
     return {
         "id": "x",
@@ -243,6 +249,7 @@ async def _events(state: ServerState, body: dict, prompt: str, chat: bool, k: in
         await _serial(state)
         answer = _answer(state, body, prompt, chat)
         texts = [c["message"]["content"] if chat else c["text"] for c in answer["choices"]]
+        reasons = [c["finish_reason"] for c in answer["choices"]]
         for i, text in enumerate(texts):
             words = text.split(" ")
             for j, word in enumerate(words):
@@ -253,7 +260,7 @@ async def _events(state: ServerState, body: dict, prompt: str, chat: bool, k: in
                     finished = True  # the server's part ends here: a stream cut short, not a client gone
                     return
         for i in range(len(texts)):
-            yield event([piece(i, "", "stop")])
+            yield event([piece(i, "", reasons[i])])
         yield event([], usage=answer["usage"])
         if state.send_done:
             yield "data: [DONE]\n\n"

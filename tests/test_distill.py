@@ -181,6 +181,21 @@ def test_bad_rows_and_missing_teacher(tmp_path, data):
     assert f"{bad}:2: field 'input_text'" in msg and f"{bad}:3: field '(line)'" in msg
     with pytest.raises(MentorError, match="needs a --teacher"):
         distill(base_job(data, tmp_path / "o3", teacher=None))
+    # a number where an answer's text belongs, choices that are not a list, a test row without its
+    # answer: each named, never compared one way here and dropped another way there
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"input_text": "a", "equation": 4, "teacher_completion": "4"},
+                                               {"input_text": "b", "choices": "red, blue", "teacher_completion": "x"}])
+    with pytest.raises(DataValidationError) as info:
+        distill(base_job({**data, "train": odd}, tmp_path / "o4"))
+    assert f"{odd}:1: field 'equation': must be a string, got int" in str(info.value)
+    assert f"{odd}:2: field 'choices': must be a list of option texts" in str(info.value)
+    no_answer = write_jsonl(tmp_path / "test.jsonl", [{"input_text": "What is 1 + 1?", "output_text": "2"},
+                                                      {"input_text": "What is 2 + 2?"}])
+    with pytest.raises(DataValidationError, match=f"{no_answer}:2: field 'output_text': missing"):
+        distill(base_job({**data, "test": no_answer}, tmp_path / "o5"))
+    # fine-tuning has no teacher to label evaluation rows that lack their label
+    with pytest.raises(DataValidationError, match=f"{no_answer}:2: field 'equation': missing"):
+        distill(base_job({**data, "eval": no_answer}, tmp_path / "o6", method="finetune", teacher=None))
 
 
 def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
@@ -283,3 +298,25 @@ def test_unlabeled_data_with_a_live_teacher_end_to_end(tmp_path, caplog):
     report = (out / "report" / "report.md").read_text()
     assert "parsed 33/36 completions" in report and "teacher (openai:sums@" in report
     assert "33 teacher-labelled examples" in caplog.text and "at least 1,000 unlabeled inputs" in caplog.text
+
+
+def test_one_teacher_cache_shared_by_label_and_distill_pays_once(tmp_path, capsys):
+    """`mentor label` then `mentor distill` (or a sweep of jobs) on one --teacher-cache: the second
+    job asks the teacher nothing it already answered."""
+    from teacher_server import TeacherServer
+
+    rows = [{"input_text": f"what is {i} + {i + 2}?", "output_text": str(2 * i + 2)} for i in range(12)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    cache = tmp_path / "shared" / "teacher.sqlite"
+    with TeacherServer() as server:
+        server.state.backend = "sums"
+        spec = f"openai:sums@{server.base_url}"
+        assert cli_main(["label", "--teacher", spec, "--data", str(train), "--output", str(tmp_path / "labeled.jsonl"),
+                         "--teacher-cache", str(cache)]) == 0
+        assert server.state.total_requests == 12 and cache.exists()
+        assert cli_main(["distill", "--teacher", spec, "--student", "tiny:llama", "--data", str(train),
+                         "--teacher-cache", str(cache), "--train-steps", "2", "--batch-size", "4",
+                         "--output", str(tmp_path / "student")]) == 0
+        assert server.state.total_requests == 12  # every training prompt came from the shared cache
+    assert not (tmp_path / "student" / "teacher_cache.sqlite").exists()
+    assert "0 calls, 12 cache hits" in capsys.readouterr().out

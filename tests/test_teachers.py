@@ -177,6 +177,16 @@ def test_recorded_from_rows_field():
         RecordedTeacher.from_rows([{"input": "a", "rationale": "r"}, {"input": "b"}], "rationale")
     with pytest.raises(MentorError, match="no rows"):
         build_teacher("recorded:field=teacher_completion")
+    # rows read from files are named by their own file and line, not their place in a joined list;
+    # one input recorded with two different completions is an error, not the first one silently
+    rows = [{"input_text": "q1", "teacher_completion": "a1", "_file": "train.jsonl", "_line": 1},
+            {"input_text": "q2", "_file": "test.jsonl", "_line": 2},
+            {"input_text": "q1", "teacher_completion": "b1", "_file": "test.jsonl", "_line": 5}]
+    with pytest.raises(DataValidationError) as info:
+        RecordedTeacher.from_rows(rows, "teacher_completion")
+    assert "test.jsonl:2: field 'teacher_completion': missing" in str(info.value)
+    assert ("test.jsonl:5: field 'teacher_completion': the same input at train.jsonl:1 has a different recorded "
+            "completion") in str(info.value)
 
 
 def test_factory_errors_and_default_cache(tmp_path, monkeypatch):

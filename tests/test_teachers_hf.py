@@ -44,12 +44,12 @@ def test_matches_direct_generate_and_caches(tiny, tmp_path, spec):
     out = teacher.complete(PROMPTS, params)
     chat = spec.startswith("hf:")
     assert [c.text for c in out] == [direct(tiny, p, 8, chat) for p in PROMPTS]
-    assert all(c.tokens_out == 8 and c.tokens_in > 0 for c in out)
+    assert all(c.tokens_out == 8 and c.tokens_in > 0 and c.finish_reason == "length" for c in out)
     assert teacher.stats.calls == len(PROMPTS) and teacher.stats.tokens_out == 8 * len(PROMPTS)
 
     again = build_teacher(spec, cache_path=tmp_path / "c.sqlite", progress=False)
     second = again.complete(PROMPTS, params)
-    assert [c.text for c in second] == [c.text for c in out] and all(c.cached for c in second)
+    assert [c.text for c in second] == [c.text for c in out] and all(c.cached and c.cut_off for c in second)
     assert (again.stats.calls, again.stats.cache_hits) == (0, len(PROMPTS))
     assert again._loaded is None  # everything was cached: the model was never loaded
 
@@ -61,7 +61,7 @@ def test_stop_strings_cut_and_stop_early(tmp_path):
     [cut] = teacher.complete(["hello"], GenerationParams(max_new_tokens=10, stop=["ooo"]))
     # stopped right at the stop string, and only one in the answer: the prompt's own last "o"
     # does not count (transformers' stop_strings would have stopped after "oo")
-    assert cut.text == "" and cut.tokens_out == 3
+    assert cut.text == "" and cut.tokens_out == 3 and cut.finish_reason == "stop"
 
 
 def test_sampling_n_and_seq2seq(tmp_path):

@@ -96,6 +96,32 @@ def test_second_run_makes_zero_calls(make, server):
     assert all(c.cached for c in second)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_cut_off_by_the_token_limit_says_so_and_is_never_read_as_whole(make, server, tmp_path, stream):
+    """The server's finish reason ("length") is kept with the answer, in the cache too, so the cut
+    answer is refused as truncated on every run, never read as if whole."""
+    from mentor.distill.label import label_rows
+    from mentor.tasks.prompts import PromptTemplate
+
+    params = GenerationParams(max_new_tokens=4)
+    out = make(stream=stream).complete(PROMPTS[:2], params)
+    assert [c.text for c in out] == [" ".join(expected(p).split()[:4]) for p in PROMPTS[:2]]
+    assert [c.finish_reason for c in out] == ["length", "length"] and all(c.cut_off for c in out)
+    again = make(stream=stream).complete(PROMPTS[:2], params)
+    assert all(c.cached and c.finish_reason == "length" for c in again)
+    assert make(stream=stream).complete(PROMPTS[:1], PARAMS)[0].finish_reason == "stop"
+
+    # the "sums" teacher's worked answer ends "... = 7. The answer is 7."; cut one word short it
+    # ends "The answer is": refused, while the whole answer reads 7
+    server.state.backend = "sums"
+    rows = [{"input_text": "what is 3 + 4?"}]
+    template = PromptTemplate.for_task("math")
+    whole_length = len("We start with 3 and add 4. 3 + 4 = 7. The answer is 7.".split())
+    for tokens, label, reason in [(whole_length, "7", ""), (whole_length - 1, None, "answer truncated")]:
+        labeled, _ = label_rows(make("sums", stream=stream), rows, template, "math", max_new_tokens=tokens)
+        assert (labeled[0].parsed.label, labeled[0].parsed.reason) == (label, reason)
+
+
 def test_duplicate_prompts_are_asked_once(make, server):
     out = make().complete([PROMPTS[0], PROMPTS[1], PROMPTS[0]], PARAMS)
     assert [c.text for c in out] == [expected(PROMPTS[0]), expected(PROMPTS[1]), expected(PROMPTS[0])]
@@ -144,6 +170,16 @@ def test_a_timed_out_request_is_closed_before_its_retry(make, server):
     assert server.state.abandoned == 3  # the three silent attempts, each ended when the client left
     assert server.state.max_prompt_in_flight == 1
     assert server.state.in_flight == 0
+
+
+def test_an_unstreamed_answer_that_timed_out_is_allowed_longer(make, server):
+    """Unstreamed, the timeout bounds the whole answer: one that took too long would take too long
+    again, each attempt paid for. Its retry waits twice as long (up to 4 times the timeout)."""
+    server.state.delay = 0.5
+    teacher = make(timeout=0.3, stream=False)
+    out = teacher.complete(PROMPTS[:2], PARAMS)
+    assert [c.text for c in out] == [expected(p) for p in PROMPTS[:2]]
+    assert teacher.stats.timeouts == 2 and all(server.state.requests[p] == 2 for p in PROMPTS[:2])
 
 
 @pytest.mark.parametrize("fault", ["cut", "no_done"])
@@ -390,3 +426,12 @@ def test_spec_never_falls_back_to_a_remote_endpoint(monkeypatch):
         parse_spec("openai:@http://localhost:1/v1")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     assert parse_spec("openai:gpt-4o-mini") == ("chat", "gpt-4o-mini", "http://127.0.0.1:9/v1")
+
+
+def test_a_cache_that_cannot_be_written_stops_the_run_with_one_line(make, server):
+    teacher = make()
+    teacher.complete(PROMPTS[:1], PARAMS)
+    teacher.cache._db.execute("PRAGMA query_only=ON")  # what a read-only or full disk makes of every write
+    with pytest.raises(MentorError, match=r"cannot write the teacher cache .*teacher_cache.sqlite: attempt to write"):
+        teacher.complete(PROMPTS[1:4], PARAMS)
+    assert make().complete(PROMPTS[:1], PARAMS)[0].cached  # what was saved before is kept

@@ -33,7 +33,8 @@ def cmd_label(args) -> None:
     from mentor.distill.label import label_file
 
     label_file(args.teacher, args.data, args.output, task=args.task, prompt_examples=args.prompt_examples,
-               labels=_labels(args.labels), answer_field=args.answer_field, concurrency=args.teacher_concurrency)
+               labels=_labels(args.labels), answer_field=args.answer_field, concurrency=args.teacher_concurrency,
+               max_new_tokens=args.teacher_max_new_tokens, cache=args.teacher_cache)
 
 
 def cmd_eval(args) -> None:
@@ -113,6 +114,10 @@ def register(sub) -> None:
     p.add_argument("--teacher-concurrency", type=_positive, default=8,
                    help="most teacher requests in flight at once; the number adapts below it, down to 1, to what the "
                         "server answers without queueing")
+    p.add_argument("--teacher-max-new-tokens", type=_positive, default=256,
+                   help="longest teacher completion; one cut off here is read only up to its last whole sentence")
+    p.add_argument("--teacher-cache", help="SQLite file of the teacher's answers (default: teacher_cache.sqlite beside "
+                                           "--output); share one with distill jobs and no prompt is paid for twice")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("eval", help="task metrics of models on a test set (report.md + report.png)")

@@ -11,12 +11,23 @@ from mentor.errors import MentorError
 from mentor.files import atomic_file
 
 
-def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",)) -> list[dict]:
-    """JSONL rows with the fields distillation needs; every problem named by file, line, field."""
+def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",),
+              text: tuple[str, ...] = ("output_text",)) -> list[dict]:
+    """JSONL rows with the fields distillation needs; every problem named by file, line, field.
+
+    `required` fields must be non-empty text; `text` fields, where present, text (a number there
+    would be compared as a number by one reader and dropped by another); `choices`, where present, a
+    list of option texts. Each row keeps where it came from in `_file` and `_line`."""
     def parse(row: dict, lineno: int):
-        missing = [(name, "missing or empty") for name in required
-                   if not isinstance(row.get(name), str) or not row[name].strip()]
-        return (None if missing else {**row, "_line": lineno}), missing
+        problems = [(name, "missing or empty") for name in required
+                    if not isinstance(row.get(name), str) or not row[name].strip()]
+        problems += [(name, f"must be a string, got {type(row[name]).__name__}") for name in text
+                     if name not in required and row.get(name) is not None and not isinstance(row[name], str)]
+        choices = row.get("choices")
+        if choices is not None and not (isinstance(choices, list) and choices
+                                        and all(isinstance(c, str) and c.strip() for c in choices)):
+            problems.append(("choices", "must be a list of option texts"))
+        return (None if problems else {**row, "_file": str(path), "_line": lineno}), problems
 
     rows = read_jsonl(path, parse, "data")
     if not rows:

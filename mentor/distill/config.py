@@ -44,6 +44,9 @@ class DistillConfig(StudentConfig):
     rationale_format: Literal["rationale", "rationale+label"] = Field(
         "rationale", description="rationale task target: the rationale alone (paper) or followed by the answer sentence")
     teacher_max_new_tokens: int = Field(256, ge=1, description="longest teacher completion")
+    teacher_cache: str | None = Field(
+        None, description="SQLite file of the teacher's answers (default: teacher_cache.sqlite in the output folder); "
+        "give several jobs one file (a sweep, label then distill) and no prompt is paid for twice")
     teacher_concurrency: int = Field(8, ge=1, description="most teacher requests in flight at once; the number adapts "
                                                           "below it to what the server answers without queueing")
     label_max_new_tokens: int = Field(48, ge=1, description="longest student answer when testing")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mentor.data.rows import read_rows
-from mentor.files import atomic_file, check_output_path
+from mentor.files import atomic_file, atomic_write, check_output_path
 from mentor.tasks.answers import Parsed, ParseSummary, summarize_parses
 from mentor.tasks.arithmetic import numbers_match
 from mentor.tasks.labels import normalize_answer
@@ -39,8 +39,9 @@ class Labeled:
         return self.parsed.label
 
 
-def make_teacher(spec: str, rows: list[dict], output_dir: Path | None, concurrency: int = 8) -> Teacher:
-    return build_teacher(spec, output_dir=output_dir, rows=rows, concurrency=concurrency)
+def make_teacher(spec: str, rows: list[dict], output_dir: Path | None, concurrency: int = 8,
+                 cache: str | Path | None = None) -> Teacher:
+    return build_teacher(spec, cache, output_dir=output_dir, rows=rows, concurrency=concurrency)
 
 
 def label_rows(teacher: Teacher, rows: list[dict], template: PromptTemplate, task: str,
@@ -53,7 +54,7 @@ def label_rows(teacher: Teacher, rows: list[dict], template: PromptTemplate, tas
     completions = teacher.complete(prompts, GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop))
     labeled = []
     for row, completion in zip(rows, completions):
-        parsed = template.parse(completion.text, choices=row.get("choices"))
+        parsed = template.parse(completion.text, choices=row.get("choices"), cut_off=completion.cut_off)
         gold = row.get(answer_field) if answer_field else None
         agrees = None
         if parsed.ok and isinstance(gold, str):
@@ -94,17 +95,17 @@ def teacher_report(summary: ParseSummary, labeled: list[Labeled], teacher: Teach
 
 def label_file(teacher_spec: str, data: str, output: str, task: str = "math", prompt_examples: str | None = None,
                labels: list[str] | None = None, answer_field: str = "output_text", concurrency: int = 8,
-               max_new_tokens: int = 256) -> Path:
+               max_new_tokens: int = 256, cache: str | Path | None = None) -> Path:
     """`mentor label`: the teacher step alone, writing labeled JSONL and a report beside it."""
-    rows = read_rows(data)
+    rows = read_rows(data, text=(answer_field,))
     out = Path(output)
     check_output_path(out)  # before the teacher is paid for anything
     template = PromptTemplate.for_task(task, shots=prompt_examples, labels=labels)
-    teacher = make_teacher(teacher_spec, rows, out.parent, concurrency)
+    teacher = make_teacher(teacher_spec, rows, out.parent, concurrency, cache)
     labeled, summary = label_rows(teacher, rows, template, task, answer_field, max_new_tokens)
     write_labeled(labeled, task, out)
     report = teacher_report(summary, labeled, teacher)
-    out.with_suffix(".report.txt").write_text(report + "\n")
+    atomic_write(out.with_suffix(".report.txt"), report + "\n")
     log.info(report)
     log.info(f"labeled data: {out}")
     return out

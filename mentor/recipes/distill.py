@@ -20,7 +20,7 @@ from mentor.distill.multitask import MultiTaskCollator, StepByStepTrainer
 from mentor.distill.scoring import run_test
 from mentor.distill.selection import TASK_SCORE, TaskScore
 from mentor.distill.targets import encode_targets, student_targets
-from mentor.errors import MentorError
+from mentor.errors import MentorError, Problem
 from mentor.jobs import Job, TunedModel
 from mentor.tasks.prompts import PromptTemplate
 from mentor.training import arguments, setup
@@ -35,9 +35,12 @@ RECOMMENDED_UNLABELED = 1000  # the cloud's advice for distilling from unlabeled
 
 def run(cfg: DistillConfig, job: Job) -> TunedModel:
     # -- setup: data and teacher ----------------------------------------------------------------
-    train_rows = read_rows(cfg.data)
-    eval_rows = read_rows(cfg.evaluation_data) if cfg.evaluation_data else None
-    test_rows = read_rows(cfg.test_data) if cfg.test_data else None
+    gold = (cfg.label_field, cfg.answer_field)
+    train_rows = read_rows(cfg.data, text=gold)
+    # fine-tuning has no teacher to label evaluation rows; the test set is scored against its answers
+    eval_required = ("input_text", cfg.label_field) if cfg.method == "finetune" else ("input_text",)
+    eval_rows = read_rows(cfg.evaluation_data, eval_required, text=gold) if cfg.evaluation_data else None
+    test_rows = read_rows(cfg.test_data, ("input_text", cfg.answer_field), text=gold) if cfg.test_data else None
     if len(train_rows) > cfg.max_examples:
         raise MentorError(f"{cfg.data}: {len(train_rows)} rows, more than max_examples={cfg.max_examples}")
     if eval_rows is None and cfg.validation_split:
@@ -50,7 +53,7 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
         if not cfg.teacher:
             raise MentorError(f"--method {cfg.method} needs a --teacher")
         teacher = make_teacher(cfg.teacher, train_rows + (eval_rows or []) + (test_rows or []), job.folder,
-                               cfg.teacher_concurrency)
+                               cfg.teacher_concurrency, cfg.teacher_cache)
         labeled, summary = label_rows(teacher, train_rows, template, cfg.task, cfg.answer_field, cfg.teacher_max_new_tokens)
         write_labeled(labeled, cfg.task, job.folder / "teacher_labels.jsonl")
         report_lines.append(teacher_report(summary, labeled, teacher))
@@ -73,6 +76,10 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
         if all(isinstance(r.get(cfg.label_field), str) for r in eval_rows):
             eval_targets = [{"input": r["input_text"], "label": r[cfg.label_field], "rationale": None, "row": r,
                              "gold": r.get(cfg.answer_field, r[cfg.label_field])} for r in eval_rows]
+        elif teacher is None:
+            row = next(r for r in eval_rows if not isinstance(r.get(cfg.label_field), str))
+            raise MentorError(str(Problem(row["_file"], row["_line"], cfg.label_field,
+                                          f"missing: {cfg.method} has no teacher to label evaluation rows")))
         else:  # unlabeled eval data: the teacher's labels stand in for gold ones
             eval_labeled, _ = label_rows(teacher, eval_rows, template, cfg.task, None, cfg.teacher_max_new_tokens)
             eval_targets = [{"input": item.row["input_text"], "label": item.teacher_label(cfg.task), "rationale": None,

@@ -17,7 +17,8 @@ from mentor.server.db import Database
 from mentor.server.errors import bad
 from mentor.server.uploads import FILE_ID, get_file
 
-SERVER_FIELDS = ("output",)  # chosen by the server, never by a client
+# chosen by the server, never by a client: they name files the server writes
+SERVER_FIELDS = ("output", "teacher_cache")
 
 
 class MethodSpec(BaseModel):

@@ -292,9 +292,11 @@ class PromptTemplate:
 
     __call__ = render
 
-    def parse(self, completion: str, choices: list[str] | None = None) -> Parsed:
-        """Parse a completion of this template's prompt with the matching task and labels."""
-        return parse_completion(completion, self.task, choices=choices, labels=list(self.labels) if self.labels else None)
+    def parse(self, completion: str, choices: list[str] | None = None, cut_off: bool = False) -> Parsed:
+        """Parse a completion of this template's prompt with the matching task and labels (`cut_off`:
+        generation stopped at the token limit)."""
+        return parse_completion(completion, self.task, choices=choices, labels=list(self.labels) if self.labels else None,
+                                cut_off=cut_off)
 
 
 def build_prompt(

@@ -76,7 +76,11 @@ class TeacherCache:
         answer = json.dumps([c.to_json() for c in completions], ensure_ascii=False)
         row = (cache_key(identity, prompt, params), identity, prompt, params.canonical_json(), answer, time.time())
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?)", row)
+            try:
+                self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?)", row)
+            except sqlite3.Error as err:  # a full disk, a file gone read-only: say so, never a traceback
+                raise MentorError(f"cannot write the teacher cache {self.path}: {err}; the answers saved "
+                                  "before this are kept") from err
 
     def __len__(self) -> int:
         with self._lock:

@@ -30,18 +30,30 @@ class GenerationParams(BaseModel):
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# finish reasons that say the text stops where generation was stopped, not where the answer ended
+CUT_OFF = frozenset({"length", "content_filter"})
+
+
 @dataclass(frozen=True)
 class Completion:
-    """One teacher answer. Token counts are None when the teacher did not report them."""
+    """One teacher answer. Token counts are None when the teacher did not report them;
+    `finish_reason` is the server's ("stop", "length", ...), None when unknown."""
 
     text: str
     tokens_in: int | None = None
     tokens_out: int | None = None
     cached: bool = False
+    finish_reason: str | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether generation stopped before the answer did (the token limit, a content filter)."""
+        return self.finish_reason in CUT_OFF
 
     def to_json(self) -> dict:
-        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "finish_reason": self.finish_reason}
 
     @classmethod
     def from_json(cls, data: dict, cached: bool) -> Completion:
-        return cls(data["text"], data.get("tokens_in"), data.get("tokens_out"), cached)
+        return cls(data["text"], data.get("tokens_in"), data.get("tokens_out"), cached, data.get("finish_reason"))

@@ -99,24 +99,26 @@ class AdaptiveLimit(FixedLimit):
 
 
 class Slots:
-    """At most `limit.limit` requests at once, for asyncio tasks; the limit may change any time."""
+    """At most `limit.limit` requests at once, for asyncio tasks; the limit may change any time.
+    A freed slot wakes as many waiters as may now go, not all of them (a run queues one task per
+    prompt: waking every one on every answer would cost time growing with the square of the run)."""
 
     def __init__(self, limit: FixedLimit):
         self.limit = limit
         self.in_flight = 0
-        self._freed = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     @asynccontextmanager
     async def hold(self):
-        while self.in_flight >= self.limit.limit:
-            self._freed.clear()
-            await self._freed.wait()
-        self.in_flight += 1
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < self.limit.limit)
+            self.in_flight += 1
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self._freed.set()
+            async with self._changed:
+                self.in_flight -= 1
+                self._changed.notify(max(1, self.limit.limit - self.in_flight))  # the limit may have grown
 
     def ticket(self) -> Ticket:
         """Taken by a slot holder as it sends a request."""

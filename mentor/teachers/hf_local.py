@@ -71,5 +71,6 @@ class HFTeacher(Teacher):
         for index, outputs in generate_stream(self.loaded, rendered, sampling, batch_size=self.batch_size,
                                               add_special_tokens=not self.templated, sort_by_length=True):
             self.stats.add(calls=1)
-            on_answer(prompts[index], [Completion(o.text, o.prompt_tokens, o.completion_tokens) for o in outputs])
+            on_answer(prompts[index], [Completion(o.text, o.prompt_tokens, o.completion_tokens, finish_reason=o.finish_reason)
+                                         for o in outputs])
         return {}

@@ -45,6 +45,7 @@ from mentor.teachers.concurrency import AdaptiveLimit, FixedLimit, Slots
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT = 300.0  # seconds of silence from the server before a request is given up
+MAX_TIMEOUT_GROWTH = 4  # an unstreamed answer that timed out is retried with up to 4 times the timeout
 CONNECT_TIMEOUT = 10.0  # a server that does not accept a connection in this long is down or swamped
 OVERLOADED = (408, 429, 503, 504)  # statuses that say "fewer requests, please"
 ROUTES = {"openai": "chat", "openai-chat": "chat", "openai-completions": "completions"}
@@ -211,16 +212,20 @@ class OpenAITeacher(Teacher):
                 texts = [c["message"].get("content") or "" for c in choices]
             else:
                 texts = [c["text"] for c in choices]
+            reasons = [c.get("finish_reason") for c in choices]
             usage = data.get("usage") or {}
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"unexpected JSON shape ({type(err).__name__}: {err})") from err
-        return self._completions(texts, usage, params)
+        return self._completions(texts, usage, params, reasons)
 
-    async def _read_stream(self, resp: httpx.Response, start: float) -> tuple[list[str], dict, float | None]:
-        """Texts, usage and seconds from `start` to the first token of a server-sent event stream;
-        ValueError if the stream is malformed, reports an error or ends before the answer does."""
+    async def _read_stream(
+        self, resp: httpx.Response, start: float
+    ) -> tuple[list[str], list[str | None], dict, float | None]:
+        """Texts, finish reasons, usage and seconds from `start` to the first token of a server-sent
+        event stream; ValueError if the stream is malformed, reports an error or ends before the
+        answer does."""
         parts: dict[int, list[str]] = {}
-        finished: set[int] = set()
+        finished: dict[int, str] = {}
         usage, first, done = {}, None, False
         try:
             async for line in resp.aiter_lines():
@@ -245,16 +250,19 @@ class OpenAITeacher(Teacher):
                         parts[index].append(piece)
                         first = first if first is not None else time.monotonic() - start
                     if choice.get("finish_reason"):
-                        finished.add(index)
+                        finished[index] = choice["finish_reason"]
                 usage = event.get("usage") or usage
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"unexpected event shape ({type(err).__name__}: {err})") from err
         # not every server sends [DONE] (transformers serve does not); a finish reason per choice is as good
-        if not done and not (parts and finished >= parts.keys()):
+        if not done and not (parts and finished.keys() >= parts.keys()):
             raise ValueError("the stream ended before the answer did")
-        return ["".join(parts[i]) for i in sorted(parts)], usage, first
+        order = sorted(parts)
+        return ["".join(parts[i]) for i in order], [finished.get(i) for i in order], usage, first
 
-    def _completions(self, texts: list, usage: dict, params: GenerationParams) -> list[Completion]:
+    def _completions(
+        self, texts: list, usage: dict, params: GenerationParams, reasons: list[str | None]
+    ) -> list[Completion]:
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("a choice's text is not a string")
         if len(texts) < params.n:
@@ -267,17 +275,24 @@ class OpenAITeacher(Teacher):
         if isinstance(tokens_out, int):
             outs = [tokens_out // params.n + (i < tokens_out % params.n) for i in range(params.n)]
         tokens_in = tokens_in if isinstance(tokens_in, int) else None
-        return [Completion(apply_stop(t, params.stop), tokens_in, o) for t, o in zip(texts, outs)]
+        completions = []
+        for text, out, reason in zip(texts, outs, reasons):
+            kept = apply_stop(text, params.stop)
+            # a stop sequence found here ends the answer, whatever cut the server's text after it
+            reason = "stop" if kept != text else reason if isinstance(reason, str) else None
+            completions.append(Completion(kept, tokens_in, out, finish_reason=reason))
+        return completions
 
     async def _send(
-        self, client: httpx.AsyncClient, body: dict, params: GenerationParams, start: float
+        self, client: httpx.AsyncClient, body: dict, params: GenerationParams, start: float, read_timeout: float
     ) -> tuple[httpx.Response, list[Completion] | None, float | None]:
         """One request: the response (its body read), and for a 200 its completions and the seconds to
         the first token (None when not streamed). ValueError if a 200's body is not a completion."""
-        async with client.stream("POST", self.url, json=body) as resp:
+        timeout = httpx.Timeout(read_timeout, connect=min(read_timeout, CONNECT_TIMEOUT), pool=None)
+        async with client.stream("POST", self.url, json=body, timeout=timeout) as resp:
             if resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
-                texts, usage, first = await self._read_stream(resp, start)
-                return resp, self._completions(texts, usage, params), first
+                texts, reasons, usage, first = await self._read_stream(resp, start)
+                return resp, self._completions(texts, usage, params, reasons), first
             await resp.aread()
         return resp, (self._parse(resp, params) if resp.status_code == 200 else None), None
 
@@ -298,15 +313,18 @@ class OpenAITeacher(Teacher):
         limiter hears how each attempt went."""
         body = self._body(prompt, params)
         last = ""
+        read_timeout = self.timeout
         for attempt in range(1, self.retry.max_attempts + 1):
             retry_after = None
             self.stats.add(calls=1)
             ticket = slots.ticket()
             try:
-                resp, completions, first = await self._send(client, body, params, ticket.sent)
+                resp, completions, first = await self._send(client, body, params, ticket.sent, read_timeout)
             except httpx.TimeoutException as err:
                 self.stats.add(timeouts=1)
                 self.limiter.on_overload(ticket)
+                if not self.stream:  # the whole answer took too long, and would again: allow it longer
+                    read_timeout = min(read_timeout * 2, self.timeout * MAX_TIMEOUT_GROWTH)
                 last = f"timed out after {time.monotonic() - ticket.sent:.1f}s ({type(err).__name__})"
             except httpx.RequestError as err:
                 last = f"{type(err).__name__}: {err}"

@@ -78,12 +78,23 @@ def _collect(
 ) -> dict[str, list[str]]:
     """{input: [completions]} from numbered rows; every bad row becomes a Problem, raised together."""
     answers: dict[str, list[str]] = {}
+    first_seen: dict[str, tuple[str, int]] = {}
     problems: list[Problem] = []
     for number, row in rows:
+        # rows read by `read_rows` know their file and line; joined train/eval/test rows have no
+        # common numbering
+        where = (row.get("_file", source), row.get("_line", number))
         pair, found = _check(row, field, input_field)
-        problems += [Problem(source, number, name, message) for name, message in found]
-        if pair is not None:
-            answers.setdefault(pair[0], []).append(pair[1])
+        problems += [Problem(*where, name, message) for name, message in found]
+        if pair is None:
+            continue
+        if pair[0] in answers and answers[pair[0]][0] != pair[1]:  # one input, one recorded answer
+            other = first_seen[pair[0]]
+            problems.append(Problem(*where, field or "completion",
+                                    f"the same input at {other[0]}:{other[1]} has a different recorded completion"))
+            continue
+        first_seen.setdefault(pair[0], where)
+        answers.setdefault(pair[0], [pair[1]])
     if problems:
         raise DataValidationError(problems)
     return answers
