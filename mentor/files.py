@@ -68,6 +68,30 @@ def atomic_folder(folder: str | Path, keep_old: bool = False) -> Iterator[Path]:
     os.replace(tmp, folder)
 
 
+def cut_torn_line(path: str | Path) -> None:
+    """Cut a last line left without its newline (the writer was killed mid-line) from a file that
+    is appended to line by line, so the next line appended is not glued onto it and lost with it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (a JSONL record) whole, after cutting a torn last line."""
+    cut_torn_line(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -202,6 +202,9 @@ def test_cancel_keeps_the_last_checkpoint_and_a_rerun_resumes(tmp_path):
     assert state["state"] == "cancelled" and 5 <= stopped < 400
     assert (out / "checkpoints" / f"checkpoint-{stopped}" / "optimizer.pt").exists()
     assert "cancelled" in err.decode()
+    for name in ("metrics.jsonl", "events.jsonl"):  # as a kill in the middle of writing a line leaves them
+        with (out / name).open("a") as f:
+            f.write('{"step": 7, "trai')
 
     rerun = _cli(*args)
     _, err = rerun.communicate(timeout=600)
@@ -211,6 +214,8 @@ def test_cancel_keeps_the_last_checkpoint_and_a_rerun_resumes(tmp_path):
     assert types.count("started") == 2 and types[-1] == "finished"
     assert [e["step"] for e in events if e["type"] == "resumed"] == [stopped]
     assert read_state(out)["state"] == "succeeded"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 400  # one clean curve: the torn line was cut, nothing glued to it
 
 
 def test_torchrun_preference_job_is_written_by_rank_zero_only(tmp_path):

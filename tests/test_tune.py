@@ -87,6 +87,11 @@ def test_early_stopping_ends_before_train_steps_on_plateau(task, tmp_path):
                          evaluation_interval=10, early_stopping_patience=2)
     assert result.steps_run == 30  # best at step 10, then two evaluations without gain
     assert result.extra["early_stopped"] is True
+    # early stopping without keeping the best checkpoint: the same stop, the last model the result
+    last = mentor.tune(model="tiny:llama", data=str(train), evaluation_data=str(evald), output=str(tmp_path / "last"),
+                       tuning="full", train_steps=300, batch_size=8, learning_rate_multiplier=1e-6,
+                       evaluation_interval=10, early_stopping_patience=2, checkpoint_selection=False)
+    assert (last.steps_run, last.best_step, last.extra["early_stopped"]) == (30, None, True)
 
 
 def test_lora_rank_is_what_was_asked(task, tmp_path):

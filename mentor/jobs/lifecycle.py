@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from mentor.errors import DataValidationError, MentorError
-from mentor.files import atomic_write, file_sha256
+from mentor.files import append_line, atomic_write, file_sha256
 from mentor.jobs.config import JobConfig
 from mentor.jobs.result import TunedModel
 
@@ -207,8 +207,7 @@ class Job:
         if not self.main:
             return
         row = {"time": _now(), "type": type, **({"message": message} if message else {}), **data}
-        with (self.folder / "events.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.folder / "events.jsonl", json.dumps(row))
 
     def finished_result(self) -> TunedModel | None:
         """The result of this job if it already finished: rerunning a finished job is a no-op."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from mentor.files import atomic_file
+from mentor.files import atomic_file, cut_torn_line
 from mentor.jobs import Job, TunedModel
 from mentor.jobs.config import validation_problems
 from mentor.recipes.batch_config import BatchConfig
@@ -71,6 +71,7 @@ def read_requests(cfg: BatchConfig):
 
 def _read_partial(path: Path) -> dict[int, dict]:
     done = {}
+    cut_torn_line(path)  # else the next answer is appended onto it, and lost with it
     if path.exists():
         for raw in path.read_text(encoding="utf-8").split("\n"):
             try:

@@ -44,7 +44,8 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         save_steps=cfg.evaluation_interval,
         save_total_limit=None if getattr(cfg, "keep_checkpoints", False) else 2 if select else 1,
         load_best_model_at_end=select,
-        metric_for_best_model=best_metric if select else None,
+        # early stopping watches the metric whether or not the best checkpoint is kept
+        metric_for_best_model=best_metric if has_eval else None,
         greater_is_better=greater_is_better,
         bf16=bf16,
         seed=cfg.seed,

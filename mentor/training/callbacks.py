@@ -12,6 +12,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from mentor.files import append_line, atomic_write
+
 SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
 
 
@@ -33,8 +35,8 @@ class MetricsRecorder(TrainerCallback):
         self.folder.mkdir(parents=True, exist_ok=True)
         step = state.global_step
         if self.path.exists():  # keep only what the checkpoint we resumed from had seen
-            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            kept = [row for row in map(_record, self.path.read_text().splitlines()) if row and row["step"] <= step]
+            atomic_write(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=step if step else None)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -47,14 +49,22 @@ class MetricsRecorder(TrainerCallback):
             row[k] = v
             self.writer.add_scalar(k, v, state.global_step)
         if len(row) > 1:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.path, json.dumps(row))
             self.writer.flush()
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _record(line: str) -> dict | None:
+    """A metrics line, or None for one a kill cut short."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
 
 
 class ProgressBar(TrainerCallback):
@@ -114,18 +124,18 @@ class JobCallback(TrainerCallback):
         else:
             self.job.event("training_started", f"training for up to {state.max_steps} steps", total_steps=state.max_steps)
 
-    def _cancel_requested(self) -> bool:
+    def _cancel_requested(self, device: torch.device) -> bool:
         """Rank 0 decides, for every rank: all processes must stop at the same step."""
         wanted = self.job.cancel_requested
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([int(wanted)])
+            flag = torch.tensor([int(wanted)], device=device)  # NCCL sends only what lives on the GPU
             torch.distributed.broadcast(flag, src=0)
             wanted = bool(flag.item())
         return wanted
 
     def on_step_end(self, args, state, control, **kwargs):
         self.job.update(step=state.global_step)
-        if not self.cancelled and self._cancel_requested():
+        if not self.cancelled and self._cancel_requested(args.device):
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True  # the last checkpoint is this step's
