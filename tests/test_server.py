@@ -114,6 +114,25 @@ def test_distillation_and_dpo_methods(server, files):
     assert bad.value.body["param"] == "adapter_size"
 
 
+def test_a_kept_checkpoint_of_a_full_model_answers_by_name(server, files):
+    """NAME:ckpt-step-N of a fully tuned model is that checkpoint's whole model (a LoRA model's is
+    an adapter on the base); a checkpoint a kill left half-written is not offered."""
+    c = server.client()
+    job = c.fine_tuning.jobs.create(model="tiny:llama", training_file=upload(c, files["train"]),
+                                    validation_file=upload(c, files["eval"]), suffix="full",
+                                    hyperparameters={"batch_size": 8, "train_steps": 4, "evaluation_interval": 2,
+                                                     "tuning": "full", "early_stopping": False})
+    job = server.wait(job.id)
+    assert job.status == "succeeded", job.error
+    name = f"{job.fine_tuned_model}:ckpt-step-2"
+    r = c.chat.completions.create(model=name, messages=[{"role": "user", "content": "abc"}], max_tokens=3, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    folder = Path(job.model_extra["config"]["output"]) / "checkpoints" / "checkpoint-2"
+    (folder / "optimizer.pt").unlink()  # what a kill mid-save leaves
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model=name, messages=[{"role": "user", "content": "abc"}], max_tokens=3)
+
+
 def test_pause_resume_and_cancel_a_running_job(server, files):
     c = server.client()
     train = upload(c, files["train"])

@@ -108,6 +108,14 @@ def test_eviction_under_a_memory_budget_keeps_answers_right(served):
 
 def test_errors_name_the_model_and_the_overflow(served):
     c = served["server"].client()
+    # a prompt of any length (at most 64 prompts per request); a temperature this near 0 is greedy
+    long = "abc " * 40
+    r = c.completions.create(model="tiny:llama", prompt=long, max_tokens=4, temperature=1e-40)
+    assert r.choices[0].text == c.completions.create(model="tiny:llama", prompt=long, max_tokens=4,
+                                                     temperature=0).choices[0].text
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(c, "tiny:llama", "x", stop=["a", "b", "c", "d", "e"])
+    assert err.value.body["param"] == "stop"
     with pytest.raises(openai.NotFoundError, match="ft:tiny:llama:nope:1"):
         chat(c, "ft:tiny:llama:nope:1", "x")
     with pytest.raises(openai.BadRequestError, match="more than the model's context of 2048 tokens"):
@@ -240,3 +248,35 @@ def test_mentor_serve_serves_the_models_it_is_given(served, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_request_that_cannot_be_answered_fails_alone(served, tmp_path):
+    """An adapter whose weights were cut short (a full disk) fails its own requests, not those
+    batched with it; a stream for it fails before its first event, so the client gets a status."""
+    import shutil
+
+    from mentor.errors import MentorError
+    from mentor.server.routes.inference import _started
+    from mentor.serving.engine import Engine, Ticket
+    from mentor.serving.generate import SamplingParams
+    from mentor.serving.pool import ModelPool, Servable
+    from mentor.serving.predict import Predictor
+
+    folder = served["server"].client().models.retrieve(served["shift"]).model_extra["path"]
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    engine = Engine(ModelPool(), window_seconds=0.2)  # a long window: the four are one batch
+    params = SamplingParams(max_new_tokens=6)
+    good, bad = Servable.of(folder), Servable.of(str(broken))
+    expected = mentor.get_tuned_model(served["shift"], data_dir=served["server"].data_dir).predict("abc", max_new_tokens=6)
+    prompt = Predictor(good, pool=engine.pool).render("abc")  # as the server renders it: the chat template
+    tickets = [engine.submit(Ticket(s, prompt, params, stream=s is bad)) for s in (good, bad, good, bad)]
+    try:
+        assert [tickets[i].result(timeout=120)[0].text.strip() for i in (0, 2)] == [expected, expected]
+        for i in (1, 3):
+            with pytest.raises(MentorError, match="cannot load the adapter"):
+                _started(tickets[i])
+    finally:
+        engine.close()

@@ -172,6 +172,11 @@ class Engine:
                 ticket.finish(outputs[index])
         except Exception as err:  # noqa: BLE001 - every waiting client hears of it
             self.pool.release(servables)
-            log.exception("serving: a batch failed")
-            for ticket in batch:
-                ticket.events.put(("error", err))
+            if len(batch) > 1:  # one bad request (an adapter that cannot load) must not fail the others
+                log.warning("serving: a batch of %d failed (%s); answering its requests one by one", len(batch), err)
+                for ticket in batch:
+                    ticket._ids.clear()
+                    self._run([ticket])
+                return
+            log.exception("serving: a request failed")
+            batch[0].events.put(("error", err))

@@ -3,11 +3,13 @@ become: one reading for the online endpoints and the batch API."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mentor.serving.generate import SamplingParams
+
+MIN_TEMPERATURE = 1e-5
 
 
 class Message(BaseModel):
@@ -37,9 +39,11 @@ class Common(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > 4:
             raise ValueError("at most 4 stop sequences")
-        return SamplingParams(max_new_tokens=self.max_tokens or default_max, temperature=self.temperature,
+        # a temperature this close to 0 is greedy decoding, and sampling at it overflows to inf/nan
+        temperature = self.temperature if self.temperature >= MIN_TEMPERATURE else 0.0
+        return SamplingParams(max_new_tokens=self.max_tokens or default_max, temperature=temperature,
                               top_p=self.top_p, stop=tuple(stop), n=self.n, seed=self.seed,
-                              top_k=0 if self.temperature > 0 else None)
+                              top_k=0 if temperature > 0 else None)
 
 
 class ChatRequest(Common):
@@ -48,7 +52,7 @@ class ChatRequest(Common):
 
 
 class CompletionRequest(Common):
-    prompt: str | list[str] = Field(max_length=64)
+    prompt: str | Annotated[list[str], Field(max_length=64)]  # at most 64 prompts; a prompt is any length
 
 
 def chat_prompt(p, body: ChatRequest) -> tuple[str, SamplingParams]:

@@ -7,14 +7,18 @@ mentor's own body field `task`: a distilled step-by-step student answers its lab
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
 
 from mentor.errors import MentorError
 from mentor.server import registry
@@ -26,6 +30,7 @@ from mentor.serving.openai_api import usage as _usage
 from mentor.serving.pool import Servable
 from mentor.serving.predict import Predictor
 
+log = logging.getLogger("mentor")
 router = APIRouter()
 CHECKPOINT = re.compile(r"^(?P<name>.+):ckpt-step-(?P<step>\d+)$")
 
@@ -48,11 +53,15 @@ def servable(ctx, name: str) -> Servable:
             row = registry.get_model(ctx.db, match["name"])
         except registry.UnknownModel:
             raise not_found("model", name, "model") from None
+        from mentor.training.checkpoints import checkpoint_complete
+
         folder = Path(row.job_folder) / "checkpoints" / f"checkpoint-{match['step']}"
-        if not folder.is_dir():
+        if not folder.is_dir() or not checkpoint_complete(folder):  # a kill can leave one half-written
             raise not_found("model", name, "model")
         own = Servable.of(row.path)
-        return Servable(name, own.base, str(folder.resolve()) if own.adapter else str(folder), own.meta)
+        if own.adapter:  # a LoRA model's checkpoint is an adapter on the same base
+            return Servable(name, own.base, str(folder.resolve()), own.meta)
+        return Servable(name, str(folder.resolve()), None, own.meta)  # a full model's is a whole model
     if name.startswith(("/", ".", "~")) or name.startswith("ft:"):
         raise not_found("model", name, "model")
     try:
@@ -95,26 +104,48 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
+def _started(ticket: Ticket) -> Iterator:
+    """The ticket's deltas with the first one awaited here: a request that fails before its first
+    token is answered with an error status, not with a stream that just stops."""
+    deltas = ticket.deltas()
+    return itertools.chain([next(deltas)], deltas)
+
+
+def _guarded(events: Iterator[str]) -> Iterator[str]:
+    """A stream that fails midway ends with an error event, which OpenAI's client raises as an
+    APIError (the status line is long sent)."""
+    try:
+        yield from events
+    except Exception as err:  # noqa: BLE001 - the client must hear of it, in the stream's own shape
+        log.exception("serving: a stream failed")
+        yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error", "param": None,
+                              "code": None}})
+
+
 @router.post("/v1/chat/completions")
 def chat(request: Request, body: ChatRequest):
     ctx = request.app.state.ctx
     p = prompter(ctx, body.model)
     try:
         prompt, params = chat_prompt(p, body)
+    except TemplateError as err:  # the model's chat template refused the conversation ("roles must alternate")
+        raise bad(f"the model's chat template refused these messages: {err}", "messages") from None
     except ValueError as err:
-        raise bad(str(err), "messages" if "message" in str(err) else "task") from None
+        message = str(err)
+        raise bad(message, "stop" if "stop" in message else "messages" if "message" in message else "task") from None
     _context_check(p, [prompt], params.max_new_tokens)
     [ticket] = _answer(ctx, p, [prompt], params, body.stream)
     rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if not body.stream:
         return chat_response(rid, created, body.model, ticket.result())
+    deltas = _started(ticket)
 
     def events():
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
         for i in range(body.n):
             yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                              "finish_reason": None}]})
-        for copy, delta in ticket.deltas():
+        for copy, delta in deltas:
             if copy == "done":
                 for i, o in enumerate(delta):
                     yield _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": o.finish_reason}]})
@@ -124,7 +155,7 @@ def chat(request: Request, body: ChatRequest):
                 yield _sse({**base, "choices": [{"index": copy, "delta": {"content": delta}, "finish_reason": None}]})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(_guarded(events()), media_type="text/event-stream")
 
 
 @router.post("/v1/completions")
@@ -150,10 +181,11 @@ def completions(request: Request, body: CompletionRequest):
         if body.stream:  # several prompts: streamed as whole answers
             return StreamingResponse(_whole_stream(rid, created, body, outputs), media_type="text/event-stream")
         return completion_response(rid, created, body.model, outputs, body.n)
+    deltas = _started(tickets[0])
 
     def events():
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
-        for copy, delta in tickets[0].deltas():
+        for copy, delta in deltas:
             if copy == "done":
                 for i, o in enumerate(delta):
                     yield _sse({**base, "choices": [{"index": i, "text": "", "logprobs": None,
@@ -164,7 +196,7 @@ def completions(request: Request, body: CompletionRequest):
                 yield _sse({**base, "choices": [{"index": copy, "text": delta, "logprobs": None, "finish_reason": None}]})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(_guarded(events()), media_type="text/event-stream")
 
 
 def _whole_stream(rid, created, body, outputs):
