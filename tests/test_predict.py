@@ -227,7 +227,46 @@ def test_partial_file_keeps_odd_characters_and_drops_a_torn_line(tmp_path):
     records = [{"key": "k"}, {"line": 1, "prediction": "a\u2028b\x85c"}, {"line": 3, "prediction": "d"}]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     partial.write_text(text + '{"line": 4, "pre', encoding="utf-8")
-    assert predict_module._resume(partial, "k", {}) == {1: "a\u2028b\x85c", 3: "d"}
+    assert predict_module._resume(partial, "k", {}) == {r["line"]: r for r in records[1:]}
     assert partial.read_text(encoding="utf-8") == text  # ready to append to
     assert predict_module._resume(partial, "other key", {"model": "m"}) == {}
     assert json.loads(partial.read_text()) == {"model": "m", "key": "other key"}
+
+
+def test_token_counts_do_not_depend_on_batch_mates_when_padding_is_the_eos_token():
+    """SmolLM2, GPT-2 and Llama 3 pad with their EOS token: a row a stop string ended is padded
+    while its batch mates go on, and that padding is not a generated token."""
+    loaded = load_model("tiny:llama")  # a fresh copy: changing its tokenizer changes no other test's
+    loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+    params = SamplingParams(max_new_tokens=10, stop=("ooo",))
+    [[alone]] = generate(loaded, ["hello"], params)
+    [[together], [longer]] = generate(loaded, ["hello", "12345"], params)
+    assert alone.completion_tokens == together.completion_tokens == 3
+    assert longer.completion_tokens == 10 and longer.finish_reason == "length"
+
+
+def test_a_seeded_request_answers_the_same_whatever_else_is_served():
+    from mentor.serving.engine import Engine, Ticket
+    from mentor.serving.pool import ModelPool, Servable
+
+    engine = Engine(ModelPool(), window_seconds=0.2)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=0, seed=42)
+    tiny = Servable.of("tiny:llama")
+    try:
+        alone = engine.submit(Ticket(tiny, "hello", params)).result(timeout=120)
+        together = [engine.submit(Ticket(tiny, "hello", params)) for _ in range(3)]
+        assert [t.result(timeout=120) for t in together] == [alone] * 3
+    finally:
+        engine.close()
+
+
+def test_batch_prediction_cuts_what_exceeds_the_context_and_says_which_answers_were_cut(tmp_path, caplog):
+    """tiny:llama's context is 2048 tokens: a longer input is cut as training cuts it (and said),
+    never fed past the model's positions; answers that reached max_new_tokens say so."""
+    rows = [{"input_text": "hello"}, {"input_text": "ab " * 1500}]
+    src, dst = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    predict_file("tiny:llama", str(src), str(dst), max_new_tokens=4, progress=False)
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [r["finish_reason"] for r in out] == ["length", "length"]
+    assert "1 input(s) longer than 2044 tokens" in caplog.text and f"{src}:2" in caplog.text
+    assert "2 of 2 predictions reached --max-new-tokens (4)" in caplog.text

@@ -199,7 +199,10 @@ BAD_LINES = st.one_of(
         lambda b: b"\n" not in b and b"\r" not in b and b.decode("utf-8", "replace").strip()),
     st.sampled_from([b'{"input_text": 3, "output_text": "x"}', b'{"input_text": "a"', b"[1, 2]", b"null",
                      b'{"input_text": "' + b"x" * 200_000 + b'", "output_text": 7}', b'{"output_text": "x"}',
-                     b'{"input_text": "\xff\xfe", "output_text": "b"}', b'"just a string"']),
+                     b'{"input_text": "\xff\xfe", "output_text": "b"}', b'"just a string"',
+                     b'{"messages": ["hello"]}', b'{"messages": [{"role": "user"}]}',
+                     b'{"messages": [{"role": "assistant", "content": "x"}]}',
+                     b'{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]}']),
 )
 
 

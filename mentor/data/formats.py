@@ -50,7 +50,7 @@ def _text(row: dict, name: str, where: str, problems: list) -> str | None:
     return None
 
 
-def _check_turn_order(messages: list[dict], prefix: str, problems: list) -> None:
+def _check_turn_order(messages: list[dict], prefix: str, problems: list, last: str = "assistant") -> None:
     roles = [m["role"] for m in messages]
     for i, role in enumerate(roles):
         if role == "system" and i != 0:
@@ -64,8 +64,40 @@ def _check_turn_order(messages: list[dict], prefix: str, problems: list) -> None
             return
     if not body:
         problems.append((prefix, "has no user/assistant turns"))
-    elif body[-1][1] != "assistant":
-        problems.append((prefix, "must end with an assistant turn (the output to learn)"))
+    elif body[-1][1] != last:
+        problems.append((prefix, "must end with an assistant turn (the output to learn)" if last == "assistant"
+                         else "must end with a user turn (the one to answer)"))
+
+
+def _messages(msgs: object, problems: list) -> list[dict]:
+    """The turns of a `messages` field as {role, content}, each problem added to `problems`."""
+    if not isinstance(msgs, list) or not msgs:
+        problems.append(("messages", "must be a non-empty list"))
+        return []
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            problems.append((f"messages[{i}]", "must be an object with 'role' and 'content'"))
+            continue
+        role = m.get("role")
+        if role not in ("system", "user", "assistant"):
+            problems.append((f"messages[{i}].role", f"unknown role {role!r} (use system, user or assistant)"))
+        content = _text(m, "content", f"messages[{i}].content", problems)
+        out.append({"role": role, "content": content})
+    return out
+
+
+def prompt_messages(msgs: object) -> tuple[list[dict] | None, list[tuple[str, str]]]:
+    """A conversation to answer: checked turns ending in the user's (a final assistant turn, an
+    answer already given, is dropped: it is the reference, not part of the prompt)."""
+    problems: list[tuple[str, str]] = []
+    out = _messages(msgs, problems)
+    if problems:
+        return None, problems
+    if out[-1]["role"] == "assistant":
+        out = out[:-1]
+    _check_turn_order(out, "messages", problems, last="user")
+    return (None if problems else out), problems
 
 
 def parse_row(row: object, text_only_ok: bool = True) -> tuple[Example | None, list[tuple[str, str]]]:
@@ -74,19 +106,7 @@ def parse_row(row: object, text_only_ok: bool = True) -> tuple[Example | None, l
     if not isinstance(row, dict):
         return None, [("(line)", f"must be a JSON object, got {type(row).__name__}")]
     if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            return None, [("messages", "must be a non-empty list")]
-        out = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                problems.append((f"messages[{i}]", "must be an object with 'role' and 'content'"))
-                continue
-            role = m.get("role")
-            if role not in ("system", "user", "assistant"):
-                problems.append((f"messages[{i}].role", f"unknown role {role!r} (use system, user or assistant)"))
-            content = _text(m, "content", f"messages[{i}].content", problems)
-            out.append({"role": role, "content": content})
+        out = _messages(row["messages"], problems)
         if not problems:
             _check_turn_order(out, "messages", problems)
         extra = {k: v for k, v in row.items() if k != "messages"}

@@ -109,6 +109,9 @@ def run(cfg: BatchConfig, job: Job) -> TunedModel:
         except Exception as err:  # noqa: BLE001 - an unknown model or a bad request is this line's error
             errors[line] = _error(line, cid, "invalid_request", str(err).splitlines()[0][:300])
             continue
+        if problem := p.overflow(prompts, params.max_new_tokens):  # refused, as the online API refuses it
+            errors[line] = _error(line, cid, "context_length_exceeded", problem)
+            continue
         groups[(p.servable.base, params)].append((line, cid, body, p, prompts))
 
     with partial.open("a", encoding="utf-8") as out:

@@ -40,7 +40,10 @@ class Ticket:
 
     @property
     def key(self) -> tuple:
-        return self.servable.base, self.params, self.max_input_tokens
+        """Tickets of one key share a batch. A seeded request batches alone: rows draw from one random
+        generator in turn, so its answer would depend on what else was in the batch."""
+        alone = id(self) if self.params.seed is not None else None
+        return self.servable.base, self.params, self.max_input_tokens, alone
 
     def result(self, timeout: float | None = None) -> list[GeneratedText]:
         """The finished completions (raises what generating raised)."""

@@ -110,7 +110,7 @@ def generate_stream(
     if sort_by_length:
         order.sort(key=lambda i: len(prompts[i]), reverse=True)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if params.seed is not None and batches:
+    if params.seed is not None and batches:  # (the engine never batches a seeded request with others)
         torch.manual_seed(params.seed)
     with tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress) as bar:
         for batch in batches:
@@ -149,8 +149,9 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
         kwargs.update(do_sample=True, temperature=params.temperature)
         kwargs.update({k: v for k, v in (("top_p", params.top_p), ("top_k", params.top_k)) if v is not None})
     start = 1 if seq2seq else enc["input_ids"].shape[1]  # where generated tokens begin
+    stop_steps: dict[int, int] = {}  # row -> tokens generated when its stop string appeared
     if params.stop:  # stop early to save time; the text is cut at the stop string below anyway
-        kwargs["stopping_criteria"] = _stop_in_generated(tok, params.stop, start)
+        kwargs["stopping_criteria"] = _stop_in_generated(tok, params.stop, start, stop_steps)
     scope = nullcontext()
     if adapter_names is not None and len(set(adapter_names)) == 1:
         scope = _one_adapter(model, adapter_names[0])
@@ -170,8 +171,12 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
         full = tok.decode(ids, skip_special_tokens=True)
         text = apply_stop(full, list(params.stop))
         stopped = end is not None or text != full
-        # a row that stopped early is filled up with padding; one that did not generated every token
+        # a row that stopped early is filled up with padding; one that did not generated every token.
+        # Where the padding is the end-of-sequence token, what looks like an EOS after a stop string is
+        # padding: the step the stop string appeared at counts.
         n_out = len(ids) if end is not None or not stopped else _last_non_pad(ids, pad_id) + 1
+        if row in stop_steps:
+            n_out = min(n_out, stop_steps[row])
         reason: FinishReason = "stop" if stopped else "length"
         results[row // copies].append(GeneratedText(text, tokens_in[row // copies], n_out, reason))
     return [outs * (params.n // copies) for outs in results]
@@ -213,6 +218,12 @@ def _last_non_pad(ids: list[int], pad_id: int | None) -> int:
     return max((k for k, i in enumerate(ids) if i != pad_id), default=-1)
 
 
+def context_length(model) -> int | None:
+    """How many tokens the model's positions cover (prompt and answer together), when it says."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def eos_ids(tok, model) -> set[int]:
     """The tokenizer's end-of-sequence token and the generation config's (which may be several)."""
     ids = {tok.eos_token_id}
@@ -221,10 +232,11 @@ def eos_ids(tok, model) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _stop_in_generated(tokenizer, stop: Sequence[str], start: int):
-    """Ends a row once its generated text holds a stop string. transformers' own `stop_strings`
-    also match a stop string that begins in the prompt, ending answers early where an
-    OpenAI-compatible server, which looks at the completion only, would not."""
+def _stop_in_generated(tokenizer, stop: Sequence[str], start: int, stop_steps: dict[int, int]):
+    """Ends a row once its generated text holds a stop string, noting in `stop_steps` how many
+    tokens it had generated then. transformers' own `stop_strings` also match a stop string that
+    begins in the prompt, ending answers early where an OpenAI-compatible server, which looks at
+    the completion only, would not."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     stop = [s for s in stop if s]
@@ -233,7 +245,10 @@ def _stop_in_generated(tokenizer, stop: Sequence[str], start: int):
     class StopInGenerated(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             tails = tokenizer.batch_decode(input_ids[:, start:][:, -window:], skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stop) for t in tails], device=input_ids.device)
+            hits = [any(s in t for s in stop) for t in tails]
+            for row in (r for r, hit in enumerate(hits) if hit):
+                stop_steps.setdefault(row, input_ids.shape[1] - start)
+            return torch.tensor(hits, device=input_ids.device)
 
     return StoppingCriteriaList([StopInGenerated()])
 

@@ -22,12 +22,15 @@ from pathlib import Path
 import torch
 
 from mentor.data.encode import render_prompt
+from mentor.data.formats import prompt_messages
 from mentor.data.jsonl import read_jsonl
+from mentor.errors import MentorError
 from mentor.files import atomic_file, check_output_path
 from mentor.models import resolve
 from mentor.serving.generate import (
     GeneratedText,
     SamplingParams,
+    context_length,
     generate_stream,
     model_fingerprint,
 )
@@ -81,14 +84,37 @@ class Predictor:
         kind = "text" if isinstance(item, str) else "chat"
         return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
 
+    def input_limit(self, max_new_tokens: int) -> int:
+        """The most prompt tokens kept (longer prompts are cut as training cut them): training's
+        limit, and what the model's context leaves beside the answer."""
+        context = context_length(self.loaded.model)
+        if context is None:
+            return self.max_input_tokens
+        if max_new_tokens >= context:
+            raise MentorError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context "
+                              f"of {context} tokens")
+        return min(self.max_input_tokens, context - max_new_tokens)
+
+    def overflow(self, prompts: list[str], max_new_tokens: int) -> str | None:
+        """Why these prompts and answers do not fit in the model's context (OpenAI's API refuses such
+        a request rather than cut it), or None."""
+        context = context_length(self.loaded.model)
+        for prompt in prompts if context else []:
+            n = len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+            if n + max_new_tokens > context:
+                return (f"the prompt is {n} tokens and max_tokens {max_new_tokens}: {n + max_new_tokens - context} "
+                        f"more than the model's context of {context} tokens")
+        return None
+
     def stream(self, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
                batch_size: int = 8, progress: bool = False) -> Iterator[tuple[int, GeneratedText]]:
         """(prompt index, completion) for already-rendered prompts, batch by batch, in prompt order."""
         params = prediction_params(max_new_tokens, temperature)
+        limit = self.input_limit(max_new_tokens)
         loaded, names = self.pool.acquire([self.servable])
         try:
             for index, [output] in generate_stream(loaded, prompts, params, batch_size=batch_size,
-                                                   max_input_tokens=self.max_input_tokens, progress=progress,
+                                                   max_input_tokens=limit, progress=progress,
                                                    desc="predicting",
                                                    adapter_names=adapter_names(loaded, names, len(prompts))):
                 yield index, output
@@ -122,11 +148,9 @@ def read_prediction_inputs(path: Path) -> list[tuple[int, dict, str | list[dict]
     def parse(row: dict, lineno: int):
         if isinstance(row.get("input_text"), str) and row["input_text"].strip():
             return (lineno, row, row["input_text"]), []
-        if isinstance(row.get("messages"), list) and row["messages"]:
-            msgs = row["messages"]
-            if isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
-                msgs = msgs[:-1]  # an answer already present is the reference, not part of the prompt
-            return (lineno, row, msgs), []
+        if "messages" in row:
+            msgs, problems = prompt_messages(row["messages"])
+            return ((lineno, row, msgs) if msgs else None), problems
         return None, [("input_text", "missing or empty (or give 'messages')")]
 
     return read_jsonl(path, parse, "input")
@@ -147,8 +171,8 @@ def _partial_key(model_ref: str, src: Path, params: SamplingParams) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _resume(partial: Path, key: str, header: dict) -> dict[int, str]:
-    """{line: prediction} a killed run with the same key saved, the file left ready to append to:
+def _resume(partial: Path, key: str, header: dict) -> dict[int, dict]:
+    """{line: record} a killed run with the same key saved, the file left ready to append to:
     a torn last line (killed mid-write) is cut off; a file of another key is started afresh."""
     data = partial.read_bytes() if partial.exists() else b""
     complete = data[: data.rfind(b"\n") + 1]
@@ -159,7 +183,7 @@ def _resume(partial: Path, key: str, header: dict) -> dict[int, str]:
         return {}
     if len(complete) < len(data):
         os.truncate(partial, len(complete))
-    return {r["line"]: r["prediction"] for r in records[1:]
+    return {r["line"]: r for r in records[1:]
             if isinstance(r, dict) and isinstance(r.get("line"), int) and isinstance(r.get("prediction"), str)}
 
 
@@ -190,6 +214,12 @@ def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_t
     if todo:
         predictor = Predictor(model_ref)
         prompts = [predictor.render(item) for _, item in todo]
+        limit = predictor.input_limit(max_new_tokens)
+        cut = [lineno for (lineno, _), p in zip(todo, prompts)
+               if len(predictor.tokenizer(p, add_special_tokens=False).input_ids) > limit]
+        if cut:
+            log.warning(f"{len(cut)} input(s) longer than {limit} tokens (the model's context less --max-new-tokens, "
+                        f"or training's limit) are cut as training cut them, e.g. {src}:{cut[0]}")
         with partial.open("a", encoding="utf-8") as f:
             for index, output in predictor.stream(prompts, max_new_tokens, temperature, batch_size, progress):
                 lineno, text = todo[index][0], output.text.strip()
@@ -198,11 +228,15 @@ def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_t
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-                done[lineno] = text
+                done[lineno] = record
     with atomic_file(dst) as f:
         for lineno, row, _ in rows:
-            f.write(json.dumps({**row, "prediction": done[lineno]}, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+            # finish_reason "length": the answer was cut at max_new_tokens, not finished
+            answer = {"prediction": done[lineno]["prediction"], "finish_reason": done[lineno].get("finish_reason")}
+            f.write(json.dumps({**row, **answer}, ensure_ascii=False) + "\n")
     partial.unlink(missing_ok=True)
+    cut = sum(done[lineno].get("finish_reason") == "length" for lineno, _, _ in rows)
+    if cut:
+        log.warning(f"{cut} of {len(rows)} predictions reached --max-new-tokens ({max_new_tokens}) before they "
+                    "ended (finish_reason 'length'); raise it to let them finish")
     return dst

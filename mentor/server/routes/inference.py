@@ -82,15 +82,8 @@ def prompter(ctx, name: str) -> Predictor:
 
 
 def _context_check(p: Predictor, prompts: list[str], max_new: int) -> None:
-    config = p.loaded.model.config
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not context:
-        return
-    for prompt in prompts:
-        n = len(p.tokenizer(prompt, add_special_tokens=False).input_ids)
-        if n + max_new > context:
-            raise bad(f"the prompt is {n} tokens and max_tokens {max_new}: {n + max_new - context} more than the "
-                      f"model's context of {context} tokens", "messages", "context_length_exceeded")
+    if problem := p.overflow(prompts, max_new):
+        raise bad(problem, "messages", "context_length_exceeded")
 
 
 def _answer(ctx, p: Predictor, prompts: list[str], params: SamplingParams, stream: bool) -> list[Ticket]:
