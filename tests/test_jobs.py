@@ -236,3 +236,39 @@ def test_torchrun_preference_job_is_written_by_rank_zero_only(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["steps_run"] == 4 and (out / "model" / "adapter_model.safetensors").exists()
     assert not list(out.glob(".*.tmp")) and not list(out.glob(".model*"))
+
+
+@pytest.mark.parametrize("selection", [False, True])
+def test_a_kill_while_a_finished_job_is_recorded_does_not_redo_its_training(tmp_path, monkeypatch, selection):
+    """Checkpoints are deleted only once the job is recorded as succeeded: killed in between, the
+    rerun resumes at the last step instead of training from step 0."""
+    from mentor.jobs.lifecycle import Job
+
+    class Killed(BaseException):
+        """Stands in for SIGKILL."""
+
+    def killed_while_recording(self, result):
+        raise Killed
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(16, 0))
+    job = dict(model="tiny:llama", data=str(data), output=str(tmp_path / "job"), train_steps=6, batch_size=4,
+               evaluation_interval=3)
+    if selection:  # the best checkpoint is the result: it is loaded, not the last one
+        job.update(evaluation_data=str(write_jsonl(tmp_path / "e.jsonl", shift_task(8, 1))), early_stopping=False,
+                   learning_rate_multiplier=400)
+    monkeypatch.setattr(Job, "succeed", killed_while_recording)
+    with pytest.raises(Killed):
+        mentor.tune(**job)
+    monkeypatch.undo()
+    result = mentor.tune(**job)
+    assert result.steps_run == 6
+    events = read_events(tmp_path / "job")
+    assert [e["step"] for e in events if e["type"] == "resumed"] == [6]
+    assert [e["type"] for e in events].count("training_started") == 1
+    assert not (tmp_path / "job" / "checkpoints").exists()  # deleted once the success was recorded
+    if selection:
+        rows = [json.loads(line) for line in (tmp_path / "job" / "metrics.jsonl").read_text().splitlines()]
+        accuracy = {r["step"]: r["eval_fraction_of_correct_next_step_preds"] for r in rows
+                    if "eval_fraction_of_correct_next_step_preds" in r}
+        assert result.best_step == max(accuracy, key=lambda s: (accuracy[s], -s))
+        assert result.metrics["eval_fraction_of_correct_next_step_preds"] == pytest.approx(accuracy[result.best_step])

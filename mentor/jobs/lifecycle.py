@@ -25,6 +25,7 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ class Job:
         self.config = config
         self.folder = Path(config.output).expanduser()
         self.main = is_main_process()
+        self._on_success: list[Callable[[], None]] = []
         self._lock_fd: int | None = None
         self._state: dict[str, Any] = {}
         self._signalled = threading.Event()
@@ -230,6 +232,11 @@ class Job:
         self.event("started", f"{self.kind} job started (attempt {attempts})", kind=self.kind, attempt=attempts,
                    pid=os.getpid())
 
+    def on_success(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` once the job is recorded as succeeded: what a rerun would need to resume
+        (checkpoints) is deleted only when no rerun can need it."""
+        self._on_success.append(cleanup)
+
     def succeed(self, result: TunedModel) -> None:
         if not self.main:
             return
@@ -237,6 +244,8 @@ class Job:
         atomic_write(self.folder / "result.json", result.to_json())
         self.update(state="succeeded", finished_at=_now(), result="result.json", pid=None)
         self.event("finished", f"{self.kind} job succeeded", metrics=result.metrics, model=result.model_path)
+        for cleanup in self._on_success:
+            cleanup()
 
     def fail(self, err: BaseException) -> None:
         error: dict[str, Any] = {"message": str(err).splitlines()[0] if str(err) else type(err).__name__,

@@ -93,8 +93,8 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
         notes.append("before DPO, on held-out pairs: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     model_card(job, result, notes)
     if not cfg.keep_checkpoints:
-        shutil.rmtree(checkpoints_of(job), ignore_errors=True)
-    before_path.unlink(missing_ok=True)
+        job.on_success(lambda: shutil.rmtree(checkpoints_of(job), ignore_errors=True))
+    job.on_success(lambda: before_path.unlink(missing_ok=True))
     lines = [f"  {k}: {before[k]:.4f} -> {metrics[k]:.4f}" for k in ("eval_dpo_loss", "eval_logprob_margin")
              if k in before and k in metrics]
     log.info("done\n%s%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),

@@ -73,8 +73,9 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     if job.main:
         plot(out, result.method, cfg.model)
         write_card(job, result)
-        shutil.rmtree(checkpoints_of(job), ignore_errors=True)
-        shutil.rmtree(out / "start_model", ignore_errors=True)  # the reward model folder is self-contained
+        job.on_success(lambda: shutil.rmtree(checkpoints_of(job), ignore_errors=True))
+        # the reward model folder is self-contained
+        job.on_success(lambda: shutil.rmtree(out / "start_model", ignore_errors=True))
         log.info("reward model done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
                  out / "curves.png", out / "tensorboard")
     return result

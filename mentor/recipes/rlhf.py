@@ -145,8 +145,8 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     if before:
         notes.append("before RL, on held-out prompts: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     model_card(job, result, notes)
-    shutil.rmtree(checkpoints_of(job), ignore_errors=True)
-    before_path.unlink(missing_ok=True)
+    job.on_success(lambda: shutil.rmtree(checkpoints_of(job), ignore_errors=True))
+    job.on_success(lambda: before_path.unlink(missing_ok=True))
     lines = [f"  {k}: {before[k]:.4f} -> {metrics[k]:.4f}" for k in ("eval_mean_reward", "eval_kl") if k in before and k in metrics]
     log.info("done\n%s%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
              "\non held-out prompts, before -> after:\n" + "\n".join(lines) if lines else "", out / "curves.png", out)

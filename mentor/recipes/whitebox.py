@@ -116,7 +116,7 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
 
 def run(cfg: WhiteboxConfig, job: Job) -> TunedModel:
     """White-box distillation of a student from a teacher; rerunning the same job resumes it."""
-    resume = last_complete_checkpoint(checkpoints_of(job))
+    resume = last_complete_checkpoint(checkpoints_of(job), remove=job.main)
     prep = prepare(cfg, job, resume=resume is not None)
     train(prep.trainer, job)
 

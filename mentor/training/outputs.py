@@ -154,7 +154,7 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
     notes = [f"truncation: {k}: {v.summary()}" for k, v in enc_stats.items() if v is not None] + (notes or [])
     model_card(job, result, notes)
     if not cfg.keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        job.on_success(lambda: shutil.rmtree(out / "checkpoints", ignore_errors=True))
     log.info("done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(), out / "curves.png",
              out / "tensorboard")
     return result

@@ -7,7 +7,8 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, TrainerState
 
 from mentor.jobs import Job
 from mentor.training.callbacks import JobCallback
@@ -22,7 +23,18 @@ def checkpoints_of(job: Job) -> Path:
 
 def train(trainer, job: Job, quiet=nullcontext) -> None:
     """Train (or resume) to the end, an early stop, or a cancel (raised as JobCancelled)."""
-    resume = last_complete_checkpoint(checkpoints_of(job))
+    resume = last_complete_checkpoint(checkpoints_of(job), remove=job.main)
+    if resume and _reached_the_end(trainer, resume):
+        # Trainer would take one step more from a checkpoint of the last step (killed as the job
+        # was being recorded): the training is done, only its result is loaded
+        log.info("%s holds the last step: loading it", resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME))
+        trainer._load_from_checkpoint(resume)
+        if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+            trainer._load_best_model()
+        job.event("resumed", f"resumed at the last step, {trainer.state.global_step}: nothing left to train",
+                  step=trainer.state.global_step)
+        return
     if resume:
         log.info("resuming from %s", resume)
     trainer.remove_callback(PrinterCallback)  # the progress bar shows metrics; no dict per step
@@ -32,3 +44,8 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
         trainer.train(resume_from_checkpoint=resume)
     if lifecycle.cancelled:
         raise job.cancelled()
+
+
+def _reached_the_end(trainer, checkpoint: str) -> bool:
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    return state.global_step >= trainer.args.max_steps
