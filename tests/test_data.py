@@ -155,3 +155,18 @@ def test_hold_out_refuses_what_cannot_be_split(tmp_path):
     kept, held = hold_out([{"input_text": str(i), "_line": i} for i in range(10)], 0.2, tmp_path / "v.jsonl")
     assert len(held) == 2 and [json.loads(l) for l in (tmp_path / "v.jsonl").read_text().splitlines()] == \
         [{"input_text": r["input_text"]} for r in held]
+
+
+def test_a_row_the_chat_template_refuses_is_named_by_file_and_line():
+    from mentor.data.encode import encode
+    from mentor.data.formats import Example
+    from mentor.errors import DataValidationError
+    from mentor.models import load_model
+
+    tok = load_model("tiny:llama").tokenizer
+    tok.chat_template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('system role not supported') }}" \
+                        "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    example = Example([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                       {"role": "assistant", "content": "hello"}], "chat", file="train.jsonl", line=3)
+    with pytest.raises(DataValidationError, match="train.jsonl:3: field 'messages': cannot be encoded: system role"):
+        encode(example, tok, is_seq2seq=False, use_chat_template=True, max_input_tokens=64, max_output_tokens=64)

@@ -162,10 +162,14 @@ def test_bad_data_fails_the_job_with_file_line_and_field(tmp_path):
     assert result.steps_run == 2 and read_state(tmp_path / "o")["state"] == "succeeded"
 
 
-def test_changed_data_and_a_second_process_are_refused(tmp_path):
+def test_changed_data_and_a_second_process_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
     out = tmp_path / "o"
     mentor.tune(model="tiny:llama", data=str(data), output=str(out), train_steps=2, batch_size=4)
+    # the same job, its paths spelled another way: the finished job, not "a different job"
+    again = mentor.tune(model="tiny:llama", data="./d.jsonl", output="o/", train_steps=2, batch_size=4)
+    assert again.steps_run == 2
     write_jsonl(data, shift_task(8, 1))
     with pytest.raises(MentorError, match="contents of data"):
         mentor.tune(model="tiny:llama", data=str(data), output=str(out), train_steps=2, batch_size=4)

@@ -201,6 +201,7 @@ BAD_LINES = st.one_of(
                      b'{"input_text": "' + b"x" * 200_000 + b'", "output_text": 7}', b'{"output_text": "x"}',
                      b'{"input_text": "\xff\xfe", "output_text": "b"}', b'"just a string"',
                      b'{"messages": ["hello"]}', b'{"messages": [{"role": "user"}]}',
+                     b'{"input_text": "a\\ud800b", "output_text": "x"}',  # a lone surrogate: no tokenizer takes it
                      b'{"messages": [{"role": "assistant", "content": "x"}]}',
                      b'{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]}']),
 )

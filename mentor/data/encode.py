@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from mentor.data.formats import Example
+from mentor.errors import DataValidationError, Problem
 
 IGNORE = -100
 
@@ -75,8 +78,18 @@ def render_prompt(messages: list[dict], tokenizer, use_chat_template: bool, kind
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
-def encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool,
-           max_input_tokens: int, max_output_tokens: int, stats: EncodeStats | None = None) -> dict:
+def encode(ex: Example, tokenizer, **options) -> dict:
+    """Token ids and labels for one example (see `_encode`); a row the tokenizer or its chat template
+    cannot take is an error naming its file and line, not a traceback."""
+    try:
+        return _encode(ex, tokenizer, **options)
+    except (ValueError, TypeError, TemplateError) as err:
+        field = "messages" if ex.kind == "chat" else "input_text"
+        raise DataValidationError([Problem(ex.file or "data", ex.line, field, f"cannot be encoded: {err}")]) from None
+
+
+def _encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool,
+            max_input_tokens: int, max_output_tokens: int, stats: EncodeStats | None = None) -> dict:
     """Token ids and labels for one example, with input and output truncated to their limits.
 
     The input keeps its end (causal models need the generation prompt next to the output);

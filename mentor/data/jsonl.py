@@ -50,6 +50,10 @@ def _parse_line(raw: str, lineno: int, parse: RowParser, items: list) -> list[tu
         return [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
     if not isinstance(row, dict):
         return [("(line)", f"must be a JSON object, got {type(row).__name__}")]
+    try:  # "\ud800" decodes to a string no tokenizer or file can take
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        return [("(line)", f"holds a lone surrogate {err.object[err.start:err.end]!r}: not Unicode text")]
     item, found = parse(row, lineno)
     if item is not None:
         items.append(item)

@@ -63,6 +63,13 @@ def read_state(folder: str | Path) -> dict:
         return {}
 
 
+def _comparable(value: Any, is_path: bool) -> Any:
+    """A config value as compared between runs: a path as the file it names."""
+    if is_path and isinstance(value, str):
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
 def read_events(folder: str | Path) -> list[dict]:
     """Every complete event line (a line cut short by a kill is skipped)."""
     path = Path(folder) / "events.jsonl"
@@ -151,7 +158,9 @@ class Job:
             if "kind" not in saved:  # written before job kinds had names
                 saved = {"kind": self.kind, **saved}
             mine = self._identity()
-            changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            paths = ("output", *self.config.input_fields)  # "./run" and "/home/me/run" are one folder
+            changed = sorted(k for k in set(saved) | set(mine)
+                             if _comparable(saved.get(k), k in paths) != _comparable(mine.get(k), k in paths))
             changed_inputs = sorted(k for k, h in state.get("inputs", {}).items() if hashes.get(k, h) != h)
             if changed or changed_inputs:
                 if self._replaceable(state):
