@@ -256,5 +256,10 @@ def test_data_parallel_with_torchrun(task, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["steps_run"] == 10 and (out / "model" / "adapter_model.safetensors").exists()
-    # each step saw both processes' batches: 2 x 4 examples
     assert json.loads((out / "model" / "mentor_model.json").read_text())["tuning"] == "lora"
+    # a step is batch_size examples however many processes share it, and the metrics are of the
+    # whole evaluation set: as one process sees them
+    one = mentor.tune(model="tiny:llama", data=str(train), evaluation_data=str(evald), output=str(tmp_path / "one"),
+                      train_steps=10, evaluation_interval=5, batch_size=4)
+    assert result["metrics"]["eval_num_predictions"] == one.metrics["eval_num_predictions"]
+    assert result["extra"]["tokens_seen"] == pytest.approx(one.extra["tokens_seen"], rel=0.25)

@@ -4,10 +4,13 @@ the best checkpoint kept when selection is on."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, TrainingArguments
+
+from mentor.errors import MentorError
 
 ACCURACY = "eval_fraction_of_correct_next_step_preds"
 
@@ -28,11 +31,12 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
     steps = steps or cfg.train_steps
     batch_size = batch_size or cfg.batch_size
     select = has_eval and getattr(cfg, "checkpoint_selection", False)
+    per_device = per_process_batch(batch_size)
     args = dict(
         output_dir=str(checkpoints),
         max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
         learning_rate=learning_rate or cfg.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=int(cfg.warmup_ratio * steps),
@@ -62,6 +66,16 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         args.update(activation_checkpointing=False)
     args.update(overrides)
     return config_cls(**args)
+
+
+def per_process_batch(batch_size: int) -> int:
+    """A job's batch size is the examples of one step, however many processes (torchrun, accelerate)
+    share it: each takes its part, so a step and the learning rate mean the same on 1 or 8 devices."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % processes:
+        raise MentorError(f"batch_size {batch_size} cannot be shared evenly by {processes} processes; give a "
+                          f"multiple of {processes}")
+    return batch_size // processes
 
 
 def early_stopping(cfg, has_eval: bool) -> list:

@@ -122,7 +122,7 @@ class MentorTrainer(Trainer):
         return (loss, scored.outputs) if return_outputs else loss
 
     def metrics_for(self, mode: str) -> dict[str, float]:
-        s = self._sums[mode]
+        s = _summed_over_processes(self._sums[mode])
         n = max(s.get("count", 0.0), 1.0)
         metrics = {
             f"{mode}_total_loss": s.get("loss_sum", 0.0) / n,
@@ -153,3 +153,17 @@ class MentorTrainer(Trainer):
             logs.pop("loss")
             logs.update(self.metrics_for("train"))
         super().log(logs, *args, **kwargs)
+
+
+def _summed_over_processes(sums: dict[str, float]) -> dict[str, float]:
+    """Each process saw its share of the batches: metrics are of all of them, on every process (so
+    checkpoint selection and early stopping judge the whole evaluation set, and agree)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return sums
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, dict(sums))
+    total: dict[str, float] = defaultdict(float)
+    for part in parts:
+        for k, v in part.items():
+            total[k] += v
+    return total
