@@ -170,3 +170,32 @@ def test_a_row_the_chat_template_refuses_is_named_by_file_and_line():
                        {"role": "assistant", "content": "hello"}], "chat", file="train.jsonl", line=3)
     with pytest.raises(DataValidationError, match="train.jsonl:3: field 'messages': cannot be encoded: system role"):
         encode(example, tok, is_seq2seq=False, use_chat_template=True, max_input_tokens=64, max_output_tokens=64)
+
+
+@pytest.mark.parametrize("template_writes_bos", [False, True])
+@pytest.mark.parametrize("use_chat_template", [False, True])
+def test_training_and_inference_give_a_prompt_one_bos_alike(use_chat_template, template_writes_bos):
+    """A tokenizer that adds its BOS (Llama 2, Mistral) and a chat template that writes one (Llama 3,
+    Gemma): the prompt has exactly one BOS, the same in training and at inference."""
+    from tokenizers.processors import TemplateProcessing
+
+    from mentor.data.encode import IGNORE, encode, render_prompt
+    from mentor.data.formats import Example
+    from mentor.models import load_model
+    from mentor.serving.generate import SamplingParams, generate
+
+    loaded = load_model("tiny:llama")
+    tok = loaded.tokenizer
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                       special_tokens=[(tok.bos_token, bos)])
+    if template_writes_bos:
+        tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    messages = [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "bcd"}]
+    row = encode(Example(messages, "text"), tok, is_seq2seq=False, use_chat_template=use_chat_template,
+                 max_input_tokens=64, max_output_tokens=64)
+    prompt_ids = [t for t, label in zip(row["input_ids"], row["labels"]) if label == IGNORE]
+    assert prompt_ids[0] == bos and bos not in prompt_ids[1:]
+    prompt = render_prompt(messages[:1], tok, use_chat_template, "text")
+    [[out]] = generate(loaded, [prompt], SamplingParams(max_new_tokens=1))
+    assert out.prompt_tokens == len(prompt_ids)

@@ -9,6 +9,7 @@ assistant turn as target.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -56,6 +57,22 @@ def _segments(ex: Example, tokenizer, use_chat_template: bool) -> list[tuple[str
         pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
         done = full
     return pieces
+
+
+def with_bos(tokenizer, ids: list[int]) -> list[int]:
+    """A causal model's token ids with one BOS, as training and inference both build them: the one a
+    chat template writes, else the tokenizer's own when it adds one (Llama 2, Mistral), else none.
+    Returns `ids` itself when nothing is added."""
+    bos = tokenizer.bos_token_id
+    if bos is None or (ids and ids[0] == bos) or not _adds_bos(tokenizer):
+        return ids
+    return [bos, *ids]
+
+
+@functools.lru_cache(maxsize=16)
+def _adds_bos(tokenizer) -> bool:
+    probe = tokenizer("a").input_ids
+    return bool(probe) and probe[0] == tokenizer.bos_token_id
 
 
 def truncate_input(ids: list[int], max_tokens: int, *, is_seq2seq: bool, eos_id: int | None) -> list[int]:
@@ -114,12 +131,12 @@ def _encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool
 
     ids: list[int] = []
     mask: list[bool] = []
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        ids, mask = [tokenizer.bos_token_id], [False]
     for text, is_out in _segments(ex, tokenizer, use_chat_template):
         piece = tokenizer(text, add_special_tokens=False).input_ids
         ids += piece
         mask += [is_out] * len(piece)
+    if with_bos(tokenizer, ids) is not ids:  # the same BOS rule as at inference
+        ids, mask = [tokenizer.bos_token_id, *ids], [False, *mask]
     # The final output span is the "output"; everything before it is the "input".
     last_out_start = len(mask)
     while last_out_start > 0 and mask[last_out_start - 1]:

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from mentor.data.encode import truncate_input
+from mentor.data.encode import truncate_input, with_bos
 from mentor.serving.stop import apply_stop
 
 FinishReason = Literal["stop", "length"]
@@ -131,7 +131,10 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
     # Tokenized without padding or truncation, then padded here: a fast tokenizer keeps those as
     # settings on its one shared backend, which a server thread counting a prompt's tokens at the
     # same moment switches off in the middle of this call.
-    ids = tok(prompts, add_special_tokens=seq2seq if add_special_tokens is None else add_special_tokens)["input_ids"]
+    specials = seq2seq if add_special_tokens is None else add_special_tokens
+    ids = tok(prompts, add_special_tokens=specials)["input_ids"]
+    if not seq2seq and not specials:  # a rendered prompt: its BOS as in training (`with_bos`)
+        ids = [with_bos(tok, row) for row in ids]
     if max_input_tokens:  # training's rule: a causal prompt keeps its end, an encoder's its start and </s>
         ids = [truncate_input(row, max_input_tokens, is_seq2seq=seq2seq, eos_id=tok.eos_token_id) for row in ids]
     enc = tok.pad({"input_ids": ids}, padding=True, padding_side=tok.padding_side if seq2seq else "left",
