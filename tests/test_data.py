@@ -85,12 +85,15 @@ def test_chat_gemini_and_text_encode_alike_with_loss_on_outputs_only(tmp_path):
     assert tok.decode(labels) == "bcd<|im_end|>\n"
 
 
-def test_multi_turn_chat_trains_on_every_assistant_turn_only():
+@pytest.mark.parametrize("weight", [None, 1, 0])
+def test_multi_turn_chat_trains_on_every_assistant_turn_only(weight):
+    """Every assistant turn is learnt, except one marked "weight": 0 (OpenAI's chat format)."""
     tok = load_model("tiny:llama").tokenizer
     from mentor.data.formats import parse_row
 
+    first = {"role": "assistant", "content": "a1", **({"weight": weight} if weight is not None else {})}
     ex, problems = parse_row({"messages": [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "q1"}, first,
         {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]})
     assert not problems
     enc = encode(ex, tok, is_seq2seq=False, use_chat_template=True, max_input_tokens=1000, max_output_tokens=1000)
@@ -103,8 +106,17 @@ def test_multi_turn_chat_trains_on_every_assistant_turn_only():
             cur = []
     if cur:
         spans.append(tok.decode(cur))
-    assert spans == ["a1<|im_end|>\n", "a2<|im_end|>\n"]
+    assert spans == (["a2<|im_end|>\n"] if weight == 0 else ["a1<|im_end|>\n", "a2<|im_end|>\n"])
     assert tok.decode(enc["input_ids"]) == tok.apply_chat_template(ex.messages, tokenize=False)
+    for bad, where in [({**first, "weight": 2}, "messages[1].weight"), ({"role": "user", "content": "q", "weight": 0},
+                                                                          "messages[1].weight")]:
+        _, problems = parse_row({"messages": [{"role": "user", "content": "q1"}, bad,
+                                              {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}]})
+        assert where in [f for f, _ in problems]
+    _, problems = parse_row({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a",
+                                                                              "weight": 0}]})
+    assert problems == [("messages[1].weight", "0 on the last assistant turn leaves nothing to learn from this row "
+                                               "(weight 0 is for earlier turns)")]
 
 
 def test_seq2seq_encoding_puts_prompt_in_encoder_and_answer_in_labels(tmp_path):

@@ -41,7 +41,7 @@ def _segments(ex: Example, tokenizer, use_chat_template: bool) -> list[tuple[str
         for m in ex.messages:
             head = f"{m['role']}: "
             if m["role"] == "assistant":
-                pieces += [(head, False), (m["content"] + eos + "\n", True)]
+                pieces += [(head, False), (m["content"] + eos + "\n", m.get("weight", 1) == 1)]
             else:
                 pieces.append((head + m["content"] + "\n", False))
         return pieces
@@ -54,7 +54,7 @@ def _segments(ex: Example, tokenizer, use_chat_template: bool) -> list[tuple[str
         full = tokenizer.apply_chat_template(ex.messages[: i + 1], tokenize=False)
         if not (prefix.startswith(done) and full.startswith(prefix)):
             raise ValueError("chat template does not render conversations as growing prefixes")
-        pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        pieces += [(prefix[len(done):], False), (full[len(prefix):], m.get("weight", 1) == 1)]
         done = full
     return pieces
 

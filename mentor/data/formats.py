@@ -83,7 +83,13 @@ def _messages(msgs: object, problems: list) -> list[dict]:
         if role not in ("system", "user", "assistant"):
             problems.append((f"messages[{i}].role", f"unknown role {role!r} (use system, user or assistant)"))
         content = _text(m, "content", f"messages[{i}].content", problems)
-        out.append({"role": role, "content": content})
+        turn = {"role": role, "content": content}
+        if "weight" in m:  # OpenAI's chat format: weight 0 keeps an assistant turn out of the loss
+            if role != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+                problems.append((f"messages[{i}].weight", "must be 0 or 1, on an assistant turn"))
+            elif m["weight"] == 0:
+                turn["weight"] = 0
+        out.append(turn)
     return out
 
 
@@ -109,6 +115,9 @@ def parse_row(row: object, text_only_ok: bool = True) -> tuple[Example | None, l
         out = _messages(row["messages"], problems)
         if not problems:
             _check_turn_order(out, "messages", problems)
+        if not problems and out[-1].get("weight") == 0:
+            problems.append((f"messages[{len(out) - 1}].weight", "0 on the last assistant turn leaves nothing to "
+                             "learn from this row (weight 0 is for earlier turns)"))
         extra = {k: v for k, v in row.items() if k != "messages"}
         return (Example(out, "chat", extra=extra) if not problems else None), problems
     if "contents" in row:
