@@ -116,10 +116,21 @@ def test_errors_name_the_model_and_the_overflow(served):
     with pytest.raises(openai.BadRequestError) as err:
         chat(c, "tiny:llama", "x", stop=["a", "b", "c", "d", "e"])
     assert err.value.body["param"] == "stop"
+    # what this server does not implement is refused, never ignored; its "off" values are accepted
+    for asked in ({"logprobs": True}, {"response_format": {"type": "json_object"}}, {"frequency_penalty": 0.5}):
+        with pytest.raises(openai.BadRequestError, match=f"'{next(iter(asked))}' is not supported"):
+            chat(c, "tiny:llama", "x", **asked)
+    assert chat(c, "tiny:llama", "x", logprobs=False, frequency_penalty=0) == chat(c, "tiny:llama", "x")
+    with pytest.raises(openai.BadRequestError, match="'echo' is not supported"):
+        c.completions.create(model="tiny:llama", prompt="x", echo=True, max_tokens=2)
     with pytest.raises(openai.NotFoundError, match="ft:tiny:llama:nope:1"):
         chat(c, "ft:tiny:llama:nope:1", "x")
     with pytest.raises(openai.BadRequestError, match="more than the model's context of 2048 tokens"):
         chat(c, "tiny:llama", "x " * 3000)
+    # without max_tokens, the answer may take the room the prompt leaves (here 4 tokens), as with OpenAI
+    around = c.completions.create(model="tiny:llama", prompt="x", max_tokens=1).usage.prompt_tokens - 1  # the template's
+    near_full = c.completions.create(model="tiny:llama", prompt="x" * (2044 - around), temperature=0)
+    assert near_full.usage.prompt_tokens == 2044 and near_full.usage.completion_tokens == 4
     with pytest.raises(openai.BadRequestError, match="no rationale task"):
         chat(c, served["shift"], "abc", extra_body={"task": "rationale"})
 

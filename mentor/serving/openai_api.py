@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mentor.serving.generate import SamplingParams
 
@@ -22,8 +22,26 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI parameters mentor does not implement, with the values that ask for nothing: any other value
+# is refused (400) rather than ignored, so a client never takes an answer for what it did not ask
+UNSUPPORTED = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "frequency_penalty": (0, 0.0),
+               "presence_penalty": (0, 0.0), "logit_bias": ({},), "best_of": (1,), "suffix": ("",), "tools": ([],),
+               "functions": ([],), "response_format": ({"type": "text"},), "modalities": (["text"],)}
+
+
 class Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data):
+        if isinstance(data, dict):
+            for name, nothing in UNSUPPORTED.items():
+                value = data.get(name)
+                if value is not None and not any(value == ok and type(value) is type(ok) for ok in nothing):
+                    raise ValueError(f"'{name}' is not supported by this server")
+        return data
+
     model: str = Field(min_length=1, max_length=512)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     temperature: float = Field(1.0, ge=0, le=2)

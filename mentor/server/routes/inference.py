@@ -7,6 +7,7 @@ mentor's own body field `task`: a distilled step-by-step student answers its lab
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -24,7 +25,7 @@ from mentor.errors import MentorError
 from mentor.server import registry
 from mentor.server.errors import ApiError, bad, not_found
 from mentor.serving.engine import Ticket
-from mentor.serving.generate import SamplingParams
+from mentor.serving.generate import SamplingParams, context_length
 from mentor.serving.openai_api import ChatRequest, CompletionRequest, chat_prompt, chat_response, completion_response
 from mentor.serving.openai_api import usage as _usage
 from mentor.serving.pool import Servable
@@ -81,9 +82,17 @@ def prompter(ctx, name: str) -> Predictor:
         raise ApiError(404, f"no model '{name}' ({type(err).__name__})", "model", "model_not_found") from None
 
 
-def _context_check(p: Predictor, prompts: list[str], max_new: int) -> None:
-    if problem := p.overflow(prompts, max_new):
+def _fitted(p: Predictor, prompts: list[str], params: SamplingParams, asked: bool) -> SamplingParams:
+    """`params`, refused if prompt and answer overflow the model's context. Without an asked
+    max_tokens the default shrinks to the room the prompt leaves, as OpenAI's API does."""
+    context = context_length(p.loaded.model)
+    if not asked and context:
+        longest = max(len(p.tokenizer(prompt, add_special_tokens=False).input_ids) for prompt in prompts)
+        if 0 < context - longest < params.max_new_tokens:
+            params = dataclasses.replace(params, max_new_tokens=context - longest)
+    if problem := p.overflow(prompts, params.max_new_tokens):
         raise bad(problem, "messages", "context_length_exceeded")
+    return params
 
 
 def _answer(ctx, p: Predictor, prompts: list[str], params: SamplingParams, stream: bool) -> list[Ticket]:
@@ -126,7 +135,7 @@ def chat(request: Request, body: ChatRequest):
     except ValueError as err:
         message = str(err)
         raise bad(message, "stop" if "stop" in message else "messages" if "message" in message else "task") from None
-    _context_check(p, [prompt], params.max_new_tokens)
+    params = _fitted(p, [prompt], params, asked=bool(body.max_completion_tokens or body.max_tokens))
     [ticket] = _answer(ctx, p, [prompt], params, body.stream)
     rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if not body.stream:
@@ -166,7 +175,7 @@ def completions(request: Request, body: CompletionRequest):
         params = body.params(default_max=16)
     except ValueError as err:
         raise bad(str(err), "stop") from None
-    _context_check(p, prompts, params.max_new_tokens)
+    params = _fitted(p, prompts, params, asked=body.max_tokens is not None)
     tickets = _answer(ctx, p, prompts, params, body.stream and len(prompts) == 1)
     rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     if not (body.stream and len(prompts) == 1):
