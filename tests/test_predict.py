@@ -270,3 +270,28 @@ def test_batch_prediction_cuts_what_exceeds_the_context_and_says_which_answers_w
     assert [r["finish_reason"] for r in out] == ["length", "length"]
     assert "1 input(s) longer than 2044 tokens" in caplog.text and f"{src}:2" in caplog.text
     assert "2 of 2 predictions reached --max-new-tokens (4)" in caplog.text
+
+
+def test_a_stream_whose_client_left_stops_generating():
+    """The server sets `gone` when a streaming client disconnects: the batch ends at the next token
+    instead of computing an answer nobody reads (what a client that gives up on a slow answer
+    expects, mentor's own teacher client among them)."""
+    from mentor.serving.engine import Engine, Ticket
+    from mentor.serving.pool import ModelPool, Servable
+
+    engine = Engine(ModelPool())
+    try:
+        ticket = engine.submit(Ticket(Servable.of("tiny:llama"), "hello", SamplingParams(max_new_tokens=1500),
+                                      stream=True))
+        deltas = ticket.deltas(timeout=120)
+        next(deltas)
+        ticket.gone.set()
+        kind, [output] = next(kind_done for kind_done in deltas if kind_done[0] == "done")
+        assert output.completion_tokens < 100 and output.finish_reason == "length"
+        gone = Ticket(Servable.of("tiny:llama"), "hello", SamplingParams(max_new_tokens=8))
+        gone.gone.set()
+        engine.submit(gone)  # left before its turn: never generated
+        fresh = engine.submit(Ticket(Servable.of("tiny:llama"), "hello", SamplingParams(max_new_tokens=2)))
+        assert fresh.result(timeout=120)[0].completion_tokens == 2 and gone.events.empty()
+    finally:
+        engine.close()

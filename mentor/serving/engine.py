@@ -35,6 +35,7 @@ class Ticket:
     max_input_tokens: int | None = None
     stream: bool = False
     events: queue.Queue = field(default_factory=queue.Queue)
+    gone: threading.Event = field(default_factory=threading.Event)  # the client left: nobody reads the answer
     _ids: dict = field(default_factory=dict)  # copy -> generated ids so far (streaming)
     _sent: dict = field(default_factory=dict)  # copy -> text already streamed
 
@@ -146,6 +147,9 @@ class Engine:
             self._run(batch)
 
     def _run(self, batch: list[Ticket]) -> None:
+        batch = [t for t in batch if not t.gone.is_set()]  # a client that left before its turn costs nothing
+        if not batch:
+            return
         self.batches += 1
         self.requests += len(batch)
         log.debug("serving: a batch of %d (%d waiting)", len(batch), self._queue.qsize() + len(self._held))
@@ -169,7 +173,8 @@ class Engine:
             outputs = dict(generate_stream(loaded, [t.prompt for t in batch], first.params, batch_size=len(batch),
                                            max_input_tokens=first.max_input_tokens,
                                            adapter_names=adapter_names(loaded, names),
-                                           on_tokens=on_tokens if streaming else None))
+                                           on_tokens=on_tokens if streaming else None,
+                                           abandoned=lambda: all(t.gone.is_set() for t in batch)))
             self.pool.release(servables)
             for index, ticket in enumerate(batch):
                 ticket.finish(outputs[index])

@@ -16,7 +16,7 @@ OpenAI-compatible server reports (`usage`, `finish_reason`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from mentor.data.encode import truncate_input, with_bos
 from mentor.serving.stop import apply_stop
@@ -93,6 +94,7 @@ def generate_stream(
     desc: str = "generating",
     adapter_names: Sequence[str] | None = None,
     on_tokens=None,
+    abandoned: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[int, list[GeneratedText]]]:
     """Yield `(prompt index, its n completions)` batch by batch, as each batch finishes.
 
@@ -103,7 +105,8 @@ def generate_stream(
     together (less padding to compute); results are then yielded longest prompt first.
     `adapter_names` (one per prompt) runs a PEFT model's adapters in one mixed batch ("__base__":
     none). `on_tokens(prompt indices, token ids)` is called at every decoding step with each row's
-    new token (rows: a prompt's copies in turn), for streaming."""
+    new token (rows: a prompt's copies in turn), for streaming. `abandoned()` true ends a batch at
+    the next token (every client of it has gone)."""
     params = params or SamplingParams()
     batch_size = max(1, batch_size)
     order = list(range(len(prompts)))
@@ -117,14 +120,14 @@ def generate_stream(
             names = [adapter_names[i] for i in batch] if adapter_names is not None else None
             streamer = _RowStreamer(on_tokens, batch, loaded.is_seq2seq) if on_tokens else None
             outputs = _generate_batch(loaded, [prompts[i] for i in batch], params, add_special_tokens, max_input_tokens,
-                                      names, streamer)
+                                      names, streamer, abandoned)
             bar.update(1)
             yield from zip(batch, outputs)
 
 
 def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_special_tokens: bool | None,
                     max_input_tokens: int | None, adapter_names: list[str] | None = None,
-                    streamer=None) -> list[list[GeneratedText]]:
+                    streamer=None, abandoned: Callable[[], bool] | None = None) -> list[list[GeneratedText]]:
     model, tok, seq2seq = loaded.model, loaded.tokenizer, loaded.is_seq2seq
     eos = eos_ids(tok, model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=None)
@@ -153,8 +156,13 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
         kwargs.update({k: v for k, v in (("top_p", params.top_p), ("top_k", params.top_k)) if v is not None})
     start = 1 if seq2seq else enc["input_ids"].shape[1]  # where generated tokens begin
     stop_steps: dict[int, int] = {}  # row -> tokens generated when its stop string appeared
+    criteria = []
     if params.stop:  # stop early to save time; the text is cut at the stop string below anyway
-        kwargs["stopping_criteria"] = _stop_in_generated(tok, params.stop, start, stop_steps)
+        criteria.append(_stop_in_generated(tok, params.stop, start, stop_steps))
+    if abandoned is not None:
+        criteria.append(_Abandoned(abandoned))
+    if criteria:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
     scope = nullcontext()
     if adapter_names is not None and len(set(adapter_names)) == 1:
         scope = _one_adapter(model, adapter_names[0])
@@ -235,13 +243,21 @@ def eos_ids(tok, model) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+class _Abandoned(StoppingCriteria):
+    """Ends the whole batch once nobody waits for it."""
+
+    def __init__(self, abandoned: Callable[[], bool]):
+        self.abandoned = abandoned
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.abandoned(), dtype=torch.bool, device=input_ids.device)
+
+
 def _stop_in_generated(tokenizer, stop: Sequence[str], start: int, stop_steps: dict[int, int]):
     """Ends a row once its generated text holds a stop string, noting in `stop_steps` how many
     tokens it had generated then. transformers' own `stop_strings` also match a stop string that
     begins in the prompt, ending answers early where an OpenAI-compatible server, which looks at
     the completion only, would not."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
     stop = [s for s in stop if s]
     window = 4 * max(map(len, stop), default=1) + 4  # a just-completed stop string fits in its bytes' tokens
 
@@ -253,7 +269,7 @@ def _stop_in_generated(tokenizer, stop: Sequence[str], start: int, stop_steps: d
                 stop_steps.setdefault(row, input_ids.shape[1] - start)
             return torch.tensor(hits, device=input_ids.device)
 
-    return StoppingCriteriaList([StopInGenerated()])
+    return StopInGenerated()
 
 
 def model_fingerprint(ref: str) -> str:

@@ -113,15 +113,18 @@ def _started(ticket: Ticket) -> Iterator:
     return itertools.chain([next(deltas)], deltas)
 
 
-def _guarded(events: Iterator[str]) -> Iterator[str]:
+def _guarded(events: Iterator[str], tickets: list[Ticket]) -> Iterator[str]:
     """A stream that fails midway ends with an error event, which OpenAI's client raises as an
-    APIError (the status line is long sent)."""
+    APIError (the status line is long sent); one whose client leaves stops its generation."""
     try:
         yield from events
     except Exception as err:  # noqa: BLE001 - the client must hear of it, in the stream's own shape
         log.exception("serving: a stream failed")
         yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error", "param": None,
                               "code": None}})
+    finally:  # also when the client disconnects: the server closes this generator
+        for ticket in tickets:
+            ticket.gone.set()
 
 
 @router.post("/v1/chat/completions")
@@ -141,6 +144,7 @@ def chat(request: Request, body: ChatRequest):
     if not body.stream:
         return chat_response(rid, created, body.model, ticket.result())
     deltas = _started(ticket)
+    watched = [ticket]
 
     def events():
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
@@ -157,7 +161,7 @@ def chat(request: Request, body: ChatRequest):
                 yield _sse({**base, "choices": [{"index": copy, "delta": {"content": delta}, "finish_reason": None}]})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(_guarded(events()), media_type="text/event-stream")
+    return StreamingResponse(_guarded(events(), watched), media_type="text/event-stream")
 
 
 @router.post("/v1/completions")
@@ -184,6 +188,7 @@ def completions(request: Request, body: CompletionRequest):
             return StreamingResponse(_whole_stream(rid, created, body, outputs), media_type="text/event-stream")
         return completion_response(rid, created, body.model, outputs, body.n)
     deltas = _started(tickets[0])
+    watched = tickets
 
     def events():
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
@@ -198,7 +203,7 @@ def completions(request: Request, body: CompletionRequest):
                 yield _sse({**base, "choices": [{"index": copy, "text": delta, "logprobs": None, "finish_reason": None}]})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(_guarded(events()), media_type="text/event-stream")
+    return StreamingResponse(_guarded(events(), watched), media_type="text/event-stream")
 
 
 def _whole_stream(rid, created, body, outputs):
