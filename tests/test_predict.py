@@ -221,6 +221,14 @@ def test_a_base_whose_last_adapter_was_evicted_still_answers(tmp_path):
     assert answer(pool, base) == expected[base]
     assert answer(pool, adapter) == expected[adapter]  # and it loads again on demand
 
+    # while a batch generates on a base (here one without adapters), loading another model must not
+    # delete the base's adapter layers under it: the eviction waits for the batch to end
+    pool.acquire([base])
+    model = pool._bases[base.base].loaded.model
+    pool.base_of(other)  # an HTTP thread preparing a request for the other model
+    assert pool._bases[base.base].loaded.model is model and pool.loaded_names()[base.base] == [adapter.adapter_name]
+    pool.release([base])
+
 
 def test_partial_file_keeps_odd_characters_and_drops_a_torn_line(tmp_path):
     partial = tmp_path / ".out.jsonl.partial"

@@ -166,6 +166,8 @@ class ModelPool:
 
     def _victim(self, keep_base: str | None, keep_adapters: set[str]) -> bool | None:
         for base in self._bases.values():  # least recently used base first
+            if base.pins.get(BASE_ADAPTER):
+                continue  # a batch is generating on this model: deleting a layer under it would break it
             for name in list(base.adapters):
                 if name not in keep_adapters and not base.pins.get(name):
                     base.loaded.model.delete_adapter(name)
