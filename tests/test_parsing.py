@@ -549,6 +549,11 @@ def test_degenerate_markers_stay_fast():
         ("The answer is 300 K.", "300"),  # a detached K is a unit (kelvins), not a thousand
         ("The answer is 20-4.", "16"),
         ("The answer is 20 – 4 = 16.", "16"),
+        ("The answer is 6 times.", "6"),  # the unit counted, as the last word
+        ("So the answer is 12 quarters.", "12"),
+        ("The answer is 100m.", "100"),  # metres: only a capital M or B is refused as a scale
+        ("If we add 5 and 7, the answer is 12.", "12"),  # a condition earlier in the sentence is no hedge
+        ("Assuming a 30-day month, the answer is 300.", "300"),
     ],
 )
 def test_math_amounts_with_words_after_them(text, label):
@@ -600,6 +605,8 @@ def test_an_answer_weighed_is_not_an_answer_given(text):
         ("So the answer is no, the premise does not entail it.", "contradiction"),
         ("So the answer is yes, because the premise entails it.", "entailment"),
         ("So the answer is neutral (it could be true).", "neutral"),
+        ("The answer is neutral, since the premise neither entails nor contradicts the hypothesis.", "neutral"),
+        ("The answer is neutral: we can't say it is entailed.", "neutral"),
     ],
 )
 def test_a_label_whose_aside_takes_it_back_is_refused(text, label):
@@ -622,6 +629,7 @@ def test_yes_no_asides_use_the_words_freely():
         ('So the answer is "Paris" or "Lyon".', None, REASON_MULTIPLE),
         ('So the answer is "Paris", not "Lyon".', None, REASON_MULTIPLE),
         ('So the answer is "Marie', None, REASON_TRUNCATED),
+        ('So the answer is the 5" screen.', 'the 5" screen', ""),  # an inch mark is no open quote
     ],
 )
 def test_extracted_spans_in_quotes(text, label, reason):
@@ -634,3 +642,4 @@ def test_a_letter_taken_back_is_refused():
     assert not parse_completion("B. No wait, it is C.", "choice", choices=choices).ok
     assert parse_completion("C. A frog", "choice", choices=choices).label == "a frog"
     assert parse_completion("D) green, which is A natural color", "choice", choices=choices).label == "green"
+    assert parse_completion("So the answer is (B), since option A is a frog.", "choice", choices=choices).label == "blue"

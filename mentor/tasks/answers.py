@@ -262,7 +262,7 @@ def _whole_sentences(text: str) -> str:
 
 _SENTENCE_END = re.compile(r"[.!?][\"'”’)\]*_$]*(?=\s)|\n")
 # "If the answer is yes, ...", "Is the answer is 5?": an answer weighed, not given.
-_HYPOTHETICAL = re.compile(r"\b(?:if|whether|suppose|assume|assuming|unless)\b[^.!?\n]*\Z", re.IGNORECASE)
+_HYPOTHETICAL = re.compile(r"\b(?:if|whether|suppose|assume|assuming|unless)(?:\s+that)?\s*\Z", re.IGNORECASE)
 
 
 def parse_completion(

@@ -38,11 +38,13 @@ _SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "bil
 # Scales written as a letter count only attached to the number ("$50k", "50K"); "300 K" could be kelvins.
 _ATTACHED_SCALES = {"k": 1000, "bn": 10**9}
 # "$5M", "2.5B": million and billion in finance, metres and bytes elsewhere; never guessed.
-_AMBIGUOUS_SCALES = {"M", "B", "m", "b", "mn"}
-# Words that make the number before them a part or a multiple, not an amount: "2 thirds", "3 times
-# the pages", "42 - 3 of which are red" (after a unit they are fine: "13 bags of wheat").
-_PART_WORDS = re.compile(r"(?:of|times|halfs?|halves|thirds?|quarters?|fourths?|fifths?|sixths?|sevenths?|eighths?|"
-                         r"ninths?|tenths?|hundredths?|thousandths?|millionths?|dozens)", re.IGNORECASE)
+_AMBIGUOUS_SCALES = {"M", "B"}  # (a lowercase "100m" is metres or minutes, a unit)
+# Words that make the number before them a part, not an amount: "2 thirds", "5 eighths".
+_FRACTION_WORDS = re.compile(r"(?:halfs?|halves|thirds?|fourths?|fifths?|sixths?|sevenths?|eighths?|ninths?|tenths?|"
+                             r"hundredths?|thousandths?|millionths?|dozens)", re.IGNORECASE)
+# Words that do so only when more words follow: "3 times the pages", "42 - 3 of which are red", "3
+# quarters of the cake" (as the last word they are the unit counted: "6 times", "12 quarters").
+_PART_WORDS = re.compile(r"(?:of|times|quarters?)", re.IGNORECASE)
 
 
 class _NotEvaluable(Exception):
@@ -124,7 +126,9 @@ def _strip_units(expr: str) -> str:
                 raise _NotEvaluable(f"{word!r} after a number: a scale or a unit")
             if prev in ("num", "unit", ")") and word not in _VARIABLES:  # "12 apples", "(1 + 1 / 2) cups"
                 # "3 more than Tom", "2 degrees lower than at noon": an amount relative to another
-                if word.lower() == "than" or (prev == "num" and _PART_WORDS.fullmatch(word)):
+                more_words = re.search(r"[A-Za-z]", expr[pos:]) is not None
+                if word.lower() == "than" or (prev == "num" and (_FRACTION_WORDS.fullmatch(word)
+                                                                 or (_PART_WORDS.fullmatch(word) and more_words))):
                     raise _NotEvaluable(f"{word!r} after a number: not a unit")
                 prev = "unit"
                 continue

@@ -81,7 +81,7 @@ def _normalise_label(ans: str, labels: Sequence[str]) -> tuple[str | None, str]:
 # The words that name an NLI label in an aside: its own name and verb forms, not the everyday
 # synonyms ("true", "no", "maybe") that explanations use freely.
 _NAMING = (r"entail\w*", r"contradict\w*", r"neutral")
-_NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bno)\s+(?:\w+\s+){0,2}\Z", re.IGNORECASE)
+_NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bno|\bneither|\bnor)\s+(?:\w+\s+){0,3}\Z", re.IGNORECASE)
 
 
 def _aside_disagrees(aside: str, hit: str, labels: Sequence[str]) -> bool:
@@ -116,7 +116,7 @@ _LETTER_FORMS = tuple(
 )
 _LETTER_IN_PARENS = re.compile(r"\(([a-z])\)", re.IGNORECASE)
 # A capital letter named as the answer in the text after a letter: "B. No wait, it is C."
-_LETTER_NAMED = re.compile(r"\b(?i:option|choice|answer|it is|it's)\s+([A-Z])(?=[\s.,;:!?)]|$)")
+_LETTER_NAMED = re.compile(r"\b(?i:answer is|it is|it's)\s+\(?([A-Z])\)?(?=[\s.,;:!?]|$)")
 
 
 def _normalise_choice(ans: str, choices: Sequence[str] | None) -> tuple[str | None, str]:
@@ -177,7 +177,7 @@ def _span(ans: str) -> tuple[str | None, str]:
     """An extracted span as written; two quoted spans are two answers, an open quote a cut one."""
     if ans.count('"') >= 4 or ans.count("“") >= 2:  # '"Paris" or "Lyon"', '"Paris", not "Lyon"'
         return None, REASON_MULTIPLE
-    if ans.count('"') % 2 or ans.count("“") != ans.count("”"):
+    if (ans.startswith('"') and ans.count('"') == 1) or (ans.startswith("“") and "”" not in ans):  # not 6'2"
         return None, REASON_TRUNCATED
     return ans, ""
 

@@ -31,6 +31,9 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
     steps = steps or cfg.train_steps
     batch_size = batch_size or cfg.batch_size
     select = has_eval and getattr(cfg, "checkpoint_selection", False)
+    # early stopping watches the metric whether or not the best checkpoint is kept; kinds with
+    # neither (reward model, RLHF) report no such metric, so none is named
+    watched = select or (has_eval and getattr(cfg, "early_stopping", False))
     per_device = per_process_batch(batch_size)
     args = dict(
         output_dir=str(checkpoints),
@@ -48,8 +51,7 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         save_steps=cfg.evaluation_interval,
         save_total_limit=None if getattr(cfg, "keep_checkpoints", False) else 2 if select else 1,
         load_best_model_at_end=select,
-        # early stopping watches the metric whether or not the best checkpoint is kept
-        metric_for_best_model=best_metric if has_eval else None,
+        metric_for_best_model=best_metric if watched else None,
         greater_is_better=greater_is_better,
         bf16=bf16,
         seed=cfg.seed,
