@@ -211,3 +211,18 @@ def test_training_and_inference_give_a_prompt_one_bos_alike(use_chat_template, t
     prompt = render_prompt(messages[:1], tok, use_chat_template, "text")
     [[out]] = generate(loaded, [prompt], SamplingParams(max_new_tokens=1))
     assert out.prompt_tokens == len(prompt_ids)
+
+
+def test_rows_read_numbers_as_answers_and_conversations_as_the_chat_api_does(tmp_path):
+    from mentor.data.formats import prompt_messages
+    from mentor.data.rows import read_rows
+
+    rows = read_rows(write_jsonl(tmp_path / "r.jsonl", [{"input_text": "2 + 2?", "output_text": 4},
+                                                        {"input_text": "1 / 2?", "output_text": 0.5}]))
+    assert [r["output_text"] for r in rows] == ["4", "0.5"]  # as math datasets write their answers
+    # a final assistant turn is the reference (even an empty one), "developer" is "system", parts join
+    msgs, problems = prompt_messages([{"role": "developer", "content": "be brief"},
+                                      {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                                      {"role": "assistant", "content": ""}])
+    assert (msgs, problems) == ([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], [])
+    assert prompt_messages([{"role": "user", "content": 5}])[1] == [("messages[0].content", "must be a string, got int")]

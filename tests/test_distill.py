@@ -181,13 +181,13 @@ def test_bad_rows_and_missing_teacher(tmp_path, data):
     assert f"{bad}:2: field 'input_text'" in msg and f"{bad}:3: field '(line)'" in msg
     with pytest.raises(MentorError, match="needs a --teacher"):
         distill(base_job(data, tmp_path / "o3", teacher=None))
-    # a number where an answer's text belongs, choices that are not a list, a test row without its
+    # a list where an answer's text belongs, choices that are not a list, a test row without its
     # answer: each named, never compared one way here and dropped another way there
-    odd = write_jsonl(tmp_path / "odd.jsonl", [{"input_text": "a", "equation": 4, "teacher_completion": "4"},
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"input_text": "a", "equation": [4], "teacher_completion": "4"},
                                                {"input_text": "b", "choices": "red, blue", "teacher_completion": "x"}])
     with pytest.raises(DataValidationError) as info:
         distill(base_job({**data, "train": odd}, tmp_path / "o4"))
-    assert f"{odd}:1: field 'equation': must be a string, got int" in str(info.value)
+    assert f"{odd}:1: field 'equation': must be text or a number, got list" in str(info.value)
     assert f"{odd}:2: field 'choices': must be a list of option texts" in str(info.value)
     no_answer = write_jsonl(tmp_path / "test.jsonl", [{"input_text": "What is 1 + 1?", "output_text": "2"},
                                                       {"input_text": "What is 2 + 2?"}])

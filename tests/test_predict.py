@@ -303,3 +303,18 @@ def test_a_stream_whose_client_left_stops_generating():
         assert fresh.result(timeout=120)[0].completion_tokens == 2 and gone.events.empty()
     finally:
         engine.close()
+
+
+def test_context_limits_count_what_generation_feeds():
+    """An encoder-decoder's answer has positions of its own: its prompt alone must fit (T5 configs
+    say n_positions 512); a causal model's prompt and answer share the context."""
+    t5 = Predictor("tiny:t5")
+    t5.loaded.model.config.n_positions = 64
+    assert t5.input_limit(max_new_tokens=512) == 64 and t5.room(["hello"]) is None
+    assert t5.overflow(["hello"], max_new_tokens=512) is None
+    assert "more than the model's context of 64" in t5.overflow(["a b c " * 40], max_new_tokens=1)
+    llama = Predictor("tiny:llama")  # context 2048
+    prompt = llama.render("hello")
+    assert llama.room([prompt]) == 2048 - llama.prompt_tokens(prompt)
+    assert llama.overflow([prompt], max_new_tokens=llama.room([prompt])) is None
+    assert llama.overflow([prompt], max_new_tokens=llama.room([prompt]) + 1) is not None

@@ -294,3 +294,33 @@ def test_a_request_that_cannot_be_answered_fails_alone(served, tmp_path):
                 _started(tickets[i])
     finally:
         engine.close()
+
+
+
+def test_a_client_that_leaves_while_its_request_waits_is_dropped():
+    """The request thread waits for the first event; a client that hangs up meanwhile (asked through
+    Starlette's is_disconnected, from the thread as FastAPI runs it) marks the ticket gone, so the
+    engine never generates it, and the thread is freed."""
+    import anyio
+
+    from mentor.server.errors import ApiError
+    from mentor.server.routes.inference import _waited
+    from mentor.serving.engine import Ticket
+    from mentor.serving.generate import SamplingParams
+    from mentor.serving.pool import Servable
+
+    class HungUp:
+        calls = 0
+
+        async def is_disconnected(self) -> bool:
+            HungUp.calls += 1
+            return HungUp.calls >= 2  # still there at the first look, gone at the second
+
+    ticket = Ticket(Servable("m", "tiny:llama", None), "hello", SamplingParams())  # queued, never answered
+
+    async def main():
+        with pytest.raises(ApiError, match="closed the request"):
+            await anyio.to_thread.run_sync(_waited, ticket, HungUp())
+
+    anyio.run(main)
+    assert ticket.gone.is_set() and HungUp.calls == 2

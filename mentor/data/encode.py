@@ -9,7 +9,6 @@ assistant turn as target.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -64,15 +63,15 @@ def with_bos(tokenizer, ids: list[int]) -> list[int]:
     chat template writes, else the tokenizer's own when it adds one (Llama 2, Mistral), else none.
     Returns `ids` itself when nothing is added."""
     bos = tokenizer.bos_token_id
-    if bos is None or (ids and ids[0] == bos) or not _adds_bos(tokenizer):
+    if bos is None or (ids and ids[0] == bos) or not adds_bos(tokenizer):
         return ids
     return [bos, *ids]
 
 
-@functools.lru_cache(maxsize=16)
-def _adds_bos(tokenizer) -> bool:
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS before a text itself (asked each time: a tokenizer may change)."""
     probe = tokenizer("a").input_ids
-    return bool(probe) and probe[0] == tokenizer.bos_token_id
+    return bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id
 
 
 def truncate_input(ids: list[int], max_tokens: int, *, is_seq2seq: bool, eos_id: int | None) -> list[int]:
@@ -100,7 +99,7 @@ def encode(ex: Example, tokenizer, **options) -> dict:
     cannot take is an error naming its file and line, not a traceback."""
     try:
         return _encode(ex, tokenizer, **options)
-    except (ValueError, TypeError, TemplateError) as err:
+    except (ValueError, TemplateError) as err:
         field = "messages" if ex.kind == "chat" else "input_text"
         raise DataValidationError([Problem(ex.file or "data", ex.line, field, f"cannot be encoded: {err}")]) from None
 

@@ -93,16 +93,30 @@ def _messages(msgs: object, problems: list) -> list[dict]:
     return out
 
 
+def message_text(content):
+    """A message's text: a string, OpenAI's list of parts (the text parts joined), "" for none;
+    anything else is returned as it is, for the caller to refuse."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content
+
+
 def prompt_messages(msgs: object) -> tuple[list[dict] | None, list[tuple[str, str]]]:
-    """A conversation to answer: checked turns ending in the user's (a final assistant turn, an
-    answer already given, is dropped: it is the reference, not part of the prompt)."""
+    """A conversation to answer, read as the chat API reads it ("developer" is "system", content
+    may be a list of parts), checked, ending in the user's turn (a final assistant turn, an answer
+    already given, is dropped unread: it is the reference, not part of the prompt)."""
+    if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+        msgs = msgs[:-1]
+    if isinstance(msgs, list):
+        msgs = [{**m, "role": "system" if m.get("role") == "developer" else m.get("role"),
+                 **({"content": message_text(m["content"])} if "content" in m else {})}
+                if isinstance(m, dict) else m for m in msgs]
     problems: list[tuple[str, str]] = []
     out = _messages(msgs, problems)
-    if problems:
-        return None, problems
-    if out[-1]["role"] == "assistant":
-        out = out[:-1]
-    _check_turn_order(out, "messages", problems, last="user")
+    if not problems:
+        _check_turn_order(out, "messages", problems, last="user")
     return (None if problems else out), problems
 
 

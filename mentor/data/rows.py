@@ -15,13 +15,15 @@ def read_rows(path: str | Path, required: tuple[str, ...] = ("input_text",),
               text: tuple[str, ...] = ("output_text",)) -> list[dict]:
     """JSONL rows with the fields distillation needs; every problem named by file, line, field.
 
-    `required` fields must be non-empty text; `text` fields, where present, text (a number there
-    would be compared as a number by one reader and dropped by another); `choices`, where present, a
+    `required` fields must be non-empty text; `text` fields (answers), where present, text, a number
+    being read as its text (42 -> "42", as math datasets write answers); `choices`, where present, a
     list of option texts. Each row keeps where it came from in `_file` and `_line`."""
     def parse(row: dict, lineno: int):
+        row = {**row, **{name: str(row[name]) for name in text
+                         if isinstance(row.get(name), (int, float)) and not isinstance(row[name], bool)}}
         problems = [(name, "missing or empty") for name in required
                     if not isinstance(row.get(name), str) or not row[name].strip()]
-        problems += [(name, f"must be a string, got {type(row[name]).__name__}") for name in text
+        problems += [(name, f"must be text or a number, got {type(row[name]).__name__}") for name in text
                      if name not in required and row.get(name) is not None and not isinstance(row[name], str)]
         choices = row.get("choices")
         if choices is not None and not (isinstance(choices, list) and choices

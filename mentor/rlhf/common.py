@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mentor.data.encode import render_prompt
+from mentor.data.encode import adds_bos, render_prompt
 from mentor.errors import MentorError
 from mentor.models import load_model
 from mentor.rlhf.data import Prompt
@@ -194,10 +194,8 @@ class Renderer:
     counts: dict = field(default_factory=lambda: {"prompts": 0, "truncated_prompts": 0, "answers": 0, "truncated_answers": 0})
 
     def __post_init__(self):
-        tok = self.tokenizer
-        probe = tok("a").input_ids
         # The tokenizer adds a BOS itself: drop the one a chat template writes, or it would be doubled.
-        self.adds_bos = bool(probe) and tok.bos_token_id is not None and probe[0] == tok.bos_token_id
+        self.adds_bos = adds_bos(self.tokenizer)
 
     @classmethod
     def for_model(cls, tokenizer, chat_template: str, instruction, max_prompt_tokens: int, max_answer_tokens: int):

@@ -36,6 +36,7 @@ class Ticket:
     stream: bool = False
     events: queue.Queue = field(default_factory=queue.Queue)
     gone: threading.Event = field(default_factory=threading.Event)  # the client left: nobody reads the answer
+    ready: threading.Event = field(default_factory=threading.Event)  # something came: a delta, the answer, an error
     _ids: dict = field(default_factory=dict)  # copy -> generated ids so far (streaming)
     _sent: dict = field(default_factory=dict)  # copy -> text already streamed
 
@@ -79,7 +80,7 @@ class Ticket:
         safe = text[: max(len(text) - held, 0)] if held else text
         sent = self._sent.get(copy, "")
         if len(safe) > len(sent) and safe.startswith(sent):
-            self.events.put(("delta", copy, safe[len(sent):]))
+            self._put("delta", copy, safe[len(sent):])
             self._sent[copy] = safe
 
     def finish(self, outputs: list[GeneratedText]) -> None:
@@ -87,8 +88,15 @@ class Ticket:
             for copy, out in enumerate(outputs):
                 sent = self._sent.get(copy, "")
                 if out.text.startswith(sent) and len(out.text) > len(sent):
-                    self.events.put(("delta", copy, out.text[len(sent):]))
-        self.events.put(("done", outputs))
+                    self._put("delta", copy, out.text[len(sent):])
+        self._put("done", outputs)
+
+    def fail(self, err: BaseException) -> None:
+        self._put("error", err)
+
+    def _put(self, *event) -> None:
+        self.events.put(event)
+        self.ready.set()
 
 
 class Engine:
@@ -102,6 +110,7 @@ class Engine:
         self._lock = threading.Lock()
         self.batches = 0
         self.requests = 0
+        self.abandoned = 0  # requests whose clients left: skipped, or their batch cut short
 
     def submit(self, ticket: Ticket) -> Ticket:
         with self._lock:
@@ -147,7 +156,9 @@ class Engine:
             self._run(batch)
 
     def _run(self, batch: list[Ticket]) -> None:
-        batch = [t for t in batch if not t.gone.is_set()]  # a client that left before its turn costs nothing
+        left = [t for t in batch if t.gone.is_set()]  # a client that left before its turn costs nothing
+        batch = [t for t in batch if not t.gone.is_set()]
+        self.abandoned += len(left)
         if not batch:
             return
         self.batches += 1
@@ -176,15 +187,22 @@ class Engine:
                                            on_tokens=on_tokens if streaming else None,
                                            abandoned=lambda: all(t.gone.is_set() for t in batch)))
             self.pool.release(servables)
+            if all(t.gone.is_set() for t in batch):
+                self.abandoned += len(batch)  # cut short: nobody was reading any more
             for index, ticket in enumerate(batch):
                 ticket.finish(outputs[index])
         except Exception as err:  # noqa: BLE001 - every waiting client hears of it
             self.pool.release(servables)
-            if len(batch) > 1:  # one bad request (an adapter that cannot load) must not fail the others
+            # one bad request (an adapter that cannot load) must not fail the others: those that have
+            # streamed nothing yet are answered one by one (a sampled answer begun cannot be redone)
+            again = [t for t in batch if not t._sent] if len(batch) > 1 else []
+            if again:
                 log.warning("serving: a batch of %d failed (%s); answering its requests one by one", len(batch), err)
-                for ticket in batch:
+            else:
+                log.exception("serving: a request failed")
+            for ticket in batch:
+                if ticket in again:
                     ticket._ids.clear()
                     self._run([ticket])
-                return
-            log.exception("serving: a request failed")
-            batch[0].events.put(("error", err))
+                else:
+                    ticket.fail(err)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mentor.data.formats import message_text
 from mentor.serving.generate import SamplingParams
 
 MIN_TEMPERATURE = 1e-5
@@ -92,14 +93,6 @@ def usage(outputs_per_prompt) -> dict:
     prompt = sum(outs[0].prompt_tokens for outs in outputs_per_prompt if outs)
     completion = sum(o.completion_tokens for outs in outputs_per_prompt for o in outs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def message_text(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
 
 
 def chat_response(rid: str, created: int, model: str, outputs) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mentor.data.encode import render_prompt
+from mentor.data.encode import render_prompt, with_bos
 from mentor.data.formats import prompt_messages
 from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
@@ -84,12 +84,28 @@ class Predictor:
         kind = "text" if isinstance(item, str) else "chat"
         return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """A rendered prompt's length in tokens as generation feeds it (a causal model's BOS included)."""
+        if self.loaded.is_seq2seq:
+            return len(self.tokenizer(prompt).input_ids)
+        return len(with_bos(self.tokenizer, self.tokenizer(prompt, add_special_tokens=False).input_ids))
+
+    def room(self, prompts: list[str]) -> int | None:
+        """Tokens a causal model's context leaves for the answer after the longest prompt (None: no
+        limit is known, or an encoder-decoder, whose answer has positions of its own)."""
+        context = context_length(self.loaded.model)
+        if context is None or self.loaded.is_seq2seq:
+            return None
+        return context - max(map(self.prompt_tokens, prompts))
+
     def input_limit(self, max_new_tokens: int) -> int:
         """The most prompt tokens kept (longer prompts are cut as training cut them): training's
-        limit, and what the model's context leaves beside the answer."""
+        limit, and what the model's context leaves beside the answer (an encoder's: all of it)."""
         context = context_length(self.loaded.model)
         if context is None:
             return self.max_input_tokens
+        if self.loaded.is_seq2seq:
+            return min(self.max_input_tokens, context)
         if max_new_tokens >= context:
             raise MentorError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context "
                               f"of {context} tokens")
@@ -100,8 +116,10 @@ class Predictor:
         a request rather than cut it), or None."""
         context = context_length(self.loaded.model)
         for prompt in prompts if context else []:
-            n = len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
-            if n + max_new_tokens > context:
+            n = self.prompt_tokens(prompt)
+            if self.loaded.is_seq2seq and n > context:
+                return f"the prompt is {n} tokens: {n - context} more than the model's context of {context} tokens"
+            if not self.loaded.is_seq2seq and n + max_new_tokens > context:
                 return (f"the prompt is {n} tokens and max_tokens {max_new_tokens}: {n + max_new_tokens - context} "
                         f"more than the model's context of {context} tokens")
         return None
@@ -215,8 +233,7 @@ def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_t
         predictor = Predictor(model_ref)
         prompts = [predictor.render(item) for _, item in todo]
         limit = predictor.input_limit(max_new_tokens)
-        cut = [lineno for (lineno, _), p in zip(todo, prompts)
-               if len(predictor.tokenizer(p, add_special_tokens=False).input_ids) > limit]
+        cut = [lineno for (lineno, _), p in zip(todo, prompts) if predictor.prompt_tokens(p) > limit]
         if cut:
             log.warning(f"{len(cut)} input(s) longer than {limit} tokens (the model's context less --max-new-tokens, "
                         f"or training's limit) are cut as training cut them, e.g. {src}:{cut[0]}")

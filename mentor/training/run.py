@@ -30,7 +30,8 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
         log.info("%s holds the last step: loading it", resume)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME))
         trainer._load_from_checkpoint(resume)
-        if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        best = trainer.state.best_model_checkpoint
+        if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
             trainer._load_best_model()
         job.event("resumed", f"resumed at the last step, {trainer.state.global_step}: nothing left to train",
                   step=trainer.state.global_step)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from anyio import from_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
@@ -25,7 +26,7 @@ from mentor.errors import MentorError
 from mentor.server import registry
 from mentor.server.errors import ApiError, bad, not_found
 from mentor.serving.engine import Ticket
-from mentor.serving.generate import SamplingParams, context_length
+from mentor.serving.generate import SamplingParams
 from mentor.serving.openai_api import ChatRequest, CompletionRequest, chat_prompt, chat_response, completion_response
 from mentor.serving.openai_api import usage as _usage
 from mentor.serving.pool import Servable
@@ -33,6 +34,7 @@ from mentor.serving.predict import Predictor
 
 log = logging.getLogger("mentor")
 router = APIRouter()
+DISCONNECT_POLL_SECONDS = 0.5
 CHECKPOINT = re.compile(r"^(?P<name>.+):ckpt-step-(?P<step>\d+)$")
 
 
@@ -85,11 +87,9 @@ def prompter(ctx, name: str) -> Predictor:
 def _fitted(p: Predictor, prompts: list[str], params: SamplingParams, asked: bool) -> SamplingParams:
     """`params`, refused if prompt and answer overflow the model's context. Without an asked
     max_tokens the default shrinks to the room the prompt leaves, as OpenAI's API does."""
-    context = context_length(p.loaded.model)
-    if not asked and context:
-        longest = max(len(p.tokenizer(prompt, add_special_tokens=False).input_ids) for prompt in prompts)
-        if 0 < context - longest < params.max_new_tokens:
-            params = dataclasses.replace(params, max_new_tokens=context - longest)
+    room = None if asked else p.room(prompts)
+    if room is not None and 0 < room < params.max_new_tokens:
+        params = dataclasses.replace(params, max_new_tokens=room)
     if problem := p.overflow(prompts, params.max_new_tokens):
         raise bad(problem, "messages", "context_length_exceeded")
     return params
@@ -106,9 +106,19 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def _started(ticket: Ticket) -> Iterator:
+def _waited(ticket: Ticket, request: Request | None = None) -> None:
+    """Wait for the ticket's first event; a client that leaves meanwhile (a queue, a slow prompt)
+    is noticed within a second, and its request is dropped before it costs anything."""
+    while not ticket.ready.wait(DISCONNECT_POLL_SECONDS):
+        if request is not None and from_thread.run(request.is_disconnected):
+            ticket.gone.set()
+            raise ApiError(400, "the client closed the request", code="client_closed_request")
+
+
+def _started(ticket: Ticket, request: Request | None = None) -> Iterator:
     """The ticket's deltas with the first one awaited here: a request that fails before its first
     token is answered with an error status, not with a stream that just stops."""
+    _waited(ticket, request)
     deltas = ticket.deltas()
     return itertools.chain([next(deltas)], deltas)
 
@@ -142,8 +152,9 @@ def chat(request: Request, body: ChatRequest):
     [ticket] = _answer(ctx, p, [prompt], params, body.stream)
     rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if not body.stream:
+        _waited(ticket, request)
         return chat_response(rid, created, body.model, ticket.result())
-    deltas = _started(ticket)
+    deltas = _started(ticket, request)
     watched = [ticket]
 
     def events():
@@ -183,11 +194,13 @@ def completions(request: Request, body: CompletionRequest):
     tickets = _answer(ctx, p, prompts, params, body.stream and len(prompts) == 1)
     rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     if not (body.stream and len(prompts) == 1):
+        for t in tickets:
+            _waited(t, request)
         outputs = [t.result() for t in tickets]
         if body.stream:  # several prompts: streamed as whole answers
             return StreamingResponse(_whole_stream(rid, created, body, outputs), media_type="text/event-stream")
         return completion_response(rid, created, body.model, outputs, body.n)
-    deltas = _started(tickets[0])
+    deltas = _started(tickets[0], request)
     watched = tickets
 
     def events():
@@ -223,4 +236,4 @@ def serving_state(request: Request) -> dict:
     ctx = request.app.state.ctx
     return {"loaded": ctx.pool.loaded_names(), "used_bytes": ctx.pool.used_bytes, "budget_bytes": ctx.pool.budget,
             "loads": ctx.pool.loads, "evictions": ctx.pool.evictions, "batches": ctx.engine.batches,
-            "requests": ctx.engine.requests}
+            "requests": ctx.engine.requests, "abandoned": ctx.engine.abandoned}
