@@ -129,6 +129,12 @@ def _detail(resp: httpx.Response) -> str:
     return resp.text[:300] or resp.reason_phrase
 
 
+def _timeout(read: float) -> httpx.Timeout:
+    """`read` seconds of server silence; waiting for a pooled connection is our own queue, not the
+    server's silence: no pool timeout."""
+    return httpx.Timeout(read, connect=min(read, CONNECT_TIMEOUT), pool=None)
+
+
 def _run(coro):
     """Run a coroutine to the end from sync code, even when called inside a running event loop."""
     try:
@@ -288,8 +294,7 @@ class OpenAITeacher(Teacher):
     ) -> tuple[httpx.Response, list[Completion] | None, float | None]:
         """One request: the response (its body read), and for a 200 its completions and the seconds to
         the first token (None when not streamed). ValueError if a 200's body is not a completion."""
-        timeout = httpx.Timeout(read_timeout, connect=min(read_timeout, CONNECT_TIMEOUT), pool=None)
-        async with client.stream("POST", self.url, json=body, timeout=timeout) as resp:
+        async with client.stream("POST", self.url, json=body, timeout=_timeout(read_timeout)) as resp:
             if resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
                 texts, reasons, usage, first = await self._read_stream(resp, start)
                 return resp, self._completions(texts, usage, params, reasons), first
@@ -356,10 +361,7 @@ class OpenAITeacher(Teacher):
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        # waiting for a pooled connection is our own queue, not the server's silence: no pool timeout
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT), pool=None)
-
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
+        async with httpx.AsyncClient(timeout=_timeout(self.timeout), limits=limits, headers=headers) as client:
 
             async def one(prompt: str) -> None:
                 # the slot is held through the backoff sleeps too, so a rate-limited server sees
