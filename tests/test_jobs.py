@@ -276,3 +276,32 @@ def test_a_kill_while_a_finished_job_is_recorded_does_not_redo_its_training(tmp_
                     if "eval_fraction_of_correct_next_step_preds" in r}
         assert result.best_step == max(accuracy, key=lambda s: (accuracy[s], -s))
         assert result.metrics["eval_fraction_of_correct_next_step_preds"] == pytest.approx(accuracy[result.best_step])
+
+
+def test_a_kill_while_an_early_stopped_job_is_recorded_does_not_train_on(tmp_path, monkeypatch):
+    """The checkpoint of the evaluation that stopped the training is where a rerun ends: Trainer
+    would restore the patience counter and train one more evaluation interval before stopping."""
+    from mentor.jobs.lifecycle import Job
+
+    class Killed(BaseException):
+        """Stands in for SIGKILL."""
+
+    def killed_while_recording(self, result):
+        raise Killed
+
+    # a learning rate far too small to move the model: evaluation accuracy stays flat, the job
+    # stops at step 30 (best at 10, then two evaluations without gain)
+    job = dict(model="tiny:llama", data=str(write_jsonl(tmp_path / "d.jsonl", shift_task(16, 0))),
+               evaluation_data=str(write_jsonl(tmp_path / "e.jsonl", shift_task(8, 1))), output=str(tmp_path / "job"),
+               tuning="full", train_steps=300, batch_size=4, learning_rate_multiplier=1e-6, evaluation_interval=10,
+               early_stopping_patience=2)
+    monkeypatch.setattr(Job, "succeed", killed_while_recording)
+    with pytest.raises(Killed):
+        mentor.tune(**job)
+    monkeypatch.undo()
+    result = mentor.tune(**job)
+    assert (result.steps_run, result.best_step, result.extra["early_stopped"]) == (30, 10, True)
+    events = read_events(tmp_path / "job")
+    assert [(e["step"], e["message"]) for e in events if e["type"] == "resumed"] == [
+        (30, "resumed at the early stop, step 30: nothing left to train")]
+    assert [e["type"] for e in events].count("training_started") == 1

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import PrinterCallback, TrainerState
+from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, TrainerState
 
 from mentor.jobs import Job
 from mentor.training.callbacks import JobCallback
@@ -24,16 +24,18 @@ def checkpoints_of(job: Job) -> Path:
 def train(trainer, job: Job, quiet=nullcontext) -> None:
     """Train (or resume) to the end, an early stop, or a cancel (raised as JobCancelled)."""
     resume = last_complete_checkpoint(checkpoints_of(job), remove=job.main)
-    if resume and _reached_the_end(trainer, resume):
-        # Trainer would take one step more from a checkpoint of the last step (killed as the job
-        # was being recorded): the training is done, only its result is loaded
-        log.info("%s holds the last step: loading it", resume)
+    ended = resume and _training_ended(trainer, resume)
+    if ended:
+        # Trainer would take one step more from a checkpoint of the last step, and one evaluation
+        # interval more from that of an early stop (killed as the job was being recorded): the
+        # training is done, only its result is loaded
+        log.info("%s holds the %s: loading it", resume, ended)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME))
         trainer._load_from_checkpoint(resume)
         best = trainer.state.best_model_checkpoint
         if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
             trainer._load_best_model()
-        job.event("resumed", f"resumed at the last step, {trainer.state.global_step}: nothing left to train",
+        job.event("resumed", f"resumed at the {ended}, step {trainer.state.global_step}: nothing left to train",
                   step=trainer.state.global_step)
         return
     if resume:
@@ -47,6 +49,13 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
         raise job.cancelled()
 
 
-def _reached_the_end(trainer, checkpoint: str) -> bool:
+def _training_ended(trainer, checkpoint: str) -> str | None:
+    """What ended the training whose checkpoint this is ("last step", "early stop"), or None."""
     state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
-    return state.global_step >= trainer.args.max_steps
+    if state.global_step >= trainer.args.max_steps:
+        return "last step"
+    stopping = (state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
+    for kept in stopping if isinstance(stopping, list) else [stopping] if stopping else []:
+        if kept["attributes"]["early_stopping_patience_counter"] >= kept["args"]["early_stopping_patience"]:
+            return "early stop"  # the evaluation that stopped it was saved with this checkpoint
+    return None
