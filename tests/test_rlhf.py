@@ -184,6 +184,11 @@ def test_config_names_and_defaults_are_the_clouds(tmp_path):
             cfg.prompt_sequence_length, cfg.target_sequence_length, cfg.instruction) == (0.1, 1000, 1000, 1.0, 1.0, 512, 64, None)
     with pytest.raises(ValueError, match="reward_model"):
         RLHFConfig(model="m", output="o", prompt_dataset="q")
+    with pytest.raises(ValueError, match="reward-model stage is skipped: eval_dataset, reward_model_train_steps"):
+        RLHFConfig(model="m", output="o", prompt_dataset="q", reward_model="r", eval_dataset="e",
+                   reward_model_train_steps=5)
+    kept = RLHFConfig(model="m", output="o", prompt_dataset="q", reward_model="r")
+    assert RLHFConfig(**kept.model_dump()) == kept  # a saved job's config (every field) still loads
     assert DPOConfig(model="m", output="o", data="d").beta == 0.1
     assert DPOConfig(model="m", output="o", data="d").tuning == "lora"
     assert DPOConfig(model="m", output="o", data="d", tuning="full").learning_rate == 1e-6
@@ -301,6 +306,55 @@ def test_reward_model_command_with_lora_saves_a_plain_reusable_model(task, tmp_p
     assert accuracy >= 0.8
     with pytest.raises(MentorError, match="not a reward model"):
         RewardModel(task["start"])
+
+
+def test_only_a_reward_model_is_taken_as_one(task, tmp_path):
+    """A language model or a classifier with two outputs would score through a new, random head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mentor.models import resolve
+
+    plain = resolve("tiny:llama")
+    with pytest.raises(MentorError, match="tiny:llama is not a reward model: a LlamaForCausalLM has no trained score"):
+        RewardModel("tiny:llama")
+    two = tmp_path / "two-labels"
+    AutoModelForSequenceClassification.from_pretrained(plain, num_labels=2).save_pretrained(two)
+    AutoTokenizer.from_pretrained(plain).save_pretrained(two)
+    with pytest.raises(MentorError, match="has 2 outputs; a reward model has one"):
+        RewardModel(str(two))
+    with pytest.raises(MentorError, match="not a reward model"):  # refused before the policy loads
+        mentor.run("rlhf", model=task["start"], output=str(tmp_path / "job"), reward_model="tiny:llama",
+                   prompt_dataset=str(task["prompts"]))
+
+
+def test_reward_model_sees_where_an_answer_ends(tmp_path):
+    """With padding = end of turn (SmolLM2's tokenizer) the classifier would read past the end-of-turn
+    token, and a finished answer would score as one cut off; a cut answer is trained without it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mentor.models import resolve
+    from mentor.rlhf import common as rc
+    from mentor.rlhf.data import PreferencePair, Prompt
+    from mentor.rlhf.reward import pair_rows as reward_rows
+
+    start = tmp_path / "pad-is-eos"
+    tokenizer = AutoTokenizer.from_pretrained(resolve("tiny:llama"))
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(start)
+    AutoModelForCausalLM.from_pretrained(resolve("tiny:llama")).save_pretrained(start)
+    job = tmp_path / "rm"
+    mentor.run("reward-model", model=str(start), output=str(job), preference_dataset=str(
+        write_jsonl(tmp_path / "p.jsonl", pair_rows(32, 1))), tuning="full", reward_model_train_steps=2, batch_size=8)
+    reward = RewardModel(str(job))
+    assert reward.tokenizer.pad_token_id != reward.tokenizer.eos_token_id
+    assert reward.model.config.pad_token_id == reward.tokenizer.pad_token_id
+    finished, cut = reward.score(["answer abc"] * 2, ["yes"] * 2, finished=[True, False])
+    assert finished != pytest.approx(cut, abs=1e-6)
+
+    renderer = rc.Renderer.for_model(tokenizer, "auto", None, 512, 3)
+    pair = PreferencePair(Prompt([{"role": "user", "content": "Q"}], "text"), "a long chosen answer", "no")
+    row = reward_rows([pair], renderer)[0]
+    assert row["chosen_ids"][-1] != tokenizer.eos_token_id and row["rejected_ids"][-1] == tokenizer.eos_token_id
 
 
 def test_bad_data_stops_rlhf_before_any_training(task, tmp_path):

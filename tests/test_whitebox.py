@@ -315,3 +315,11 @@ def test_cli_distill_whitebox(data, teacher):
     assert result["method"] == "distill-relation" and result["steps_run"] == 3
     assert re.search(r"relation_level.*sequence", (out / "README.md").read_text())
     assert os.path.exists(out / "model" / "config.json")
+
+
+def test_sequence_relations_need_two_sequences_a_batch(tmp_path):
+    from mentor.whitebox.config import config_for
+
+    with pytest.raises(ValueError, match="batch_size must be 2 or more"):
+        config_for("relation")(model="tiny:llama", teacher="tiny:llama", data="d", output=str(tmp_path),
+                               relation_level="sequence", batch_size=1)

@@ -19,7 +19,7 @@ from transformers import set_seed
 from mentor.jobs import Job, TunedModel
 from mentor.rlhf import common as rc
 from mentor.rlhf.config import RewardModelConfig
-from mentor.rlhf.reward import load_classifier, pair_rows, plot, write_card
+from mentor.rlhf.reward import distinct_pad_token, load_classifier, pair_rows, plot, write_card
 from mentor.training import arguments
 from mentor.training.lora import lora_config
 from mentor.training.outputs import save_trained
@@ -40,6 +40,7 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     del loaded  # the reward model is the same weights with a score head, loaded as a classifier
     set_seed(cfg.seed)  # the new score head is drawn from this seed
     model = load_classifier(source)
+    distinct_pad_token(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None

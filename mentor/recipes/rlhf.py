@@ -22,9 +22,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from mentor import jobs
-from mentor.errors import MentorError
 from mentor.jobs import Job, TunedModel
-from mentor.models import resolve
 from mentor.rlhf import common as rc
 from mentor.rlhf import reward as rm
 from mentor.rlhf.config import RLHFConfig
@@ -59,13 +57,6 @@ def prompt_rows(prompts: list[Prompt], renderer: rc.Renderer) -> list[dict]:
              "raw_prompt": json.dumps({"messages": p.messages, "kind": p.kind})} for p in prompts]
 
 
-def check_reward_model(ref: str) -> str:
-    folder = Path(resolve(ref))
-    if not (folder / "config.json").exists():
-        raise MentorError(f"reward model not found: {ref} (give a `mentor reward-model` output or a model folder)")
-    return str(folder.resolve())
-
-
 def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     """Reward model (or a given one), then RL with a KL penalty; rerunning the same job resumes it."""
     from trl import RLOOConfig, RLOOTrainer
@@ -76,7 +67,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     prompts = load_prompts(cfg.prompt_dataset, cfg.max_examples)
     eval_prompts = load_prompts(cfg.eval_prompt_dataset, cfg.max_examples) if cfg.eval_prompt_dataset else None
     if cfg.reward_model:
-        reward_path = check_reward_model(cfg.reward_model)
+        reward_path = str(rm.reward_model_folder(cfg.reward_model)[0].resolve())
         reward_result = None
     else:
         load_preferences(cfg.preference_dataset, cfg.max_examples)

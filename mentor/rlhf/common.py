@@ -215,12 +215,22 @@ class Renderer:
         return text
 
     def answer(self, text: str) -> str:
+        return self.kept_answer(text)[0]
+
+    def kept_answer(self, text: str) -> tuple[str, bool]:
+        """The answer as it is trained on and scored (its first tokens), and whether it was cut."""
         self.counts["answers"] += 1
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) > self.max_answer_tokens:
-            self.counts["truncated_answers"] += 1
-            text = self.tokenizer.decode(ids[: self.max_answer_tokens])
-        return text
+        if len(ids) <= self.max_answer_tokens:
+            return text, False
+        self.counts["truncated_answers"] += 1
+        return self.tokenizer.decode(ids[: self.max_answer_tokens]), True
+
+    def scored_ids(self, prompt_text: str, answer: str, finished: bool = True) -> list[int]:
+        """What a reward model reads: a cut answer never ends with the end-of-turn token, in training
+        as in RL, where an answer stopped by the length limit does not end with one either."""
+        text, cut = self.kept_answer(answer)
+        return self.sequence_ids(prompt_text, text, finished and not cut)
 
     def sequence_ids(self, prompt_text: str, answer_text: str, finished: bool = True) -> list[int]:
         """Token ids a reward model scores: prompt, answer, and the end-of-turn token when the answer ended."""

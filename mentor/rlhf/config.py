@@ -63,6 +63,11 @@ class RewardModelConfig(PreferenceConfig):
         return REWARD_MODEL_LR[self.tuning] * self.reward_model_learning_rate_multiplier
 
 
+# what only the reward-model stage of an RLHF job reads
+REWARD_STAGE_FIELDS = frozenset(RewardModelConfig.model_fields) - frozenset(PreferenceConfig.model_fields) - {
+    "prompt_sequence_length", "target_sequence_length"}
+
+
 class RLHFConfig(RewardModelConfig):
     """Reward model, then reinforcement learning of the policy against it with a KL penalty."""
 
@@ -86,6 +91,12 @@ class RLHFConfig(RewardModelConfig):
     def _reward_source(self):
         if not self.preference_dataset and not self.reward_model:
             raise ValueError("give preference_dataset (to train a reward model) or reward_model (to reuse one)")
+        if self.reward_model:
+            # compared with the defaults, not model_fields_set: a saved job's config holds every field
+            unused = sorted(f for f in REWARD_STAGE_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
+            if unused:
+                raise ValueError(f"reward_model is given, so the reward-model stage is skipped: {', '.join(unused)} "
+                                 "would be ignored; leave them out")
         return self
 
     @property

@@ -4,10 +4,11 @@ job, and `RewardModel`, which scores (prompt, answer) pairs exactly as the model
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from mentor.errors import MentorError
 from mentor.files import atomic_write
@@ -20,14 +21,53 @@ from mentor.training.outputs import card_body
 
 REWARD_META = "mentor_model.json"
 
+log = logging.getLogger("mentor")
+
 
 def pair_rows(pairs: list[PreferencePair], renderer: rc.Renderer) -> list[dict]:
     rows = []
     for pair in pairs:
         prompt = renderer.prompt(pair.prompt)
-        rows.append({"chosen_ids": renderer.sequence_ids(prompt, renderer.answer(pair.chosen)),
-                     "rejected_ids": renderer.sequence_ids(prompt, renderer.answer(pair.rejected))})
+        rows.append({"chosen_ids": renderer.scored_ids(prompt, pair.chosen),
+                     "rejected_ids": renderer.scored_ids(prompt, pair.rejected)})
     return rows
+
+
+def reward_model_folder(ref: str) -> tuple[Path, dict]:
+    """The folder of a reward model and what mentor recorded of it, refused before any weights load
+    when it is not one: a language model would be scored through a freshly drawn, random head."""
+    folder = Path(resolve(ref))
+    if not (folder / "config.json").exists():
+        raise MentorError(f"reward model not found: {ref} (give a `mentor reward-model` output or a model folder)")
+    meta_path = folder / REWARD_META
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta:
+        if meta.get("kind") != "reward_model":
+            raise MentorError(f"{ref} is not a reward model (it is a {meta.get('method', 'tuned')} model); "
+                              "train one with `mentor reward-model` or `mentor.reward_model(...)`")
+        return folder, meta
+    config = AutoConfig.from_pretrained(folder)
+    architectures = config.architectures or ["model of unknown architecture"]
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise MentorError(f"{ref} is not a reward model: a {architectures[0]} has no trained score head (its "
+                          "scores would be random); train one with `mentor reward-model`")
+    if config.num_labels != 1:
+        raise MentorError(f"{ref} has {config.num_labels} outputs; a reward model has one")
+    return folder, meta
+
+
+def distinct_pad_token(tokenizer, model) -> None:
+    """A sequence classifier scores the last token that is not padding: with padding = end of turn
+    (SmolLM2, Llama) the end a finished answer carries would be skipped, and finished and cut-off
+    answers would score alike. The unknown token pads instead, or a new one when there is none."""
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # its row is only ever masked
+    log.info("reward model pads with %r, not the end-of-turn token %r", tokenizer.pad_token, tokenizer.eos_token)
 
 
 def load_classifier(folder: str, dtype=torch.float32):
@@ -70,19 +110,10 @@ class RewardModel:
     """A trained reward model, scoring (prompt, answer) pairs exactly as it was trained to."""
 
     def __init__(self, ref: str, device: str | torch.device | None = None):
-        folder = Path(resolve(ref))
-        meta_path = folder / REWARD_META
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta and meta.get("kind") != "reward_model":
-            raise MentorError(f"{ref} is not a reward model (it is a {meta.get('method', 'tuned')} model); "
-                              "train one with `mentor reward-model` or `mentor.reward_model(...)`")
-        from transformers import AutoTokenizer
-
+        folder, meta = reward_model_folder(ref)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         prepare_tokenizer(self.tokenizer)
         self.model = load_classifier(str(folder)).eval()
-        if getattr(self.model.config, "num_labels", 1) != 1:
-            raise MentorError(f"{ref} has {self.model.config.num_labels} outputs; a reward model has one")
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
@@ -113,7 +144,7 @@ class RewardModel:
         for p, a, done in zip(prompts, answers, finished):
             if not isinstance(p, Prompt):
                 p = Prompt([{"role": "user", "content": p}], "text") if isinstance(p, str) else Prompt(p, "chat")
-            seqs.append(self.renderer.sequence_ids(self.renderer.prompt(p), self.renderer.answer(a), done))
+            seqs.append(self.renderer.scored_ids(self.renderer.prompt(p), a, done))
         return self.score_ids(seqs, batch_size)
 
     def pairwise_accuracy(self, pairs: list[PreferencePair] | str) -> float:

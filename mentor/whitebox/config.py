@@ -70,6 +70,9 @@ class WhiteboxConfig(StudentConfig):
     def _needs(self):
         if self.method != "self" and not self.teacher:
             raise ValueError(f"method '{self.method}' needs a teacher model")
+        if self.method == "relation" and self.relation_level == "sequence" and self.batch_size < 2:
+            raise ValueError("relation_level 'sequence' compares the sequences of a batch: batch_size must be 2 "
+                             "or more (with 1 the loss is always zero)")
         if self.offline_logits and self.method != "logit":
             raise ValueError("offline_logits is for method 'logit' (self-distillation and feature/relation "
                              "methods need the live teacher)")
