@@ -41,6 +41,9 @@ class Context:
     served: dict  # `mentor serve`'s models by the names it was given
 
 
+ENVELOPE = 64 * 1024  # room for the multipart envelope around an uploaded file
+
+
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
            type: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse(ApiError(status, message, param, code, type).body(), status_code=status)
@@ -88,10 +91,10 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
         length = request.headers.get("content-length")
         upload = request.url.path == "/v1/files"
         limit = settings.max_upload_bytes if upload else settings.max_body_bytes
-        if length is not None:
+        if length is not None:  # refused before a byte is read
             if not length.isdigit():
                 return _error(400, "bad Content-Length header")
-            if int(length) > limit + (64 * 1024 if upload else 0):  # room for the multipart envelope
+            if int(length) > limit + (ENVELOPE if upload else 0):
                 return _error(413, f"the request body is larger than the limit of {limit} bytes", code="too_large")
         return await call_next(request)
 
@@ -113,6 +116,8 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
+        if err.status_code == 413:  # a body counted past the limit as it arrived
+            return _error(413, "the request body is larger than the limit", code="too_large")
         return _error(err.status_code, str(err.detail))
 
     @app.exception_handler(Exception)
@@ -127,8 +132,9 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     routers = (inference.router,) if serve is not None else (files.router, fine_tuning.router, jobs.router,
                                                                   models.router, cloud.router, inference.router,
                                                                   batches.router)
-    for router in routers:
-        app.include_router(router)
+    for router in routers:  # each route also counts its body as it arrives: a chunked one has no Content-Length
+        app.include_router(router, max_body_size=settings.max_upload_bytes + ENVELOPE if router is files.router
+                           else settings.max_body_bytes)
     if serve is None:
         console.mount(app)
     if serve is not None:

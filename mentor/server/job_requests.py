@@ -18,7 +18,9 @@ from mentor.server.errors import bad
 from mentor.server.uploads import FILE_ID, get_file
 
 # chosen by the server, never by a client: they name files the server writes
-SERVER_FIELDS = ("output", "teacher_cache")
+SERVER_FIELDS = ("output", "teacher_cache", "teacher_logits_dir")
+# models a job loads: a registered name, a hub id, or a folder inside the allowed roots
+MODEL_FIELDS = ("model", "reward_model")
 
 
 class MethodSpec(BaseModel):
@@ -44,17 +46,22 @@ class CreateFineTuningJob(BaseModel):
     integrations: list[dict[str, Any]] | None = None
 
 
+class RuntimeConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    parameter_values: dict[str, Any] | None = Field(None, alias="parameterValues")
+
+
 class CloudPipelineJob(BaseModel):
     """POST /v1/projects/P/locations/L/pipelineJobs: the cloud's tuning and distillation pipelines."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     display_name: str | None = Field(None, alias="displayName", max_length=256)
-    runtime_config: dict[str, Any] | None = Field(None, alias="runtimeConfig")
+    runtime_config: RuntimeConfig | None = Field(None, alias="runtimeConfig")
     parameter_values: dict[str, Any] | None = Field(None, alias="parameterValues")
 
     def parameters(self) -> dict[str, Any]:
         values = dict(self.parameter_values or {})
-        values.update((self.runtime_config or {}).get("parameterValues") or {})
+        values.update((self.runtime_config.parameter_values if self.runtime_config else None) or {})
         return values
 
 
@@ -99,24 +106,47 @@ class Resolver:
         if not isinstance(value, str) or not value:
             raise bad("teacher must be a model reference or a teacher spec", "teacher")
         scheme, sep, rest = value.partition(":")
-        if sep and scheme == "recorded" and not rest.startswith("field="):
-            return f"recorded:{self.data(rest, 'teacher')}"
-        if sep and scheme in ("hf", "hf-chat", "hf-completions", "openai", "openai-chat", "openai-completions",
-                              "recorded"):
-            return value
-        return f"hf:{self.model(value)}"  # a bare model reference is a local teacher
+        if sep and scheme == "recorded":
+            return value if rest.startswith("field=") else f"recorded:{self.data(rest, 'teacher')}"
+        if sep and scheme in ("hf", "hf-chat", "hf-completions"):
+            return f"{scheme}:{self.model(rest, 'teacher')}"
+        if sep and scheme in ("openai", "openai-chat", "openai-completions"):
+            return self.teacher_server(value)
+        return f"hf:{self.model(value, 'teacher')}"  # a bare model reference is a local teacher
 
-    def model(self, value: str) -> str:
-        """A registered tuned model's name stands for its folder; anything else is a model reference."""
+    def teacher_server(self, spec: str) -> str:
+        """An OpenAI-compatible teacher, if its server is one the server's owner allowed: the worker
+        sends it the server's API key and the job's data."""
+        from mentor.errors import MentorError
+        from mentor.teachers.openai_compat import parse_spec
+
+        if "@" not in spec.partition(":")[2]:
+            return spec  # OPENAI_BASE_URL: the server's owner chose it
+        try:
+            url = parse_spec(spec)[2]
+        except MentorError as err:
+            raise bad(str(err), "teacher") from None
+        allowed = [u.rstrip("/") for u in self.settings.allowed_teacher_urls]
+        if url not in allowed:
+            raise bad(f"teacher: {url!r} is not a teacher server this server may call (it would get the server's "
+                      "API key); start the server with --allowed-teacher-urls", "teacher", "url_not_allowed")
+        return spec
+
+    def model(self, value: Any, param: str = "model") -> str:
+        """A registered tuned model's name stands for its folder; a path must lie inside the allowed
+        roots; anything else is a hub id or a built-in name."""
         from mentor.server import registry
 
+        if not isinstance(value, str) or not value:
+            raise bad(f"{param} must be a model name", param)
         if value.startswith("ft:"):
             try:
                 return registry.get_model(self.db, value).path
             except registry.UnknownModel:
-                raise bad(f"no tuned model named '{value}'", "model", "model_not_found") from None
-        if value.startswith((".", "/", "~")):
-            return self.data_folder(value, "model")
+                raise bad(f"no tuned model named '{value}'", param, "model_not_found") from None
+        path = Path(value).expanduser()
+        if value.startswith((".", "/", "~")) or ".." in path.parts or path.exists():
+            return self.data_folder(value, param)  # a folder on this machine, even one spelt like a hub id
         return value
 
     def data_folder(self, value: str, param: str) -> str:
@@ -147,9 +177,11 @@ def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) ->
         if out.get(name) is not None:
             out[name] = resolver.data(out[name], name)
     if out.get("teacher") is not None:
-        out["teacher"] = resolver.teacher(out["teacher"])
-    if out.get("model") is not None:
-        out["model"] = resolver.model(out["model"])
+        loaded = getattr(kind.config, "teacher_is_a_model", False)
+        out["teacher"] = resolver.model(out["teacher"], "teacher") if loaded else resolver.teacher(out["teacher"])
+    for name in MODEL_FIELDS:
+        if out.get(name) is not None:
+            out[name] = resolver.model(out[name], name)
     return out
 
 
@@ -175,7 +207,10 @@ def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path)
     if not isinstance(spec, dict):
         raise bad("method settings must be an object", f"method.{method.type}")
     spec = dict(spec)
-    hyper = {**(body.hyperparameters or {}), **(spec.pop("hyperparameters", None) or {})}
+    inner = spec.pop("hyperparameters", None) or {}
+    if not isinstance(inner, dict):
+        raise bad("hyperparameters must be an object", f"method.{method.type}.hyperparameters")
+    hyper = {**(body.hyperparameters or {}), **inner}
     if method.type == "supervised":
         kind = get_kind("tune")
     elif method.type == "dpo":
@@ -183,7 +218,7 @@ def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path)
     else:
         name = spec.pop("method", "step-by-step")
         methods = family("distill")
-        if name not in methods:
+        if not isinstance(name, str) or name not in methods:
             raise bad(f"distillation method must be one of {', '.join(methods)}", "method.distillation.method")
         kind = methods[name]
     if spec and method.type != "distillation":
@@ -216,7 +251,7 @@ def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> 
     if "teacher" in fields:
         kinds = family("distill")
         method = method or "step-by-step"
-        if method not in kinds:
+        if not isinstance(method, str) or method not in kinds:
             raise bad(f"method must be one of {', '.join(kinds)}", "method")
         kind = kinds[method]
     else:

@@ -35,8 +35,10 @@ def _sha256_of(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def register(db: Database, job: JobRow) -> ModelRow:
-    """The model a succeeded job made, under its name; its lineage from the job folder's records."""
+def register(db: Database, job: JobRow, session=None) -> ModelRow:
+    """The model a succeeded job made, under its name; its lineage from the job folder's records.
+    Inside an open transaction give its `session`: a second one would wait on SQLite's write lock,
+    which the first holds until it commits."""
     folder = Path(job.folder)
     result = TunedModel.read(folder / "result.json")
     state = read_state(folder)
@@ -55,6 +57,9 @@ def register(db: Database, job: JobRow) -> ModelRow:
         teacher_cache_sha256=_sha256_of(folder / "teacher_cache.sqlite"), parameters=config, metrics=result.metrics,
         best_step=best, selection=selection, display_name=job.display_name,
         train_seconds=(result.extra or {}).get("seconds"))
+    if session is not None:
+        session.merge(row)
+        return row
     with db.begin() as s:
         s.merge(row)
     return row
@@ -120,9 +125,33 @@ def get_model(db: Database, name: str) -> ModelRow:
     return row
 
 
+class ModelInUse(MentorError):
+    pass
+
+
+ACTIVE = ("validating_files", "queued", "running", "paused")
+
+
+def users_of(db: Database, row: ModelRow) -> list[str]:
+    """Jobs not yet ended that name this model (as base, teacher, reward model), and adapters on it:
+    each would lose weights it still loads."""
+    with db.session() as s:
+        # a job's config names a registered model by its folder (hf:FOLDER as a teacher)
+        jobs = [j.id for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE)))
+                if j.base_model in (row.name, row.path) or any(
+                    isinstance(v, str) and (v == row.path or v.endswith(f":{row.path}")) for v in (j.config or {}).values())]
+        adapters = [m.name for m in s.scalars(select(ModelRow).where(ModelRow.base_model.in_([row.name, row.path]),
+                                                                     ModelRow.weights == "adapter"))]
+    return jobs + adapters
+
+
 def delete_model(db: Database, name: str, files: bool = True) -> None:
-    """Remove a model from the registry, and its job folder with it (the weights, metrics, events)."""
+    """Remove a model from the registry, and its job folder with it (the weights, metrics, events);
+    refused while a job still to run or an adapter on it needs its weights."""
     row = get_model(db, name)
+    if users := users_of(db, row):
+        raise ModelInUse(f"{name} is still needed by {', '.join(users)}; cancel those jobs or delete those "
+                         "models first")
     with db.begin() as s:
         s.delete(s.get(ModelRow, name))
         sharing = s.scalar(select(ModelRow.name).where(ModelRow.job_folder == row.job_folder).limit(1))

@@ -32,6 +32,9 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(2**20, ge=1, description="largest JSON request body")
     allowed_data_roots: list[Path] = Field(default_factory=list, description="folders whose files a job may name by "
                                                                            "path (uploads are always allowed)")
+    allowed_teacher_urls: list[str] = Field(default_factory=list, description="base URLs of OpenAI-compatible "
+                                            "servers a job may name as its teacher (openai:MODEL@URL); the server's "
+                                            "API key goes to them. A teacher without @URL uses OPENAI_BASE_URL")
     max_worker_restarts: int = Field(3, ge=0, description="times a job whose worker died is resumed before it fails")
     poll_seconds: float = Field(0.5, gt=0, description="how often the scheduler looks at jobs")
     serving_memory_mb: float | None = Field(None, gt=0, description="memory for served models and adapters; the "

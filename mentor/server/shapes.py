@@ -155,6 +155,26 @@ def checkpoints(job: JobRow) -> list[dict]:
     return out[::-1]
 
 
+def job_page(db, query, after: str | None, limit: int, to_object) -> dict:
+    """A page of jobs, newest first, cut in SQL: a list call reads the folders of one page's jobs,
+    not of every job the server ever ran."""
+    from sqlalchemy import and_, or_
+
+    query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc())
+    with db.session() as s:
+        cursor = s.get(JobRow, after) if after else None
+        if after and cursor is None:
+            rows = []
+        else:
+            if cursor is not None:
+                query = query.where(or_(JobRow.created_at < cursor.created_at,
+                                        and_(JobRow.created_at == cursor.created_at, JobRow.id < cursor.id)))
+            rows = list(s.scalars(query.limit(limit + 1)))
+    chunk = [to_object(r) for r in rows[:limit]]
+    return {"object": "list", "data": chunk, "has_more": len(rows) > limit,
+            "first_id": chunk[0]["id"] if chunk else None, "last_id": chunk[-1]["id"] if chunk else None}
+
+
 def page(items: list[dict], after: str | None, limit: int) -> dict:
     """OpenAI's cursor pagination over a list already in order: the items after the one named."""
     start = 0

@@ -24,6 +24,7 @@ class WhiteboxConfig(StudentConfig):
     """White-box distillation: the student learns from the teacher's weights (logits, hidden states)."""
 
     input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+    teacher_is_a_model: ClassVar[bool] = True  # loaded with its weights, never a teacher spec (hf:, openai:)
 
     method: str = Field("logit", description="white-box distillation method (a registered name: logit, feature, "
                                              "relation, self, or one of your own)")

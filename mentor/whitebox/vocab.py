@@ -56,7 +56,7 @@ def check_vocabularies(teacher_tok, student_tok, teacher_rows: int, student_rows
         else:
             detail = f"teacher tokenizer has {t_size} tokens, student tokenizer has {s_size}"
         raise MentorError(
-            f"logit distillation needs one vocabulary, and these differ: teacher tokenizer {_name(teacher_tok, teacher_ref)} "
+            f"white-box distillation (logits, features, relations) needs one vocabulary, and these differ: teacher tokenizer {_name(teacher_tok, teacher_ref)} "
             f"(size {t_size}) vs student tokenizer {_name(student_tok, student_ref)} (size {s_size}); {detail}. "
             "Pick a student from the teacher's family (same tokenizer), or use distilling step-by-step "
             "(`mentor distill`), which learns from the teacher's text instead of its logits.")

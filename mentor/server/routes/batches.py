@@ -97,11 +97,9 @@ def create(request: Request, body: CreateBatch) -> dict:
 @router.get("/v1/batches")
 def list_batches(request: Request, after: str | None = Query(None, max_length=64),
                  limit: int = Query(20, ge=1, le=100)) -> dict:
-    from mentor.server.shapes import page
+    from mentor.server.shapes import job_page
 
-    with request.app.state.ctx.db.session() as s:
-        rows = list(s.scalars(select(JobRow).where(JobRow.kind == "batch").order_by(JobRow.created_at.desc())))
-    return page([batch_object(r) for r in rows], after, limit)
+    return job_page(request.app.state.ctx.db, select(JobRow).where(JobRow.kind == "batch"), after, limit, batch_object)
 
 
 @router.get("/v1/batches/{batch_id}")

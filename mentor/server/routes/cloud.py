@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from mentor.server import shapes
 from mentor.server.db import JobRow
+from mentor.server.errors import bad
 from mentor.server.job_requests import CloudPipelineJob, Resolver, from_cloud
 from mentor.server.routes.fine_tuning import create_job, get_job, request_stop
 from mentor.server.uploads import new_id
@@ -27,12 +28,17 @@ def create(request: Request, body: CloudPipelineJob, project: str = PathParam(pa
     ctx = request.app.state.ctx
     job_id = new_id("ftjob")
     kind, cfg, tensorboard = from_cloud(body, Resolver(ctx.db, ctx.settings), ctx.settings.jobs_dir / job_id)
+    if tensorboard:  # before the job exists: a folder that cannot be made refuses the request
+        try:
+            Path(tensorboard).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise bad(f"tensorboard_resource_id: cannot make the folder {tensorboard!r} ({err.strerror})",
+                      "tensorboard_resource_id") from None
     row = create_job(ctx, kind, cfg, base_model=getattr(cfg, "model", ""), training_file=None, validation_file=None,
                      suffix=None, metadata={"project": project, "location": location},
                      request={"parameterValues": body.parameters()}, api="cloud", job_id=job_id,
                      display_name=body.display_name)
     if tensorboard:  # the job's TensorBoard logs, seen from the folder the request named
-        Path(tensorboard).mkdir(parents=True, exist_ok=True)
         link = Path(tensorboard) / job_id
         if not link.exists():
             os.symlink(Path(row.folder) / "tensorboard", link, target_is_directory=True)
@@ -43,7 +49,9 @@ def create(request: Request, body: CloudPipelineJob, project: str = PathParam(pa
 def list_jobs(request: Request, project: str = PathParam(pattern=NAME), location: str = PathParam(pattern=NAME)) -> dict:
     with request.app.state.ctx.db.session() as s:
         rows = list(s.scalars(select(JobRow).where(JobRow.api == "cloud").order_by(JobRow.created_at.desc())))
-    return {"pipelineJobs": [shapes.cloud_object(r, project, location) for r in rows]}
+    here = {"project": project, "location": location}
+    return {"pipelineJobs": [shapes.cloud_object(r, project, location) for r in rows
+                             if {k: (r.job_metadata or {}).get(k) for k in here} == here]}
 
 
 @router.get(PREFIX + "/{job_id}")

@@ -8,7 +8,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from mentor.server.db import FileRow
+from mentor.server.db import FileRow, JobRow
+from mentor.server.errors import ApiError
+from mentor.server.registry import ACTIVE
 from mentor.server.uploads import file_object, get_file, store_upload
 
 router = APIRouter()
@@ -54,6 +56,11 @@ def delete(request: Request, file_id: str) -> dict:
     ctx = request.app.state.ctx
     row = get_file(ctx.db, file_id)
     with ctx.db.begin() as s:
+        waiting = [j.id for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE)))
+                   if file_id in (j.training_file, j.validation_file) or row.path in (j.config or {}).values()]
+        if waiting:
+            raise ApiError(409, f"{file_id} is still read by {', '.join(waiting)}; cancel those jobs first or "
+                           "delete the file once they end", "file_id", "file_in_use")
         s.delete(s.get(FileRow, row.id))
     from pathlib import Path
 

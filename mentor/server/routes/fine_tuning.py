@@ -81,12 +81,10 @@ def create(request: Request, body: CreateFineTuningJob) -> dict:
 @router.get("/v1/fine_tuning/jobs")
 def list_jobs(request: Request, after: str | None = Query(None, max_length=64), limit: int = Query(20, ge=1, le=100),
               kind: str | None = Query(None, max_length=64)) -> dict:
-    with request.app.state.ctx.db.session() as s:
-        q = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id.desc())
-        if kind:
-            q = q.where(JobRow.kind == kind)
-        rows = list(s.scalars(q))
-    return shapes.page([shapes.job_object(r) for r in rows], after, limit)
+    q = select(JobRow).where(JobRow.api != "batch")  # batches are listed at /v1/batches, in their own shape
+    if kind:
+        q = q.where(JobRow.kind == kind)
+    return shapes.job_page(request.app.state.ctx.db, q, after, limit, shapes.job_object)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")

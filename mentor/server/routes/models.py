@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from mentor.errors import MentorError
 from mentor.server import registry
 from mentor.server.db import epoch
-from mentor.server.errors import bad, not_found
+from mentor.server.errors import ApiError, bad, not_found
 
 router = APIRouter()
 
@@ -81,6 +81,8 @@ def delete(request: Request, name: str) -> dict:
         registry.delete_model(request.app.state.ctx.db, name)
     except registry.UnknownModel:
         raise not_found("model", name, "model") from None
+    except registry.ModelInUse as err:
+        raise ApiError(409, str(err), "model", "model_in_use") from None
     return {"id": name, "object": "model", "deleted": True}
 
 

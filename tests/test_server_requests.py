@@ -1,0 +1,168 @@
+"""The job service in-process (no workers run): what a request may name, what it gets for bad input,
+what may be deleted while jobs still need it, and the scheduler's bookkeeping of finished jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from mentor.jobs import TunedModel
+from mentor.server.app import create_app
+from mentor.server.db import JobRow, ModelRow
+from mentor.server.executors import Finished
+from mentor.server.scheduler import Scheduler
+from mentor.server.settings import ServerSettings
+
+TOKEN = "requests-token"
+ROWS = b"".join(json.dumps({"input_text": f"q{i}", "output_text": f"a{i}"}).encode() + b"\n" for i in range(8))
+
+
+@pytest.fixture
+def service(tmp_path):
+    os.environ["MENTOR_API_TOKEN"] = TOKEN
+    settings = ServerSettings(data_dir=tmp_path / "server", max_body_bytes=4096,
+                              allowed_teacher_urls=["http://127.0.0.1:9/v1"]).prepared()
+    app = create_app(settings, start_scheduler=False)
+    client = TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {TOKEN}"})
+    client.ctx = app.state.ctx
+    return client
+
+
+def upload(client) -> str:
+    r = client.post("/v1/files", files={"file": ("d.jsonl", ROWS)}, data={"purpose": "fine-tune"})
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def error(r, status: int) -> str:
+    assert r.status_code == status, r.text
+    return r.json()["error"]["message"]
+
+
+def test_jobs_name_only_what_the_server_allows(service, tmp_path):
+    data = upload(service)
+
+    def create(kind="tune", **config):
+        return service.post("/v1/mentor/jobs", json={"kind": kind, "config": {"model": "tiny:llama", "data": data,
+                                                                              **config}})
+
+    assert "chosen by the server" in error(create("logit", teacher="tiny:llama", teacher_logits_dir=str(tmp_path)), 400)
+    assert "outside the folders" in error(create("step-by-step", teacher="hf:/etc"), 400)
+    assert "outside the folders" in error(create(model="x/../../../../etc"), 400)
+    assert "outside the folders" in error(create("rlhf", prompt_dataset=data, reward_model="/etc"), 400)
+    assert "not a teacher server this server may call" in error(
+        create("step-by-step", teacher="openai:m@http://elsewhere.example/v1"), 400)
+    assert create("step-by-step", teacher="openai:m@http://127.0.0.1:9/v1/").status_code == 200
+    # a white-box teacher is loaded as a model: it stays a model reference, not a teacher spec
+    r = create("logit", teacher="tiny:llama")
+    assert r.status_code == 200, r.text
+    with service.ctx.db.session() as s:
+        assert s.get(JobRow, r.json()["id"]).config["teacher"] == "tiny:llama"
+    assert "teacher_logits_dir" not in json.dumps(service.get("/v1/mentor/kinds").json())
+
+
+def test_bad_bodies_are_400s_not_500s(service, tmp_path):
+    data = upload(service)
+    cloud = "/v1/projects/p/locations/l/pipelineJobs"
+    bodies = [("/v1/mentor/jobs", {"kind": "tune", "config": {"model": 5, "data": data}}),
+              (cloud, {"parameterValues": {"base_model": 5, "dataset_uri": data}}),
+              (cloud, {"runtimeConfig": {"parameterValues": "xx"}}),
+              ("/v1/fine_tuning/jobs", {"model": "tiny:llama", "training_file": data,
+                                        "method": {"type": "distillation", "distillation": {"method": ["a"]}}}),
+              ("/v1/fine_tuning/jobs", {"model": "tiny:llama", "training_file": data,
+                                        "method": {"type": "supervised", "supervised": {"hyperparameters": [1]}}})]
+    for path, body in bodies:
+        assert service.post(path, json=body).status_code == 400, body
+    a_file = tmp_path / "server" / "not-a-folder"
+    a_file.write_text("x")
+    service.ctx.settings.allowed_data_roots.append(tmp_path)
+    r = service.post(cloud, json={"parameterValues": {"base_model": "tiny:llama", "dataset_uri": data,
+                                                      "tensorboard_resource_id": str(a_file)}})
+    assert "cannot make the folder" in error(r, 400)
+    assert service.get(cloud).json()["pipelineJobs"] == []  # no job was made
+
+
+def test_a_chunked_body_is_held_to_the_limit(service):
+    def chunks():
+        for _ in range(10):
+            yield b" " * 1024
+
+    r = service.post("/v1/fine_tuning/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+def test_what_queued_jobs_need_cannot_be_deleted(service, tmp_path):
+    data = upload(service)
+    folder = tmp_path / "tuned"
+    (folder / "model").mkdir(parents=True)
+    with service.ctx.db.begin() as s:
+        s.add(JobRow(id="ftjob-" + "a" * 24, kind="tune", config={}, status="succeeded", folder=str(folder),
+                     base_model="tiny:llama"))
+        s.add(ModelRow(name="ft:tiny:llama:mentor:aaaa", job_id="ftjob-" + "a" * 24, base_model="tiny:llama",
+                       kind="tune", method="tune", weights="full", path=str(folder / "model"), job_folder=str(folder),
+                       data_hashes={}, parameters={}, metrics={}))
+    job = service.post("/v1/fine_tuning/jobs", json={"model": "ft:tiny:llama:mentor:aaaa", "training_file": data})
+    assert job.status_code == 200, job.text
+    assert "still needed by " + job.json()["id"] in error(service.delete("/v1/models/ft:tiny:llama:mentor:aaaa"), 409)
+    assert "still read by " + job.json()["id"] in error(service.delete(f"/v1/files/{data}"), 409)
+    assert (folder / "model").is_dir() and service.get(f"/v1/files/{data}").status_code == 200
+    service.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
+    with service.ctx.db.begin() as s:  # the scheduler would settle the cancel
+        s.get(JobRow, job.json()["id"]).status = "cancelled"
+    assert service.delete("/v1/models/ft:tiny:llama:mentor:aaaa").status_code == 200
+    assert service.delete(f"/v1/files/{data}").status_code == 200
+
+
+def test_batches_are_not_fine_tuning_jobs_and_lists_page_in_order(service):
+    data = upload(service)
+    ids = [service.post("/v1/fine_tuning/jobs", json={"model": "tiny:llama", "training_file": data}).json()["id"]
+           for _ in range(3)]
+    with service.ctx.db.begin() as s:
+        s.add(JobRow(id="batch_" + "b" * 24, kind="batch", api="batch", config={}, status="queued",
+                     folder=str(Path(ids[0]).parent), base_model="-"))
+    first = service.get("/v1/fine_tuning/jobs", params={"limit": 2}).json()
+    rest = service.get("/v1/fine_tuning/jobs", params={"limit": 2, "after": first["last_id"]}).json()
+    assert [j["id"] for j in first["data"] + rest["data"]] == ids[::-1]
+    assert (first["has_more"], rest["has_more"]) == (True, False)
+
+
+class Finishes:
+    """An executor whose workers have all ended."""
+
+    name = "fake"
+
+    def poll(self, job_id, ref):
+        return Finished(0)
+
+    def start(self, *args):
+        return "ref"
+
+    def terminate(self, *args):
+        pass
+
+
+def test_a_job_that_ends_beside_a_settled_cancel_is_registered(service, tmp_path):
+    """One scheduler pass cancels a queued job and records a finished one: the registry's write goes
+    through the pass's own transaction (a second one waited 30 s on SQLite's lock, then failed the job)."""
+    data = upload(service)
+    queued = service.post("/v1/fine_tuning/jobs", json={"model": "tiny:llama", "training_file": data}).json()["id"]
+    service.post(f"/v1/fine_tuning/jobs/{queued}/cancel")
+    done = tmp_path / "done"
+    (done / "model").mkdir(parents=True)
+    (done / "result.json").write_text(TunedModel(output=str(done), model_path=str(done / "model"), base_model="tiny:llama",
+                                                 method="tune", best_step=None, steps_run=1).to_json())
+    (done / "state.json").write_text(json.dumps({"state": "succeeded"}))
+    with service.ctx.db.begin() as s:
+        s.add(JobRow(id="ftjob-" + "c" * 24, kind="tune", config={}, status="running", folder=str(done),
+                     base_model="tiny:llama", executor_ref="ref"))
+    settings = service.ctx.settings.model_copy(update={"max_concurrent_jobs": 1})
+    Scheduler(settings, service.ctx.db, Finishes()).tick()
+    with service.ctx.db.session() as s:
+        finished = s.get(JobRow, "ftjob-" + "c" * 24)
+        assert (finished.status, finished.error) == ("succeeded", None)
+        assert s.get(ModelRow, finished.fine_tuned_model) is not None
+        assert s.get(JobRow, queued).status == "cancelled"
