@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mentor import recipes  # noqa: F401  (registers the built-in job kinds)
 from mentor.errors import MentorError
-from mentor.server import auth
+from mentor.server import auth, openapi
 from mentor.server.db import Database
 from mentor.server.errors import ApiError
 from mentor.server.executors import make_executor
@@ -137,6 +137,7 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
                            else settings.max_body_bytes)
     if serve is None:
         console.mount(app)
+    openapi.install(app, token_required=token is not None)
     if serve is not None:
         @app.get("/v1/models")
         def served_models() -> dict:

@@ -27,6 +27,7 @@ def api_token(data_dir: Path) -> str:
 
 
 def check(header: str | None, token: str) -> bool:
-    if not header or not header.startswith("Bearer "):
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
         return False
-    return secrets.compare_digest(header.removeprefix("Bearer ").strip().encode(), token.encode())
+    return secrets.compare_digest(value.strip().encode(), token.encode())

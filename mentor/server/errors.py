@@ -3,6 +3,8 @@ for every bad request, never a traceback."""
 
 from __future__ import annotations
 
+import re
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
@@ -15,7 +17,7 @@ class ApiError(Exception):
 
 
 def not_found(what: str, name: str, param: str | None = None) -> ApiError:
-    return ApiError(404, f"no {what} '{name}'", param=param, code=f"{what.replace(' ', '_')}_not_found")
+    return ApiError(404, f"no {what} '{name}'", param=param, code=re.sub(r"[^a-z]+", "_", what) + "_not_found")
 
 
 def bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
