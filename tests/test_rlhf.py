@@ -333,8 +333,8 @@ def test_reward_model_sees_where_an_answer_ends(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mentor.models import resolve
-    from mentor.rlhf import common as rc
     from mentor.rlhf.data import PreferencePair, Prompt
+    from mentor.rlhf.render import Renderer
     from mentor.rlhf.reward import pair_rows as reward_rows
 
     start = tmp_path / "pad-is-eos"
@@ -351,7 +351,7 @@ def test_reward_model_sees_where_an_answer_ends(tmp_path):
     finished, cut = reward.score(["answer abc"] * 2, ["yes"] * 2, finished=[True, False])
     assert finished != pytest.approx(cut, abs=1e-6)
 
-    renderer = rc.Renderer.for_model(tokenizer, "auto", None, 512, 3)
+    renderer = Renderer.for_model(tokenizer, "auto", None, 512, 3)
     pair = PreferencePair(Prompt([{"role": "user", "content": "Q"}], "text"), "a long chosen answer", "no")
     row = reward_rows([pair], renderer)[0]
     assert row["chosen_ids"][-1] != tokenizer.eos_token_id and row["rejected_ids"][-1] == tokenizer.eos_token_id

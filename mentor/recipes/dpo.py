@@ -16,9 +16,10 @@ import shutil
 from datasets import Dataset
 
 from mentor.jobs import Job, TunedModel
-from mentor.rlhf import common as rc
+from mentor.rlhf import curves, setup
 from mentor.rlhf.config import DPOConfig
 from mentor.rlhf.data import PreferencePair
+from mentor.rlhf.render import Renderer
 from mentor.training import arguments
 from mentor.training.lora import lora_config
 from mentor.training.outputs import model_card, save_trained
@@ -27,7 +28,7 @@ from mentor.training.run import checkpoints_of, train
 log = logging.getLogger("mentor")
 
 
-def pair_rows(pairs: list[PreferencePair], renderer: rc.Renderer) -> list[dict]:
+def pair_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
     return [{"prompt": renderer.prompt(p.prompt), "chosen": renderer.answer(p.chosen),
              "rejected": renderer.answer(p.rejected)} for p in pairs]
 
@@ -38,8 +39,8 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
 
     out = job.folder
     # -- setup
-    train_pairs, eval_pairs = rc.load_pairs(cfg, cfg.data, cfg.evaluation_data)
-    loaded, base_ref, renderer = rc.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens)
+    train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.data, cfg.evaluation_data)
+    loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens)
     tokenizer = loaded.tokenizer
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
@@ -51,22 +52,22 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     args = arguments.training_arguments(cfg, checkpoints_of(job), has_eval, arguments.use_bf16(cfg.bf16), TRLDPOConfig,
                                         best_metric="eval_loss", greater_is_better=False, beta=cfg.beta,
                                         max_length=None)
-    with rc.known_warnings():
+    with setup.known_warnings():
         trainer = DPOTrainer(
             model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
             callbacks=arguments.early_stopping(cfg, has_eval),
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
     before_path = out / "before_dpo.json"
-    before = rc.starting_point(trainer, job, rc.DPO_METRICS, before_path.name)
-    for cb in rc.callbacks(out, rc.DPO_METRICS, ["train_dpo_loss", "train_reward_margin"], "DPO", before):
+    before = curves.starting_point(trainer, job, curves.DPO_METRICS, before_path.name)
+    for cb in curves.callbacks(out, curves.DPO_METRICS, ["train_dpo_loss", "train_reward_margin"], "DPO", before):
         trainer.add_callback(cb)
-    train(trainer, job, quiet=rc.known_warnings)
+    train(trainer, job, quiet=setup.known_warnings)
 
     # -- save
     state = trainer.state
     best_step = state.best_global_step if select else None
-    metrics = {**rc.final_eval(trainer, rc.DPO_METRICS), **rc.last_train_metrics(trainer, rc.DPO_METRICS)}
+    metrics = {**curves.final_eval(trainer, curves.DPO_METRICS), **curves.last_train_metrics(trainer, curves.DPO_METRICS)}
     model_dir = out / "model"
     method = f"dpo ({cfg.tuning})"
     meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
@@ -80,9 +81,9 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     )
     if not job.main:
         return result
-    rc.finish_policy(cfg, out, model_dir, base_ref)
+    setup.finish_policy(cfg, out, model_dir, base_ref)
     m = out / "metrics.jsonl"
-    rc.plot_panels([("DPO loss", m, ["train_dpo_loss", "eval_dpo_loss"]),
+    curves.plot_panels([("DPO loss", m, ["train_dpo_loss", "eval_dpo_loss"]),
                     ("reward margin: beta x (chosen - rejected log-ratio)", m, ["train_reward_margin", "eval_reward_margin"]),
                     ("log-prob margin: chosen - rejected", m, ["train_logprob_margin", "eval_logprob_margin"])],
                    out / "curves.png", title=f"{result.method} on {cfg.model} (beta {cfg.beta})")

@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import set_seed
 
 from mentor.jobs import Job, TunedModel
-from mentor.rlhf import common as rc
+from mentor.rlhf import curves, setup
 from mentor.rlhf.config import RewardModelConfig
 from mentor.rlhf.reward import distinct_pad_token, load_classifier, pair_rows, plot, write_card
 from mentor.training import arguments
@@ -33,8 +33,8 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
 
     out = job.folder
     # -- setup: every data problem surfaces before any model is loaded
-    train_pairs, eval_pairs = rc.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
-    loaded, base_ref, renderer = rc.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
+    train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
+    loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
     tokenizer = loaded.tokenizer
     source = str(out / "start_model") if base_ref != cfg.model else loaded.source
     del loaded  # the reward model is the same weights with a score head, loaded as a classifier
@@ -50,17 +50,17 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     args = arguments.training_arguments(
         cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RewardConfig,
         steps=cfg.reward_model_train_steps, max_length=None, center_rewards_coefficient=0.01)
-    with rc.known_warnings():
+    with setup.known_warnings():
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-            callbacks=rc.callbacks(out, rc.REWARD_MODEL_METRICS, ["train_reward_model_loss", "train_reward_model_accuracy"],
+            callbacks=curves.callbacks(out, curves.REWARD_MODEL_METRICS, ["train_reward_model_loss", "train_reward_model_accuracy"],
                                    "reward model"),
             peft_config=lora_config(cfg, "SEQ_CLS") if cfg.tuning == "lora" else None,
         )
-    train(trainer, job, quiet=rc.known_warnings)
+    train(trainer, job, quiet=setup.known_warnings)
 
     # -- save
-    metrics = {**rc.final_eval(trainer, rc.REWARD_MODEL_METRICS), **rc.last_train_metrics(trainer, rc.REWARD_MODEL_METRICS)}
+    metrics = {**curves.final_eval(trainer, curves.REWARD_MODEL_METRICS), **curves.last_train_metrics(trainer, curves.REWARD_MODEL_METRICS)}
     model_dir = out / "model"
     meta = {"kind": "reward_model", "base_model": cfg.model, "tuning": cfg.tuning,
             "use_chat_template": renderer.use_chat_template, "instruction": cfg.instruction,

@@ -23,10 +23,11 @@ from datasets import Dataset
 
 from mentor import jobs
 from mentor.jobs import Job, TunedModel
-from mentor.rlhf import common as rc
+from mentor.rlhf import curves, setup
 from mentor.rlhf import reward as rm
 from mentor.rlhf.config import RLHFConfig
 from mentor.rlhf.data import Prompt, load_preferences, load_prompts
+from mentor.rlhf.render import Renderer
 from mentor.serving.generate import eos_ids
 from mentor.training import arguments
 from mentor.training.lora import lora_config
@@ -52,7 +53,7 @@ class RewardFunction:
         return self.reward_model.score(raw, list(completions), finished)
 
 
-def prompt_rows(prompts: list[Prompt], renderer: rc.Renderer) -> list[dict]:
+def prompt_rows(prompts: list[Prompt], renderer: Renderer) -> list[dict]:
     return [{"prompt": renderer.prompt(p),
              "raw_prompt": json.dumps({"messages": p.messages, "kind": p.kind})} for p in prompts]
 
@@ -80,7 +81,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
 
     log.info("stage 2 of 2: reinforcement learning against the reward model")
     job.event("stage", "stage 2 of 2: reinforcement learning", stage="reinforcement-learning")
-    loaded, base_ref, renderer = rc.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
+    loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
     tokenizer = loaded.tokenizer
     train_ds = Dataset.from_list(prompt_rows(prompts, renderer))
     eval_ds = Dataset.from_list(prompt_rows(eval_prompts, renderer)) if eval_prompts else None
@@ -96,19 +97,19 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
         temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,
     )
     before_path = out / "before_rl.json"
-    with rc.known_warnings():
+    with setup.known_warnings():
         trainer = RLOOTrainer(
             model=loaded.model, reward_funcs=reward_fn, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tokenizer,
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
-    before = rc.starting_point(trainer, job, rc.RL_METRICS, before_path.name)
-    for cb in rc.callbacks(out, rc.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
+    before = curves.starting_point(trainer, job, curves.RL_METRICS, before_path.name)
+    for cb in curves.callbacks(out, curves.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
         trainer.add_callback(cb)
-    train(trainer, job, quiet=rc.known_warnings)
+    train(trainer, job, quiet=setup.known_warnings)
 
     # save
-    metrics = {**rc.final_eval(trainer, rc.RL_METRICS), **rc.last_train_metrics(trainer, rc.RL_METRICS)}
+    metrics = {**curves.final_eval(trainer, curves.RL_METRICS), **curves.last_train_metrics(trainer, curves.RL_METRICS)}
     model_dir = out / "model"
     method = f"rlhf ({cfg.tuning})"
     meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
@@ -124,7 +125,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     )
     if not job.main:
         return result
-    rc.finish_policy(cfg, out, model_dir, base_ref)
+    setup.finish_policy(cfg, out, model_dir, base_ref)
     plot(out, result.method, cfg.model)
     rm_accuracy = (reward_result.metrics if reward_result else {}).get("eval_reward_model_accuracy")
     notes = [f"reward model: `{reward_path}`" + (f" (held-out pairwise accuracy {rm_accuracy:.4f})"
@@ -153,4 +154,4 @@ def plot(out: Path, method: str, model: str) -> None:
                ("KL to the starting model (per token)", m, ["train_kl", "eval_kl"]),
                ("policy loss (about 0 by design: RLOO's advantages are centred)", m,
                 ["train_policy_loss", "eval_policy_loss"])]
-    rc.plot_panels(panels, out / "curves.png", title=f"{method} on {model}")
+    curves.plot_panels(panels, out / "curves.png", title=f"{method} on {model}")

@@ -15,8 +15,9 @@ from mentor.files import atomic_write
 from mentor.jobs import Job, TunedModel
 from mentor.models import resolve
 from mentor.models.resolve import prepare_tokenizer
-from mentor.rlhf import common as rc
+from mentor.rlhf import curves
 from mentor.rlhf.data import PreferencePair, Prompt, load_preferences
+from mentor.rlhf.render import Renderer
 from mentor.training.outputs import card_body
 
 REWARD_META = "mentor_model.json"
@@ -24,7 +25,7 @@ REWARD_META = "mentor_model.json"
 log = logging.getLogger("mentor")
 
 
-def pair_rows(pairs: list[PreferencePair], renderer: rc.Renderer) -> list[dict]:
+def pair_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
     rows = []
     for pair in pairs:
         prompt = renderer.prompt(pair.prompt)
@@ -84,7 +85,7 @@ def panels(metrics: Path) -> list:
 
 
 def plot(out: Path, method: str, model: str) -> None:
-    rc.plot_panels(panels(out / "metrics.jsonl"), out / "curves.png", title=f"{method} on {model}")
+    curves.plot_panels(panels(out / "metrics.jsonl"), out / "curves.png", title=f"{method} on {model}")
 
 
 def write_card(job: Job, result: TunedModel) -> None:
@@ -118,7 +119,7 @@ class RewardModel:
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.path = str(folder)
-        self.renderer = rc.Renderer.for_model(
+        self.renderer = Renderer.for_model(
             self.tokenizer, "auto" if meta.get("use_chat_template", True) else "never", meta.get("instruction"),
             meta.get("prompt_sequence_length", 512), meta.get("target_sequence_length", 64))
 

@@ -1,0 +1,103 @@
+"""The setup every preference recipe shares: its data checked, the starting model (an adapter
+merged first), the renderer of its prompts, and what is left beside the saved policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mentor.errors import MentorError
+from mentor.models import load_model
+from mentor.rlhf.render import Renderer
+from mentor.training.outputs import save_model
+
+log = logging.getLogger("mentor")
+
+
+def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int):
+    """The starting model (seeded, a LoRA adapter merged first) and the renderer of its prompts:
+    (loaded, base_ref, renderer)."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    loaded, base_ref = load_start_model(cfg.model, out)
+    renderer = Renderer.for_model(loaded.tokenizer, cfg.chat_template, cfg.instruction, max_prompt_tokens,
+                                  max_answer_tokens)
+    return loaded, base_ref, renderer
+
+
+def finish_policy(cfg, out: Path, model_dir: Path, base_ref: str) -> None:
+    """After a policy is saved (rank 0): its base recorded beside an adapter, the merged copy if asked,
+    and the merged starting model removed when nothing refers to it."""
+    from mentor.training.outputs import merge_adapter
+
+    write_meta(model_dir, base_ref)
+    if cfg.tuning == "lora" and cfg.merge_adapter:
+        merge_adapter(model_dir, out / "merged")
+    if base_ref == cfg.model or cfg.tuning == "full":
+        shutil.rmtree(out / "start_model", ignore_errors=True)
+
+
+def load_pairs(cfg, train: str, evaluation: str | None):
+    """Training and held-out preference pairs, validated before any model loads."""
+    from mentor.rlhf.data import load_preferences
+    from mentor.training.setup import check_eval_size
+
+    pairs = load_preferences(train, cfg.max_examples)
+    held_out = load_preferences(evaluation, cfg.max_examples) if evaluation else None
+    if held_out is not None:
+        check_eval_size(len(held_out))
+    return pairs, held_out
+
+
+@contextmanager
+def known_warnings():
+    """Silence what TRL and transformers print that a user can do nothing about: deprecation notices
+    from inside them, and a progress bar for each of TRL's passes over a dataset already in memory."""
+    import datasets
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
+            yield
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def load_start_model(ref: str, out: Path, dtype=torch.float32):
+    """The model a preference recipe starts from (and stays close to).
+
+    A LoRA adapter (say, a supervised tuning output) is merged into its base and saved to
+    OUTPUT/start_model, so the reference model and any new adapter have a plain folder to refer to.
+    Returns (loaded, base_ref) where base_ref is what a new adapter's base is recorded as.
+    """
+    loaded = load_model(ref, dtype=dtype)
+    if loaded.is_seq2seq:
+        raise MentorError(f"model '{ref}' is an encoder-decoder (seq2seq) model; reward models, RLHF and DPO "
+                          "need a decoder-only (causal) model")
+    if loaded.adapter is None:
+        return loaded, ref
+    folder = out / "start_model"
+    if not (folder / "config.json").exists():
+        log.info("merging the adapter %s into its base: %s", loaded.adapter, folder)
+        merged = loaded.model.merge_and_unload()
+        save_model(merged, loaded.tokenizer, folder, {"base_model": ref, "merged_from": loaded.adapter})
+    return load_model(str(folder), dtype=dtype), str(folder)
+
+
+def write_meta(folder: Path, base_ref: str) -> None:
+    """Beside a LoRA adapter: the user's reference of its base, which the resolver prefers."""
+    if (folder / "adapter_config.json").exists():
+        path = Path(base_ref).expanduser()
+        ref = str(path.resolve()) if path.exists() else base_ref  # a folder survives a change of directory
+        (folder / "mentor_base.json").write_text(json.dumps({"base_model": ref}))
