@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mentor.evaluation.evaluate import EvalResult  # noqa: E402
+from mentor.training.plots import save_figure  # noqa: E402
 
 log = logging.getLogger("mentor")
 
@@ -52,10 +53,7 @@ def bar_chart(results: list[EvalResult], path: Path, title: str = "") -> Path:
     ax.set_ylim(0, max(1.0, max(values) * 1.1))
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(results: list[EvalResult], folder: Path, title: str, notes: list[str] | None = None) -> Path:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from mentor.rlhf.setup import known_warnings
 from mentor.training.callbacks import MetricsRecorder, ProgressBar
-from mentor.training.plots import read_metrics
+from mentor.training.plots import read_metrics, save_figure
 
 # TRL's metric names -> mentor's, per recipe; train metrics get "train_", eval ones "eval_".
 REWARD_MODEL_METRICS = {"loss": "reward_model_loss", "accuracy": "reward_model_accuracy", "margin": "reward_margin",
@@ -152,9 +152,4 @@ def plot_panels(panels: list[tuple[str, Path, list[str]]], out_png: Path, title:
             ax.legend(fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, title)

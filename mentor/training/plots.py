@@ -17,6 +17,16 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
 
 
+def save_figure(fig, out_png: Path, title: str = "") -> Path:
+    """Titled, laid out, written and closed (pyplot keeps every open figure alive otherwise)."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def plot_curves(metrics_path: Path, out_png: Path, best_step: int | None = None, title: str = "") -> Path:
     """Loss and next-token accuracy for train and eval; extra losses (e.g. per task) as dashed lines."""
     rows = read_metrics(metrics_path)
@@ -43,9 +53,4 @@ def plot_curves(metrics_path: Path, out_png: Path, best_step: int | None = None,
             ax.axvline(best_step, color="gray", linestyle=":", label=f"best step {best_step}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, title)
