@@ -242,29 +242,35 @@ def test_torchrun_preference_job_is_written_by_rank_zero_only(tmp_path):
     assert not list(out.glob(".*.tmp")) and not list(out.glob(".model*"))
 
 
+class Killed(BaseException):
+    """Stands in for SIGKILL."""
+
+
+def killed_while_recording_then_rerun(job: dict, monkeypatch):
+    """Run the tuning job, killed after training while its success is recorded; then run it again."""
+    from mentor.jobs.lifecycle import Job
+
+    def killed(self, result):
+        raise Killed
+
+    monkeypatch.setattr(Job, "succeed", killed)
+    with pytest.raises(Killed):
+        mentor.tune(**job)
+    monkeypatch.undo()
+    return mentor.tune(**job)
+
+
 @pytest.mark.parametrize("selection", [False, True])
 def test_a_kill_while_a_finished_job_is_recorded_does_not_redo_its_training(tmp_path, monkeypatch, selection):
     """Checkpoints are deleted only once the job is recorded as succeeded: killed in between, the
     rerun resumes at the last step instead of training from step 0."""
-    from mentor.jobs.lifecycle import Job
-
-    class Killed(BaseException):
-        """Stands in for SIGKILL."""
-
-    def killed_while_recording(self, result):
-        raise Killed
-
     data = write_jsonl(tmp_path / "d.jsonl", shift_task(16, 0))
     job = dict(model="tiny:llama", data=str(data), output=str(tmp_path / "job"), train_steps=6, batch_size=4,
                evaluation_interval=3)
     if selection:  # the best checkpoint is the result: it is loaded, not the last one
         job.update(evaluation_data=str(write_jsonl(tmp_path / "e.jsonl", shift_task(8, 1))), early_stopping=False,
                    learning_rate_multiplier=400)
-    monkeypatch.setattr(Job, "succeed", killed_while_recording)
-    with pytest.raises(Killed):
-        mentor.tune(**job)
-    monkeypatch.undo()
-    result = mentor.tune(**job)
+    result = killed_while_recording_then_rerun(job, monkeypatch)
     assert result.steps_run == 6
     events = read_events(tmp_path / "job")
     assert [e["step"] for e in events if e["type"] == "resumed"] == [6]
@@ -281,25 +287,13 @@ def test_a_kill_while_a_finished_job_is_recorded_does_not_redo_its_training(tmp_
 def test_a_kill_while_an_early_stopped_job_is_recorded_does_not_train_on(tmp_path, monkeypatch):
     """The checkpoint of the evaluation that stopped the training is where a rerun ends: Trainer
     would restore the patience counter and train one more evaluation interval before stopping."""
-    from mentor.jobs.lifecycle import Job
-
-    class Killed(BaseException):
-        """Stands in for SIGKILL."""
-
-    def killed_while_recording(self, result):
-        raise Killed
-
     # a learning rate far too small to move the model: evaluation accuracy stays flat, the job
     # stops at step 30 (best at 10, then two evaluations without gain)
     job = dict(model="tiny:llama", data=str(write_jsonl(tmp_path / "d.jsonl", shift_task(16, 0))),
                evaluation_data=str(write_jsonl(tmp_path / "e.jsonl", shift_task(8, 1))), output=str(tmp_path / "job"),
                tuning="full", train_steps=300, batch_size=4, learning_rate_multiplier=1e-6, evaluation_interval=10,
                early_stopping_patience=2)
-    monkeypatch.setattr(Job, "succeed", killed_while_recording)
-    with pytest.raises(Killed):
-        mentor.tune(**job)
-    monkeypatch.undo()
-    result = mentor.tune(**job)
+    result = killed_while_recording_then_rerun(job, monkeypatch)
     assert (result.steps_run, result.best_step, result.extra["early_stopped"]) == (30, 10, True)
     events = read_events(tmp_path / "job")
     assert [(e["step"], e["message"]) for e in events if e["type"] == "resumed"] == [
