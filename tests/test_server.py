@@ -88,8 +88,9 @@ def test_openai_client_end_to_end(server, files):
     # a kept checkpoint becomes a model of its own, with its step's metrics
     promoted = c.post("/models/promote", body={"model": job.fine_tuned_model, "step": 4}, cast_to=object)
     assert promoted["id"] == f"{job.fine_tuned_model}:ckpt-step-4" and "eval_total_loss" in promoted["metrics"]
-    assert isinstance(mentor.get_tuned_model(promoted["id"], data_dir=server.data_dir).predict("abc", max_new_tokens=2),
-                      str)
+    checkpoint = mentor.get_tuned_model(promoted["id"], data_dir=server.data_dir)
+    assert Path(checkpoint.model_path).parts[-2:] == ("promoted", "step-4") and checkpoint.metrics == promoted["metrics"]
+    assert isinstance(checkpoint.predict("abc", max_new_tokens=2), str)
     with pytest.raises(openai.BadRequestError, match="no checkpoint at step 5"):
         c.post("/models/promote", body={"model": job.fine_tuned_model, "step": 5}, cast_to=object)
     assert c.models.delete(promoted["id"]).deleted

@@ -119,6 +119,8 @@ class DPOConfig(TuneConfig):
     evaluation_data: str | None = Field(None, description="held-out preference pairs (best checkpoint and early stop "
                                                           "on their DPO loss)",
                                         validation_alias=AliasChoices("evaluation_data", "eval_data"))
+    learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended learning rate "
+                                                                   "(1e-6 full, 1e-5 LoRA)")
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the starting model (DPO's beta)")
     instruction: str | None = Field(None, description=INSTRUCTION_HELP)
     early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest drop in eval DPO loss that counts")

@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -210,8 +210,10 @@ def get_tuned_model(name: str, data_dir: str | Path | None = None) -> TunedModel
     db = Database(Path(data_dir).expanduser() if data_dir else default_data_dir())
     row = get_model(db, name)
     result = TunedModel.read(Path(row.job_folder) / "result.json")
-    result.extra = {**(result.extra or {}), "registered_name": row.name}
-    return result
+    # the registry's row, not the job's result, says which weights the name stands for: a promoted
+    # checkpoint (NAME:ckpt-step-N) shares its job's result.json
+    return replace(result, model_path=row.path, metrics=row.metrics, best_step=row.best_step,
+                   extra={**(result.extra or {}), "registered_name": row.name})
 
 
 def dumps(rows) -> str:
