@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mentor.errors import MentorError
@@ -43,6 +45,8 @@ def test_choice_accuracy():
     assert choice_accuracy(["(a)", "(a)"], ["x", "x"], per_example) == 0.5
     # Without choices, letters compare with letters and texts with texts.
     assert choice_accuracy(["(b)", "B", "bookstore", "b"], ["b", "(b) bookstore", "Bookstore", "bookstore"]) == 0.75
+    # rows without options of their own (mentor eval passes one entry per row) compare like with like
+    assert choice_accuracy(["(b)", "bookstore"], ["b", "garage"], [None, None]) == 0.5
 
 
 def test_squad_f1_and_exact_match():
@@ -72,9 +76,28 @@ def test_score_picks_metrics_per_task():
     assert score(["42", None], ["42", "7"], "math") == {"n": 2, "answered": 0.5, "accuracy": 0.5}
     assert score(["(b)"], ["bookstore"], "choice", choices=["bakery", "bookstore"])["accuracy"] == 1.0
     assert score(["Entailment"], ["entailment"], "nli")["accuracy"] == 1.0
+    # a gold written as the predictions are read ("yes" is entailment, "no" contradiction)
+    assert score(["entailment", "contradiction"], ["yes", "entailment"], "nli")["accuracy"] == 0.5
+    assert score(["positive"], [["Positive.", "good"]], "classify", labels=["positive", "negative"])["accuracy"] == 1.0
     assert score(["10"], ["10.0"], "classify")["accuracy"] == 0.0  # labels are not numbers
     out = score(["Denver Broncos"], ["the Denver Broncos"], "extract")
     assert out["exact_match"] == 1.0 and out["f1"] == 1.0
     assert score(["the cat sat on the mat"], ["the cat is on the mat"], "text")["rouge_l"] == pytest.approx(5 / 6)
     with pytest.raises(MentorError, match="unknown task"):
         score(["a"], ["a"], "bleu")
+
+
+def test_each_model_keeps_its_own_predictions_file(tmp_path):
+    from mentor.evaluation.evaluate import EvalResult
+    from mentor.evaluation.report import write_report
+
+    long = "runs/" + "x" * 60
+    results = [EvalResult(f"{long}-seed{i}", {"accuracy": i / 2}, predictions=[{"seed": i}]) for i in (0, 1)]
+    results.append(EvalResult("a/b", {"accuracy": 0.0}, predictions=[{"seed": "a/b"}]))
+    results.append(EvalResult("a_b", {"accuracy": 0.0}, predictions=[{"seed": "a_b"}]))
+    (tmp_path / "predictions-old-model.jsonl").write_text("{}\n")  # an earlier run's
+    write_report(results, tmp_path, "t")
+    files = sorted(tmp_path.glob("predictions-*.jsonl"))
+    assert sorted(p.read_text() for p in files) == sorted(f'{{"seed": {json.dumps(r.predictions[0]["seed"])}}}\n'
+                                                         for r in results)
+    assert (tmp_path / "report.md").exists() and not list(tmp_path.glob(".*tmp*"))

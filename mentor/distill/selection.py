@@ -45,5 +45,5 @@ class TaskScore:
             model.train(was_training)
         preds = [label_of(out[0].text, self.task, row, self.labels) for out, row in zip(outputs, self.rows)]
         choices = [row.get("choices") for row in self.rows] if self.task == "choice" else None
-        metrics = score(preds, self.golds, self.task, choices=choices)
+        metrics = score(preds, self.golds, self.task, choices=choices, labels=self.labels)
         return {TASK_SCORE: main_metric(metrics)[1], "eval_task_answered": metrics["answered"]}

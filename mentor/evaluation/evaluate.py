@@ -79,7 +79,8 @@ def evaluate_student(model_ref, rows: list[dict], task: str, answer_field: str =
     seconds = time.perf_counter() - start
     generated = [len(tok(o, add_special_tokens=False).input_ids) for o in answers]
     generated += [len(tok(r, add_special_tokens=False).input_ids) for r in rationales or []]
-    metrics = score(preds, golds_of(rows, answer_field), task, choices=[r.get("choices") for r in rows] if task == "choice" else None)
+    metrics = score(preds, golds_of(rows, answer_field), task, labels=labels,
+                    choices=[r.get("choices") for r in rows] if task == "choice" else None)
     if rationales is not None:
         metrics["answered_from_rationale"] = (len(rows) - len(todo)) / len(rows)
     params = predictor.parameters
@@ -96,7 +97,8 @@ def evaluate_completions(completions: list[str], rows: list[dict], task: str, an
     """Score chain-of-thought completions (a teacher's, or a prompted model's) by their parsed answers."""
     parsed = [parse_completion(c, task, choices=r.get("choices"), labels=labels) for c, r in zip(completions, rows)]
     preds = [p.label if p.ok else None for p in parsed]
-    metrics = score(preds, golds_of(rows, answer_field), task, choices=[r.get("choices") for r in rows] if task == "choice" else None)
+    metrics = score(preds, golds_of(rows, answer_field), task, labels=labels,
+                    choices=[r.get("choices") for r in rows] if task == "choice" else None)
     records = [{"input_text": r["input_text"], "prediction": c, "label": p, "gold": r.get(answer_field)}
                for r, c, p in zip(rows, completions, preds)]
     return EvalResult(name, metrics, seconds_per_example, tokens_per_example, parameters, records)

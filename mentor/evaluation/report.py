@@ -3,6 +3,7 @@ and by `mentor eval`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -13,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mentor.evaluation.evaluate import EvalResult  # noqa: E402
+from mentor.files import atomic_file, atomic_write  # noqa: E402
 from mentor.training.plots import save_figure  # noqa: E402
 
 log = logging.getLogger("mentor")
@@ -56,22 +58,35 @@ def bar_chart(results: list[EvalResult], path: Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+def file_stem(name: str, taken: set[str]) -> str:
+    """A file name for a model's name: safe characters, and unique (two long paths that differ
+    only at their ends, or "a/b" and "a_b", would otherwise share one file)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    if len(safe) > 60 or f"predictions-{safe}.jsonl" in taken:
+        safe = f"{safe[:51]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
 def write_report(results: list[EvalResult], folder: Path, title: str, notes: list[str] | None = None) -> Path:
     """report.md + report.png + report.json (the table, for programs and the console) + predictions
     per model (JSONL), in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
     bar_chart(results, folder / "report.png", title)
+    written = set()
     for r in results:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r.name)[:60]
-        with (folder / f"predictions-{safe}.jsonl").open("w") as f:
+        path = folder / f"predictions-{file_stem(r.name, written)}.jsonl"
+        written.add(path.name)
+        with atomic_file(path) as f:
             for rec in r.predictions:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    text = f"# {title}\n\n{table}\n\n![report](report.png)\n" + "".join(f"\n- {n}" for n in notes or []) + "\n"
-    (folder / "report.md").write_text(text)
+    for stale in set(p.name for p in folder.glob("predictions-*.jsonl")) - written:  # an earlier run's models
+        (folder / stale).unlink()
     summary = {"title": title, "notes": notes or [], "main_metric": results[0].main_metric[0] if results else None,
                "results": [{"name": r.name, "metrics": r.metrics, "seconds_per_example": r.seconds_per_example,
                             "tokens_per_example": r.tokens_per_example, "parameters": r.parameters} for r in results]}
-    (folder / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(folder / "report.json", json.dumps(summary, indent=2) + "\n")
+    text = f"# {title}\n\n{table}\n\n![report](report.png)\n" + "".join(f"\n- {n}" for n in notes or []) + "\n"
+    atomic_write(folder / "report.md", text)  # last: the report is there only once all of it is
     log.info("\n%s", table)
     return folder / "report.md"

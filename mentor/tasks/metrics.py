@@ -38,6 +38,13 @@ def _norm_label(s: object) -> str:
     return text.strip("\"'“”‘’` ").rstrip(".").strip()
 
 
+def _gold_labels(gold: Gold, task: str, labels: Sequence[str] | None) -> list[str]:
+    """Each reference as the label predictions are normalised to; one that is no label stays as written."""
+    if task == "classify" and not labels:
+        return _refs(gold)  # no label set to read them into
+    return [normalize_answer(ref, task, labels=labels)[0] or ref for ref in _refs(gold)]
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -80,7 +87,10 @@ def choice_accuracy(
         if pred is None:
             scores.append(0.0)
             continue
-        opts = list(choices[i]) if per_example else (list(choices) if choices else None)
+        if per_example:  # a row without options compares like with like
+            opts = list(choices[i]) if choices[i] else None
+        else:
+            opts = list(choices) if choices else None
         p, _ = normalize_answer(str(pred), "choice", choices=opts)
         g, _ = normalize_answer(str(gold), "choice", choices=opts)
         same = p is not None and p == g
@@ -151,6 +161,7 @@ def score(
     task: str,
     choices: Sequence[str] | Sequence[Sequence[str]] | None = None,
     rel_tol: float = 1e-4,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """The metrics that fit ``task``, plus ``n`` and ``answered`` (share of non-None predictions):
 
@@ -165,8 +176,8 @@ def score(
         out["accuracy"] = accuracy(preds, golds, numeric=True, rel_tol=rel_tol)
     elif task == "choice":
         out["accuracy"] = choice_accuracy(preds, golds, choices)
-    elif task in LABEL_TASKS:
-        out["accuracy"] = accuracy(preds, golds, numeric=False)
+    elif task in LABEL_TASKS:  # gold and prediction as the same label ("yes" is "entailment" for nli)
+        out["accuracy"] = accuracy(preds, [_gold_labels(g, task, labels) for g in golds], numeric=False)
     elif task == "extract":
         out["exact_match"] = exact_match(preds, golds)
         out["f1"] = f1(preds, golds)
