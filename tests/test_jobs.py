@@ -117,6 +117,12 @@ def test_flags_override_the_job_file_and_families_pick_kinds_by_method(tmp_path)
         _from_cli(["distill", "--method", "nope", "--data", "d"])
     with pytest.raises(MentorError, match="field 'train_steps'"):
         _from_cli(["tune", "--model", "m", "--data", "d", "--output", "o", "--train-steps", "0"])
+    # a flag set to null clears the file's value; a field the file names by its alias is overridden
+    # by its own flag, not refused as given twice
+    job_file.write_text("student: s\ndata: d\neval_data: e\noutput: o\nteacher: t\nlabels: [a, b]\n")
+    kind, cfg = _from_cli(["distill", "--config", str(job_file), "--model", "m", "--evaluation-data", "f",
+                           "--labels", "null", "--teacher", "null"])
+    assert (cfg.model, cfg.evaluation_data, cfg.labels, cfg.teacher) == ("m", "f", None, None)
 
 
 def test_every_kind_documents_every_field():

@@ -100,5 +100,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[JobKind, JobConfig]:
     """The validated config the command line (and its job file) describe."""
     kind: JobKind = args.job_kind
     source: CliSettingsSource = args.job_source
-    fields: dict[str, Any] = source(parsed_args=args)()
+    # a list flag given as null arrives as [None]: it means "none", as for any other flag
+    fields: dict[str, Any] = {k: None if v == [None] else v for k, v in source(parsed_args=args)().items()}
     return kind, load_config(kind.config, getattr(args, "config", None), fields)

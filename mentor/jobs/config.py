@@ -69,9 +69,22 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
+def field_names(cls: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """The same fields under their own names (a job file may use an alias: `student` for `model`),
+    so an override by either name replaces the file's value instead of clashing with it."""
+    names = {}
+    for name, info in cls.model_fields.items():
+        alias = info.validation_alias
+        for other in (getattr(alias, "choices", None) or ([alias] if isinstance(alias, str) else [])):
+            if isinstance(other, str):
+                names[other] = name
+    return {names.get(k, k): v for k, v in fields.items()}
+
+
 def load_config(cls: type[JobConfig], path: str | Path | None, overrides: dict[str, Any]) -> JobConfig:
-    """A job file's fields with overrides on top (overrides that are None are left out)."""
-    fields = read_job_file(path) if path else {}
+    """A job file's fields with overrides on top: the fields given on the command line, an explicit
+    null among them (`--teacher null` clears the file's teacher)."""
+    fields = field_names(cls, read_job_file(path)) if path else {}
     fields.pop("kind", None)  # a job folder's config.yaml names its kind; the caller chose the kind already
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    fields.update(field_names(cls, overrides))
     return build_config(cls, fields, str(path) if path else None)
