@@ -102,6 +102,15 @@ def test_eval_without_the_gold_field_is_an_error_and_max_new_tokens_counts(tuned
                  "1", "--limit", "4", "--output", str(tmp_path / "rep")]) == 0
     preds = [json.loads(line) for p in (tmp_path / "rep").glob("predictions-*.jsonl") for line in p.open()]
     assert preds and all(len(p.get("prediction") or p.get("output") or "") <= 12 for p in preds)
+    # a gold answer written as a number (as math datasets write them) is read as its text
+    numbers = write_jsonl(tmp_path / "n.jsonl", [{"input_text": "2+2?", "answer": 4}, {"input_text": "1+1?", "answer": 2}])
+    assert main(["eval", str(tuned["run"]), "--data", str(numbers), "--answer-field", "answer", "--task", "math",
+                 "--max-new-tokens", "1", "--output", str(tmp_path / "rep2")]) == 0
+    assert [json.loads(line)["gold"] for line in next((tmp_path / "rep2").glob("predictions-*.jsonl")).open()] == ["4", "2"]
+    capsys.readouterr()
+    for count, shown in ((0, 0), (2, 2)):  # --events 0 showed every event
+        assert main(["status", str(tuned["run"]), "--events", str(count)]) == 0
+        assert len(capsys.readouterr().out.strip().splitlines()) == 1 + shown
 
 
 # -- 5 and 6: errors instead of tracebacks, said early and plainly ----------------------------------------

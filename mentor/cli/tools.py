@@ -43,7 +43,7 @@ def cmd_eval(args) -> None:
     from mentor.evaluation.report import write_report
 
     # a row without the gold answer would silently score 0: every row must have it
-    rows = read_rows(args.data, required=("input_text", args.answer_field))
+    rows = read_rows(args.data, required=("input_text", args.answer_field), text=(args.answer_field,))
     rows = rows[: args.limit] if args.limit else rows
     lengths = {} if args.max_new_tokens is None else {"label_max_new_tokens": args.max_new_tokens,
                                                       "rationale_max_new_tokens": args.max_new_tokens}
@@ -71,7 +71,7 @@ def cmd_status(args) -> None:
     if state.get("error"):
         line += f"\nerror: {state['error'].get('message')}"
     print(line)
-    for event in read_events(args.folder)[-args.events:]:
+    for event in read_events(args.folder)[-args.events:] if args.events else []:
         print(json.dumps(event))
 
 
@@ -86,6 +86,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
@@ -139,7 +146,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("status", help="a job's state and its latest events")
     p.add_argument("folder", help="the job's output folder")
-    p.add_argument("--events", type=int, default=10, help="how many of the latest events to show")
+    p.add_argument("--events", type=_count, default=10, help="how many of the latest events to show (0: none)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="stop a running job at its next step (it keeps its last checkpoint)")
