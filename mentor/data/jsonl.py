@@ -43,11 +43,34 @@ def read_jsonl(path: str | Path, parse: RowParser, what: str = "data", max_probl
     return items
 
 
+class _NotJson(ValueError):
+    """What JSON itself refuses and Python's reader lets through: a key given twice, NaN, Infinity."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    row: dict = {}
+    for key, value in pairs:
+        if key in row:  # which of the two was meant cannot be told
+            raise _NotJson(key, "given twice in one object")
+        row[key] = value
+    return row
+
+
+def _constant(name: str):
+    raise _NotJson("(line)", f"{name} is not a JSON number")
+
+
 def _parse_line(raw: str, lineno: int, parse: RowParser, items: list) -> list[tuple[str, str]]:
     try:
-        row = json.loads(raw)
+        row = json.loads(raw, object_pairs_hook=_object, parse_constant=_constant)
     except json.JSONDecodeError as err:
         return [("(line)", f"invalid JSON: {err.msg} at column {err.colno}")]
+    except _NotJson as err:
+        return [(err.field, str(err))]
     if not isinstance(row, dict):
         return [("(line)", f"must be a JSON object, got {type(row).__name__}")]
     try:  # "\ud800" decodes to a string no tokenizer or file can take
