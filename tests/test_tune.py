@@ -263,3 +263,22 @@ def test_data_parallel_with_torchrun(task, tmp_path):
                       train_steps=10, evaluation_interval=5, batch_size=4)
     assert result["metrics"]["eval_num_predictions"] == one.metrics["eval_num_predictions"]
     assert result["extra"]["tokens_seen"] == pytest.approx(one.extra["tokens_seen"], rel=0.25)
+
+
+@pytest.mark.parametrize("rows, learned", [
+    ([{"messages": [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "bcd"}]}], "chat"),
+    ([{"input_text": "abc", "output_text": "bcd"}], "text"),
+    # a file mixing both is trained as conversations throughout, as its warning says
+    ([{"input_text": "abc", "output_text": "bcd"},
+      {"messages": [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "bcd"}]}], "chat"),
+])
+def test_a_plain_prompt_is_rendered_as_the_model_learned_prompts(rows, learned, tmp_path):
+    """Without a chat template, conversations train as "user: ...\\nassistant: " and text rows as the
+    bare input: `mentor eval` and `predict` with an input_text render it the way training did."""
+    from mentor.serving.predict import Predictor
+
+    data = write_jsonl(tmp_path / "d.jsonl", rows * 4)
+    mentor.tune(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), chat_template="never", train_steps=1,
+                batch_size=4, tuning="full")
+    prompt = Predictor(str(tmp_path / "o")).render("xyz")
+    assert prompt == {"chat": "user: xyz\nassistant: ", "text": "xyz"}[learned]

@@ -24,6 +24,7 @@ class EncodeStats:
     examples: int = 0
     truncated_inputs: int = 0
     truncated_outputs: int = 0
+    conversations: int = 0  # chat rows: without a chat template, the model learns "user: ... assistant: "
 
     def summary(self) -> str:
         return (f"{self.examples} examples; {self.truncated_inputs} with input truncated, "
@@ -113,6 +114,7 @@ def _encode(ex: Example, tokenizer, *, is_seq2seq: bool, use_chat_template: bool
     """
     stats = stats if stats is not None else EncodeStats()
     stats.examples += 1
+    stats.conversations += ex.kind == "chat"
     if is_seq2seq:
         prompt = render_prompt(ex.messages[:-1], tokenizer, use_chat_template, ex.kind)
         target = ex.messages[-1]["content"]

@@ -196,10 +196,12 @@ def load_examples(path: str | Path, max_examples: int = 10_000) -> list[Example]
 
 
 def _note_formats(examples: list[Example], path) -> None:
-    """A file may mix text rows and conversations (OpenAI or Gemini): a text row is the conversation
-    user: input_text -> assistant: output_text, so all are encoded alike. Mixing is said once, since it
-    is often two files pasted together."""
+    """A file may mix text rows and conversations (OpenAI or Gemini): a text row is then the
+    conversation user: input_text -> assistant: output_text, so all are encoded alike (without a chat
+    template too). Mixing is said once, since it is often two files pasted together."""
     kinds = Counter(ex.kind for ex in examples)
     if len(kinds) > 1:
+        for ex in examples:
+            ex.kind = "chat"
         log.warning("%s mixes formats (%s); every row is trained as a conversation, text rows as one user turn "
                     "and one assistant turn", path, ", ".join(f"{n} {k} rows" for k, n in sorted(kinds.items())))

@@ -52,6 +52,8 @@ class Predictor:
         self.tokenizer = self.loaded.tokenizer
         meta = self.servable.meta
         self.use_chat_template = meta.get("use_chat_template", bool(getattr(self.tokenizer, "chat_template", None)))
+        # a model tuned on conversations without a chat template learned "user: ...\nassistant: "
+        self.prompt_format = meta.get("prompt_format", "text")
         self.max_input_tokens = meta.get("max_input_tokens", 7168)
         # distilled step-by-step students answer a task named by a prefix: "[label] ", "[rationale] "
         self.task_prefix = meta.get("task_prefix", "")
@@ -81,7 +83,7 @@ class Predictor:
             messages = [{"role": "user", "content": prefix + item}]
         else:
             messages = [*item[:-1], {**item[-1], "content": prefix + item[-1]["content"]}]
-        kind = "text" if isinstance(item, str) else "chat"
+        kind = "text" if isinstance(item, str) and self.prompt_format == "text" else "chat"
         return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
 
     def prompt_tokens(self, prompt: str) -> int:

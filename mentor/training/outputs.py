@@ -144,6 +144,8 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
     )
     model_meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning,
                   "use_chat_template": student.use_chat_template, "is_seq2seq": student.is_seq2seq,
+                  # how a plain prompt is rendered without a chat template: as the data was
+                  "prompt_format": "chat" if enc_stats["train"].conversations else "text",
                   "max_input_tokens": cfg.max_input_tokens, **(meta or {})}
     save_trained(trainer, out / "model", model_meta)
     if not job.main:
