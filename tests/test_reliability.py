@@ -107,7 +107,10 @@ def test_eval_without_the_gold_field_is_an_error_and_max_new_tokens_counts(tuned
     assert main(["eval", str(tuned["run"]), "--data", str(numbers), "--answer-field", "answer", "--task", "math",
                  "--max-new-tokens", "1", "--output", str(tmp_path / "rep2")]) == 0
     assert [json.loads(line)["gold"] for line in next((tmp_path / "rep2").glob("predictions-*.jsonl")).open()] == ["4", "2"]
-    capsys.readouterr()
+    # a rationale asked of a model that was not trained to give one is said, not silently skipped
+    assert main(["eval", str(tuned["run"]), "--data", str(numbers), "--answer-field", "answer", "--task", "math",
+                 "--max-new-tokens", "1", "--with-rationale", "--output", str(tmp_path / "rep3")]) == 0
+    assert "not trained to give a rationale" in "".join(capsys.readouterr())
     for count, shown in ((0, 0), (2, 2)):  # --events 0 showed every event
         assert main(["status", str(tuned["run"]), "--events", str(count)]) == 0
         assert len(capsys.readouterr().out.strip().splitlines()) == 1 + shown

@@ -7,12 +7,15 @@ are compared on what users pay for, not only on loss.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from mentor.tasks.answers import parse_completion
 from mentor.tasks.labels import normalize_answer
 from mentor.tasks.metrics import score
+
+log = logging.getLogger("mentor")
 
 
 @dataclass
@@ -64,6 +67,9 @@ def evaluate_student(model_ref, rows: list[dict], task: str, answer_field: str =
     preds: list[str | None] = [None] * len(rows)
     outputs: list[str | None] = [None] * len(rows)
     rationales: list[str] | None = None
+    if with_rationale and predictor.rationale_prefix is None:
+        log.warning("%s was not trained to give a rationale (it is no step-by-step student): answering the label "
+                    "task only", name)
     if with_rationale and predictor.rationale_prefix is not None:
         rationales = predictor.generate([predictor.render(x, predictor.rationale_prefix) for x in inputs],
                                         max_new_tokens=rationale_max_new_tokens, batch_size=batch_size, progress=True)
