@@ -140,6 +140,11 @@ def test_console_in_a_browser(server, files, browser, distilled):
     page.click("#login button[type=submit]")
     page.wait_for_selector("#jobs")
 
+    # a job that is not there: said on the page, not an empty page polled forever
+    page.goto(server.url + "/console/#/jobs/ftjob-" + "0" * 24)
+    alert = page.wait_for_selector("text=Cannot refresh")
+    assert "no fine-tuning job" in alert.inner_text()
+
     # the form of the tune kind, generated from its schema; files uploaded from it
     page.goto(server.url + "/console/#/new/tune")
     page.wait_for_selector("form.job-form")
@@ -165,9 +170,13 @@ def test_console_in_a_browser(server, files, browser, distilled):
                          "learning_rate_multiplier": "4"}.items():
         page.fill(f"#field-{field}", value)
     page.uncheck("#field-early_stopping")
+    assert page.is_checked("#field-keep_checkpoints")  # the server's default, which the form shows
+    page.fill("#field-lora_target_modules", "q_proj, v_proj")  # a text or a list: a comma makes a list
     page.click("#create")
     page.wait_for_url("**/#/jobs/ftjob-*")
     job_id = page.url.rsplit("/", 1)[-1]
+    made = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert (made["config"]["lora_target_modules"], made["config"]["keep_checkpoints"]) == (["q_proj", "v_proj"], True)
 
     # the curve grows while it trains; a reload and a closed tab change nothing about the job
     page.wait_for_function("Number(document.querySelector('figure[data-chart=\"Loss\"]')?.dataset.points) > 0",

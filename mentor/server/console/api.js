@@ -53,7 +53,11 @@ export const post = (path, body) => api("POST", path, body === undefined ? {} : 
 /** A file from the API saved by the browser (a plain link could not carry the token). */
 export async function download(path, filename) {
   const resp = await fetch(path, { headers: headers() });
-  if (!resp.ok) throw new ApiError(resp.status, null);
+  if (!resp.ok) {
+    const data = await resp.json().catch(() => null);
+    if (resp.status === 401) window.dispatchEvent(new CustomEvent("mentor:unauthorized"));
+    throw new ApiError(resp.status, data);
+  }
   const url = URL.createObjectURL(await resp.blob());
   const link = Object.assign(document.createElement("a"), { href: url, download: filename });
   document.body.append(link);
@@ -62,16 +66,20 @@ export async function download(path, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
-/** Calls `fn` now and every `ms` until stopped; a failed call is retried at the next tick. */
-export function poll(fn, ms) {
+/** Calls `fn` now and every `ms` until stopped. A failed call is shown by `onError` (and cleared by
+ * `onError(null)` once a call succeeds again) and retried at the next tick, except a 404: what is
+ * watched is gone. */
+export function poll(fn, ms, onError = () => {}) {
   let timer = null;
   let stopped = false;
   const tick = async () => {
     try {
       const again = await fn();
+      onError(null);
       if (again === false) stopped = true;
     } catch (err) {
-      console.warn("poll", err);
+      onError(err);
+      if (err instanceof ApiError && err.status === 404) stopped = true;
     }
     if (!stopped) timer = setTimeout(tick, ms);
   };

@@ -2,7 +2,7 @@
 // watches: the job runs on the server whatever happens to the tab.
 
 import { get, poll, post } from "./api.js";
-import { badge, duration, errorBox, h, lineChart, now, number, progressBar, when } from "./ui.js";
+import { badge, duration, errorBox, h, lineChart, now, number, pollAlert, progressBar, when } from "./ui.js";
 
 const ACTIVE = new Set(["validating_files", "queued", "running"]);
 const POLL_MS = 2000;
@@ -18,8 +18,9 @@ function remaining(job) {
 
 export function jobsList(root) {
   const body = h("tbody", {});
+  const alert = pollAlert();
   root.append(
-    h("div", { class: "title-row" }, h("h1", {}, "Jobs"), h("a", { class: "button", href: "#/new" }, "New job")),
+    h("div", { class: "title-row" }, h("h1", {}, "Jobs"), h("a", { class: "button", href: "#/new" }, "New job")), alert,
     h("div", { class: "table-wrap" }, h("table", { id: "jobs" },
       h("thead", {}, h("tr", {}, ["Job", "Kind", "Base model", "State", "Progress", "Elapsed", "Remaining"]
         .map((c) => h("th", {}, c)))), body)),
@@ -37,7 +38,7 @@ export function jobsList(root) {
     if (!page.data.length) {
       body.replaceChildren(h("tr", {}, h("td", { colspan: 7 }, "No jobs yet: ", h("a", { href: "#/new" }, "create one"), ".")));
     }
-  }, POLL_MS);
+  }, POLL_MS, alert.show);
 }
 
 /** Metric series grouped into charts: the losses (total and each distillation term), next-token
@@ -75,7 +76,8 @@ export function jobPage(root, jobId) {
   const charts = h("div", { class: "charts", id: "charts" });
   const events = h("ol", { class: "events", id: "events" });
   const actionError = h("div", { class: "error", role: "alert", hidden: true });
-  root.append(head, actions, actionError, problems, summary, result,
+  const alert = pollAlert();
+  root.append(head, alert, actions, actionError, problems, summary, result,
     h("h2", {}, "Curves"), charts, h("h2", {}, "Events"), events);
   const made = {};
 
@@ -85,7 +87,7 @@ export function jobPage(root, jobId) {
       actionError.hidden = true;
       try {
         await post(`/v1/fine_tuning/jobs/${jobId}/${what}`);
-        refresh();
+        await refresh();
       } catch (err) {
         actionError.textContent = err.message;
         actionError.hidden = false;
@@ -147,7 +149,7 @@ export function jobPage(root, jobId) {
     return ACTIVE.has(job.status) || job.status === "paused";
   }
 
-  const stop = poll(refresh, POLL_MS);
+  const stop = poll(refresh, POLL_MS, alert.show);
   return () => {
     stop();
     for (const made_ of Object.values(made)) made_.chart.destroy();

@@ -36,11 +36,20 @@ function login(root) {
   root.append(form);
 }
 
+/** A URL part as text; one a hand-edited address left malformed ("%") stays as written. */
+function safeDecode(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
 const ROUTES = [
   [/^#\/login$/, (root) => login(root)],
   [/^#\/jobs\/([^/?]+)$/, (root, id) => jobPage(root, id)],
   [/^#\/new(?:\/([^/?]+))?(?:\?clone=([^&]+))?$/, (root, kind, clone) => newJob(root, kind, clone)],
-  [/^#\/models\/(.+)$/, (root, name) => modelPage(root, decodeURIComponent(name))],
+  [/^#\/models\/(.+)$/, (root, name) => modelPage(root, safeDecode(name))],
   [/^#\/models$/, (root) => modelsList(root)],
   [/^#\/playground(?:\?(.*))?$/, (root, query) => playground(root, query)],
   [/^#\/jobs$/, (root) => jobsList(root)],

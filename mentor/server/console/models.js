@@ -101,9 +101,15 @@ export function modelPage(root, name) {
     const metrics = Object.entries(model.metrics || {});
     const deleteButton = h("button", { type: "button", class: "danger", id: "delete-model", onclick: async () => {
       if (!window.confirm(`Delete ${name} and its job folder?`)) return;
-      await api("DELETE", `/v1/models/${encodeURIComponent(name)}`);
-      location.hash = "#/models";
+      try {
+        await api("DELETE", `/v1/models/${encodeURIComponent(name)}`);
+        location.hash = "#/models";
+      } catch (err) {  // e.g. 409: a queued job or an adapter still needs it
+        failure.textContent = err.message;
+        failure.hidden = false;
+      }
     } }, "Delete");
+    const failure = h("div", { class: "error", role: "alert", id: "model-error", hidden: true });
     let reportPart = h("p", { class: "muted" }, "This model's job wrote no test report.");
     if (report) {
       const made = reportView(report);
@@ -116,6 +122,7 @@ export function modelPage(root, name) {
         h("a", { class: "button", href: `#/playground?model=${encodeURIComponent(name)}` }, "Try in the playground"),
         model.job_id ? h("a", { class: "button secondary", href: `#/jobs/${model.job_id}` }, "Its job") : null,
         deleteButton),
+      failure,
       h("dl", { class: "facts" },
         h("dt", {}, "Kind"), h("dd", {}, `${model.kind}${model.method ? ` (${model.method})` : ""}`),
         h("dt", {}, "Tuning"), h("dd", {}, model.tuning || "–"),
@@ -130,7 +137,8 @@ export function modelPage(root, name) {
       h("h2", {}, "Files"),
       table(["File", "Size", ""], files.data.map((f) => h("tr", {}, h("td", { class: "wrap" }, f.path), h("td", { class: "num" }, bytes(f.bytes)),
         h("td", {}, h("button", { type: "button", class: "link", onclick: () => download(
-          `/v1/mentor/model_file?model=${encodeURIComponent(name)}&path=${encodeURIComponent(f.path)}`, f.path.split("/").pop()) },
+          `/v1/mentor/model_file?model=${encodeURIComponent(name)}&path=${encodeURIComponent(f.path)}`, f.path.split("/").pop())
+          .catch((err) => { failure.textContent = err.message; failure.hidden = false; }) },
         "download")))), { id: "files" }),
     );
   })().catch((err) => holder.replaceChildren(h("div", { class: "error", role: "alert" }, err.message)));

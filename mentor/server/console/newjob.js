@@ -13,7 +13,10 @@ function fieldType(prop, defs) {
   if (p.anyOf) {
     const kinds = p.anyOf.filter((s) => s.type !== "null");
     optional = kinds.length < p.anyOf.length;
-    p = { ...p, ...(kinds.length === 1 ? kinds[0] : { type: "string" }) };
+    const list = kinds.find((s) => s.type === "array");
+    // a text or a list of texts (LoRA target modules): a comma makes it a list
+    const either = list && kinds.length === 2 && kinds.some((s) => s.type === "string");
+    p = { ...p, ...(kinds.length === 1 ? kinds[0] : { type: "string", orList: either ? list : null }) };
     delete p.anyOf;
   }
   if (p.$ref) p = { ...defs[p.$ref.split("/").pop()], ...p };
@@ -41,22 +44,26 @@ function inputFor(name, type, value) {
   if (type.type === "boolean") return h("input", { ...attrs, type: "checkbox", checked: Boolean(value) });
   if (type.type === "integer" || type.type === "number") {
     return h("input", { ...attrs, type: "number", step: type.type === "integer" ? "1" : "any",
-      min: type.minimum ?? null, max: type.maximum ?? null, value: value ?? "" });
+      min: type.minimum ?? type.exclusiveMinimum ?? null, max: type.maximum ?? type.exclusiveMaximum ?? null,
+      value: value ?? "" });
   }
   if (type.type === "array" || type.type === "object") {
     const text = value === null || value === undefined ? "" : type.type === "array" && value.every?.((v) => typeof v !== "object")
       ? value.join(", ") : JSON.stringify(value);
     return h("input", { ...attrs, type: "text", value: text, placeholder: type.type === "array" ? "a, b, c" : "{}" });
   }
-  return h("input", { ...attrs, type: "text", value: value ?? "" });
+  if (type.orList && Array.isArray(value)) return h("input", { ...attrs, type: "text", value: value.join(", ") });
+  return h("input", { ...attrs, type: "text", value: value ?? "", placeholder: type.orList ? "a, or a, b, c" : null });
 }
 
 /** The value a field's input holds, as JSON; undefined when left empty. Throws on bad JSON. */
 function readValue(el, type) {
   if (type.type === "boolean") return el.checked;
+  if (el.validity?.badInput) throw new Error("not a number");
   const text = el.value.trim();
   if (text === NONE) return undefined;
   if (type.type === "integer" || type.type === "number") return Number(text);
+  if (type.orList && (text.startsWith("[") || text.includes(","))) return readValue(el, type.orList);
   if (type.type === "array") {
     if (text.startsWith("[")) return JSON.parse(text);
     const items = text.split(",").map((s) => s.trim()).filter(Boolean);
@@ -173,8 +180,10 @@ export function newJob(root, kindName, cloneId) {
         let value;
         try {
           value = readValue(el, type);
-        } catch {
-          bad = setError(name, `not valid JSON${type.type === "array" ? " or a comma-separated list" : ""}`) || true;
+        } catch (err) {
+          const message = err.message === "not a number" ? "not a number"
+            : `not valid JSON${type.type === "array" || type.orList ? " or a comma-separated list" : ""}`;
+          bad = setError(name, message) || true;
           continue;
         }
         const fallback = properties[name].default;

@@ -69,6 +69,16 @@ export function errorBox(error) {
     where ? h("div", { class: "where" }, where) : null);
 }
 
+/** An alert that `poll` fills when a call fails and empties when one succeeds again. */
+export function pollAlert() {
+  const box = h("div", { class: "error", role: "alert", hidden: true });
+  box.show = (err) => {
+    box.hidden = !err;
+    box.textContent = err ? `Cannot refresh: ${err.message}` : "";
+  };
+  return box;
+}
+
 export function table(head, rows, attrs = {}) {
   return h("div", { class: "table-wrap" },
     h("table", attrs, h("thead", {}, h("tr", {}, head.map((c) => h("th", {}, c)))),

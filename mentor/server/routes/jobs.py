@@ -23,6 +23,8 @@ def kind_object(kind) -> dict:
     """A kind as a form is drawn from it: its JSON schema (field names, types, defaults, descriptions,
     bounds) without the fields the server chooses, and which fields name data files."""
     schema = kind.config.model_json_schema(by_alias=False)
+    if "keep_checkpoints" in schema.get("properties", {}):  # the server's default (validate_config), not the CLI's
+        schema["properties"]["keep_checkpoints"]["default"] = True
     for name in SERVER_FIELDS:
         schema.get("properties", {}).pop(name, None)
         if name in schema.get("required", []):
