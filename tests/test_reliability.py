@@ -111,9 +111,13 @@ def test_eval_without_the_gold_field_is_an_error_and_max_new_tokens_counts(tuned
     assert main(["eval", str(tuned["run"]), "--data", str(numbers), "--answer-field", "answer", "--task", "math",
                  "--max-new-tokens", "1", "--with-rationale", "--output", str(tmp_path / "rep3")]) == 0
     assert "not trained to give a rationale" in "".join(capsys.readouterr())
-    for count, shown in ((0, 0), (2, 2)):  # --events 0 showed every event
+    summary = None
+    for count in (0, 2):  # --events 0 showed every event
         assert main(["status", str(tuned["run"]), "--events", str(count)]) == 0
-        assert len(capsys.readouterr().out.strip().splitlines()) == 1 + shown
+        lines = capsys.readouterr().out.strip().splitlines()
+        summary = summary or lines  # a finished job: its state, then where its model is and how it did
+        assert lines == summary + lines[len(summary):] and len(lines) == len(summary) + count
+    assert summary[0] == "tune: succeeded, step 2/2" and summary[1].startswith(f"model: {tuned['run']}/model")
 
 
 # -- 5 and 6: errors instead of tracebacks, said early and plainly ----------------------------------------

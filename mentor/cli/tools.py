@@ -4,7 +4,6 @@ and look at or cancel a job in its folder."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -24,7 +23,13 @@ def cmd_predict(args) -> None:
                            temperature=args.temperature)
         log.info("predictions written to %s", dst)
     elif args.text:
-        print(Predictor(args.model).predict(args.text, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+        predictor = Predictor(args.model)
+        [(_, output)] = predictor.stream([predictor.render(args.text)], args.max_new_tokens, args.temperature)
+        print(output.text.strip())
+        if output.finish_reason == "length":
+            log.warning("the answer reached --max-new-tokens (%d) before it ended", args.max_new_tokens)
+        elif not output.text.strip():
+            log.warning("the model answered nothing (it ended its answer at once)")
     else:
         raise MentorError("give a text to answer, or --input in.jsonl --output out.jsonl")
 
@@ -58,7 +63,6 @@ def cmd_eval(args) -> None:
                                               labels=_labels(args.labels), max_new_tokens=args.max_new_tokens or 256))
     out = Path(args.output)
     write_report(results, out, f"evaluation on {args.data}")
-    log.info("report: %s", out / "report.md")
 
 
 def cmd_status(args) -> None:
@@ -70,9 +74,15 @@ def cmd_status(args) -> None:
     line = f"{state.get('kind')}: {state.get('state')}, step {state.get('step', 0)}/{state.get('total_steps', '?')}"
     if state.get("error"):
         line += f"\nerror: {state['error'].get('message')}"
+    if state.get("state") == "succeeded" and (Path(args.folder) / "result.json").exists():
+        from mentor.jobs import TunedModel
+
+        line += "\n" + TunedModel.read(Path(args.folder) / "result.json").summary()
     print(line)
     for event in read_events(args.folder)[-args.events:] if args.events else []:
-        print(json.dumps(event))
+        detail = ", ".join(f"{k} {_short(v)}" for k, v in (event.get("metrics") or {}).items())
+        print(f"{event.get('time', '')[:19].replace('T', ' ')}  {event.get('type', ''):18} "
+              f"{event.get('message', '')}{'  ' + detail if detail else ''}".rstrip())
 
 
 def cmd_cancel(args) -> None:
@@ -87,6 +97,10 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _count(text: str) -> int:

@@ -88,5 +88,6 @@ def write_report(results: list[EvalResult], folder: Path, title: str, notes: lis
     atomic_write(folder / "report.json", json.dumps(summary, indent=2) + "\n")
     text = f"# {title}\n\n{table}\n\n![report](report.png)\n" + "".join(f"\n- {n}" for n in notes or []) + "\n"
     atomic_write(folder / "report.md", text)  # last: the report is there only once all of it is
-    log.info("\n%s", table)
+    log.info("results on %d examples:\n%s\nreport: %s (chart: report.png; each model's answers: predictions-*.jsonl)",
+             results[0].metrics.get("n", 0) if results else 0, table, folder / "report.md")
     return folder / "report.md"

@@ -29,7 +29,9 @@ class TunedModel:
     def summary(self) -> str:
         lines = [f"model: {self.model_path}  ({self.method} on {self.base_model})",
                  f"steps run: {self.steps_run}" + (f", best eval step: {self.best_step}" if self.best_step else "")]
-        lines += [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in self.metrics.items()]
+        lines += [f"  {k}: {_shown(k, v)}" for k, v in self.metrics.items()]
+        if (seconds := (self.extra or {}).get("seconds")) is not None:
+            lines.append(f"training time: {seconds:.1f} s")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -39,3 +41,9 @@ class TunedModel:
     def read(cls, path: str | Path) -> TunedModel:
         data = json.loads(Path(path).read_text())
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _shown(name: str, value) -> str:
+    if "num_" in name and isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a count the trainer logged as a float
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

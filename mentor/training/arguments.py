@@ -4,6 +4,7 @@ the best checkpoint kept when selection is on."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, TrainingArguments
 
 from mentor.errors import MentorError
+
+log = logging.getLogger("mentor")
 
 ACCURACY = "eval_fraction_of_correct_next_step_preds"
 
@@ -34,6 +37,10 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
     # early stopping watches the metric whether or not the best checkpoint is kept; kinds with
     # neither (reward model, RLHF) report no such metric, so none is named
     watched = select or (has_eval and getattr(cfg, "early_stopping", False))
+    asked = [name for name in ("checkpoint_selection", "early_stopping") if getattr(cfg, name, False)]
+    if asked and not has_eval:
+        log.info("no evaluation data: %s %s it, so the last step's model is the result",
+                 " and ".join(a.replace("_", " ") for a in asked), "needs" if len(asked) == 1 else "need")
     per_device = per_process_batch(batch_size)
     args = dict(
         output_dir=str(checkpoints),
