@@ -38,13 +38,15 @@ def test_every_bad_line_is_reported_with_file_line_and_field(tmp_path):
                       {"role": "assistant", "content": "d"}]},                             # 13 system not first
         '{"input_text": "2+2?", "output_text": "4", "output_text": "5"}',               # 14 key given twice
         '{"input_text": "x", "output_text": NaN}',                                      # 15 not JSON
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+         "input_text": "c", "output_text": "d"},                                         # 16 two formats
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     found, message = problems_of(path)
     assert set(found) == {
         (2, "(line)"), (3, "output_text"), (4, "input_text"), (5, "messages[1].role"), (6, "messages[0].role"),
         (7, "messages[1].content"), (8, "contents[1].role"), (9, "messages"), (10, "(line)"), (11, "(line)"),
-        (12, "output_text"), (13, "messages[2].role"), (14, "output_text"), (15, "(line)"),
+        (12, "output_text"), (13, "messages[2].role"), (14, "output_text"), (15, "(line)"), (16, "input_text"),
     }
     assert "given twice" in found[(14, "output_text")] and "NaN is not a JSON number" in found[(15, "(line)")]
     assert "invalid JSON" in found[(2, "(line)")]
@@ -52,7 +54,7 @@ def test_every_bad_line_is_reported_with_file_line_and_field(tmp_path):
     assert "wrong turn order" in found[(6, "messages[0].role")]
     assert "must end with an assistant turn" in found[(9, "messages")]
     assert f"{path}:5: field 'messages[1].role'" in message
-    assert message.startswith("14 problem(s)")
+    assert message.startswith("15 problem(s)")
 
 
 def test_problem_list_is_capped_but_counted(tmp_path):

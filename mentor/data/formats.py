@@ -125,6 +125,9 @@ def parse_row(row: object, text_only_ok: bool = True) -> tuple[Example | None, l
     problems: list[tuple[str, str]] = []
     if not isinstance(row, dict):
         return None, [("(line)", f"must be a JSON object, got {type(row).__name__}")]
+    formats = [f for f in ("messages", "contents", "input_text") if f in row]
+    if len(formats) > 1:  # which one holds the example cannot be told
+        return None, [(formats[1], f"this row also has '{formats[0]}': give one format per row")]
     if "messages" in row:
         out = _messages(row["messages"], problems)
         if not problems:
