@@ -184,11 +184,10 @@ def test_config_names_and_defaults_are_the_clouds(tmp_path):
             cfg.prompt_sequence_length, cfg.target_sequence_length, cfg.instruction) == (0.1, 1000, 1000, 1.0, 1.0, 512, 64, None)
     with pytest.raises(ValueError, match="reward_model"):
         RLHFConfig(model="m", output="o", prompt_dataset="q")
-    with pytest.raises(ValueError, match="reward-model stage is skipped: eval_dataset, reward_model_train_steps"):
-        RLHFConfig(model="m", output="o", prompt_dataset="q", reward_model="r", eval_dataset="e",
-                   reward_model_train_steps=5)
-    kept = RLHFConfig(model="m", output="o", prompt_dataset="q", reward_model="r")
-    assert RLHFConfig(**kept.model_dump()) == kept  # a saved job's config (every field) still loads
+    reuse = RLHFConfig(model="m", output="o", prompt_dataset="q", reward_model="r", eval_dataset="e",
+                       reward_model_train_steps=5)
+    assert reuse.unused_reward_fields() == ["eval_dataset", "reward_model_train_steps"]  # said, not refused
+    assert RLHFConfig(**reuse.model_dump()).unused_reward_fields() == reuse.unused_reward_fields()
     assert DPOConfig(model="m", output="o", data="d").beta == 0.1
     assert DPOConfig(model="m", output="o", data="d").tuning == "lora"
     assert DPOConfig(model="m", output="o", data="d", tuning="full").learning_rate == 1e-6
@@ -277,8 +276,10 @@ def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tm
     code = cli_main(["rlhf", "--model", task["start"], "--output", str(job), "--reward-model", str(out / "reward_model"),
                      "--prompt-dataset", str(task["prompts"]), "--tuning", "lora", "--adapter-size", "4",
                      "--reinforcement-learning-train-steps", "4", "--batch-size", "2", "--num-generations", "2",
-                     "--target-sequence-length", "8", "--instruction", "Reply briefly."])
+                     "--target-sequence-length", "8", "--instruction", "Reply briefly.",
+                     "--preference-dataset", str(task["pairs"])])  # the whole job rerun, as docs/rlhf.md shows
     assert code == 0
+    assert "reward-model stage is skipped; not used: preference_dataset" in "".join(capsys.readouterr())
     assert (job / "model" / "adapter_config.json").exists() and not (job / "reward_model").exists()
     meta = json.loads((job / "model" / "mentor_model.json").read_text())
     assert meta["instruction"] == "Reply briefly." and meta["reward_model"].startswith(str(out / "reward_model"))
@@ -289,7 +290,8 @@ def test_rlhf_reuses_a_reward_model_with_lora_and_instruction(task, rlhf_job, tm
     assert cli_main(["rlhf", "--model", task["start"], "--output", str(job), "--reward-model", str(out / "reward_model"),
                      "--prompt-dataset", str(task["prompts"]), "--tuning", "lora", "--adapter-size", "4",
                      "--reinforcement-learning-train-steps", "4", "--batch-size", "2", "--num-generations", "2",
-                     "--target-sequence-length", "8", "--instruction", "Reply briefly."]) == 0
+                     "--target-sequence-length", "8", "--instruction", "Reply briefly.",
+                     "--preference-dataset", str(task["pairs"])]) == 0
     assert "already holds this finished job" in capsys.readouterr().out
 
 

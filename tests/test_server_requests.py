@@ -63,6 +63,16 @@ def test_jobs_name_only_what_the_server_allows(service, tmp_path):
     with service.ctx.db.session() as s:
         assert s.get(JobRow, r.json()["id"]).config["teacher"] == "tiny:llama"
     assert "teacher_logits_dir" not in json.dumps(service.get("/v1/mentor/kinds").json())
+    # a batch answers the models it names through `models`, each checked like any model
+    batch = {"kind": "batch", "config": {"input": data}}
+    assert "outside the folders" in error(service.post("/v1/mentor/jobs", json={
+        **batch, "config": {"input": data, "models": {"m": "/etc"}}}), 400)
+    r = service.post("/v1/mentor/jobs", json=batch)
+    assert r.status_code == 200, r.text
+    with service.ctx.db.session() as s:
+        assert s.get(JobRow, r.json()["id"]).config["listed_models_only"] is True
+    assert "chosen by the server" in error(service.post("/v1/mentor/jobs", json={
+        **batch, "config": {"input": data, "listed_models_only": False}}), 400)
 
 
 def test_bad_bodies_are_400s_not_500s(service, tmp_path):

@@ -192,6 +192,10 @@ def test_batch_api_answers_every_good_line_and_reports_the_bad_one(served, tmp_p
                      "body": {"model": served["shift"], "messages": []}})
     lines.insert(5, {"custom_id": "nomodel", "method": "POST", "url": "/v1/chat/completions",
                      "body": {"model": "ft:tiny:llama:none:0", "messages": [{"role": "user", "content": "x"}]}})
+    from mentor.models import resolve
+
+    lines.insert(6, {"custom_id": "path", "method": "POST", "url": "/v1/chat/completions",  # not the server's to give
+                     "body": {"model": resolve("tiny:llama"), "messages": [{"role": "user", "content": "x"}]}})
     lines.append({"custom_id": "long", "method": "POST", "url": "/v1/chat/completions",  # past the context of 2048
                   "body": {"model": served["shift"], "messages": [{"role": "user", "content": "x " * 3000}]}})
     data = write_jsonl(tmp_path / "batch.jsonl", lines)
@@ -199,14 +203,14 @@ def test_batch_api_answers_every_good_line_and_reports_the_bad_one(served, tmp_p
     batch = c.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
     assert batch.status in ("validating", "in_progress")
     batch = _wait_batch(c, batch.id)
-    assert batch.status == "completed" and batch.request_counts.completed == 12 and batch.request_counts.failed == 3
+    assert batch.status == "completed" and batch.request_counts.completed == 12 and batch.request_counts.failed == 4
     out = [json.loads(line) for line in c.files.content(batch.output_file_id).text.splitlines()]
     assert [o["custom_id"] for o in out] == [f"r{i}" for i in range(12)]
     for o, prompt in zip(out, PROMPTS * 3):
         assert o["response"]["body"]["choices"][0]["message"]["content"] == chat(c, served["shift"], prompt)
     errors = [json.loads(line) for line in c.files.content(batch.error_file_id).text.splitlines()]
-    assert [e["custom_id"] for e in errors] == ["bad", "nomodel", "long"]
-    assert errors[2]["error"]["code"] == "context_length_exceeded"
+    assert [e["custom_id"] for e in errors] == ["bad", "nomodel", "path", "long"]
+    assert errors[3]["error"]["code"] == "context_length_exceeded" and "unknown model" in errors[2]["error"]["message"]
     assert "line 4" in errors[0]["error"]["message"] and "messages" in errors[0]["error"]["message"]
 
 

@@ -80,7 +80,9 @@ def cmd_status(args) -> None:
         line += "\n" + TunedModel.read(Path(args.folder) / "result.json").summary()
     print(line)
     for event in read_events(args.folder)[-args.events:] if args.events else []:
-        detail = ", ".join(f"{k} {_short(v)}" for k, v in (event.get("metrics") or {}).items())
+        fields = {k: v for k, v in event.items() if k not in ("time", "type", "message", "metrics", "level")
+                  and isinstance(v, (str, int, float)) and v != ""}
+        detail = ", ".join(f"{k} {_short(v)}" for k, v in {**fields, **(event.get("metrics") or {})}.items())
         print(f"{event.get('time', '')[:19].replace('T', ' ')}  {event.get('type', ''):18} "
               f"{event.get('message', '')}{'  ' + detail if detail else ''}".rstrip())
 

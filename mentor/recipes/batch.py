@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from mentor.errors import MentorError
 from mentor.files import atomic_file, cut_torn_line
 from mentor.jobs import Job, TunedModel
 from mentor.jobs.config import validation_problems
@@ -98,6 +99,8 @@ def run(cfg: BatchConfig, job: Job) -> TunedModel:
     groups: dict[tuple, list] = defaultdict(list)
     for line, cid, body in todo:
         try:
+            if cfg.listed_models_only and body.model not in cfg.models:
+                raise MentorError(f"unknown model '{body.model[:200]}'")
             p = predictors.get(body.model) or Predictor(Servable.of(cfg.models.get(body.model, body.model),
                                                                     name=body.model), pool=pool)
             predictors[body.model] = p

@@ -19,5 +19,7 @@ class BatchConfig(JobConfig):
         "/v1/chat/completions", description="the endpoint every line calls")
     models: dict[str, str] = Field(default_factory=dict, description="model names in the lines -> model references "
                                                                      "(a name not listed is a reference itself)")
+    listed_models_only: bool = Field(False, description="answer only the models named in `models` (a line naming "
+                                                        "another fails); the server sets it")
     batch_size: int = Field(16, ge=1, description="requests answered in one generate call")
     memory_mb: float | None = Field(None, gt=0, description="memory for the models and adapters the lines name")

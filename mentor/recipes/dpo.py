@@ -71,6 +71,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     model_dir = out / "model"
     method = f"dpo ({cfg.tuning})"
     meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
+            "prompt_format": renderer.prompt_format,
             "is_seq2seq": False, "max_input_tokens": cfg.max_input_tokens, "instruction": cfg.instruction}
     save_trained(trainer, model_dir, meta)
     result = TunedModel(

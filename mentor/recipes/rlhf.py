@@ -68,7 +68,11 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     prompts = load_prompts(cfg.prompt_dataset, cfg.max_examples)
     eval_prompts = load_prompts(cfg.eval_prompt_dataset, cfg.max_examples) if cfg.eval_prompt_dataset else None
     if cfg.reward_model:
-        reward_path = str(rm.reward_model_folder(cfg.reward_model)[0].resolve())
+        if unused := cfg.unused_reward_fields():  # rerunning a whole job with --reward-model is the usual way
+            log.warning("reward_model is given, so the reward-model stage is skipped; not used: %s",
+                        ", ".join(unused))
+        folder = rm.reward_model_folder(cfg.reward_model)[0]
+        reward_path = str(folder.resolve()) if folder.exists() else str(folder)  # a folder, or a hub id
         reward_result = None
     else:
         load_preferences(cfg.preference_dataset, cfg.max_examples)
@@ -113,6 +117,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     model_dir = out / "model"
     method = f"rlhf ({cfg.tuning})"
     meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
+            "prompt_format": renderer.prompt_format,
             "is_seq2seq": False, "max_input_tokens": cfg.prompt_sequence_length, "instruction": cfg.instruction,
             "reward_model": reward_path}
     save_trained(trainer, model_dir, meta)

@@ -91,13 +91,14 @@ class RLHFConfig(RewardModelConfig):
     def _reward_source(self):
         if not self.preference_dataset and not self.reward_model:
             raise ValueError("give preference_dataset (to train a reward model) or reward_model (to reuse one)")
-        if self.reward_model:
-            # compared with the defaults, not model_fields_set: a saved job's config holds every field
-            unused = sorted(f for f in REWARD_STAGE_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
-            if unused:
-                raise ValueError(f"reward_model is given, so the reward-model stage is skipped: {', '.join(unused)} "
-                                 "would be ignored; leave them out")
         return self
+
+    def unused_reward_fields(self) -> list[str]:
+        """With `reward_model` given, the reward-model stage's settings that were set and go unused
+        (compared with the defaults, not model_fields_set: a saved job's config holds every field)."""
+        if not self.reward_model:
+            return []
+        return sorted(f for f in REWARD_STAGE_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
 
     @property
     def rl_learning_rate(self) -> float:

@@ -23,6 +23,12 @@ class Renderer:
     max_prompt_tokens: int
     max_answer_tokens: int
     counts: dict = field(default_factory=lambda: {"prompts": 0, "truncated_prompts": 0, "answers": 0, "truncated_answers": 0})
+    conversations: int = 0  # chat prompts: without a chat template the model learns "user: ... assistant: "
+
+    @property
+    def prompt_format(self) -> str:
+        """How a plain prompt is rendered for this model without a chat template: as it learned."""
+        return "chat" if self.conversations else "text"
 
     def __post_init__(self):
         # The tokenizer adds a BOS itself: drop the one a chat template writes, or it would be doubled.
@@ -39,6 +45,7 @@ class Renderer:
         if self.adds_bos and self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token):
             text = text[len(self.tokenizer.bos_token):]
         self.counts["prompts"] += 1
+        self.conversations += p.kind == "chat"
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) > self.max_prompt_tokens:  # keep the end: the generation prompt must stay next to the answer
             self.counts["truncated_prompts"] += 1

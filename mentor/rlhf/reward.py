@@ -38,16 +38,20 @@ def reward_model_folder(ref: str) -> tuple[Path, dict]:
     """The folder of a reward model and what mentor recorded of it, refused before any weights load
     when it is not one: a language model would be scored through a freshly drawn, random head."""
     folder = Path(resolve(ref))
-    if not (folder / "config.json").exists():
+    local = (folder / "config.json").exists()
+    if not local and (folder.exists() or str(folder).startswith((".", "/", "~"))):
         raise MentorError(f"reward model not found: {ref} (give a `mentor reward-model` output or a model folder)")
     meta_path = folder / REWARD_META
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = json.loads(meta_path.read_text()) if local and meta_path.exists() else {}
     if meta:
         if meta.get("kind") != "reward_model":
             raise MentorError(f"{ref} is not a reward model (it is a {meta.get('method', 'tuned')} model); "
                               "train one with `mentor reward-model` or `mentor.reward_model(...)`")
         return folder, meta
-    config = AutoConfig.from_pretrained(folder)
+    try:  # a hub id: its config says what it is
+        config = AutoConfig.from_pretrained(folder if local else ref)
+    except OSError as err:
+        raise MentorError(f"reward model not found: {ref} ({str(err).splitlines()[0][:200]})") from None
     architectures = config.architectures or ["model of unknown architecture"]
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise MentorError(f"{ref} is not a reward model: a {architectures[0]} has no trained score head (its "

@@ -18,7 +18,7 @@ from mentor.server.errors import bad
 from mentor.server.uploads import FILE_ID, get_file
 
 # chosen by the server, never by a client: they name files the server writes
-SERVER_FIELDS = ("output", "teacher_cache", "teacher_logits_dir")
+SERVER_FIELDS = ("output", "teacher_cache", "teacher_logits_dir", "listed_models_only")
 # models a job loads: a registered name, a hub id, or a folder inside the allowed roots
 MODEL_FIELDS = ("model", "reward_model")
 
@@ -182,6 +182,11 @@ def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) ->
     for name in MODEL_FIELDS:
         if out.get(name) is not None:
             out[name] = resolver.model(out[name], name)
+    if "listed_models_only" in kind.config.model_fields:  # a batch: its lines name models through `models` only
+        if out.get("models") is not None and not isinstance(out["models"], dict):
+            raise bad("models must map the names the lines use to model references", "models")
+        out["models"] = {k: resolver.model(v, f"models.{k}") for k, v in (out.get("models") or {}).items()}
+        out["listed_models_only"] = True
     return out
 
 

@@ -86,6 +86,7 @@ def create(request: Request, body: CreateBatch) -> dict:
     job_id = new_id("batch")
     kind = get_kind("batch")
     cfg = validate_config(kind, {"input": file.path, "endpoint": body.endpoint, "models": models,
+                                 "listed_models_only": True,
                                  "output": str(ctx.settings.jobs_dir / job_id),
                                  "memory_mb": ctx.settings.serving_memory_mb})
     row = create_job(ctx, kind, cfg, base_model=", ".join(sorted(models)) or "-", training_file=file.id,

@@ -81,7 +81,7 @@ def create(request: Request, body: CreateFineTuningJob) -> dict:
 @router.get("/v1/fine_tuning/jobs")
 def list_jobs(request: Request, after: str | None = Query(None, max_length=64), limit: int = Query(20, ge=1, le=100),
               kind: str | None = Query(None, max_length=64)) -> dict:
-    q = select(JobRow).where(JobRow.api != "batch")  # batches are listed at /v1/batches, in their own shape
+    q = select(JobRow).where(JobRow.kind != "batch")  # batches are listed at /v1/batches, in their own shape
     if kind:
         q = q.where(JobRow.kind == kind)
     return shapes.job_page(request.app.state.ctx.db, q, after, limit, shapes.job_object)
