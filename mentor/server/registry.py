@@ -132,14 +132,24 @@ class ModelInUse(MentorError):
 ACTIVE = ("validating_files", "queued", "running", "paused")
 
 
+def active_jobs_naming(session, *names: str) -> list[str]:
+    """Jobs not yet ended that name any of `names` (an id, a model name, a path): as their base model,
+    their files, or in their config (a folder as itself, or in a spec such as hf:FOLDER)."""
+    wanted = set(names)
+
+    def names_it(value) -> bool:
+        return isinstance(value, str) and (value in wanted or any(value.endswith(f":{n}") for n in wanted))
+
+    return [j.id for j in session.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE)))
+            if names_it(j.base_model) or names_it(j.training_file) or names_it(j.validation_file)
+            or any(map(names_it, (j.config or {}).values()))]
+
+
 def users_of(db: Database, row: ModelRow) -> list[str]:
     """Jobs not yet ended that name this model (as base, teacher, reward model), and adapters on it:
     each would lose weights it still loads."""
     with db.session() as s:
-        # a job's config names a registered model by its folder (hf:FOLDER as a teacher)
-        jobs = [j.id for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE)))
-                if j.base_model in (row.name, row.path) or any(
-                    isinstance(v, str) and (v == row.path or v.endswith(f":{row.path}")) for v in (j.config or {}).values())]
+        jobs = active_jobs_naming(s, row.name, row.path)
         adapters = [m.name for m in s.scalars(select(ModelRow).where(ModelRow.base_model.in_([row.name, row.path]),
                                                                      ModelRow.weights == "adapter"))]
     return jobs + adapters

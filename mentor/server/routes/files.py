@@ -8,9 +8,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from mentor.server.db import FileRow, JobRow
+from mentor.server.db import FileRow
 from mentor.server.errors import ApiError
-from mentor.server.registry import ACTIVE
+from mentor.server.registry import active_jobs_naming
 from mentor.server.uploads import file_object, get_file, store_upload
 
 router = APIRouter()
@@ -56,8 +56,7 @@ def delete(request: Request, file_id: str) -> dict:
     ctx = request.app.state.ctx
     row = get_file(ctx.db, file_id)
     with ctx.db.begin() as s:
-        waiting = [j.id for j in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE)))
-                   if file_id in (j.training_file, j.validation_file) or row.path in (j.config or {}).values()]
+        waiting = active_jobs_naming(s, file_id, row.path)
         if waiting:
             raise ApiError(409, f"{file_id} is still read by {', '.join(waiting)}; cancel those jobs first or "
                            "delete the file once they end", "file_id", "file_in_use")
