@@ -26,6 +26,10 @@ class EncodeStats:
     truncated_outputs: int = 0
     conversations: int = 0  # chat rows: without a chat template, the model learns "user: ... assistant: "
 
+    def truncation(self) -> dict:
+        return {"examples": self.examples, "truncated_inputs": self.truncated_inputs,
+                "truncated_outputs": self.truncated_outputs}
+
     def summary(self) -> str:
         return (f"{self.examples} examples; {self.truncated_inputs} with input truncated, "
                 f"{self.truncated_outputs} with output truncated")

@@ -139,7 +139,7 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
         best_step=best_step, steps_run=state.global_step, metrics=metrics,
         extra={"seconds": round(seconds, 1), "tokens_seen": int(state.num_input_tokens_seen),
                "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),
-               "truncated": {k: vars(v) for k, v in enc_stats.items() if v is not None},
+               "truncated": {k: v.truncation() for k, v in enc_stats.items() if v is not None},
                "early_stopped": state.global_step < cfg.train_steps, **(extra or {})},
     )
     model_meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning,
