@@ -94,22 +94,23 @@ def cmd_cancel(args) -> None:
     log.info("asked the job in %s to stop at its next step; it keeps its last checkpoint", args.folder)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+def _at_least(low: int):
+    """An argparse type: an integer of `low` or more."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, not {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+_positive, _count = _at_least(1), _at_least(0)
 
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
 
 
 def _labels(text: str | None) -> list[str] | None:

@@ -128,10 +128,7 @@ def last_train_metrics(trainer, names: dict) -> dict:
 
 def plot_panels(panels: list[tuple[str, Path, list[str]]], out_png: Path, title: str = "") -> Path:
     """One panel per (title, metrics.jsonl, metric names); eval series get markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # its Agg backend set by mentor.training.plots
 
     n = len(panels)
     cols = min(n, 3)

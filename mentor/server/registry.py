@@ -35,10 +35,10 @@ def _sha256_of(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def register(db: Database, job: JobRow, session=None) -> ModelRow:
+def register(session, job: JobRow) -> ModelRow:
     """The model a succeeded job made, under its name; its lineage from the job folder's records.
-    Inside an open transaction give its `session`: a second one would wait on SQLite's write lock,
-    which the first holds until it commits."""
+    Written in the caller's transaction: a second one would wait on SQLite's write lock, which the
+    scheduler's pass holds until it commits."""
     folder = Path(job.folder)
     result = TunedModel.read(folder / "result.json")
     state = read_state(folder)
@@ -57,11 +57,7 @@ def register(db: Database, job: JobRow, session=None) -> ModelRow:
         teacher_cache_sha256=_sha256_of(folder / "teacher_cache.sqlite"), parameters=config, metrics=result.metrics,
         best_step=best, selection=selection, display_name=job.display_name,
         train_seconds=(result.extra or {}).get("seconds"))
-    if session is not None:
-        session.merge(row)
-        return row
-    with db.begin() as s:
-        s.merge(row)
+    session.merge(row)
     return row
 
 

@@ -135,7 +135,7 @@ class Scheduler:
             job.request = {**job.request, "result": self._batch_files(job)}
         elif outcome == "succeeded":
             try:
-                model = registry.register(self.db, job, object_session(job))
+                model = registry.register(object_session(job), job)
             except Exception as err:  # noqa: BLE001 - a result that cannot be registered fails the job
                 job.status, job.error = "failed", {"code": "registry_error", "message": str(err), "param": None}
             else:

@@ -24,13 +24,14 @@ def checkpoints_of(job: Job) -> Path:
 def train(trainer, job: Job, quiet=nullcontext) -> None:
     """Train (or resume) to the end, an early stop, or a cancel (raised as JobCancelled)."""
     resume = last_complete_checkpoint(checkpoints_of(job), remove=job.main)
-    ended = resume and _training_ended(trainer, resume)
+    state = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME)) if resume else None
+    ended = state and _training_ended(trainer, state)
     if ended:
         # Trainer would take one step more from a checkpoint of the last step, and one evaluation
         # interval more from that of an early stop (killed as the job was being recorded): the
         # training is done, only its result is loaded
         log.info("%s holds the %s: loading it", resume, ended)
-        trainer.state = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME))
+        trainer.state = state
         trainer._load_from_checkpoint(resume)
         best = trainer.state.best_model_checkpoint
         if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
@@ -49,9 +50,8 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
         raise job.cancelled()
 
 
-def _training_ended(trainer, checkpoint: str) -> str | None:
-    """What ended the training whose checkpoint this is ("last step", "early stop"), or None."""
-    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+def _training_ended(trainer, state: TrainerState) -> str | None:
+    """What ended the training a checkpoint's state belongs to ("last step", "early stop"), or None."""
     if state.global_step >= trainer.args.max_steps:
         return "last step"
     stopping = (state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
