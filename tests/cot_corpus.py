@@ -45,10 +45,11 @@ class Item:
     choices: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
     where: str = ""  # file:line, or the generator and index
+    fields: tuple[str, ...] = ()  # input field labels of a user's own prompt format ("Review")
 
     def parse(self) -> Parsed:
         return parse_completion(self.completion, self.task, choices=list(self.choices) if self.choices else None,
-                                labels=list(self.labels) if self.labels else None)
+                                labels=list(self.labels) if self.labels else None, fields=self.fields)
 
 
 def short_source(source: str) -> str:
@@ -74,7 +75,8 @@ def load_corpus(directory: Path = CORPUS_DIR) -> list[Item]:
                     raise ValueError(f"{path.name}:{n}: missing {', '.join(missing)}")
                 items.append(Item(row["style"], row["source"], row["task"], row["completion"], row["expected"],
                                   tuple(row["choices"]) if row.get("choices") else None,
-                                  tuple(row["labels"]) if row.get("labels") else None, f"{path.name}:{n}"))
+                                  tuple(row["labels"]) if row.get("labels") else None, f"{path.name}:{n}",
+                                  tuple(row.get("fields") or ())))
     return items
 
 

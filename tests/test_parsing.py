@@ -8,6 +8,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mentor.errors import MentorError
 from mentor.tasks.answers import parse_completion, summarize_parses
@@ -643,3 +645,84 @@ def test_a_letter_taken_back_is_refused():
     assert parse_completion("C. A frog", "choice", choices=choices).label == "a frog"
     assert parse_completion("D) green, which is A natural color", "choice", choices=choices).label == "green"
     assert parse_completion("So the answer is (B), since option A is a frog.", "choice", choices=choices).label == "blue"
+
+
+# ------------------------------------------------------------------------------------------------
+# Run-ons in the prompt's own format (issue 23): the teacher answers, then invents the next example
+# ------------------------------------------------------------------------------------------------
+
+ISSUE_23_RUNONS = [
+    ("A man can hold a guitar without playing it. So the answer is neutral.\n\nPremise: Two dogs run along a beach.\n"
+     "Hypothesis: Animals are outdoors.\nAnswer: Dogs are animals and a beach is outdoors. So the answer is entailment."
+     "\n\nPremise: A", "neutral", "A man can hold a guitar without playing it."),
+    ("The girl is reading, so she is not asleep.\nAnswer: contradiction\n\nPremise: A girl reads a book in a park.\n"
+     "Hypothesis: A girl is reading.\nReasonings: Reading a book is reading.\nAnswer: entailment\n\nPre",
+     "contradiction", "The girl is reading, so she is not asleep."),
+]
+
+
+@pytest.mark.parametrize("completion,label,rationale", ISSUE_23_RUNONS)
+def test_a_runon_in_the_prompts_format_is_cut_at_its_first_field(completion, label, rationale):
+    p = parse_completion(completion, "nli")
+    assert (p.ok, p.label, p.rationale) == (True, label, rationale), p
+
+
+def test_a_users_own_format_fields_start_the_runon():
+    from mentor.tasks.prompts import PromptTemplate, Shot
+
+    shots = [Shot("Review: Love it.\nStars: 5", "Loving a product is praise.", "positive"),
+             Shot("Review: Broke at once.\nStars: 1", "Breaking at once is a defect.", "negative")]
+    template = PromptTemplate.for_task("classify", shots=shots, labels=["positive", "negative"])
+    assert template.input_fields == ("Review", "Stars")
+    completion = "Fast and sturdy is praise. So the answer is positive.\n\nReview: Meh.\nStars: 1\nAnswer: negative"
+    assert template.parse(completion).label == "positive"
+    # Without the format's fields the invented example's answer conflicts with the real one.
+    assert not parse_completion(completion, "classify", labels=["positive", "negative"]).ok
+
+
+def test_fields_before_any_answer_are_an_echo_and_a_lone_letter_answer_is_kept():
+    echoed = "Premise: A dog runs.\nHypothesis: A dog moves.\nRunning is moving. So the answer is entailment."
+    p = parse_completion(echoed, "nli")
+    assert (p.label, p.rationale) == ("entailment", "Premise: A dog runs.\nHypothesis: A dog moves.\nRunning is moving.")
+    # A short last line is only dropped as a cut field name when it is one ("Pre"), never a letter answer.
+    assert parse_completion("Cold keeps it frozen. So the answer is:\n\nC", "choice", choices=["a", "b", "c"]).label == "c"
+    # Reasoning cut by a new paragraph of fields: the only answer is the invented example's, refused.
+    assert not parse_completion("The premise is about a dog and\n\nPremise: A dog swims.\nHypothesis: It is wet.\n"
+                                "Answer: entailment", "nli").ok
+
+
+def _runon_cases():
+    """(task, first shot, second shot) over every pair of built-in exemplars of every task."""
+    from mentor.tasks.prompts import BUILTIN_SHOTS
+
+    return [(task, a, b) for task, shots in BUILTIN_SHOTS.items() for a in shots for b in shots if a is not b]
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=st.sampled_from(_runon_cases()), answer_line=st.booleans(), with_q=st.booleans(), blank=st.booleans(),
+       cut=st.integers(min_value=0, max_value=400))
+def test_any_invented_next_example_leaves_the_first_blocks_answer(case, answer_line, with_q, blank, cut):
+    """A completion that answers one built-in exemplar, then runs on into another rendered in the
+    prompt's format (fields alone or after "Q:", with its own answer, then a third example), cut
+    off anywhere by the token limit, reads as the first block's answer and rationale."""
+    from mentor.tasks.prompts import PromptTemplate, answer_sentence
+
+    task, first, second = case
+
+    def answer(shot) -> str:
+        if answer_line:
+            return f"{shot.rationale}\nAnswer: {shot.label}"
+        return f"{shot.rationale.rstrip('.')}. {answer_sentence(task, shot.label)}"
+
+    if with_q or task in ("math", "classify"):  # inputs without field labels run on as a new "Q:"
+        invented = f"Q: {second.input}\nA: {answer(second)}"
+        third = f"Q: {first.input}"
+    else:
+        invented = f"{second.input}\nAnswer: {second.label}"
+        third = first.input
+    sep = "\n\n" if blank else "\n"
+    completion = answer(first) + sep + (invented + sep + third)[:cut]
+    expected = {"math": lambda: format_number(evaluate_math(first.label)),
+                "choice": lambda: first.label[1]}.get(task, lambda: first.label)()
+    p = PromptTemplate.for_task(task).parse(completion)
+    assert (p.ok, p.label, p.rationale.rstrip(".")) == (True, expected, first.rationale.rstrip(".")), (completion, p)

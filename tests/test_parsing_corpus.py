@@ -34,7 +34,7 @@ FLOORS: dict[str, float] = {}  # a style that may parse below 100%, and why
 
 
 def test_the_corpus_is_varied_and_well_formed():
-    assert 120 <= len(CORPUS) <= 250, len(CORPUS)
+    assert 120 <= len(CORPUS) <= 320, len(CORPUS)
     assert len(SCORES) >= 10, list(SCORES)
     assert sum(s.items for s in SCORES.values() if s.style == "refusal") >= 10
     assert len({item.completion for item in CORPUS}) == len(CORPUS), "duplicate completions"

@@ -99,9 +99,12 @@ def evaluate_student(model_ref, rows: list[dict], task: str, answer_field: str =
 
 def evaluate_completions(completions: list[str], rows: list[dict], task: str, answer_field: str = "output_text",
                          labels: list[str] | None = None, name: str = "teacher", seconds_per_example: float | None = None,
-                         tokens_per_example: float | None = None, parameters: int | None = None) -> EvalResult:
-    """Score chain-of-thought completions (a teacher's, or a prompted model's) by their parsed answers."""
-    parsed = [parse_completion(c, task, choices=r.get("choices"), labels=labels) for c, r in zip(completions, rows)]
+                         tokens_per_example: float | None = None, parameters: int | None = None,
+                         fields: tuple[str, ...] = ()) -> EvalResult:
+    """Score chain-of-thought completions (a teacher's, or a prompted model's) by their parsed answers;
+    ``fields``: the input field labels of the prompt's few-shot format, where a run-on starts."""
+    parsed = [parse_completion(c, task, choices=r.get("choices"), labels=labels, fields=fields)
+              for c, r in zip(completions, rows)]
     preds = [p.label if p.ok else None for p in parsed]
     metrics = score(preds, golds_of(rows, answer_field), task, labels=labels,
                     choices=[r.get("choices") for r in rows] if task == "choice" else None)
@@ -128,4 +131,4 @@ def evaluate_prompting(model_ref: str, rows: list[dict], task: str, answer_field
     tokens = sum(len(predictor.tokenizer(o, add_special_tokens=False).input_ids) for o in outputs) / len(rows)
     kind = "zero-shot" if template.zero_shot else f"{len(template.shots)}-shot"
     return evaluate_completions(outputs, rows, task, answer_field, labels, name or f"{model_ref} ({kind} CoT prompting)",
-                                seconds / len(rows), tokens, predictor.parameters)
+                                seconds / len(rows), tokens, predictor.parameters, fields=template.input_fields)

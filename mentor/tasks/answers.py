@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 from mentor.tasks import LABEL_TASKS
@@ -271,6 +272,7 @@ def parse_completion(
     choices: list[str] | None = None,
     labels: list[str] | None = None,
     cut_off: bool = False,
+    fields: Sequence[str] = (),
 ) -> Parsed:
     """Split a teacher completion (the text written after the prompt's "A:") into rationale and
     normalised label, cutting everything after the answer sentence.
@@ -278,11 +280,14 @@ def parse_completion(
     ``choices`` are the option texts of a multiple-choice question (letters map to them in order);
     ``labels`` the label set for "nli" (default entailment/neutral/contradiction) and "classify".
     ``cut_off``: generation stopped at the token limit, so only whole sentences are read.
+    ``fields``: the input field labels of the prompt's format beyond the built-in ones
+    (`INPUT_FIELD_LABELS`), e.g. a user's own few-shot format's "Review": a line opening with one
+    after the answer starts a run-on.
     """
     check_labels(task, labels)
     if not text or not text.strip():
         return Parsed("", None, "", False, REASON_EMPTY)
-    head = cut_runon(text)
+    head = cut_repeated_input(cut_runon(text), fields)
     if cut_off and head.rstrip() == text.rstrip():  # the cut is in the answer's part, not in a run-on
         head = _whole_sentences(head)
         if not head.strip():
@@ -321,6 +326,63 @@ def parse_completion(
                 rationale = _clean_rationale(head[:earlier_start])
                 break
     return Parsed(rationale, label, raw, label is not None, reason)
+
+
+# Field labels that open an input in the prompt formats (mentor.tasks.prompts renders "Premise:",
+# "Hypothesis:", "Context:", "Question:", "Answer Choices:") and in common few-shot formats. A
+# teacher that runs on after its answer often invents the next example in the prompt's own format;
+# a line that opens with one of these after an answer starts that run-on.
+INPUT_FIELD_LABELS = (
+    "Q", "Question", "Problem", "Premise", "Hypothesis", "Context", "Passage", "Text", "Sentence", "Options",
+    "Answer Choices", "Choices",
+)
+
+
+@lru_cache(maxsize=64)
+def _field_line(fields: tuple[str, ...]) -> re.Pattern[str]:
+    names = sorted(set(INPUT_FIELD_LABELS) | set(fields), key=len, reverse=True)  # "Question" before "Q"
+    return re.compile(r"^[ \t]*(?:" + "|".join(re.escape(n) for n in names) + r")[ \t]*[:：]", re.MULTILINE)
+
+
+def cut_repeated_input(head: str, fields: Sequence[str] = ()) -> str:
+    """``head`` up to the first line that opens an input field ("Premise:", a user format's own
+    fields) after an answer was stated: the teacher inventing the next example in the prompt's
+    format. Fields before any answer are the teacher echoing its input and stay. A trailing line
+    that is only the start of a field name ("Pre", cut off by the token limit) is no answer and is
+    dropped too."""
+    names = tuple(fields)
+    field_line = _field_line(names)
+    stated: list[int] | None = None
+    for m in field_line.finditer(head):
+        if stated is None:  # found lazily: most completions have no field line at all
+            stated = [s.end for s in _statements(head) if s.balanced and not _hypothetical(head, s)]
+        if any(end <= m.start() for end in stated) or _new_example(head, m.start(), field_line):
+            head = head[: m.start()]
+            break
+    return _drop_field_fragment(head, names)
+
+
+def _new_example(head: str, start: int, field_line: re.Pattern[str]) -> bool:
+    """Whether a field line with no answer before it opens an invented example: it starts a
+    paragraph after the teacher's own text (reasoning, not echoed input fields), so whatever
+    answer follows belongs to the invented example, not to this one."""
+    before = head[:start]
+    if not before.endswith("\n\n") and not re.search(r"\n[ \t]*\n[ \t]*\Z", before):
+        return False
+    return any(line.strip() and not field_line.match(line) for line in before.split("\n"))
+
+
+def _drop_field_fragment(head: str, fields: tuple[str, ...]) -> str:
+    """``head`` without a last line that is only the beginning of a field name ("Pre", "Hypoth").
+    Three letters at least: a lone "C" on the last line may be the answer to "the answer is:"."""
+    body = head.rstrip()
+    line_start = body.rfind("\n") + 1
+    fragment = body[line_start:].strip()
+    if line_start and len(fragment) >= 3 and any(
+        name.startswith(fragment) and name != fragment for name in (*INPUT_FIELD_LABELS, *fields)
+    ):
+        return body[:line_start]
+    return head
 
 
 def _hypothetical(head: str, statement: _Statement) -> bool:

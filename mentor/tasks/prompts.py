@@ -11,6 +11,7 @@ line by line, before any teacher call is paid for.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +212,9 @@ def _read_builtin(task: str) -> tuple[Shot, ...]:
     return tuple(read_jsonl(EXEMPLARS_DIR / f"{task}.jsonl", parse, "exemplars"))
 
 
+# A field label at a line start of an exemplar's input: a capitalised name of up to four words.
+_FIELD_LABEL = re.compile(r"^[ \t]*([A-Z][A-Za-z0-9_-]*(?:[ \t][A-Za-z0-9_-]+){0,3})[ \t]*:(?=[ \t]|$)", re.MULTILINE)
+
 # Hand-written; the math ones follow the SVAMP teacher style (the answer is an arithmetic expression).
 BUILTIN_SHOTS: dict[str, tuple[Shot, ...]] = {task: _read_builtin(task) for task in TASKS}
 _CLASSIFY_BUILTIN_LABELS = ("positive", "negative", "neutral")
@@ -250,6 +254,7 @@ class PromptTemplate:
     labels: tuple[str, ...] | None = None
     instruction: str = ""
     _prefix: str = field(default="", init=False, repr=False, compare=False)
+    _fields: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -257,6 +262,8 @@ class PromptTemplate:
         for shot in self.shots:
             blocks.append(f"Q: {shot.input}\nA: {_sentence(shot.rationale)} {answer_sentence(self.task, shot.label)}")
         object.__setattr__(self, "_prefix", "\n\n".join(blocks) + ("\n\n" if blocks else ""))
+        found = {m.group(1).strip() for shot in self.shots for m in _FIELD_LABEL.finditer(shot.input)}
+        object.__setattr__(self, "_fields", tuple(sorted(found)))
 
     @classmethod
     def for_task(
@@ -292,11 +299,19 @@ class PromptTemplate:
 
     __call__ = render
 
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        """The field labels that open the exemplars' input lines ("Review:" in "Review: ...") and
+        the built-in formats' own: a teacher that writes one after its answer is inventing the next
+        example in this format (see `mentor.tasks.answers.cut_repeated_input`)."""
+        return self._fields
+
     def parse(self, completion: str, choices: list[str] | None = None, cut_off: bool = False) -> Parsed:
-        """Parse a completion of this template's prompt with the matching task and labels (`cut_off`:
-        generation stopped at the token limit)."""
+        """Parse a completion of this template's prompt with the matching task, labels and input
+        fields (`cut_off`: generation stopped at the token limit)."""
         return parse_completion(completion, self.task, choices=choices, labels=list(self.labels) if self.labels else None,
-                                cut_off=cut_off)
+                                cut_off=cut_off, fields=self.input_fields)
+
 
 
 def build_prompt(
