@@ -320,3 +320,55 @@ def test_one_teacher_cache_shared_by_label_and_distill_pays_once(tmp_path, capsy
         assert server.state.total_requests == 12  # every training prompt came from the shared cache
     assert not (tmp_path / "student" / "teacher_cache.sqlite").exists()
     assert "0 calls, 12 cache hits" in capsys.readouterr().out
+
+
+def test_label_reads_teachers_that_run_on_in_the_prompts_format(tmp_path, capsys):
+    """`mentor label --task nli` with a recorded teacher whose completions run on into invented
+    examples in the prompt's format (the corpus's NLI run-ons, and a user format's own fields):
+    every completion is read, as the first block's answer, and its rationale kept."""
+    corpus = [json.loads(line) for line in (Path(__file__).parent / "data" / "cot_corpus" /
+                                            "runon_prompt_format.jsonl").read_text().splitlines()]
+    nli = [r for r in corpus if r["task"] == "nli" and r["expected"] and not r.get("labels")]
+    rows = [{"input_text": f"Premise: p{i}\nHypothesis: h{i}", "teacher_completion": r["completion"]}
+            for i, r in enumerate(nli)]
+    data = write_jsonl(tmp_path / "nli.jsonl", rows)
+    out = tmp_path / "labeled.jsonl"
+    assert cli_main(["label", "--teacher", "recorded:field=teacher_completion", "--data", str(data),
+                     "--output", str(out), "--task", "nli"]) == 0
+    labeled = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["teacher_label"] for r in labeled] == [r["expected"] for r in nli]
+    assert all(r["parse_ok"] and r["rationale"] and "Premise:" not in r["rationale"].split("\n")[-1] for r in labeled)
+    assert f"parsed {len(nli)}/{len(nli)}" in capsys.readouterr().out
+    # A user's own format: its fields ("Review:") start the run-on too.
+    shots = write_jsonl(tmp_path / "shots.jsonl", [
+        {"input": "Review: Love it.", "rationale": "Loving a product is praise.", "label": "positive"},
+        {"input": "Review: Broke at once.", "rationale": "Breaking at once is a defect.", "label": "negative"}])
+    reviews = write_jsonl(tmp_path / "reviews.jsonl", [{"input_text": "Review: Sturdy and fast.", "teacher_completion":
+                          "Sturdy and fast is praise. So the answer is positive.\n\nReview: Meh.\nAnswer: negative\n\nRev"}])
+    out = tmp_path / "reviews_labeled.jsonl"
+    assert cli_main(["label", "--teacher", "recorded:field=teacher_completion", "--data", str(reviews), "--output",
+                     str(out), "--task", "classify", "--labels", "positive,negative", "--prompt-examples", str(shots)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (row["teacher_label"], row["rationale"]) == ("positive", "Sturdy and fast is praise.")
+
+
+def test_the_teacher_is_closed_when_the_job_fails_after_it_was_made(data, tmp_path, monkeypatch):
+    """Its SQLite cache (and a live teacher's connections) would stay open in a long-running server."""
+    from mentor.recipes import distill as recipe
+
+    closed, make = [], recipe.make_teacher
+
+    def make_teacher(*args, **kwargs):
+        teacher = make(*args, **kwargs)
+        close = teacher.close
+        teacher.close = lambda: (closed.append(teacher), close())[1]
+        return teacher
+
+    def load_student(cfg):
+        raise MentorError("the student cannot be loaded")
+
+    monkeypatch.setattr(recipe, "make_teacher", make_teacher)
+    monkeypatch.setattr(recipe.setup, "load_student", load_student)
+    with pytest.raises(MentorError, match="cannot be loaded"):
+        distill(base_job(data, tmp_path / "o", test_data=None))
+    assert len(closed) == 1
