@@ -176,3 +176,42 @@ def test_a_job_that_ends_beside_a_settled_cancel_is_registered(service, tmp_path
         assert (finished.status, finished.error) == ("succeeded", None)
         assert s.get(ModelRow, finished.fine_tuned_model) is not None
         assert s.get(JobRow, queued).status == "cancelled"
+
+
+def test_a_damaged_or_emptied_database_is_refused_in_one_line(tmp_path, capsys):
+    """Garbage or a cut-off mentor.db is one line naming the file, not SQLAlchemy's traceback; an
+    emptied one (0 bytes) beside the server's jobs and files is refused, never a fresh start over them."""
+    from mentor.cli import main
+    from mentor.errors import MentorError
+    from mentor.server.db import Database
+
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "mentor.db").write_bytes(b"not a database at all\n" * 200)
+    assert main(["server", "--data-dir", str(garbage), "--insecure-no-auth"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(garbage / "mentor.db") in err and "Traceback" not in err
+
+    cut = tmp_path / "cut"
+    db = Database(cut)
+    with db.begin() as s:
+        for i in range(300):
+            s.add(JobRow(id=f"ftjob-{i:024d}", kind="tune", config={"x": "y" * 200}, status="succeeded",
+                         folder=str(cut), base_model="tiny:llama"))
+    db.engine.dispose()
+    data = (cut / "mentor.db").read_bytes()
+    assert len(data) > 16384
+    (cut / "mentor.db").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MentorError, match="mentor.db is (damaged|not a readable)"):
+        Database(cut)
+
+    emptied = tmp_path / "emptied"
+    (emptied / "jobs" / ("ftjob-" + "a" * 24)).mkdir(parents=True)
+    (emptied / "mentor.db").write_bytes(b"")
+    with pytest.raises(MentorError, match=r"mentor.db is empty \(0 bytes\) but .*jobs/ hold"):
+        Database(emptied)
+    assert (emptied / "mentor.db").stat().st_size == 0  # nothing was written over it
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "mentor.db").write_bytes(b"")  # empty, and nothing beside it: a new server may start
+    Database(fresh)

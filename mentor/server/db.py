@@ -8,8 +8,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select, text
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from mentor.errors import MentorError
 
 SCHEMA_VERSION = 1
 
@@ -99,8 +102,9 @@ class Database:
 
     def __init__(self, data_dir: Path):
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(f"sqlite:///{data_dir / 'mentor.db'}", connect_args={"timeout": 30,
-                                                                                        "check_same_thread": False})
+        path = data_dir / "mentor.db"
+        _refuse_a_lost_database(path)
+        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(self.engine, "connect")
         def _sqlite_pragmas(conn, _):
@@ -109,21 +113,45 @@ class Database:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        Base.metadata.create_all(self.engine)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self.sessions.begin() as s:
-            version = s.get(Meta, "schema_version")
-            if version is None:
-                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(version.value) > SCHEMA_VERSION:
-                raise RuntimeError(f"{data_dir / 'mentor.db'} was written by a newer mentor (schema "
-                                   f"{version.value}); upgrade mentor to use it")
+        try:
+            with self.engine.connect() as conn:  # a truncated file opens, and fails only at the page it lost
+                problems = [row[0] for row in conn.execute(text("PRAGMA quick_check"))]
+            if problems != ["ok"]:
+                raise MentorError(f"{path} is damaged ({problems[0][:200]}); restore it from a backup, or move it "
+                                  "away together with the jobs/ and files/ folders beside it to start afresh")
+            Base.metadata.create_all(self.engine)
+            self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+            with self.sessions.begin() as s:
+                version = s.get(Meta, "schema_version")
+                if version is None:
+                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(version.value) > SCHEMA_VERSION:
+                    raise MentorError(f"{path} was written by a newer mentor (schema {version.value}); upgrade "
+                                      "mentor to use it")
+        except DatabaseError as err:  # not a database at all: garbage, or a header cut off
+            self.engine.dispose()
+            reason = str(err.orig or err).splitlines()[0][:200]
+            raise MentorError(f"{path} is not a readable mentor database ({reason}); restore it from a backup, or "
+                              "move it away together with the jobs/ and files/ folders beside it to start afresh") \
+                from None
 
     def session(self) -> Session:
         return self.sessions()
 
     def begin(self):
         return self.sessions.begin()
+
+
+def _refuse_a_lost_database(path: Path) -> None:
+    """An empty (0-byte) database beside jobs and uploaded files lost what it held: opening it would
+    start an empty server that ignores them, and a new job could reuse their names. Refused."""
+    if not path.exists() or path.stat().st_size > 0:
+        return
+    held = [name for name in ("jobs", "files") if (path.parent / name).is_dir() and any((path.parent / name).iterdir())]
+    if held:
+        raise MentorError(f"{path} is empty (0 bytes) but {' and '.join(f'{path.parent / n}/' for n in held)} hold "
+                          "the server's data; restore the database from a backup, or move those folders away to "
+                          "start afresh")
 
 
 __all__ = ["Base", "Database", "FileRow", "JobRow", "ModelRow", "epoch", "now", "select"]
