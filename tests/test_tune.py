@@ -62,7 +62,24 @@ def test_loss_falls_and_metrics_are_recorded(task, tmp_path):
     assert "tiny:llama" in card and "sha256" in card and "eval_total_loss" in card
 
 
-def test_checkpoint_selection_returns_best_not_last(task, tmp_path):
+def test_checkpoint_selection_returns_best_not_last(task, tmp_path, monkeypatch):
+    """The last evaluation is made the worst on every CPU's numerics: before the last step the
+    weights are scrambled (a free trajectory may tie its last two evaluations, and did on an
+    AVX2-only CPU)."""
+    from mentor.training.trainer import MentorTrainer
+
+    step = MentorTrainer.training_step
+
+    def scrambled_before_the_end(self, model, *args, **kwargs):
+        loss = step(self, model, *args, **kwargs)
+        if self.state.global_step == self.state.max_steps - 1:
+            noise = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=noise).to(p) * 2.0)
+        return loss
+
+    monkeypatch.setattr(MentorTrainer, "training_step", scrambled_before_the_end)
     train, evald = task
     common = dict(model="tiny:llama", data=str(train), evaluation_data=str(evald), tuning="full", train_steps=200,
                   batch_size=16, learning_rate_multiplier=400, evaluation_interval=20, early_stopping=False)
