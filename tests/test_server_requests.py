@@ -215,3 +215,38 @@ def test_a_damaged_or_emptied_database_is_refused_in_one_line(tmp_path, capsys):
     fresh.mkdir()
     (fresh / "mentor.db").write_bytes(b"")  # empty, and nothing beside it: a new server may start
     Database(fresh)
+
+
+def test_a_second_server_on_one_data_folder_refuses_to_start_naming_the_holder(tmp_path):
+    """Two schedulers on one folder fight over its workers; the second `mentor server` refuses in
+    one line naming the first. The lock is the OS's: a killed holder leaves none behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from server_fixtures import free_port
+
+    from mentor.errors import MentorError
+    from mentor.server.folder_lock import lock_data_folder
+
+    data = tmp_path / "data"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from mentor.server.folder_lock import lock_data_folder; "
+                               "lock = lock_data_folder(Path(sys.argv[1]), '127.0.0.1', 8123); "
+                               "print('held', flush=True); time.sleep(120)", str(data)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-m", "mentor.cli", "server", "--data-dir", str(data), "--port",
+                                 str(free_port()), "--insecure-no-auth"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        [line] = [x for x in second.stderr.splitlines() if x.strip()]
+        assert line.startswith("mentor: error: the data folder") and f"pid {holder.pid}" in line, line
+        assert "http://127.0.0.1:8123" in line
+        with pytest.raises(MentorError, match=f"pid {holder.pid}"):
+            lock_data_folder(data)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = lock_data_folder(data)  # the dead holder's lock went with it
+    del lock

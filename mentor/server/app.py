@@ -21,6 +21,7 @@ from mentor.server import auth, openapi
 from mentor.server.db import Database
 from mentor.server.errors import ApiError
 from mentor.server.executors import make_executor
+from mentor.server.folder_lock import lock_data_folder
 from mentor.server.routes import batches, cloud, console, files, fine_tuning, inference, jobs, models
 from mentor.server.scheduler import Scheduler
 from mentor.server.settings import ServerSettings
@@ -39,6 +40,7 @@ class Context:
     pool: ModelPool
     engine: Engine
     served: dict  # `mentor serve`'s models by the names it was given
+    folder_lock: object = None  # the data folder's lock, held as long as the app lives
 
 
 ENVELOPE = 64 * 1024  # room for the multipart envelope around an uploaded file
@@ -53,6 +55,8 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     """The service; with `serve` (model references), only those models' inference endpoints
     (`mentor serve`): no jobs, no uploads."""
     settings = settings.prepared()
+    # the job service owns its data folder alone; `mentor serve` only reads models
+    folder_lock = lock_data_folder(settings.data_dir, settings.host, settings.port) if serve is None else None
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.data_dir)
@@ -80,7 +84,7 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
 
     app = FastAPI(title="mentor", version="0.1.0", lifespan=lifespan,
                   description="Tune and distill language models: jobs, files and tuned models.")
-    app.state.ctx = Context(settings, db, scheduler, token, pool, engine, served)
+    app.state.ctx = Context(settings, db, scheduler, token, pool, engine, served, folder_lock)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
