@@ -250,3 +250,40 @@ def test_a_second_server_on_one_data_folder_refuses_to_start_naming_the_holder(t
         holder.wait()
     lock = lock_data_folder(data)  # the dead holder's lock went with it
     del lock
+
+
+def openai_client(service):
+    """The official client, talking to the in-process app (TestClient is an httpx.Client)."""
+    import openai
+
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=TOKEN, http_client=service, max_retries=0)
+
+
+def test_inputs_the_inference_api_cannot_honour_are_refused_naming_them(service):
+    """An image (or any part that is not text) is not dropped from the conversation, and an unknown
+    field is not ignored: a 400 names it. What the official client and harnesses send is accepted."""
+    import openai
+
+    c = openai_client(service)
+    text = {"type": "text", "text": "abc"}
+    for part in ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                 {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}, {"type": "text"}):
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(model="tiny:llama", messages=[{"role": "system", "content": "be brief"},
+                                                                    {"role": "user", "content": [text, part]}],
+                                      max_tokens=2)
+        assert err.value.body["param"] == "messages[1].content[1]", err.value.body
+        assert "not supported" in err.value.body["message"]
+    for create in (lambda **kw: c.chat.completions.create(messages=[{"role": "user", "content": "abc"}], **kw),
+                   lambda **kw: c.completions.create(prompt="abc", **kw)):
+        with pytest.raises(openai.BadRequestError) as err:
+            create(model="tiny:llama", max_tokens=2, extra_body={"top_k": 5})
+        assert err.value.body["param"] == "top_k" and "top_k" in err.value.body["message"]
+        # what clients and evaluation harnesses send along: accepted
+        answer = create(model="tiny:llama", max_tokens=2, temperature=0, seed=1234, n=1, user="u-1", logprobs=False,
+                        stream_options=None, stop=["\n\n"])
+        assert answer.usage.completion_tokens > 0
+    streamed = list(c.chat.completions.create(model="tiny:llama", messages=[{"role": "user", "content": [text]}],
+                                              max_tokens=2, stream=True, stream_options={"include_usage": True},
+                                              metadata={"run": "a"}, store=False, tool_choice="none"))
+    assert streamed[-1].usage.completion_tokens > 0

@@ -13,6 +13,14 @@ from mentor.serving.generate import SamplingParams
 MIN_TEMPERATURE = 1e-5
 
 
+class RequestProblem(ValueError):
+    """A request that cannot be answered as asked, with the body field it is about (OpenAI's `param`)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
@@ -27,11 +35,15 @@ class StreamOptions(BaseModel):
 # is refused (400) rather than ignored, so a client never takes an answer for what it did not ask
 UNSUPPORTED = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "frequency_penalty": (0, 0.0),
                "presence_penalty": (0, 0.0), "logit_bias": ({},), "best_of": (1,), "suffix": ("",), "tools": ([],),
-               "functions": ([],), "response_format": ({"type": "text"},), "modalities": (["text"],)}
+               "functions": ([],), "response_format": ({"type": "text"},), "modalities": (["text"],),
+               "tool_choice": ("none", "auto"), "function_call": ("none", "auto"), "audio": (),
+               "prediction": (), "reasoning_effort": (), "verbosity": (), "web_search_options": ()}
 
 
 class Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # a field this server does not know is refused (400 naming it), never ignored: the client would
+    # take the answer for one that honoured it
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
@@ -41,6 +53,8 @@ class Common(BaseModel):
                 value = data.get(name)
                 if value is not None and not any(value == ok and type(value) is type(ok) for ok in nothing):
                     raise ValueError(f"'{name}' is not supported by this server")
+            # their "off" values ask for nothing: dropped here, so that only unknown fields are left over
+            data = {k: v for k, v in data.items() if k not in UNSUPPORTED}
         return data
 
     model: str = Field(min_length=1, max_length=512)
@@ -53,11 +67,19 @@ class Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     task: Literal["label", "rationale"] = Field("label", description="mentor: a step-by-step student's task")
+    # OpenAI's bookkeeping fields: they do not change the answer, so they are accepted and not used
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    parallel_tool_calls: bool | None = None  # (tools are refused above)
 
     def params(self, default_max: int = 256) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > 4:
-            raise ValueError("at most 4 stop sequences")
+            raise RequestProblem("at most 4 stop sequences", "stop")
         # a temperature this close to 0 is greedy decoding, and sampling at it overflows to inf/nan
         temperature = self.temperature if self.temperature >= MIN_TEMPERATURE else 0.0
         return SamplingParams(max_new_tokens=self.max_tokens or default_max, temperature=temperature,
@@ -74,15 +96,28 @@ class CompletionRequest(Common):
     prompt: str | Annotated[list[str], Field(max_length=64)]  # at most 64 prompts; a prompt is any length
 
 
+def text_messages(messages: list[Message]) -> list[dict]:
+    """The conversation as role and text, "developer" read as "system"; a content part that is not
+    text (an image, audio, a file) is refused, naming it: multimodal serving is not implemented,
+    and dropping the part would answer a question the client did not ask."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else []):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise RequestProblem(f"messages[{i}].content[{j}]: content parts of type {str(part.get('type'))[:40]!r} "
+                                     "are not supported by this server (text parts only)",
+                                     f"messages[{i}].content[{j}]")
+    return [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content)}
+            for m in messages]
+
+
 def chat_prompt(p, body: ChatRequest) -> tuple[str, SamplingParams]:
     """The rendered prompt (the model's chat template, instruction and task prefix) and settings.
-    `p` is the model's `Predictor`. Raises ValueError for a request that cannot be answered."""
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content)}
-                for m in body.messages]
+    `p` is the model's `Predictor`. Raises RequestProblem for a request that cannot be answered."""
+    messages = text_messages(body.messages)
     if messages[-1]["role"] != "user":
-        raise ValueError("the last message must be the user's")
+        raise RequestProblem("the last message must be the user's", "messages")
     if body.task == "rationale" and not p.rationale_prefix:
-        raise ValueError(f"model '{body.model}' has no rationale task (only step-by-step students do)")
+        raise RequestProblem(f"model '{body.model}' has no rationale task (only step-by-step students do)", "task")
     prefix = p.rationale_prefix if body.task == "rationale" else None
     item = messages if len(messages) > 1 else messages[0]["content"]
     params = body.model_copy(update={"max_tokens": body.max_completion_tokens or body.max_tokens}).params()

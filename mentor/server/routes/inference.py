@@ -27,7 +27,14 @@ from mentor.server import registry
 from mentor.server.errors import ApiError, bad, not_found
 from mentor.serving.engine import Ticket
 from mentor.serving.generate import SamplingParams
-from mentor.serving.openai_api import ChatRequest, CompletionRequest, chat_prompt, chat_response, completion_response
+from mentor.serving.openai_api import (
+    ChatRequest,
+    CompletionRequest,
+    RequestProblem,
+    chat_prompt,
+    chat_response,
+    completion_response,
+)
 from mentor.serving.openai_api import usage as _usage
 from mentor.serving.pool import Servable
 from mentor.serving.predict import Predictor
@@ -145,9 +152,8 @@ def chat(request: Request, body: ChatRequest):
         prompt, params = chat_prompt(p, body)
     except TemplateError as err:  # the model's chat template refused the conversation ("roles must alternate")
         raise bad(f"the model's chat template refused these messages: {err}", "messages") from None
-    except ValueError as err:
-        message = str(err)
-        raise bad(message, "stop" if "stop" in message else "messages" if "message" in message else "task") from None
+    except RequestProblem as err:
+        raise bad(str(err), err.param) from None
     params = _fitted(p, [prompt], params, asked=bool(body.max_completion_tokens or body.max_tokens))
     [ticket] = _answer(ctx, p, [prompt], params, body.stream)
     rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
@@ -188,8 +194,8 @@ def completions(request: Request, body: CompletionRequest):
     prompts = [p.render(t, prefix) for t in texts]
     try:
         params = body.params(default_max=16)
-    except ValueError as err:
-        raise bad(str(err), "stop") from None
+    except RequestProblem as err:
+        raise bad(str(err), err.param) from None
     params = _fitted(p, prompts, params, asked=body.max_tokens is not None)
     tickets = _answer(ctx, p, prompts, params, body.stream and len(prompts) == 1)
     rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
