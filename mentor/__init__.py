@@ -3,6 +3,7 @@
     mentor.run("step-by-step", model=..., teacher=..., data=..., output=...)  # any job kind
     mentor.tune(model=..., data=..., output=...)      # mentor.run("tune", ...); also mentor.dpo, mentor.reward_model
     mentor.kinds()                                    # every kind: name, config, summary
+    mentor.score(reward_model, prompt, [answer, ...]) # a reward model's scores of answers
 
 (`mentor.distill` and `mentor.rlhf` are the packages of those components; their jobs run with
 `mentor.run("step-by-step" | "logit" | ... | "rlhf", ...)`.)
@@ -51,4 +52,24 @@ def get_tuned_model(name: str, data_dir: str | None = None) -> TunedModel:
     return _get(name, data_dir)
 
 
-__all__ = ["TuneConfig", "TunedModel", "dpo", "get_tuned_model", "kinds", "reward_model", "run", "tune"]
+def score(model: str, prompts, responses: list[str], data_dir: str | None = None) -> list[float]:
+    """A reward model's scores of answers (higher: preferred), as it scores them in RLHF.
+
+    `model`: a reward-model job's folder, its model folder, or a registered name (ft:...) of
+    `mentor server`'s registry in `data_dir`. `prompts`: one prompt for every answer (a text, or a
+    conversation ending with the user's turn), or one per answer."""
+    from mentor.rlhf.reward import RewardModel
+
+    if model.startswith("ft:"):
+        from pathlib import Path
+
+        from mentor.server.db import Database
+        from mentor.server.registry import get_model
+        from mentor.server.settings import default_data_dir
+
+        model = get_model(Database(Path(data_dir).expanduser() if data_dir else default_data_dir()), model).path
+    one = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
+    return RewardModel(model).score([prompts] * len(responses) if one else list(prompts), list(responses))
+
+
+__all__ = ["TuneConfig", "TunedModel", "dpo", "get_tuned_model", "kinds", "reward_model", "run", "score", "tune"]

@@ -54,3 +54,23 @@ def sigkill_when(proc, ready, timeout: float, what: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def reward_model_folder(folder: Path) -> Path:
+    """A reward model as `mentor reward-model` saves one (a one-output sequence classifier with
+    mentor's record, kind "reward_model"), made from tiny:llama without training: its scores are
+    those of a fresh head, enough to check what scores and what refuses to generate."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mentor.models import resolve
+    from mentor.rlhf.reward import load_classifier
+
+    source = resolve("tiny:llama")
+    torch.manual_seed(0)
+    model = load_classifier(source)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    (folder / "mentor_model.json").write_text(json.dumps({"kind": "reward_model", "base_model": "tiny:llama",
+                                                          "tuning": "full", "use_chat_template": True}))
+    return folder

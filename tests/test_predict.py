@@ -318,3 +318,33 @@ def test_context_limits_count_what_generation_feeds():
     assert llama.room([prompt]) == 2048 - llama.prompt_tokens(prompt)
     assert llama.overflow([prompt], max_new_tokens=llama.room([prompt])) is None
     assert llama.overflow([prompt], max_new_tokens=llama.room([prompt]) + 1) is not None
+
+
+def test_a_reward_model_is_not_predicted_with_but_scores(tmp_path, capsys):
+    """`mentor predict` on a reward model refuses in one line (it generated through its score head);
+    `mentor score` and `mentor.score` give its scores, as `RewardModel` scores in RLHF."""
+    import mentor
+    from conftest import reward_model_folder
+    from mentor.cli import main
+    from mentor.rlhf.reward import RewardModel
+
+    job = tmp_path / "rm-job"
+    folder = reward_model_folder(job / "model")
+    (job / "result.json").write_text("{}")  # a job folder: the reference resolves to its model
+    assert main(["predict", str(job), "abc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a reward model" in err and "mentor score" in err
+    with pytest.raises(MentorError, match="is a reward model"):
+        Predictor(str(folder))
+
+    expected = RewardModel(str(folder)).score(["abc", "abc"], ["bcd", "zzz"])
+    assert mentor.score(str(job), "abc", ["bcd", "zzz"]) == pytest.approx(expected, abs=1e-5)
+    assert main(["score", str(job), "--prompt", "abc", "--response", "bcd", "--response", "zzz"]) == 0
+    printed = [float(x) for x in capsys.readouterr().out.split()]
+    assert printed == pytest.approx(expected, abs=1e-4)
+    rows = write_jsonl(tmp_path / "answers.jsonl", [{"input_text": "abc", "response": "bcd"},
+                                                    {"messages": [{"role": "user", "content": "abc"}],
+                                                     "response": "zzz"}])
+    assert main(["score", str(job), "--input", str(rows), "--output", str(tmp_path / "scored.jsonl")]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in scored] == pytest.approx(expected, abs=1e-5)

@@ -287,3 +287,46 @@ def test_inputs_the_inference_api_cannot_honour_are_refused_naming_them(service)
                                               max_tokens=2, stream=True, stream_options={"include_usage": True},
                                               metadata={"run": "a"}, store=False, tool_choice="none"))
     assert streamed[-1].usage.completion_tokens > 0
+
+
+def register(service, name: str, folder: Path, kind: str = "tune", weights: str = "full") -> None:
+    """A model in the registry as a succeeded job leaves it (its folder made by the test)."""
+    job_id = "ftjob-" + name.rsplit(":", 1)[-1].ljust(24, "0")[:24]
+    with service.ctx.db.begin() as s:
+        s.add(JobRow(id=job_id, kind=kind, config={}, status="succeeded", folder=str(folder.parent),
+                     base_model="tiny:llama"))
+        s.add(ModelRow(name=name, job_id=job_id, base_model="tiny:llama", kind=kind, method=kind, weights=weights,
+                       path=str(folder), job_folder=str(folder.parent), data_hashes={}, parameters={}, metrics={}))
+
+
+def test_a_reward_model_scores_and_is_never_generated_from(service, tmp_path):
+    import openai
+
+    from conftest import reward_model_folder
+    from mentor.rlhf.reward import RewardModel
+
+    folder = reward_model_folder((tmp_path / "rm-job" / "model").resolve())
+    name = "ft:tiny:llama:rm:abcdef"
+    register(service, name, folder, kind="reward-model")
+    c = openai_client(service)
+    with pytest.raises(openai.BadRequestError, match="is a reward model") as err:
+        c.chat.completions.create(model=name, messages=[{"role": "user", "content": "abc"}], max_tokens=2)
+    assert err.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError, match="is a reward model"):
+        c.completions.create(model=name, prompt="abc", max_tokens=2)
+    listed = {m.id: m.model_extra for m in c.models.list().data}
+    assert listed[name]["kind"] == "reward-model" and listed[name]["endpoints"] == ["/v1/mentor/score"]
+    assert "/v1/chat/completions" in listed["tiny:llama"]["endpoints"]
+    assert c.models.retrieve(name).model_extra["endpoints"] == ["/v1/mentor/score"]
+
+    answers = ["bcd", "a long and rambling answer"]
+    r = service.post("/v1/mentor/score", json={"model": name, "prompt": "abc", "responses": answers})
+    assert r.status_code == 200, r.text
+    expected = RewardModel(str(folder)).score(["abc", "abc"], answers)
+    assert [d["score"] for d in r.json()["data"]] == pytest.approx(expected, abs=1e-5)
+    r = service.post("/v1/mentor/score", json={"model": name, "messages": [{"role": "user", "content": "abc"}],
+                                               "response": "bcd"})
+    assert r.json()["data"][0]["score"] == pytest.approx(expected[0], abs=1e-5)
+    assert "not a reward model" in error(service.post("/v1/mentor/score", json={"model": "tiny:llama", "prompt": "a",
+                                                                                "response": "b"}), 400)
+    assert error(service.post("/v1/mentor/score", json={"model": name, "prompt": "a"}), 400)  # no answer to score

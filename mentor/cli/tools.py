@@ -34,6 +34,50 @@ def cmd_predict(args) -> None:
         raise MentorError("give a text to answer, or --input in.jsonl --output out.jsonl")
 
 
+def cmd_score(args) -> None:
+    """A reward model's score of each answer: one per line, or an output JSONL with a `score` field."""
+    import json
+
+    import mentor
+    from mentor.data.formats import prompt_messages
+    from mentor.files import atomic_file, check_output_path
+
+    if args.input:
+        if not args.output or args.prompt or args.response:
+            raise MentorError("--input needs --output (and no --prompt or --response)")
+        src, dst = Path(args.input).expanduser(), Path(args.output).expanduser()
+        check_output_path(dst)
+        rows, prompts = [], []
+        for lineno, line in enumerate(src.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise MentorError(f"{src}:{lineno}: not a JSON object") from None
+            if not isinstance(row, dict) or not isinstance(row.get("response"), str):
+                raise MentorError(f"{src}:{lineno}: field 'response': missing or not a text")
+            messages, problems = prompt_messages(row["messages"]) if "messages" in row else (None, [])
+            if isinstance(row.get("input_text"), str) and row["input_text"].strip():
+                prompts.append(row["input_text"])
+            elif messages:
+                prompts.append(messages)
+            else:
+                detail = problems[0][1] if problems else "missing or empty (or give 'messages')"
+                raise MentorError(f"{src}:{lineno}: field '{problems[0][0] if problems else 'input_text'}': {detail}")
+            rows.append(row)
+        scores = mentor.score(args.model, prompts, [r["response"] for r in rows], data_dir=args.data_dir)
+        with atomic_file(dst) as f:
+            for row, value in zip(rows, scores):
+                f.write(json.dumps({**row, "score": value}, ensure_ascii=False) + "\n")
+        log.info("%d scores written to %s", len(rows), dst)
+    elif args.prompt is not None and args.response:
+        for value in mentor.score(args.model, args.prompt, args.response, data_dir=args.data_dir):
+            print(f"{value:.6g}")
+    else:
+        raise MentorError("give --prompt TEXT and --response TEXT (repeatable), or --input in.jsonl --output out.jsonl")
+
+
 def cmd_label(args) -> None:
     from mentor.distill.label import label_file
 
@@ -126,6 +170,16 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=_positive, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="a reward model's scores of answers (higher: preferred)")
+    p.add_argument("model", help="a reward-model job folder, its model folder, or a registered name (ft:...)")
+    p.add_argument("--prompt", help="the prompt the answers reply to")
+    p.add_argument("--response", action="append", help="an answer to score (repeat for several)")
+    p.add_argument("--input", help="JSONL with input_text (or messages) and response per line")
+    p.add_argument("--output", help="JSONL to write, each input row plus 'score'")
+    p.add_argument("--data-dir", help="the server's data folder, for a registered name (default MENTOR_SERVER_DATA_DIR "
+                                      "or ~/.mentor/server)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("label", help="the teacher step alone: rationales and labels for a JSONL file")
     p.add_argument("--teacher", required=True, help="hf:REF, openai:MODEL@URL, recorded:FILE, recorded:field=NAME")

@@ -7,8 +7,9 @@ job model), the registry of tuned models, and the files they are made from.
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +42,8 @@ class Context:
     engine: Engine
     served: dict  # `mentor serve`'s models by the names it was given
     folder_lock: object = None  # the data folder's lock, held as long as the app lives
+    scorers: dict = field(default_factory=dict)  # reward models by folder: (RewardModel, its lock)
+    scorers_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 ENVELOPE = 64 * 1024  # room for the multipart envelope around an uploaded file
@@ -69,8 +72,9 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     served = {}
     for ref in serve or []:
         served[ref] = Servable.of(ref, name=ref)
-        pool.acquire([served[ref]])  # loaded before the first request
-        pool.release([served[ref]])
+        if not served[ref].is_reward_model:  # (a reward model is loaded as a scorer, on its first request)
+            pool.acquire([served[ref]])  # loaded before the first request
+            pool.release([served[ref]])
     start_scheduler = start_scheduler and serve is None
 
     @asynccontextmanager
@@ -145,6 +149,9 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     if serve is not None:
         @app.get("/v1/models")
         def served_models() -> dict:
-            return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "mentor"}
-                                               for name in served]}
+            return {"object": "list", "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "mentor",
+                 "kind": "reward-model" if model.is_reward_model else "model",
+                 "endpoints": models.endpoints("reward-model" if model.is_reward_model else None)}
+                for name, model in served.items()]}
     return app

@@ -55,6 +55,22 @@ class Servable:
         return cls(name or ref, resolve(base), str(folder.resolve()), meta)
 
     @property
+    def is_reward_model(self) -> bool:
+        """A scorer (a sequence classifier with one output), not a language model: generating through
+        its head answers nonsense. The reward-model recipe records kind "reward_model" (the job kind is
+        spelt "reward-model"); a folder without mentor's record says so by its architecture."""
+        if str(self.meta.get("kind", "")).replace("_", "-") == "reward-model":
+            return True
+        config = Path(self.base) / "config.json"
+        if self.adapter or not config.is_file():
+            return False
+        try:
+            architectures = json.loads(config.read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            return False
+        return bool(architectures) and all(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+    @property
     def adapter_name(self) -> str:
         """A name PEFT accepts (no dots), the same for the same adapter folder."""
         return "a" + hashlib.sha256(self.adapter.encode()).hexdigest()[:16] if self.adapter else BASE_ADAPTER

@@ -47,6 +47,8 @@ class Predictor:
 
     def __init__(self, model_ref: str | Servable, dtype: torch.dtype = torch.float32, pool: ModelPool | None = None):
         self.servable = model_ref if isinstance(model_ref, Servable) else Servable.of(model_ref)
+        if self.servable.is_reward_model:
+            raise MentorError(reward_model_refusal(self.servable.name))
         self.pool = pool or ModelPool(dtype=dtype)
         self.loaded = self.pool.base_of(self.servable)
         self.tokenizer = self.loaded.tokenizer
@@ -155,6 +157,11 @@ class Predictor:
         batch = [items] if single else list(items)
         answers = self.generate([self.render(x) for x in batch], **kwargs)
         return answers[0] if single else answers
+
+
+def reward_model_refusal(name: str) -> str:
+    return (f"{name} is a reward model: it scores answers and does not generate text; score with "
+            "`mentor score`, `mentor.score(...)` or POST /v1/mentor/score")
 
 
 def prediction_params(max_new_tokens: int = 256, temperature: float = 0.0) -> SamplingParams:

@@ -1,6 +1,9 @@
 """/v1/chat/completions and /v1/completions in OpenAI's shape, for every servable model: a registered
 tuned model by name, a kept checkpoint (NAME:ckpt-step-N), or a base model reference.
 
+POST /v1/mentor/score: a reward model's scores of answers (reward models never generate: chat and
+completion requests for one are refused).
+
 mentor's own body field `task`: a distilled step-by-step student answers its label task by default;
 `"task": "rationale"` asks for its rationale (with the openai client: `extra_body={"task": "rationale"}`).
 """
@@ -13,6 +16,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ from anyio import from_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
+from pydantic import BaseModel, ConfigDict, Field
 
 from mentor.errors import MentorError
 from mentor.server import registry
@@ -30,14 +35,16 @@ from mentor.serving.generate import SamplingParams
 from mentor.serving.openai_api import (
     ChatRequest,
     CompletionRequest,
+    Message,
     RequestProblem,
     chat_prompt,
     chat_response,
     completion_response,
+    text_messages,
 )
 from mentor.serving.openai_api import usage as _usage
 from mentor.serving.pool import Servable
-from mentor.serving.predict import Predictor
+from mentor.serving.predict import Predictor, reward_model_refusal
 
 log = logging.getLogger("mentor")
 router = APIRouter()
@@ -82,7 +89,10 @@ def servable(ctx, name: str) -> Servable:
 
 def prompter(ctx, name: str) -> Predictor:
     try:
-        return Predictor(servable(ctx, name), pool=ctx.pool)
+        model = servable(ctx, name)
+        if model.is_reward_model:  # a scorer: never generated from
+            raise bad(reward_model_refusal(name), "model", "model_is_a_reward_model")
+        return Predictor(model, pool=ctx.pool)
     except ApiError:
         raise
     except MentorError as err:
@@ -243,3 +253,57 @@ def serving_state(request: Request) -> dict:
     return {"loaded": ctx.pool.loaded_names(), "used_bytes": ctx.pool.used_bytes, "budget_bytes": ctx.pool.budget,
             "loads": ctx.pool.loads, "evictions": ctx.pool.evictions, "batches": ctx.engine.batches,
             "requests": ctx.engine.requests, "abandoned": ctx.engine.abandoned}
+
+
+class ScoreRequest(BaseModel):
+    """POST /v1/mentor/score: a reward model's scores of answers to one prompt (a text or a chat)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=512)
+    prompt: str | None = Field(None, description="the prompt as text; or give `messages`")
+    messages: list[Message] | None = Field(None, min_length=1, max_length=256, description="the conversation, "
+                                           "ending with the user's turn")
+    response: str | None = Field(None, description="one answer to score; or give `responses`")
+    responses: list[str] | None = Field(None, min_length=1, max_length=64)
+
+
+def scorer(ctx, name: str):
+    """The reward model a `model` field names, loaded once and kept until the model is deleted."""
+    from mentor.rlhf.reward import RewardModel
+
+    model = servable(ctx, name)
+    if not model.is_reward_model:
+        raise bad(f"model '{name}' is not a reward model; only reward models score (`mentor reward-model`)",
+                  "model", "model_is_not_a_reward_model")
+    with ctx.scorers_lock:
+        if model.base not in ctx.scorers:
+            try:
+                ctx.scorers[model.base] = (RewardModel(model.base), threading.Lock())
+            except (MentorError, OSError) as err:
+                raise ApiError(404, f"model '{name}' cannot be loaded: {str(err).splitlines()[0][:300]}", "model",
+                               "model_not_found") from None
+        return ctx.scorers[model.base]
+
+
+@router.post("/v1/mentor/score")
+def score(request: Request, body: ScoreRequest) -> dict:
+    """Scores of answers to a prompt by a reward model, exactly as it scores them in RLHF: higher is
+    preferred. {"model", "prompt" | "messages", "response" | "responses"} -> one score per answer."""
+    if (body.prompt is None) == (body.messages is None):
+        raise bad("give the prompt once: as `prompt` (a text) or as `messages` (a conversation)", "prompt")
+    if (body.response is None) == (body.responses is None):
+        raise bad("give the answers to score once: as `response` (one) or `responses` (a list)", "responses")
+    prompt = body.prompt
+    if body.messages is not None:
+        try:
+            prompt = text_messages(body.messages)
+        except RequestProblem as err:
+            raise bad(str(err), err.param) from None
+        if prompt[-1]["role"] != "user":
+            raise bad("the last message must be the user's", "messages")
+    answers = [body.response] if body.response is not None else body.responses
+    reward_model, busy = scorer(request.app.state.ctx, body.model)
+    with busy:  # one forward pass at a time on a model shared by every request thread
+        scores = reward_model.score([prompt] * len(answers), answers)
+    return {"object": "list", "model": body.model,
+            "data": [{"object": "score", "index": i, "score": s} for i, s in enumerate(scores)]}

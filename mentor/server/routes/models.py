@@ -23,8 +23,18 @@ def base_models() -> list[str]:
     return sorted(ALIASES)
 
 
+GENERATES = ["/v1/chat/completions", "/v1/completions"]
+SCORES = ["/v1/mentor/score"]
+
+
+def endpoints(kind: str | None) -> list[str]:
+    """What a model answers: a reward model scores answers and never generates."""
+    return SCORES if str(kind or "").replace("_", "-") == "reward-model" else GENERATES
+
+
 def _model_object(model_id: str, created: int | None, owner: str, **extra) -> dict:
-    return {**extra, "id": model_id, "object": "model", "created": created or 0, "owned_by": owner}
+    return {**extra, "id": model_id, "object": "model", "created": created or 0, "owned_by": owner,
+            "endpoints": endpoints(extra.get("kind"))}
 
 
 def _check_name(name: str) -> None:
