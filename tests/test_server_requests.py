@@ -330,3 +330,36 @@ def test_a_reward_model_scores_and_is_never_generated_from(service, tmp_path):
     assert "not a reward model" in error(service.post("/v1/mentor/score", json={"model": "tiny:llama", "prompt": "a",
                                                                                 "response": "b"}), 400)
     assert error(service.post("/v1/mentor/score", json={"model": name, "prompt": "a"}), 400)  # no answer to score
+
+
+def test_deleting_a_served_model_frees_its_memory(service, tmp_path):
+    """A deleted model (a full model, or a LoRA adapter on a base still in use) leaves the serving
+    pool with its files: /v1/mentor/serving no longer holds it."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from mentor.models import load_model, resolve
+
+    full = tmp_path / "full-job" / "model"
+    shutil.copytree(resolve("tiny:llama"), full)
+    adapter = tmp_path / "lora-job" / "model"
+    get_peft_model(load_model("tiny:llama").model, LoraConfig(r=2, target_modules="all-linear")).save_pretrained(adapter)
+    (adapter / "mentor_base.json").write_text(json.dumps({"base_model": "tiny:llama"}))
+    names = {"ft:tiny:llama:full:aaaaaa": (full, "full"), "ft:tiny:llama:lora:bbbbbb": (adapter, "adapter")}
+    for name, (folder, weights) in names.items():
+        register(service, name, folder, weights=weights)
+        r = service.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "a"}],
+                                                       "max_tokens": 2})
+        assert r.status_code == 200, r.text
+
+    def loaded() -> dict:
+        return service.get("/v1/mentor/serving").json()["loaded"]
+
+    base = resolve("tiny:llama")
+    assert str(full) in loaded() and len(loaded()[base]) == 1  # the full model, and the adapter on its base
+    used = service.get("/v1/mentor/serving").json()["used_bytes"]
+    assert service.delete("/v1/models/ft:tiny:llama:lora:bbbbbb").status_code == 200
+    assert loaded()[base] == [] and service.get("/v1/mentor/serving").json()["used_bytes"] < used
+    assert service.delete("/v1/models/ft:tiny:llama:full:aaaaaa").status_code == 200
+    assert str(full) not in loaded()

@@ -151,9 +151,10 @@ def users_of(db: Database, row: ModelRow) -> list[str]:
     return jobs + adapters
 
 
-def delete_model(db: Database, name: str, files: bool = True) -> None:
+def delete_model(db: Database, name: str, files: bool = True) -> list[Path]:
     """Remove a model from the registry, and its job folder with it (the weights, metrics, events);
-    refused while a job still to run or an adapter on it needs its weights."""
+    refused while a job still to run or an adapter on it needs its weights. Returns the folders of
+    weights it removed (a server unloads whatever it serves from them)."""
     row = get_model(db, name)
     if users := users_of(db, row):
         raise ModelInUse(f"{name} is still needed by {', '.join(users)}; cancel those jobs or delete those "
@@ -162,11 +163,14 @@ def delete_model(db: Database, name: str, files: bool = True) -> None:
         s.delete(s.get(ModelRow, name))
         sharing = s.scalar(select(ModelRow.name).where(ModelRow.job_folder == row.job_folder).limit(1))
     if not files:
-        return
+        return []
     if sharing is None:  # the last model of its job: the job folder goes
         shutil.rmtree(row.job_folder, ignore_errors=True)
-    elif Path(row.job_folder) / "promoted" in Path(row.path).parents:  # a promoted checkpoint: its own copy
+        return [Path(row.job_folder), Path(row.path)]
+    if Path(row.job_folder) / "promoted" in Path(row.path).parents:  # a promoted checkpoint: its own copy
         shutil.rmtree(row.path, ignore_errors=True)
+        return [Path(row.path)]
+    return []
 
 
 @dataclass

@@ -81,6 +81,7 @@ class _Base:
     loaded: object  # LoadedModel; .model becomes a PeftModel once an adapter is attached
     bytes: int
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter name -> bytes, least recent first
+    adapter_folders: dict = field(default_factory=dict)  # adapter name -> the folder it was loaded from
     pins: dict = field(default_factory=dict)  # name (or BASE_ADAPTER for the model) -> batches using it now
 
 
@@ -94,6 +95,7 @@ class ModelPool:
         self._lock = threading.RLock()
         self.loads = 0
         self.evictions = 0
+        self._deleted: set[Path] = set()  # folders whose models are unloaded once no batch uses them
 
     @property
     def used_bytes(self) -> int:
@@ -130,6 +132,39 @@ class ModelPool:
             for name in {*(s.adapter_name for s in servables), BASE_ADAPTER}:
                 base.pins[name] = max(base.pins.get(name, 0) - 1, 0)
             self._make_room(0, keep_base=None, keep_adapters=set())  # a batch that needed more than fits: trim
+            self._drop_deleted()
+
+    def unload(self, folder: str | Path) -> None:
+        """Free the models and adapters loaded from `folder` or below it (a deleted model's files):
+        now, or for one a batch is generating with, as soon as that batch ends."""
+        with self._lock:
+            self._deleted.add(Path(folder).resolve())
+            self._drop_deleted()
+
+    def _drop_deleted(self) -> None:
+        def deleted(path: str) -> bool:
+            real = Path(path).resolve()
+            return any(real == folder or folder in real.parents for folder in self._deleted)
+
+        if not self._deleted:
+            return
+        waiting = False
+        for ref, base in list(self._bases.items()):
+            busy = bool(base.pins.get(BASE_ADAPTER))  # a batch is generating on it: no layer may go now
+            if deleted(ref):
+                if busy:
+                    waiting = True
+                else:
+                    del self._bases[ref]
+                continue
+            for name, folder in list(base.adapter_folders.items()):
+                if deleted(folder):
+                    if busy:
+                        waiting = True
+                    else:
+                        self._drop_adapter(base, name)
+        if not waiting:
+            self._deleted.clear()
 
     def _base(self, ref: str, keep: set[str]) -> _Base:
         if ref in self._bases:
@@ -166,6 +201,7 @@ class ModelPool:
                               f"({str(err).splitlines()[0][:200]})") from None
         size = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n)
         base.adapters[name] = size
+        base.adapter_folders[name] = s.adapter
         self.loads += 1
 
     def _make_room(self, needed: int, keep_base: str | None, keep_adapters: set[str]) -> None:
@@ -186,16 +222,21 @@ class ModelPool:
                 continue  # a batch is generating on this model: deleting a layer under it would break it
             for name in list(base.adapters):
                 if name not in keep_adapters and not base.pins.get(name):
-                    base.loaded.model.delete_adapter(name)
-                    del base.adapters[name]
-                    if not base.adapters:  # PEFT would keep naming the deleted adapter as the active one
-                        base.loaded = replace(base.loaded, model=base.loaded.model.unload().eval())
+                    self._drop_adapter(base, name)
                     return True
         for ref in list(self._bases):
             if ref != keep_base and not self._bases[ref].pins.get(BASE_ADAPTER):
                 del self._bases[ref]
                 return True
         return None
+
+    @staticmethod
+    def _drop_adapter(base: _Base, name: str) -> None:
+        base.loaded.model.delete_adapter(name)
+        del base.adapters[name]
+        base.adapter_folders.pop(name, None)
+        if not base.adapters:  # PEFT would keep naming the deleted adapter as the active one
+            base.loaded = replace(base.loaded, model=base.loaded.model.unload().eval())
 
     def loaded_names(self) -> dict[str, list[str]]:
         with self._lock:

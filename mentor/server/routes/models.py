@@ -87,13 +87,23 @@ def retrieve(request: Request, name: str) -> dict:
 @router.delete("/v1/models/{name:path}")
 def delete(request: Request, name: str) -> dict:
     _check_name(name)
+    ctx = request.app.state.ctx
     try:
-        registry.delete_model(request.app.state.ctx.db, name)
+        removed = registry.delete_model(ctx.db, name)
     except registry.UnknownModel:
         raise not_found("model", name, "model") from None
     except registry.ModelInUse as err:
         raise ApiError(409, str(err), "model", "model_in_use") from None
+    for folder in removed:  # its weights leave memory with its files (also its kept checkpoints')
+        ctx.pool.unload(folder)
+        with ctx.scorers_lock:
+            for path in [p for p in ctx.scorers if _inside(Path(p), folder)]:
+                del ctx.scorers[path]
     return {"id": name, "object": "model", "deleted": True}
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
 
 
 def _registered(request: Request, name: str):
