@@ -4,6 +4,7 @@ model loads; and the one generation path every prediction and local teacher take
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -348,3 +349,35 @@ def test_a_reward_model_is_not_predicted_with_but_scores(tmp_path, capsys):
     assert main(["score", str(job), "--input", str(rows), "--output", str(tmp_path / "scored.jsonl")]) == 0
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert [r["score"] for r in scored] == pytest.approx(expected, abs=1e-5)
+
+
+def test_seeded_requests_batch_together_and_a_seeded_sample_does_not_depend_on_its_batch():
+    """Evaluation harnesses send a seed with every (greedy) request: a seed changes nothing for greedy
+    decoding, so such requests share a batch (they ran one batch each). Seeded sampled requests batch
+    too, each row drawing from its own generator: the same text alone and among others."""
+    from mentor.serving.engine import Engine, Ticket
+    from mentor.serving.pool import ModelPool, Servable
+
+    engine = Engine(ModelPool(), window_seconds=0.3)
+    tiny = Servable.of("tiny:llama")
+    greedy = [SamplingParams(max_new_tokens=6, seed=seed) for seed in range(6)]
+    sampled = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=0, seed=7)
+    try:
+        expected = [engine.submit(Ticket(tiny, w, SamplingParams(max_new_tokens=6))).result(timeout=120)
+                    for w in WORDS[:6]]
+        before = engine.batches
+        tickets = [engine.submit(Ticket(tiny, w, p)) for w, p in zip(WORDS, greedy)]
+        assert [t.result(timeout=120) for t in tickets] == expected
+        assert engine.batches - before == 1  # six seeds, one batch
+
+        alone = engine.submit(Ticket(tiny, "hello", sampled)).result(timeout=120)
+        before = engine.batches
+        mates = [SamplingParams(max_new_tokens=8, temperature=1.0, top_k=0, seed=s) for s in (None, 8, 9)]
+        tickets = [engine.submit(Ticket(tiny, w, p)) for w, p in zip(["abc", "zz top", "12345"], mates)]
+        seeded = engine.submit(Ticket(tiny, "hello", sampled))
+        tickets.append(engine.submit(Ticket(tiny, "hello", dataclasses.replace(sampled, seed=8))))
+        assert seeded.result(timeout=120) == alone
+        assert tickets[-1].result(timeout=120) != alone  # another seed, another draw
+        assert engine.batches - before == 1
+    finally:
+        engine.close()

@@ -9,6 +9,7 @@ Generation is `mentor.serving.generate`, the path `mentor predict` takes too, on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -42,10 +43,10 @@ class Ticket:
 
     @property
     def key(self) -> tuple:
-        """Tickets of one key share a batch. A seeded request batches alone: rows draw from one random
-        generator in turn, so its answer would depend on what else was in the batch."""
-        alone = id(self) if self.params.seed is not None else None
-        return self.servable.base, self.params, self.max_input_tokens, alone
+        """Tickets of one key share a batch. The seed is not part of it: greedy decoding has no use
+        for one, and a seeded sampled row draws from a generator of its own, so its answer does not
+        depend on what else is in the batch (evaluation harnesses send a seed with every request)."""
+        return self.servable.base, dataclasses.replace(self.params, seed=None), self.max_input_tokens
 
     def result(self, timeout: float | None = None) -> list[GeneratedText]:
         """The finished completions (raises what generating raised)."""
@@ -181,11 +182,13 @@ class Engine:
                         batch[index].token(copy, token_id, tok, eos)
 
             first = batch[0]
-            outputs = dict(generate_stream(loaded, [t.prompt for t in batch], first.params, batch_size=len(batch),
+            params = dataclasses.replace(first.params, seed=None)
+            seeds = None if params.greedy else [t.params.seed for t in batch]
+            outputs = dict(generate_stream(loaded, [t.prompt for t in batch], params, batch_size=len(batch),
                                            max_input_tokens=first.max_input_tokens,
                                            adapter_names=adapter_names(loaded, names),
                                            on_tokens=on_tokens if streaming else None,
-                                           abandoned=lambda: all(t.gone.is_set() for t in batch)))
+                                           abandoned=lambda: all(t.gone.is_set() for t in batch), seeds=seeds))
             self.pool.release(servables)
             if all(t.gone.is_set() for t in batch):
                 self.abandoned += len(batch)  # cut short: nobody was reading any more

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from mentor.data.encode import truncate_input, with_bos
 from mentor.serving.stop import apply_stop
@@ -37,8 +37,9 @@ _FINGERPRINTED = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt")
 @dataclass(frozen=True)
 class SamplingParams:
     """How to generate. `top_p`/`top_k` None leave the model's generation config in charge;
-    `top_k=0` samples from the whole distribution, like an OpenAI-compatible server. `seed` seeds
-    torch once before the first batch (None: the RNG is left as it is)."""
+    `top_k=0` samples from the whole distribution, like an OpenAI-compatible server. `seed` gives
+    each prompt a random generator of its own, seeded with it, so a sampled answer is the same
+    whatever it is batched with (None: torch's global RNG); greedy decoding has no use for it."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 means greedy
@@ -95,6 +96,7 @@ def generate_stream(
     adapter_names: Sequence[str] | None = None,
     on_tokens=None,
     abandoned: Callable[[], bool] | None = None,
+    seeds: Sequence[int | None] | None = None,
 ) -> Iterator[tuple[int, list[GeneratedText]]]:
     """Yield `(prompt index, its n completions)` batch by batch, as each batch finishes.
 
@@ -106,28 +108,30 @@ def generate_stream(
     `adapter_names` (one per prompt) runs a PEFT model's adapters in one mixed batch ("__base__":
     none). `on_tokens(prompt indices, token ids)` is called at every decoding step with each row's
     new token (rows: a prompt's copies in turn), for streaming. `abandoned()` true ends a batch at
-    the next token (every client of it has gone)."""
+    the next token (every client of it has gone). `seeds` (one per prompt, None for unseeded) seed
+    each prompt's sampling with a generator of its own; by default every prompt gets `params.seed`."""
     params = params or SamplingParams()
     batch_size = max(1, batch_size)
     order = list(range(len(prompts)))
     if sort_by_length:
         order.sort(key=lambda i: len(prompts[i]), reverse=True)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if params.seed is not None and batches:  # (the engine never batches a seeded request with others)
-        torch.manual_seed(params.seed)
+    if seeds is None:
+        seeds = [params.seed] * len(prompts)
     with tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress) as bar:
         for batch in batches:
             names = [adapter_names[i] for i in batch] if adapter_names is not None else None
             streamer = _RowStreamer(on_tokens, batch, loaded.is_seq2seq) if on_tokens else None
             outputs = _generate_batch(loaded, [prompts[i] for i in batch], params, add_special_tokens, max_input_tokens,
-                                      names, streamer, abandoned)
+                                      names, streamer, abandoned, [seeds[i] for i in batch])
             bar.update(1)
             yield from zip(batch, outputs)
 
 
 def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_special_tokens: bool | None,
                     max_input_tokens: int | None, adapter_names: list[str] | None = None,
-                    streamer=None, abandoned: Callable[[], bool] | None = None) -> list[list[GeneratedText]]:
+                    streamer=None, abandoned: Callable[[], bool] | None = None,
+                    seeds: list[int | None] | None = None) -> list[list[GeneratedText]]:
     model, tok, seq2seq = loaded.model, loaded.tokenizer, loaded.is_seq2seq
     eos = eos_ids(tok, model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=None)
@@ -154,6 +158,8 @@ def _generate_batch(loaded, prompts: list[str], params: SamplingParams, add_spec
     else:
         kwargs.update(do_sample=True, temperature=params.temperature)
         kwargs.update({k: v for k, v in (("top_p", params.top_p), ("top_k", params.top_k)) if v is not None})
+        if seeds and any(seed is not None for seed in seeds):
+            kwargs["logits_processor"] = LogitsProcessorList([_SeededRows(seeds, copies)])
     start = 1 if seq2seq else enc["input_ids"].shape[1]  # where generated tokens begin
     stop_steps: dict[int, int] = {}  # row -> tokens generated when its stop string appeared
     criteria = []
@@ -203,6 +209,32 @@ def _one_adapter(model, name: str):
         return
     model.set_adapter(name, inference_mode=True)  # (without it PEFT makes the adapter trainable)
     yield
+
+
+class _SeededRows(LogitsProcessor):
+    """Samples the next token of each seeded prompt's rows with that prompt's own generator, and
+    leaves `generate` only that token to pick: a seeded answer then depends on its seed alone, not
+    on what else is in the batch (transformers draws every row from torch's one global RNG).
+    Custom processors run after transformers' own, so the scores here are already warped
+    (temperature, top-p, top-k). Rows without a seed are left to transformers' sampling."""
+
+    def __init__(self, seeds: list[int | None], copies: int):
+        self.seeds, self.copies = seeds, copies
+        self.generators: dict[int, torch.Generator] = {}
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for row in range(scores.shape[0]):
+            prompt = row // self.copies  # a prompt's copies draw from its generator in turn
+            if self.seeds[prompt] is None:
+                continue
+            if prompt not in self.generators:
+                self.generators[prompt] = torch.Generator(device=scores.device).manual_seed(self.seeds[prompt])
+            probs = torch.softmax(scores[row].float(), dim=-1)
+            token = torch.multinomial(probs, 1, generator=self.generators[prompt])
+            scores[row] = float("-inf")
+            scores[row, token] = 0.0
+        return scores
 
 
 class _RowStreamer:
