@@ -363,3 +363,19 @@ def test_deleting_a_served_model_frees_its_memory(service, tmp_path):
     assert loaded()[base] == [] and service.get("/v1/mentor/serving").json()["used_bytes"] < used
     assert service.delete("/v1/models/ft:tiny:llama:full:aaaaaa").status_code == 200
     assert str(full) not in loaded()
+
+
+def test_counting_a_cloud_jobs_data_closes_the_file(service):
+    """The server runs for weeks: the uploaded file read to count its lines is closed at once, not
+    left to the garbage collector (a ResourceWarning per request)."""
+    import gc
+    import warnings
+
+    data = upload(service)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        r = service.post("/v1/projects/p/locations/l/pipelineJobs",
+                         json={"parameterValues": {"base_model": "tiny:llama", "dataset_uri": data, "epoch_count": 1}})
+        gc.collect()
+    assert r.status_code == 200, r.text
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

@@ -263,7 +263,8 @@ def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> 
         kind = get_kind("dpo" if method == "dpo" else "tune")
     lines = 0
     if isinstance(fields.get("data"), str):
-        lines = sum(1 for line in open(resolver.data(fields["data"], "dataset_uri"), "rb") if line.strip())
+        with open(resolver.data(fields["data"], "dataset_uri"), "rb") as data:  # closed at once: a server runs for weeks
+            lines = sum(1 for line in data if line.strip())
     _epochs_to_steps(fields, lines, kind)
     fields = resolve_fields(kind, fields, resolver)
     if tensorboard is not None:
