@@ -379,3 +379,24 @@ def test_counting_a_cloud_jobs_data_closes_the_file(service):
         gc.collect()
     assert r.status_code == 200, r.text
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+def test_a_job_order_is_written_whole_or_not_at_all(service):
+    """A job's config.yaml (the worker's order) is written atomically: a disk that fills up mid-write
+    (here the file size limit) leaves no half order for a worker or a restarted server to read."""
+    import resource
+    import signal
+
+    data = upload(service)
+    jobs_before = set(service.ctx.settings.jobs_dir.iterdir())
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))
+    try:
+        r = service.post("/v1/fine_tuning/jobs", json={"model": "tiny:llama", "training_file": data})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert r.status_code == 500
+    [folder] = set(service.ctx.settings.jobs_dir.iterdir()) - jobs_before
+    assert [p.name for p in folder.iterdir()] == []  # no config.yaml, whole or cut

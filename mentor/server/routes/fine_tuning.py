@@ -9,6 +9,7 @@ import yaml
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
+from mentor.files import atomic_write
 from mentor.server import shapes
 from mentor.server.db import JobRow, now
 from mentor.server.errors import ApiError, not_found
@@ -27,8 +28,9 @@ def create_job(ctx, kind, cfg, *, base_model: str, training_file: str | None, va
     """Record a job and lay out its folder (its config.yaml is the worker's order)."""
     folder = ctx.settings.jobs_dir / job_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"kind": kind.name, **cfg.model_dump(mode="json")},
-                                                       sort_keys=False))
+    # whole or not at all: a worker (or a restarted server) must never read half an order
+    atomic_write(folder / "config.yaml", yaml.safe_dump({"kind": kind.name, **cfg.model_dump(mode="json")},
+                                                        sort_keys=False))
     row = JobRow(id=job_id, kind=kind.name, config=cfg.model_dump(mode="json"), status="validating_files",
                  folder=str(folder), base_model=base_model, training_file=training_file,
                  validation_file=validation_file, suffix=suffix, seed=getattr(cfg, "seed", 0) or 0,
