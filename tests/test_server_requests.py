@@ -400,3 +400,14 @@ def test_a_job_order_is_written_whole_or_not_at_all(service):
     assert r.status_code == 500
     [folder] = set(service.ctx.settings.jobs_dir.iterdir()) - jobs_before
     assert [p.name for p in folder.iterdir()] == []  # no config.yaml, whole or cut
+
+
+def test_service_events_go_through_the_shared_append(tmp_path):
+    """A line a killed worker left torn is cut before the server's event is appended (appended to
+    it, the event was glued onto the torn line and lost with it)."""
+    from mentor.jobs import read_events
+    from mentor.server.scheduler import service_event
+
+    (tmp_path / "events.jsonl").write_text(json.dumps({"type": "started", "message": "m"}) + '\n{"type": "chec')
+    service_event(tmp_path, "server_restarted", "the server restarted")
+    assert [e["type"] for e in read_events(tmp_path)] == ["started", "server_restarted"]

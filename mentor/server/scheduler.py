@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import object_session
 
+from mentor.files import append_line
 from mentor.jobs import read_state
 from mentor.jobs.lifecycle import CANCEL_FILE
 from mentor.server import registry
@@ -27,8 +28,8 @@ def service_event(folder: str | Path, type: str, message: str, **data) -> None:
     from mentor.jobs.lifecycle import _now
 
     row = {"time": _now(), "type": type, "message": message, "source": "server", **data}
-    with (Path(folder) / "events.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    # the shared helper: a line a killed worker left torn is cut first, not glued to this one
+    append_line(Path(folder) / "events.jsonl", json.dumps(row))
 
 
 class Scheduler:
