@@ -411,3 +411,26 @@ def test_service_events_go_through_the_shared_append(tmp_path):
     (tmp_path / "events.jsonl").write_text(json.dumps({"type": "started", "message": "m"}) + '\n{"type": "chec')
     service_event(tmp_path, "server_restarted", "the server restarted")
     assert [e["type"] for e in read_events(tmp_path)] == ["started", "server_restarted"]
+
+
+def test_every_input_file_is_recorded_by_its_role(service, tmp_path):
+    """An RLHF job reusing a reward model reads a prompt dataset (its third input field) and no
+    preference pairs (its first): the upload is its training file, and the lineage of its model
+    names every input by role with the upload's id (by position, the prompt dataset was lost)."""
+    from mentor.server import registry
+
+    prompts = upload(service)
+    r = service.post("/v1/mentor/jobs", json={"kind": "rlhf", "config": {"model": "tiny:llama",
+                                                                         "reward_model": "tiny:llama",
+                                                                         "prompt_dataset": prompts}})
+    assert r.status_code == 200, r.text
+    with service.ctx.db.begin() as s:
+        job = s.get(JobRow, r.json()["id"])
+        assert (job.training_file, job.validation_file) == (prompts, None)
+        path = job.config["prompt_dataset"]
+        job.status = "succeeded"
+        s.add(ModelRow(name="ft:tiny:llama:mentor:rlhf01", job_id=job.id, base_model="tiny:llama", kind="rlhf",
+                       method="rlhf", weights="full", path=str(tmp_path), job_folder=job.folder,
+                       data_hashes={"prompt_dataset": "0" * 64}, parameters=dict(job.config), metrics={}))
+    data = registry.lineage(service.ctx.db, "ft:tiny:llama:mentor:rlhf01").data
+    assert data == {"prompt_dataset": {"path": path, "sha256": "0" * 64, "file_id": prompts}}

@@ -28,9 +28,10 @@ export function modelsList(root) {
   })().catch((err) => holder.replaceChildren(h("div", { class: "error" }, err.message)));
 }
 
-/** The uploaded files a model's job read, by config field: {data: {id, filename}, ...}. */
-async function uploadsOf(job) {
-  const ids = { data: job?.training_file, evaluation_data: job?.validation_file };
+/** The uploaded files a model's job read, by config field (every role its lineage records):
+ * {data: {id, filename}, prompt_dataset: {...}, ...}. */
+async function uploadsOf(lineage) {
+  const ids = Object.fromEntries(Object.entries(lineage?.data || {}).map(([field, d]) => [field, d.file_id]));
   const out = {};
   await Promise.all(Object.entries(ids).filter(([, id]) => id).map(async ([field, id]) => {
     out[field] = await get(`/v1/files/${id}`).catch(() => ({ id, filename: "(deleted)" }));
@@ -96,7 +97,7 @@ export function modelPage(root, name) {
         if (err instanceof ApiError && err.status === 404) return null;
         throw err;
       }),
-      uploadsOf(model.lineage.job),
+      uploadsOf(model.lineage),
     ]);
     const metrics = Object.entries(model.metrics || {});
     const deleteButton = h("button", { type: "button", class: "danger", id: "delete-model", onclick: async () => {

@@ -58,15 +58,15 @@ def create(request: Request, body: CreateJob) -> dict:
     fields = {k: v for k, v in body.config.items() if v is not None and v != ""}
     cfg = validate_config(kind, {**resolve_fields(kind, fields, Resolver(ctx.db, ctx.settings)),
                                  "output": str(ctx.settings.jobs_dir / job_id)})
-    inputs = kind.config.input_fields
-
-    def file_id(name: str) -> str | None:
-        value = fields.get(name)
-        return value if isinstance(value, str) and FILE_ID.match(value) else None
-
+    # the uploads by role, not by position: an RLHF job given a trained reward model reads its prompts
+    # (its third input) and no preference pairs (its first); every role is in the model's lineage
+    uploads = {name: fields[name] for name in kind.config.input_fields
+               if isinstance(fields.get(name), str) and FILE_ID.match(fields[name])}
+    evaluation = [name for name in uploads if name.startswith(("eval", "validation"))]
+    training = [name for name in uploads if name not in evaluation and name not in ("test_data", "prompt_examples")]
     row = create_job(ctx, kind, cfg, base_model=str(getattr(cfg, "model", "") or ""),
-                     training_file=file_id(inputs[0]) if inputs else None,
-                     validation_file=file_id(inputs[1]) if len(inputs) > 1 else None,
+                     training_file=uploads[training[0]] if training else None,
+                     validation_file=uploads[evaluation[0]] if evaluation else None,
                      suffix=body.suffix, metadata=None, request=body.model_dump(mode="json", exclude_none=True),
                      api="mentor", job_id=job_id, display_name=body.display_name)
     return shapes.job_object(row)
