@@ -299,3 +299,37 @@ def test_a_plain_prompt_is_rendered_as_the_model_learned_prompts(rows, learned, 
                 batch_size=4, tuning="full")
     prompt = Predictor(str(tmp_path / "o")).render("xyz")
     assert prompt == {"chat": "user: xyz\nassistant: ", "text": "xyz"}[learned]
+
+
+def test_a_loss_gone_to_nan_fails_the_job_naming_the_step(tmp_path):
+    """A rate the config refuses (here forced past validation, as any rate that diverges would be)
+    trains NaN weights from its second step: the job fails there, with no model handed over."""
+    from mentor.jobs import read_state
+    from mentor.training.config import TuneConfig
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(16, 0))
+    cfg = TuneConfig(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), train_steps=6, batch_size=4)
+    cfg.learning_rate_multiplier = 1e30  # set after validation, which refuses it
+    with pytest.raises(MentorError, match=r"loss \(train_total_loss\) became nan at step 2"):
+        mentor.run("tune", cfg)
+    state = read_state(tmp_path / "o")
+    assert state["state"] == "failed" and "at step 2" in state["error"]["message"] and state["step"] == 2
+    assert not (tmp_path / "o" / "result.json").exists() and not (tmp_path / "o" / "model").exists()
+    assert "diverged" in [e["type"] for e in read_events(tmp_path / "o")]
+
+
+def test_token_limits_beyond_the_models_context_are_cut_to_it_and_said(tmp_path, caplog, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"input_text": "a" * 1500, "output_text": "b"},
+                                              {"input_text": "abc", "output_text": "bcd"}])
+    with caplog.at_level("WARNING", logger="mentor"):  # the defaults, 7168 and 1024, against tiny:llama's 2048
+        result = mentor.tune(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), train_steps=1,
+                             batch_size=2)
+    assert "do not fit the model's context of 2048 tokens: using 1024 and 1024" in caplog.text
+    assert result.extra["token_limits"] == {"max_input_tokens": 1024, "max_output_tokens": 1024}
+    assert result.extra["truncated"]["train"]["truncated_inputs"] == 1
+    assert json.loads((tmp_path / "o" / "model" / "mentor_model.json").read_text())["max_input_tokens"] == 1024
+    # a seed numpy cannot take is refused with the job's parameters, before anything starts
+    assert cli_main(["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(tmp_path / "s"),
+                     "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'seed'" in err and "Traceback" not in err and not (tmp_path / "s").exists()

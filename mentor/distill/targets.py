@@ -3,6 +3,8 @@ label and rationale each learns, and the label and rationale tasks encoded side 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from datasets import Dataset
 
 from mentor.data.encode import EncodeStats, encode
@@ -11,6 +13,9 @@ from mentor.distill.config import DistillConfig
 from mentor.distill.label import Labeled
 from mentor.distill.multitask import merge_tasks
 from mentor.tasks.prompts import answer_sentence
+
+if TYPE_CHECKING:
+    from mentor.training.setup import Student
 
 
 def _example(prompt: str, target: str) -> Example:
@@ -49,10 +54,11 @@ def student_targets(cfg: DistillConfig, rows: list[dict], labeled: list[Labeled]
     return kept, {k: v for k, v in dropped.items() if v}
 
 
-def encode_targets(cfg: DistillConfig, targets: list[dict], loaded, use_chat_template: bool, stats: EncodeStats,
+def encode_targets(cfg: DistillConfig, targets: list[dict], student: Student, stats: EncodeStats,
                    with_rationale: bool) -> Dataset:
-    kw = dict(is_seq2seq=loaded.is_seq2seq, use_chat_template=use_chat_template,
-              max_input_tokens=cfg.max_input_tokens, max_output_tokens=cfg.max_output_tokens, stats=stats)
+    loaded = student.loaded
+    kw = dict(is_seq2seq=loaded.is_seq2seq, use_chat_template=student.use_chat_template,
+              max_input_tokens=student.max_input_tokens, max_output_tokens=student.max_output_tokens, stats=stats)
     prefix = cfg.label_prefix if cfg.method == "step-by-step" else ""
     label_rows = [encode(_example(prefix + t["input"], t["label"]), loaded.tokenizer, **kw) for t in targets]
     rationale_rows = None

@@ -24,12 +24,25 @@ def _check_rank(v: int) -> int:
 
 
 AdapterSize = Annotated[int, AfterValidator(_check_rank)]  # LoRA rank, as the cloud services accept it
+# numpy seeds only from 0 to 2**32 - 1, and transformers' set_seed seeds numpy: checked here, not
+# after the job started
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# no optimizer step survives a learning rate above this: the first steps turn every weight to NaN
+MAX_LEARNING_RATE = 1.0
+
+
+def check_learning_rate(rate: float, multiplier_field: str) -> None:
+    """Refuse a multiplier whose learning rate no training survives (a typo, or 1e30)."""
+    if rate > MAX_LEARNING_RATE:
+        raise ValueError(f"{multiplier_field} makes the learning rate {rate:g}, above {MAX_LEARNING_RATE:g}: "
+                         "training would diverge at once")
 
 
 class JobConfig(BaseModel):
     """Base of every job kind's config: unknown fields are refused, `output` names the job folder."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+    # inf and nan are refused in every float field (a rate of .inf trained NaN weights and "succeeded")
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True, allow_inf_nan=False)
 
     # fields that name input files: their contents (sha256) are part of the job's identity
     input_fields: ClassVar[tuple[str, ...]] = ()

@@ -105,7 +105,8 @@ def run(cfg: BatchConfig, job: Job) -> TunedModel:
                                                                     name=body.model), pool=pool)
             predictors[body.model] = p
             if isinstance(body, ChatRequest):
-                prompts, params = [chat_prompt(p, body)[0]], chat_prompt(p, body)[1]
+                prompt, params = chat_prompt(p, body)
+                prompts = [prompt]
             else:
                 texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
                 prompts, params = [p.render(t) for t in texts], body.params(default_max=16)

@@ -11,6 +11,7 @@ test:    student (label only, cheap) and teacher on the test set: report.md + re
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 
 from mentor.data.encode import EncodeStats
 from mentor.data.rows import hold_out
@@ -34,6 +35,12 @@ RECOMMENDED_UNLABELED = 1000  # the cloud's advice for distilling from unlabeled
 
 
 def run(cfg: DistillConfig, job: Job) -> TunedModel:
+    # the teacher holds a SQLite cache and HTTP connections: closed however the job ends
+    with ExitStack() as opened:
+        return _run(cfg, job, opened)
+
+
+def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
     # -- setup: data and teacher ----------------------------------------------------------------
     gold = (cfg.label_field, cfg.answer_field)
     train_rows = read_rows(cfg.data, text=gold)
@@ -52,8 +59,8 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     if cfg.method != "finetune":
         if not cfg.teacher:
             raise MentorError(f"--method {cfg.method} needs a --teacher")
-        teacher = make_teacher(cfg.teacher, train_rows + (eval_rows or []) + (test_rows or []), job.folder,
-                               cfg.teacher_concurrency, cfg.teacher_cache)
+        teacher = opened.enter_context(make_teacher(cfg.teacher, train_rows + (eval_rows or []) + (test_rows or []),
+                                                    job.folder, cfg.teacher_concurrency, cfg.teacher_cache))
         labeled, summary = label_rows(teacher, train_rows, template, cfg.task, cfg.answer_field, cfg.teacher_max_new_tokens)
         write_labeled(labeled, cfg.task, job.folder / "teacher_labels.jsonl")
         report_lines.append(teacher_report(summary, labeled, teacher))
@@ -90,10 +97,8 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     student = setup.load_student(cfg)
     sbs = cfg.method == "step-by-step"
     stats = {"train": EncodeStats(), "eval": EncodeStats() if eval_targets else None}
-    train_ds = encode_targets(cfg, targets, student.loaded, student.use_chat_template, stats["train"],
-                              with_rationale=sbs and cfg.alpha < 1)
-    eval_ds = encode_targets(cfg, eval_targets, student.loaded, student.use_chat_template, stats["eval"],
-                             False) if eval_targets else None
+    train_ds = encode_targets(cfg, targets, student, stats["train"], with_rationale=sbs and cfg.alpha < 1)
+    eval_ds = encode_targets(cfg, eval_targets, student, stats["eval"], False) if eval_targets else None
     log.info("train data: %s", stats["train"].summary())
 
     # -- train --------------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     if on_task:
         kwargs["task_score"] = TaskScore(eval_targets, cfg.task, cfg.labels, cfg.label_prefix if sbs else "",
                                          student.tokenizer, student.use_chat_template, student.is_seq2seq,
-                                         cfg.label_max_new_tokens, cfg.batch_size, cfg.max_input_tokens)
+                                         cfg.label_max_new_tokens, cfg.batch_size, student.max_input_tokens)
     trainer = trainer_cls(
         model=student.model,
         args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16,
@@ -131,6 +136,4 @@ def run(cfg: DistillConfig, job: Job) -> TunedModel:
     if test_rows and job.main:
         result.extra["test"] = run_test(cfg, result, test_rows, teacher, template, job.folder, report_lines)
         job.event("tested", "student and teacher scored on the test set", report=str(job.folder / "report"))
-    if teacher is not None:
-        teacher.close()
     return result

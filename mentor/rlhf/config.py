@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from mentor.jobs.config import AdapterSize, JobConfig
+from mentor.jobs.config import AdapterSize, JobConfig, Seed, check_learning_rate
 from mentor.training.config import MODEL_HELP, LoraTargets, TuneConfig
 
 # Recommended learning rates per stage and method; the *_multiplier fields scale these.
@@ -36,7 +36,7 @@ class PreferenceConfig(JobConfig):
     batch_size: int = Field(8, ge=1, description="preference pairs (reward model) or prompts (RL) per step")
     evaluation_interval: int = Field(20, ge=1, description="steps between evaluations (and checkpoints)")
     instruction: str | None = Field(None, description=INSTRUCTION_HELP)
-    seed: int = Field(0, description="random seed")
+    seed: Seed = Field(0, description="random seed")
     max_examples: int = Field(10_000, ge=1, description="most examples read from each file")
     chat_template: Literal["auto", "never"] = Field("auto", description="render prompts with the tokenizer's chat "
                                                                         "template when it has one (auto), or never")
@@ -60,7 +60,17 @@ class RewardModelConfig(PreferenceConfig):
 
     @property
     def learning_rate(self) -> float:
+        """The rate this job trains at: the reward model's."""
+        return self.reward_model_learning_rate
+
+    @property
+    def reward_model_learning_rate(self) -> float:
         return REWARD_MODEL_LR[self.tuning] * self.reward_model_learning_rate_multiplier
+
+    @model_validator(mode="after")
+    def _sane_learning_rates(self):
+        check_learning_rate(self.reward_model_learning_rate, "reward_model_learning_rate_multiplier")
+        return self
 
 
 # what only the reward-model stage of an RLHF job reads
@@ -101,8 +111,19 @@ class RLHFConfig(RewardModelConfig):
         return sorted(f for f in REWARD_STAGE_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
 
     @property
+    def learning_rate(self) -> float:
+        """The rate the RLHF job's own training (the policy's) runs at; the reward-model stage is a
+        job of its own with its own config (`reward_model_config`) and rate."""
+        return self.rl_learning_rate
+
+    @property
     def rl_learning_rate(self) -> float:
         return REINFORCEMENT_LEARNING_LR[self.tuning] * self.reinforcement_learning_rate_multiplier
+
+    @model_validator(mode="after")
+    def _sane_rl_learning_rate(self):
+        check_learning_rate(self.rl_learning_rate, "reinforcement_learning_rate_multiplier")
+        return self
 
     def reward_model_config(self, output: str) -> RewardModelConfig:
         fields = {k: getattr(self, k) for k in RewardModelConfig.model_fields if k not in ("output",)}

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mentor.rlhf.setup import known_warnings
-from mentor.training.callbacks import MetricsRecorder, ProgressBar
+from mentor.training.callbacks import MetricsRecorder, ProgressBar, read_records
 from mentor.training.plots import read_metrics, save_figure
 
 # TRL's metric names -> mentor's, per recipe; train metrics get "train_", eval ones "eval_".
@@ -53,8 +53,11 @@ class RenamedMetricsRecorder(MetricsRecorder):
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        seen = self.path.exists() and any(json.loads(l)["step"] == 0 for l in self.path.read_text().splitlines() if l.strip())
-        if self.initial and state.global_step == 0 and self.writer is not None and not seen:
+        if self.writer is None:  # not the main process: it neither reads nor writes the metrics
+            return
+        # tolerant of a torn last line: a resumed run may find what a kill left mid-line
+        seen = self.path.exists() and any(row["step"] == 0 for row in read_records(self.path))
+        if self.initial and state.global_step == 0 and not seen:
             row = {"step": 0, **self.initial}
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -12,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from mentor.errors import MentorError
 from mentor.files import append_line, atomic_write
 
 SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
@@ -35,7 +36,7 @@ class MetricsRecorder(TrainerCallback):
         self.folder.mkdir(parents=True, exist_ok=True)
         step = state.global_step
         if self.path.exists():  # keep only what the checkpoint we resumed from had seen
-            kept = [row for row in map(_record, self.path.read_text().splitlines()) if row and row["step"] <= step]
+            kept = [row for row in read_records(self.path) if row["step"] <= step]
             atomic_write(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=step if step else None)
 
@@ -67,6 +68,11 @@ def _record(line: str) -> dict | None:
     return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
 
 
+def read_records(path: Path) -> list[dict]:
+    """The complete rows of a metrics.jsonl: a line a kill cut short (or damaged bytes) is skipped."""
+    return [row for row in map(_record, Path(path).read_text(errors="replace").splitlines()) if row]
+
+
 class ProgressBar(TrainerCallback):
     """A progress bar that shows the latest loss and accuracy instead of printing every log."""
 
@@ -96,6 +102,9 @@ class ProgressBar(TrainerCallback):
                            f"next-token accuracy {logs['eval_fraction_of_correct_next_step_preds']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -141,6 +150,17 @@ class JobCallback(TrainerCallback):
             control.should_save = True  # the last checkpoint is this step's
             self.job.event("cancel_requested", f"stopping at step {state.global_step}", step=state.global_step)
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # a loss gone to NaN or infinity never comes back: every later step trains garbage weights
+        # (a learning rate far too high, say), so the job stops and fails here, naming the step
+        for name, value in (logs or {}).items():
+            if _is_training_loss(name) and isinstance(value, float) and not math.isfinite(value):
+                self.job.event("diverged", f"training loss {name} is {value} at step {state.global_step}",
+                               step=state.global_step)
+                raise MentorError(f"training diverged: the loss ({name}) became {value} at step {state.global_step}; "
+                                  "the weights are no longer usable, so the job stops: lower the learning rate "
+                                  "(learning_rate_multiplier) and start the job in a new folder")
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         shown = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))
                  and not k.endswith(("runtime", "per_second"))}
@@ -156,3 +176,9 @@ class JobCallback(TrainerCallback):
         if not self.cancelled and state.global_step < state.max_steps:
             self.job.event("early_stop", f"stopped early at step {state.global_step} of {state.max_steps}: the "
                            "evaluation metric stopped improving", step=state.global_step)
+
+
+def _is_training_loss(name: str) -> bool:
+    """A per-step training loss as each trainer logs it: mentor's `train_total_loss` (and a
+    recipe's parts), TRL's `loss`; not an evaluation's, nor the run's average at the end."""
+    return name == "loss" or (name.startswith("train_") and name.endswith("_loss") and name != "train_loss")

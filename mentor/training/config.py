@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, AliasChoices, Field
+from pydantic import AfterValidator, AliasChoices, Field, model_validator
 
-from mentor.jobs.config import AdapterSize, JobConfig
+from mentor.jobs.config import AdapterSize, JobConfig, Seed, check_learning_rate
 
 # Recommended learning rates; `learning_rate_multiplier` scales these.
 RECOMMENDED_LR = {"full": 5e-5, "lora": 5e-4}
@@ -49,7 +49,7 @@ class TuneConfig(JobConfig):
     early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest gain in the evaluation metric that counts")
     checkpoint_selection: bool = Field(True, description="with evaluation data: the best evaluation's checkpoint is the "
                                                          "result, not the last")
-    seed: int = Field(0, description="random seed (data order, initialisation, sampling)")
+    seed: Seed = Field(0, description="random seed (data order, initialisation, sampling)")
     max_input_tokens: int = Field(7168, ge=1, description="longer inputs keep their end")
     max_output_tokens: int = Field(1024, ge=1, description="longer outputs keep their start")
     max_examples: int = Field(10_000, ge=1, description="most training examples read")
@@ -66,6 +66,11 @@ class TuneConfig(JobConfig):
     @property
     def learning_rate(self) -> float:
         return self.recommended_lr[self.tuning] * self.learning_rate_multiplier
+
+    @model_validator(mode="after")
+    def _sane_learning_rate(self):
+        check_learning_rate(self.learning_rate, "learning_rate_multiplier")
+        return self
 
 
 class StudentConfig(TuneConfig):

@@ -140,13 +140,16 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
         extra={"seconds": round(seconds, 1), "tokens_seen": int(state.num_input_tokens_seen),
                "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),
                "truncated": {k: v.truncation() for k, v in enc_stats.items() if v is not None},
-               "early_stopped": state.global_step < cfg.train_steps, **(extra or {})},
+               "early_stopped": state.global_step < cfg.train_steps,
+               # the limits trained with: the job's, cut to the model's context when they exceeded it
+               "token_limits": {"max_input_tokens": student.max_input_tokens,
+                                "max_output_tokens": student.max_output_tokens}, **(extra or {})},
     )
     model_meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning,
                   "use_chat_template": student.use_chat_template, "is_seq2seq": student.is_seq2seq,
                   # how a plain prompt is rendered without a chat template: as the data was
                   "prompt_format": "chat" if enc_stats["train"].conversations else "text",
-                  "max_input_tokens": cfg.max_input_tokens, **(meta or {})}
+                  "max_input_tokens": student.max_input_tokens, **(meta or {})}
     save_trained(trainer, out / "model", model_meta)
     if not job.main:
         return result

@@ -29,6 +29,9 @@ class Student:
     model: object  # the model to train (LoRA-wrapped when tuning is lora)
     bf16: bool
     use_chat_template: bool
+    # the job's token limits as they apply to this model: within its context (see `fit_to_context`)
+    max_input_tokens: int = 0
+    max_output_tokens: int = 0
 
     @property
     def tokenizer(self):
@@ -52,13 +55,51 @@ def load_student(cfg) -> Student:
     set_seed(cfg.seed)
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(loaded.tokenizer, "chat_template", None))
     model = apply_lora(loaded.model, cfg, loaded.is_seq2seq) if cfg.tuning == "lora" else loaded.model
-    return Student(loaded, model, bf16, use_chat_template)
+    max_input, max_output = fit_to_context(cfg.max_input_tokens, cfg.max_output_tokens, loaded)
+    return Student(loaded, model, bf16, use_chat_template, max_input, max_output)
+
+
+# a tokenizer that knows no limit says so with a huge number (transformers' VERY_LARGE_INTEGER)
+SANE_CONTEXT = 1 << 24
+
+
+def context_of(loaded) -> int | None:
+    """How many tokens the model reads at once: its config's positions, else its tokenizer's limit
+    when that is a real one."""
+    from mentor.serving.generate import context_length
+
+    positions = context_length(loaded.model)
+    if isinstance(positions, int) and positions > 0:
+        return positions
+    limit = getattr(loaded.tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < SANE_CONTEXT else None
+
+
+def fit_to_context(max_input_tokens: int, max_output_tokens: int, loaded) -> tuple[int, int]:
+    """The token limits within the model's context, with a warning when they are cut: beyond it an
+    example trains on positions the model never learnt (or fails), while the truncation counts
+    would say nothing was cut. A causal model reads input and output as one sequence, so their sum
+    must fit (the output keeps up to half); an encoder-decoder reads the input alone."""
+    context = context_of(loaded)
+    if context is None:
+        return max_input_tokens, max_output_tokens
+    if loaded.is_seq2seq:
+        max_input, max_output = min(max_input_tokens, context), max_output_tokens
+    elif max_input_tokens + max_output_tokens <= context:
+        max_input, max_output = max_input_tokens, max_output_tokens
+    else:
+        max_output = min(max_output_tokens, max(context // 2, 1))
+        max_input = max(min(max_input_tokens, context - max_output), 1)
+    if (max_input, max_output) != (max_input_tokens, max_output_tokens):
+        log.warning("max_input_tokens %d and max_output_tokens %d do not fit the model's context of %d tokens: "
+                    "using %d and %d", max_input_tokens, max_output_tokens, context, max_input, max_output)
+    return max_input, max_output
 
 
 def encode_all(examples, student: Student, cfg, stats: EncodeStats | None = None) -> Dataset:
     stats = stats if stats is not None else EncodeStats()
     rows = [encode(ex, student.tokenizer, is_seq2seq=student.is_seq2seq, use_chat_template=student.use_chat_template,
-                   max_input_tokens=cfg.max_input_tokens, max_output_tokens=cfg.max_output_tokens, stats=stats)
+                   max_input_tokens=student.max_input_tokens, max_output_tokens=student.max_output_tokens, stats=stats)
             for ex in examples]
     return Dataset.from_list(rows)
 
