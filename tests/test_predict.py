@@ -381,3 +381,24 @@ def test_seeded_requests_batch_together_and_a_seeded_sample_does_not_depend_on_i
         assert engine.batches - before == 1
     finally:
         engine.close()
+
+
+def test_a_model_in_use_is_held_in_a_shared_pool():
+    """A Predictor on a shared pool (a server's) hands its model out only while it is held: the
+    model stays loaded under the budget's pressure until the block ends. (`model` released it
+    before returning it, so another request could evict it while the caller still used it.)"""
+    from mentor.serving.pool import ModelPool, Servable
+
+    sizes = ModelPool()
+    llama, t5 = Servable.of("tiny:llama"), Servable.of("tiny:t5")
+    sizes.base_of(llama)
+    pool = ModelPool(memory_budget_bytes=sizes.used_bytes + 1)  # room for one of the two
+    predictor = Predictor(llama, pool=pool)
+    with pytest.raises(MentorError, match="held"):
+        predictor.model
+    with predictor.held() as model:
+        pool.acquire([t5])  # another request, for another model
+        pool.release([t5])
+        assert llama.base in pool.loaded_names() and pool._bases[llama.base].loaded.model is model
+    assert predictor.parameters == sum(p.numel() for p in model.parameters())
+    assert Predictor("tiny:llama").model is not None  # a pool of its own evicts nothing

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,6 +50,7 @@ class Predictor:
         self.servable = model_ref if isinstance(model_ref, Servable) else Servable.of(model_ref)
         if self.servable.is_reward_model:
             raise MentorError(reward_model_refusal(self.servable.name))
+        self._own_pool = pool is None
         self.pool = pool or ModelPool(dtype=dtype)
         self.loaded = self.pool.base_of(self.servable)
         self.tokenizer = self.loaded.tokenizer
@@ -63,17 +65,32 @@ class Predictor:
         # preference-tuned models were trained with an instruction before every prompt
         self.instruction = meta.get("instruction")
 
+    @contextmanager
+    def held(self) -> Iterator:
+        """The model answering (with its adapter attached), held in the pool until the block ends:
+        a pool shared with other models (a server's) may otherwise evict it, or delete its adapter's
+        layers, while the caller still uses it."""
+        loaded, _ = self.pool.acquire([self.servable])
+        try:
+            yield loaded.model
+        finally:
+            self.pool.release([self.servable])
+
     @property
     def model(self):
-        """The model answering (with its adapter attached)."""
-        loaded, _ = self.pool.acquire([self.servable])
-        self.pool.release([self.servable])
-        return loaded.model
+        """The model answering (with its adapter attached), for a Predictor with a pool of its own
+        (which evicts nothing it holds); with a shared pool use `with predictor.held() as model:`."""
+        if not self._own_pool:
+            raise MentorError("Predictor.model is not held in a shared model pool (another request may evict "
+                              "it); use `with predictor.held() as model:`")
+        with self.held() as model:
+            return model
 
     @property
     def parameters(self) -> int:
         """Parameters of the model answering (an adapter's few are not counted: merged, they add none)."""
-        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" not in n)
+        with self.held() as model:
+            return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
 
     def render(self, item: str | list[dict], prefix: str | None = None) -> str:
         """The prompt as the model learned it: chat template, instruction, task prefix (a step-by-step
