@@ -9,6 +9,11 @@ class MentorError(Exception):
     """An error caused by input or environment, reported to users without a traceback."""
 
 
+class DamagedJobFile(MentorError):
+    """A job's own file (state, config, result) that mentor cannot read: reported, never recorded
+    as the job's failure (a finished job stays finished)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad spot in an input file."""

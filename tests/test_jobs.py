@@ -305,3 +305,76 @@ def test_a_kill_while_an_early_stopped_job_is_recorded_does_not_train_on(tmp_pat
     assert [(e["step"], e["message"]) for e in events if e["type"] == "resumed"] == [
         (30, "resumed at the early stop, step 30: nothing left to train")]
     assert [e["type"] for e in events].count("training_started") == 1
+
+
+# -- issue 23: what a hostile user broke -----------------------------------------------------------
+
+def test_a_folder_of_the_users_own_files_is_not_written_into(tmp_path, capsys):
+    from mentor.cli import main
+    from mentor.jobs import Job
+    from mentor.training.config import TuneConfig
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    notes = tmp_path / "mydocs"
+    notes.mkdir()
+    (notes / "README.md").write_text("my notes\n")
+    tune = ["tune", "--model", "tiny:llama", "--data", str(data), "--train-steps", "1", "--batch-size", "4"]
+    assert main([*tune, "--output", str(notes)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not empty and holds no mentor job" in err and "README.md" in err
+    assert (notes / "README.md").read_text() == "my notes\n" and sorted(p.name for p in notes.iterdir()) == ["README.md"]
+    # another job's folder reached through a symlink: its model, or a new folder inside it
+    other = tmp_path / "other"
+    (other / "model").mkdir(parents=True)
+    (other / "config.yaml").write_text("kind: tune\n")
+    (other / "model" / "adapter_model.safetensors").write_text("weights")
+    for name, target in (("to_model", other / "model"), ("to_inside", other / "model" / "new")):
+        (tmp_path / name).symlink_to(target)
+        assert main([*tune, "--output", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "mentor: error: output" in err, err
+    assert not (other / "model" / "new").exists() and not (other / "model" / "README.md").exists()
+    # an empty folder, and a job's own folder, are the job's to use
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "empty"):  # the second time, it is this job's folder
+        Job.open("tune", TuneConfig(model="m", data=str(data), output=str(folder))).close()
+
+
+@pytest.mark.parametrize("kind_name", sorted(kinds()))
+def test_every_float_field_refuses_inf_and_nan_and_seeds_are_checked(kind_name):
+    from mentor.jobs import build_config
+
+    kind = kinds()[kind_name]
+    floats = [name for name, f in kind.config.model_fields.items() if float in _types(f.annotation)]
+    for name in floats:
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(MentorError, match=f"field '{name}'"):
+                build_config(kind.config, {**_required(kind), name: bad})
+    if "seed" in kind.config.model_fields:
+        for bad in (-1, 2**32):
+            with pytest.raises(MentorError, match="field 'seed'"):
+                build_config(kind.config, {**_required(kind), "seed": bad})
+        assert build_config(kind.config, {**_required(kind), "seed": 2**32 - 1}).seed == 2**32 - 1
+    for name in (n for n in floats if n.endswith("rate_multiplier")):  # a rate no training survives
+        with pytest.raises(MentorError, match=f"{name} makes the learning rate .* above 1"):
+            build_config(kind.config, {**_required(kind), name: 1e30})
+
+
+def _types(annotation) -> set:
+    args = typing.get_args(annotation)
+    return {annotation} if not args else {t for a in args for t in _types(a)} | {annotation}
+
+
+def test_a_batch_job_renders_each_chat_prompt_once(tmp_path, monkeypatch):
+    from mentor.recipes import batch
+
+    rendered = []
+    render = batch.chat_prompt
+    monkeypatch.setattr(batch, "chat_prompt", lambda p, body: rendered.append(body) or render(p, body))
+    lines = write_jsonl(tmp_path / "in.jsonl", [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny:llama", "max_tokens": 2, "messages": [{"role": "user", "content": f"hi {i}"}]}}
+        for i in range(2)])
+    result = mentor.run("batch", input=str(lines), output=str(tmp_path / "b"))
+    assert result.metrics == {"completed": 2, "failed": 0, "total": 2}
+    assert len(rendered) == 2

@@ -294,3 +294,107 @@ def test_each_command_fails_with_one_line(argv, expected, tmp_path, capsys):
     (tmp_path / "o").mkdir()
     err = error_of([a.format(**values) for a in argv], capsys)
     assert re.search(expected, err), err
+
+
+# -- issue 23: a full disk, a dead process, damaged job files -------------------------------------------------
+
+def _enospc(path="x"):
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_fails_the_job_in_one_line(tmp_path, monkeypatch):
+    """The checkpoint's write fails, and so does every new file after it (the disk is full): the job
+    still ends `failed` in one line, its state.json rewritten in place."""
+    from mentor.jobs import lifecycle
+    from mentor.training.trainer import MentorTrainer
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    out = tmp_path / "o"
+    full = []
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        full.append(output_dir)
+        raise _enospc(output_dir)
+
+    def atomic_write(path, text):
+        if full:
+            raise _enospc(path)
+        return write(path, text)
+
+    write = lifecycle.atomic_write
+    monkeypatch.setattr(MentorTrainer, "save_model", save_model)
+    monkeypatch.setattr(lifecycle, "atomic_write", atomic_write)
+    monkeypatch.setattr(lifecycle, "append_line", lambda path, line: (_ for _ in ()).throw(_enospc(path)) if full
+                        else append(path, line))
+    append = __import__("mentor.files", fromlist=["append_line"]).append_line
+    code, err = _main_err(["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(out),
+                           "--train-steps", "4", "--batch-size", "4", "--evaluation-interval", "2"])
+    assert code == 2 and full and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]  # after the progress bar, which is on stderr too
+    assert line.startswith("mentor: error:") and "no space left on device" in line and str(out) in line
+    state = read_state(out)
+    assert state["state"] == "failed" and state["pid"] is None and "no space left" in state["error"]["message"]
+
+
+def test_a_full_disk_while_the_model_is_saved_fails_the_job_in_one_line(tmp_path, monkeypatch):
+    from mentor.training import outputs
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    out = tmp_path / "o"
+
+    def save_trained(trainer, folder, meta, merge=False):
+        raise _enospc(folder / "model.safetensors")
+
+    monkeypatch.setattr(outputs, "save_trained", save_trained)
+    code, err = _main_err(["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(out),
+                           "--train-steps", "1", "--batch-size", "4"])
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("mentor: error:") and "no space left on device" in line
+    assert f"{out}/model/model.safetensors" in line
+    assert read_state(out)["state"] == "failed"
+
+
+def test_status_never_calls_a_dead_process_running(tmp_path, capsys):
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "config.yaml").write_text("kind: tune\n")
+    state = {"kind": "tune", "state": "running", "pid": dead, "step": 3, "total_steps": 10}
+    (job / "state.json").write_text(json.dumps(state))
+    assert main(["status", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tune: failed, step 3/10") and f"pid {dead}" in out and "running" not in out
+    (job / "state.json").write_text(json.dumps({**state, "pid": os.getpid()}))  # alive: running it is
+    assert main(["status", str(job)]) == 0
+    assert capsys.readouterr().out.startswith("tune: running, step 3/10")
+
+
+def test_damaged_job_files_are_one_line_and_never_downgrade_a_finished_job(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    out = tmp_path / "o"
+    tune = ["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(out), "--train-steps", "1",
+            "--batch-size", "4"]
+    assert main(tune) == 0
+    kept = {name: (out / name).read_bytes() for name in ("state.json", "config.yaml", "result.json", "events.jsonl")}
+    damage = [("state.json", b"[1, 2]"), ("state.json", b"\xff\xfe\x00binary"), ("config.yaml", b"{{{: ["),
+              ("config.yaml", b"- a\n- list\n"), ("result.json", b"garbage"), ("result.json", b'{"output": 1}')]
+    for name, damaged in damage:
+        (out / name).write_bytes(damaged)
+        for argv in (tune, ["status", str(out)]):
+            if argv[0] == "status" and name == "config.yaml":
+                continue  # status reads the state, not the config
+            err = error_of(argv, capsys)
+            assert len(err.strip().splitlines()) == 1 and f"{out / name}" in err and "damaged" in err, (name, err)
+        (out / name).write_bytes(kept[name])
+        assert json.loads((out / "state.json").read_text())["state"] == "succeeded", name
+    # events are a log: damaged lines in it are skipped, with a warning naming the file
+    with (out / "events.jsonl").open("ab") as f:
+        f.write(b'\xff\xfe binary\n5\n["a list"]\n"text"\n{"time": 5, "type": ["x"], "metrics": [1]}\n')
+    assert main(["status", str(out), "--events", "20"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("tune: succeeded") and "finished" in captured.out
+    assert main(tune) == 0 and read_state(out)["state"] == "succeeded"

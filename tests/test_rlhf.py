@@ -413,3 +413,63 @@ def test_dpo_from_tune_command_line_with_lora(task, tmp_path):
     import yaml
 
     assert yaml.safe_load((tmp_path / "d2" / "config.yaml").read_text())["beta"] == 0.2
+
+
+# -- issue 23 ---------------------------------------------------------------------------------------
+
+def test_the_rlhf_job_trains_the_policy_at_the_rl_rate_and_its_stage_at_the_reward_models():
+    from mentor.rlhf.config import RLHFConfig
+    from mentor.training.arguments import training_arguments
+
+    cfg = RLHFConfig(model="m", output="o", prompt_dataset="p.jsonl", preference_dataset="pairs.jsonl",
+                     reward_model_learning_rate_multiplier=2, reinforcement_learning_rate_multiplier=3)
+    assert cfg.learning_rate == pytest.approx(3e-5)
+    assert cfg.reward_model_config("o/reward_model").learning_rate == pytest.approx(2e-4)
+    args = training_arguments(cfg, Path("o/checkpoints"), False, False, steps=cfg.reinforcement_learning_train_steps)
+    assert args.learning_rate == pytest.approx(3e-5)
+
+
+def test_a_cancel_of_the_rlhf_job_stops_its_reward_model_stage(tmp_path):
+    """`mentor cancel OUTPUT` (and the Ray executor) write OUTPUT/CANCEL: the reward-model stage, a job
+    of its own in OUTPUT/reward_model, watches it and stops within a step or two."""
+    import threading
+    import time
+
+    from mentor.jobs import JobCancelled, read_state, request_cancel
+
+    out = tmp_path / "job"
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(32, 1))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(8, 3))
+    asked_at = []
+
+    def cancel_in_stage_one():
+        deadline = time.monotonic() + 300
+        while read_state(out / "reward_model").get("step", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        request_cancel(out)
+        asked_at.append(read_state(out / "reward_model").get("step", 0))
+
+    canceller = threading.Thread(target=cancel_in_stage_one, daemon=True)
+    canceller.start()
+    with pytest.raises(JobCancelled):
+        mentor.run("rlhf", model="tiny:llama", output=str(out), preference_dataset=str(pairs),
+                   prompt_dataset=str(prompts), reward_model_train_steps=60, reinforcement_learning_train_steps=4,
+                   batch_size=4, num_generations=2, target_sequence_length=4, evaluation_interval=100)
+    canceller.join(5)
+    stage = read_state(out / "reward_model")
+    assert stage["state"] == "cancelled" and stage["step"] <= asked_at[0] + 3, (stage, asked_at)
+    assert read_state(out)["state"] == "cancelled"
+    assert not (out / "CANCEL").exists() and not (out / "checkpoints").exists()  # the RL stage never started
+
+
+def test_a_torn_metrics_line_does_not_stop_a_resume_on_another_rank(tmp_path):
+    from transformers.trainer_callback import TrainerState
+
+    from mentor.rlhf import curves
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_mean_reward": 0.2}\n{"step": 2, "train_')
+    for rank_zero in (False, True):
+        recorder = curves.RenamedMetricsRecorder(tmp_path, curves.RL_METRICS, {"eval_mean_reward": 0.1})
+        recorder.on_train_begin(None, TrainerState(is_world_process_zero=rank_zero), None)
+        recorder.on_train_end(None, TrainerState(is_world_process_zero=rank_zero), None)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0, "eval_mean_reward": 0.1}\n'

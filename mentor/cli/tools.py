@@ -110,14 +110,15 @@ def cmd_eval(args) -> None:
 
 
 def cmd_status(args) -> None:
-    from mentor.jobs import read_events, read_state
+    from mentor.jobs import read_events
+    from mentor.jobs.lifecycle import observed_state
 
-    state = read_state(args.folder)
+    state = observed_state(args.folder)  # a damaged state.json is one line naming it
     if not state:
         raise MentorError(f"{args.folder} holds no mentor job (no state.json)")
     line = f"{state.get('kind')}: {state.get('state')}, step {state.get('step', 0)}/{state.get('total_steps', '?')}"
-    if state.get("error"):
-        line += f"\nerror: {state['error'].get('message')}"
+    if error := state.get("error"):
+        line += f"\nerror: {error.get('message') if isinstance(error, dict) else error}"
     if state.get("state") == "succeeded" and (Path(args.folder) / "result.json").exists():
         from mentor.jobs import TunedModel
 
@@ -126,8 +127,9 @@ def cmd_status(args) -> None:
     for event in read_events(args.folder)[-args.events:] if args.events else []:
         fields = {k: v for k, v in event.items() if k not in ("time", "type", "message", "metrics", "level")
                   and isinstance(v, (str, int, float)) and v != ""}
-        detail = ", ".join(f"{k} {_short(v)}" for k, v in {**fields, **(event.get("metrics") or {})}.items())
-        print(f"{event.get('time', '')[:19].replace('T', ' ')}  {event.get('type', ''):18} "
+        metrics = event.get("metrics") if isinstance(event.get("metrics"), dict) else {}
+        detail = ", ".join(f"{k} {_short(v)}" for k, v in {**fields, **metrics}.items())
+        print(f"{str(event.get('time', ''))[:19].replace('T', ' ')}  {str(event.get('type', '')):18} "
               f"{event.get('message', '')}{'  ' + detail if detail else ''}".rstrip())
 
 

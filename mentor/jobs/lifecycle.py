@@ -18,11 +18,13 @@ keeps these files; the other ranks read nothing and write nothing here.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from mentor.errors import DataValidationError, MentorError
+from mentor.errors import DamagedJobFile, DataValidationError, MentorError
 from mentor.files import append_line, atomic_write, file_sha256
 from mentor.jobs.config import JobConfig
 from mentor.jobs.result import TunedModel
@@ -47,6 +49,11 @@ class JobCancelled(MentorError):
     """The job stopped at a step boundary because it was asked to; its last checkpoint is kept."""
 
 
+JOB_FILES = ("state.json", "config.yaml")  # what makes a folder a mentor job's
+# mentor's own hidden files: a folder holding only these is as good as empty
+OWN_HIDDEN_FILES = (LOCK_FILE,)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -56,11 +63,61 @@ def is_main_process() -> bool:
 
 
 def read_state(folder: str | Path) -> dict:
+    """The job's state, or {} when there is none or it cannot be read."""
+    try:
+        return load_state(folder)
+    except DamagedJobFile:
+        return {}
+
+
+def load_state(folder: str | Path) -> dict:
+    """The job's state ({} when the folder has none yet); a state.json that is not a JSON object
+    (edited by hand, or not mentor's) is a DamagedJobFile naming it."""
     path = Path(folder) / "state.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return {}
+    except OSError as err:
+        raise DamagedJobFile(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        state = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        state = None
+    if not isinstance(state, dict):
+        raise DamagedJobFile(f"{path} is damaged (not a JSON object as mentor writes it); restore it, or delete the "
+                             "folder to start the job over")
+    return state
+
+
+def is_job_folder(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in JOB_FILES)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def observed_state(folder: str | Path) -> dict:
+    """The job's state as it is, not only as recorded: a job recorded `running` on this machine
+    whose process is gone (killed, or it died writing to a full disk) is reported failed, so
+    nobody waits for a process that no longer exists."""
+    state = load_state(folder)
+    pid = state.get("pid")
+    here = state.get("host") in (None, socket.gethostname())  # another machine's pid says nothing here
+    if state.get("state") == "running" and isinstance(pid, int) and here and not _process_alive(pid):
+        state = {**state, "state": "failed",
+                 "error": {"type": "Interrupted",
+                           "message": f"interrupted: the job's process (pid {pid}) is gone and never recorded its end "
+                                      "(killed, or out of memory or disk); rerun the same command to resume from its "
+                                      "last checkpoint"}}
+    return state
 
 
 def _comparable(value: Any, is_path: bool) -> Any:
@@ -70,17 +127,52 @@ def _comparable(value: Any, is_path: bool) -> Any:
     return value
 
 
+def _load_saved_config(path: Path) -> dict:
+    """A job folder's config.yaml, or a DamagedJobFile naming it."""
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise DamagedJobFile(f"{path} is damaged (not the YAML mapping of job fields mentor writes); restore it, or "
+                             "delete the folder to start the job over")
+    return saved
+
+
+def disk_full(err: BaseException | None) -> bool:
+    """The error, or one it was raised from, is a full disk (or quota): libraries that write
+    checkpoints wrap the OSError in errors of their own."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left on device" in str(err).lower():
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
 def read_events(folder: str | Path) -> list[dict]:
-    """Every complete event line (a line cut short by a kill is skipped)."""
+    """Every complete event line: a line cut short by a kill, and any line that is not an event
+    object (damaged by hand or by the disk), is skipped; damage beyond a torn last line is logged."""
     path = Path(folder) / "events.jsonl"
     if not path.exists():
         return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
+    events, damaged = [], 0
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        try:
+            event = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            event = None
+        if isinstance(event, dict):
+            events.append(event)
+        elif number < len(lines):  # a last line without its newline is a torn write, not damage
+            damaged += 1
+    if damaged:
+        log.warning("%s: %d damaged line(s) skipped", path, damaged)
     return events
 
 
@@ -95,10 +187,11 @@ def request_cancel(folder: str | Path) -> None:
 class Job:
     """A job's folder, held open while the job runs."""
 
-    def __init__(self, kind: str, config: JobConfig):
+    def __init__(self, kind: str, config: JobConfig, parent: Job | None = None):
         self.kind = kind
         self.config = config
         self.folder = Path(config.output).expanduser()
+        self.parent = parent  # the job this one is a stage of: its cancel stops this one too
         self.main = is_main_process()
         self._on_success: list[Callable[[], None]] = []
         self._lock_fd: int | None = None
@@ -108,8 +201,8 @@ class Job:
 
     # -- opening: lock, identity -------------------------------------------------------------
     @classmethod
-    def open(cls, kind: str, config: JobConfig) -> Job:
-        job = cls(kind, config)
+    def open(cls, kind: str, config: JobConfig, parent: Job | None = None) -> Job:
+        job = cls(kind, config, parent)
         if job.main:
             job._check_folder()
             job._lock()
@@ -124,12 +217,33 @@ class Job:
         f = self.folder
         if f.exists() and not f.is_dir():
             raise MentorError(f"output {f} is a file, not a folder: give a folder for the job")
+        self._check_not_foreign(f)
         try:
             f.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=f):  # a real write: permission bits say nothing to root
                 pass
         except OSError as err:
             raise MentorError(f"cannot write to the output folder {f}: {err.strerror or err}") from None
+
+    @staticmethod
+    def _check_not_foreign(f: Path) -> None:
+        """A job writes its model card, model and files into its folder, overwriting what is there:
+        refuse a folder that holds anything but a mentor job (a user's own files), and a path that
+        reaches into another job's folder through a symlink (its model would be overwritten)."""
+        if f.is_dir() and not is_job_folder(f):
+            others = sorted(p.name for p in f.iterdir() if p.name not in OWN_HIDDEN_FILES)
+            if others:
+                shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+                raise MentorError(f"output folder {f} is not empty and holds no mentor job ({shown}); a job would "
+                                  "overwrite its files: give a new or empty folder")
+        given = Path(os.path.abspath(f))  # '..' and '.' resolved by name, symlinks not followed
+        resolved = f.resolve()
+        if given == resolved:
+            return
+        for holder in resolved.parents:
+            if is_job_folder(holder):
+                raise MentorError(f"output {f} leads through a symlink into the folder of another mentor job "
+                                  f"({holder}), whose files it would overwrite; give a folder of its own")
 
     def _lock(self) -> None:
         path = self.folder / LOCK_FILE
@@ -152,9 +266,9 @@ class Job:
         """Make this folder this job's, or refuse: a folder holds one job."""
         saved_path = self.folder / "config.yaml"
         hashes = {name: file_sha256(path) for name, path in self.config.input_files().items() if Path(path).is_file()}
-        state = read_state(self.folder)
+        state = load_state(self.folder)
         if saved_path.exists():
-            saved = yaml.safe_load(saved_path.read_text()) or {}
+            saved = _load_saved_config(saved_path)
             if "kind" not in saved:  # written before job kinds had names
                 saved = {"kind": self.kind, **saved}
             mine = self._identity()
@@ -224,7 +338,7 @@ class Job:
         """The result of this job if it already finished: rerunning a finished job is a no-op."""
         path = self.folder / "result.json"
         if path.exists() and self._state.get("state", "succeeded") == "succeeded":
-            return TunedModel.read(path)
+            return TunedModel.read(path)  # a damaged one is a DamagedJobFile: the job stays succeeded
         return None
 
     def start(self) -> None:
@@ -235,7 +349,7 @@ class Job:
         self._install_sigterm()
         attempts = self._state.get("attempts", 0) + 1
         self.update(state="running", started_at=self._state.get("started_at") or _now(), attempts=attempts,
-                    pid=os.getpid(), error=None, finished_at=None)
+                    pid=os.getpid(), host=socket.gethostname(), error=None, finished_at=None)
         if previous == "running":
             self.event("restarted", "the previous run of this job ended without a word (killed); continuing")
         self.event("started", f"{self.kind} job started (attempt {attempts})", kind=self.kind, attempt=attempts,
@@ -264,8 +378,29 @@ class Job:
             first = err.problems[0] if err.problems else None
             if first is not None:
                 error.update(file=first.file, line=first.line, field=first.field, message=str(first))
-        self.update(state="failed", finished_at=_now(), error=error, pid=None)
-        self.event("failed", error["message"], error=error)
+        # the disk may be full (the very reason the job failed): the state is still recorded, in place
+        # if need be, and a failure to write the event is logged, not raised over the job's own error
+        self._state.update(state="failed", finished_at=_now(), error=error, pid=None)
+        try:
+            self._write_state()
+        except OSError:
+            self._write_state_in_place()
+        try:
+            self.event("failed", error["message"], error=error)
+        except OSError as err:
+            log.warning("could not record the failure in %s: %s", self.folder / "events.jsonl", err.strerror or err)
+
+    def _write_state_in_place(self) -> None:
+        """Overwrite state.json in its own blocks: on a full disk the atomic write's new file has no
+        room, while truncating and rewriting a file of the same size needs none."""
+        if not self.main:
+            return
+        try:
+            with open(self.folder / "state.json", "r+", encoding="utf-8") as f:
+                f.truncate(0)
+                f.write(json.dumps(self._state, indent=2))
+        except OSError as err:
+            log.warning("could not record the job's state in %s: %s", self.folder / "state.json", err.strerror or err)
 
     def mark_cancelled(self, why: str = "cancelled") -> None:
         self.update(state="cancelled", finished_at=_now(), pid=None)
@@ -286,7 +421,10 @@ class Job:
 
     @property
     def cancel_requested(self) -> bool:
-        return self._signalled.is_set() or (self.folder / CANCEL_FILE).exists()
+        """Asked to stop: by SIGTERM, by this job's CANCEL file, or by that of the job it is a stage of
+        (`mentor cancel` and the Ray executor name the outer job's folder)."""
+        own = self._signalled.is_set() or (self.folder / CANCEL_FILE).exists()
+        return own or (self.parent is not None and self.parent.cancel_requested)
 
     def cancelled(self) -> JobCancelled:
         """The error that ends a job which stopped because it was asked to."""

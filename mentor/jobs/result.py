@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mentor.errors import DamagedJobFile
+
 
 @dataclass
 class TunedModel:
@@ -39,8 +41,13 @@ class TunedModel:
 
     @classmethod
     def read(cls, path: str | Path) -> TunedModel:
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        """The result a job wrote; a file that is not one (damaged, edited by hand) is a DamagedJobFile."""
+        try:
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError):
+            raise DamagedJobFile(f"{path} is damaged (not the result mentor writes); restore it, or delete the "
+                                 "folder to run the job over") from None
 
 
 def _shown(name: str, value) -> str:

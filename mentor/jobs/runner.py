@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mentor.errors import MentorError
+from mentor.errors import DamagedJobFile, MentorError
 from mentor.jobs.config import JobConfig, build_config
-from mentor.jobs.lifecycle import Job, JobCancelled
+from mentor.jobs.lifecycle import Job, JobCancelled, disk_full
 from mentor.jobs.registry import JobKind, get_kind
 from mentor.jobs.result import TunedModel
 
@@ -22,11 +22,13 @@ def make_config(kind: JobKind, config: JobConfig | dict[str, Any] | None, fields
     return build_config(kind.config, {**base, **fields})
 
 
-def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, **fields: Any) -> TunedModel:
-    """Run (or resume, or return the result of) a job; the same call always means the same job."""
+def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *, parent: Job | None = None,
+        **fields: Any) -> TunedModel:
+    """Run (or resume, or return the result of) a job; the same call always means the same job.
+    `parent`: the job this one is a stage of (a cancel of the parent stops it too)."""
     kind = get_kind(kind) if isinstance(kind, str) else kind
     cfg = make_config(kind, config, fields)
-    job = Job.open(kind.name, cfg)
+    job = Job.open(kind.name, cfg, parent)
     try:
         if (done := job.finished_result()) is not None:
             log.info("%s already holds this finished job", job.folder)
@@ -35,6 +37,8 @@ def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *
         result = kind.run_function()(cfg, job)
         job.succeed(result)
         return result
+    except DamagedJobFile:
+        raise  # the job's own file is unreadable: said, and the job's recorded state left as it is
     except JobCancelled:
         job.mark_cancelled()
         raise
@@ -42,6 +46,13 @@ def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *
         job.mark_cancelled("interrupted")
         raise
     except BaseException as err:
+        if disk_full(err):  # a checkpoint, the model or a job file could not be written
+            log.debug("disk full", exc_info=True)
+            err = MentorError(f"no space left on device while writing the job in {job.folder}"
+                              f"{f' ({err.filename})' if err.filename else ''}: free some space and rerun the same "
+                              "command to resume from its last complete checkpoint")
+            job.fail(err)
+            raise err from None
         job.fail(err)
         if not isinstance(err, MentorError):
             log.debug("job failed", exc_info=True)

@@ -80,7 +80,8 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
             load_preferences(cfg.eval_dataset, cfg.max_examples)
         log.info("stage 1 of 2: reward model")
         job.event("stage", "stage 1 of 2: reward model", stage="reward-model", folder=str(out / "reward_model"))
-        reward_result = jobs.run("reward-model", cfg.reward_model_config(str(out / "reward_model")))
+        # a stage of this job: a cancel of this job (its CANCEL file) stops the stage's training too
+        reward_result = jobs.run("reward-model", cfg.reward_model_config(str(out / "reward_model")), parent=job)
         reward_path = str(Path(reward_result.model_path).resolve())
 
     log.info("stage 2 of 2: reinforcement learning against the reward model")
@@ -95,7 +96,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     completions_per_step = cfg.batch_size * cfg.num_generations
     args = arguments.training_arguments(
         cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RLOOConfig,
-        steps=cfg.reinforcement_learning_train_steps, learning_rate=cfg.rl_learning_rate,
+        steps=cfg.reinforcement_learning_train_steps,
         batch_size=completions_per_step,
         num_generations=cfg.num_generations, max_completion_length=cfg.target_sequence_length, beta=cfg.kl_coeff,
         temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,

@@ -11,7 +11,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, TrainerState
 
 from mentor.jobs import Job
-from mentor.training.callbacks import JobCallback
+from mentor.training.callbacks import JobCallback, ProgressBar
 from mentor.training.checkpoints import last_complete_checkpoint
 
 log = logging.getLogger("mentor")
@@ -44,8 +44,13 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
     trainer.remove_callback(PrinterCallback)  # the progress bar shows metrics; no dict per step
     lifecycle = JobCallback(job)
     trainer.add_callback(lifecycle)
-    with quiet():
-        trainer.train(resume_from_checkpoint=resume)
+    try:
+        with quiet():
+            trainer.train(resume_from_checkpoint=resume)
+    finally:  # a training that raised never ends its progress bar, which would print after the error
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, ProgressBar):
+                callback.close()
     if lifecycle.cancelled:
         raise job.cancelled()
 
