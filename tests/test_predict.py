@@ -395,7 +395,7 @@ def test_a_model_in_use_is_held_in_a_shared_pool():
     pool = ModelPool(memory_budget_bytes=sizes.used_bytes + 1)  # room for one of the two
     predictor = Predictor(llama, pool=pool)
     with pytest.raises(MentorError, match="held"):
-        predictor.model
+        _ = predictor.model
     with predictor.held() as model:
         pool.acquire([t5])  # another request, for another model
         pool.release([t5])
