@@ -473,3 +473,18 @@ def test_a_torn_metrics_line_does_not_stop_a_resume_on_another_rank(tmp_path):
         recorder.on_train_begin(None, TrainerState(is_world_process_zero=rank_zero), None)
         recorder.on_train_end(None, TrainerState(is_world_process_zero=rank_zero), None)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0, "eval_mean_reward": 0.1}\n'
+
+
+def test_preference_jobs_cut_their_token_limits_to_the_models_context(tmp_path, caplog):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8, 1, cloud=False))
+    with caplog.at_level("WARNING", logger="mentor"):  # tiny:llama reads 2048 tokens
+        mentor.run("reward-model", model="tiny:llama", preference_dataset=str(pairs), output=str(tmp_path / "rm"),
+                   prompt_sequence_length=4000, reward_model_train_steps=1, batch_size=4)
+        mentor.dpo(model="tiny:llama", data=str(pairs), output=str(tmp_path / "dpo"), train_steps=1, batch_size=4)
+    assert "prompt_sequence_length 4000 and target_sequence_length 64 do not fit the model's context of 2048 tokens: " \
+           "using 1984 and 64" in caplog.text
+    assert "max_input_tokens 7168 and max_output_tokens 1024 do not fit the model's context of 2048 tokens: " \
+           "using 1024 and 1024" in caplog.text
+    meta = json.loads((tmp_path / "rm" / "model" / "mentor_model.json").read_text())
+    assert (meta["prompt_sequence_length"], meta["target_sequence_length"]) == (1984, 64)
+    assert json.loads((tmp_path / "dpo" / "model" / "mentor_model.json").read_text())["max_input_tokens"] == 1024

@@ -40,7 +40,8 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     out = job.folder
     # -- setup
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.data, cfg.evaluation_data)
-    loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens)
+    loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens,
+                                             ("max_input_tokens", "max_output_tokens"))
     tokenizer = loaded.tokenizer
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
@@ -72,7 +73,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     method = f"dpo ({cfg.tuning})"
     meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
             "prompt_format": renderer.prompt_format,
-            "is_seq2seq": False, "max_input_tokens": cfg.max_input_tokens, "instruction": cfg.instruction}
+            "is_seq2seq": False, "max_input_tokens": renderer.max_prompt_tokens, "instruction": cfg.instruction}
     save_trained(trainer, model_dir, meta)
     result = TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,

@@ -64,7 +64,7 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     model_dir = out / "model"
     meta = {"kind": "reward_model", "base_model": cfg.model, "tuning": cfg.tuning,
             "use_chat_template": renderer.use_chat_template, "instruction": cfg.instruction,
-            "prompt_sequence_length": cfg.prompt_sequence_length, "target_sequence_length": cfg.target_sequence_length}
+            "prompt_sequence_length": renderer.max_prompt_tokens, "target_sequence_length": renderer.max_answer_tokens}
     save_trained(trainer, model_dir, meta, merge=cfg.tuning == "lora")
     result = TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=f"reward-model ({cfg.tuning})",

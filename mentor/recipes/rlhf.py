@@ -98,7 +98,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
         cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RLOOConfig,
         steps=cfg.reinforcement_learning_train_steps,
         batch_size=completions_per_step,
-        num_generations=cfg.num_generations, max_completion_length=cfg.target_sequence_length, beta=cfg.kl_coeff,
+        num_generations=cfg.num_generations, max_completion_length=renderer.max_answer_tokens, beta=cfg.kl_coeff,
         temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,
     )
     before_path = out / "before_rl.json"
@@ -119,7 +119,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     method = f"rlhf ({cfg.tuning})"
     meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
             "prompt_format": renderer.prompt_format,
-            "is_seq2seq": False, "max_input_tokens": cfg.prompt_sequence_length, "instruction": cfg.instruction,
+            "is_seq2seq": False, "max_input_tokens": renderer.max_prompt_tokens, "instruction": cfg.instruction,
             "reward_model": reward_path}
     save_trained(trainer, model_dir, meta)
     result = TunedModel(

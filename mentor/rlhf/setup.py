@@ -20,13 +20,18 @@ from mentor.training.outputs import save_model
 log = logging.getLogger("mentor")
 
 
-def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int):
+def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int,
+          names: tuple[str, str] = ("prompt_sequence_length", "target_sequence_length")):
     """The starting model (seeded, a LoRA adapter merged first) and the renderer of its prompts:
-    (loaded, base_ref, renderer)."""
+    (loaded, base_ref, renderer). The renderer's limits are the job's, cut to the model's context
+    (`names`: the fields that set them, for the warning)."""
     from transformers import set_seed
+
+    from mentor.training.setup import fit_to_context
 
     set_seed(cfg.seed)
     loaded, base_ref = load_start_model(cfg.model, out)
+    max_prompt_tokens, max_answer_tokens = fit_to_context(max_prompt_tokens, max_answer_tokens, loaded, names)
     renderer = Renderer.for_model(loaded.tokenizer, cfg.chat_template, cfg.instruction, max_prompt_tokens,
                                   max_answer_tokens)
     return loaded, base_ref, renderer

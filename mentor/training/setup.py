@@ -75,7 +75,8 @@ def context_of(loaded) -> int | None:
     return limit if isinstance(limit, int) and 0 < limit < SANE_CONTEXT else None
 
 
-def fit_to_context(max_input_tokens: int, max_output_tokens: int, loaded) -> tuple[int, int]:
+def fit_to_context(max_input_tokens: int, max_output_tokens: int, loaded,
+                   names: tuple[str, str] = ("max_input_tokens", "max_output_tokens")) -> tuple[int, int]:
     """The token limits within the model's context, with a warning when they are cut: beyond it an
     example trains on positions the model never learnt (or fails), while the truncation counts
     would say nothing was cut. A causal model reads input and output as one sequence, so their sum
@@ -91,8 +92,8 @@ def fit_to_context(max_input_tokens: int, max_output_tokens: int, loaded) -> tup
         max_output = min(max_output_tokens, max(context // 2, 1))
         max_input = max(min(max_input_tokens, context - max_output), 1)
     if (max_input, max_output) != (max_input_tokens, max_output_tokens):
-        log.warning("max_input_tokens %d and max_output_tokens %d do not fit the model's context of %d tokens: "
-                    "using %d and %d", max_input_tokens, max_output_tokens, context, max_input, max_output)
+        log.warning("%s %d and %s %d do not fit the model's context of %d tokens: using %d and %d", names[0],
+                    max_input_tokens, names[1], max_output_tokens, context, max_input, max_output)
     return max_input, max_output
 
 
