@@ -338,6 +338,11 @@ def test_a_folder_of_the_users_own_files_is_not_written_into(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for folder in (tmp_path / "empty", tmp_path / "empty"):  # the second time, it is this job's folder
         Job.open("tune", TuneConfig(model="m", data=str(data), output=str(folder))).close()
+    # a stage's folder inside its job's (RLHF's reward model), named through a symlink above both (a
+    # linked home folder, say), is a plain nesting, not a symlink into another job
+    (tmp_path / "home").symlink_to(tmp_path)
+    Job.open("tune", TuneConfig(model="m", data=str(data), output=str(tmp_path / "home" / "empty" / "stage"))).close()
+    assert (tmp_path / "empty" / "stage" / "config.yaml").exists()
 
 
 @pytest.mark.parametrize("kind_name", sorted(kinds()))

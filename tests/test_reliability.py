@@ -338,6 +338,19 @@ def test_a_full_disk_while_a_checkpoint_is_written_fails_the_job_in_one_line(tmp
     assert state["state"] == "failed" and state["pid"] is None and "no space left" in state["error"]["message"]
 
 
+def test_a_disk_full_before_the_job_starts_is_one_line_too(tmp_path, monkeypatch):
+    from mentor.jobs import lifecycle
+
+    def atomic_write(path, text):
+        raise _enospc(path)
+
+    monkeypatch.setattr(lifecycle, "atomic_write", atomic_write)
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    code, err = _main_err(["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(tmp_path / "o")])
+    assert code == 2 and "Traceback" not in err and err.startswith("mentor: error: no space left on device"), err
+    assert f"{tmp_path / 'o' / 'config.yaml'}" in err
+
+
 def test_a_full_disk_while_the_model_is_saved_fails_the_job_in_one_line(tmp_path, monkeypatch):
     from mentor.training import outputs
 

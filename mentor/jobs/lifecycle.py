@@ -236,14 +236,21 @@ class Job:
                 shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
                 raise MentorError(f"output folder {f} is not empty and holds no mentor job ({shown}); a job would "
                                   "overwrite its files: give a new or empty folder")
-        given = Path(os.path.abspath(f))  # '..' and '.' resolved by name, symlinks not followed
         resolved = f.resolve()
-        if given == resolved:
+        holder = next((p for p in resolved.parents if is_job_folder(p)), None)
+        if holder is None:
             return
-        for holder in resolved.parents:
-            if is_job_folder(holder):
-                raise MentorError(f"output {f} leads through a symlink into the folder of another mentor job "
-                                  f"({holder}), whose files it would overwrite; give a folder of its own")
+        # inside another job's folder: fine when the path names that folder and goes on by plain names
+        # (RLHF's reward-model stage, even with a symlink above the folder, such as a linked home); not
+        # when a symlink leads in (into its model/, say)
+        given = Path(os.path.abspath(f))  # '..' and '.' resolved by name, symlinks not followed
+        for above in given.parents:
+            if above.resolve() == holder:
+                if given.relative_to(above) == resolved.relative_to(holder):
+                    return
+                break
+        raise MentorError(f"output {f} leads through a symlink into the folder of another mentor job ({holder}), "
+                          "whose files it would overwrite; give a folder of its own")
 
     def _lock(self) -> None:
         path = self.folder / LOCK_FILE

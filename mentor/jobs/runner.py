@@ -4,6 +4,7 @@ and leave its state, events and result saying what happened."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from mentor.errors import DamagedJobFile, MentorError
@@ -28,7 +29,12 @@ def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *
     `parent`: the job this one is a stage of (a cancel of the parent stops it too)."""
     kind = get_kind(kind) if isinstance(kind, str) else kind
     cfg = make_config(kind, config, fields)
-    job = Job.open(kind.name, cfg, parent)
+    try:
+        job = Job.open(kind.name, cfg, parent)
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        raise _no_space(err, Path(cfg.output).expanduser()) from None
     try:
         if (done := job.finished_result()) is not None:
             log.info("%s already holds this finished job", job.folder)
@@ -48,9 +54,7 @@ def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *
     except BaseException as err:
         if disk_full(err):  # a checkpoint, the model or a job file could not be written
             log.debug("disk full", exc_info=True)
-            err = MentorError(f"no space left on device while writing the job in {job.folder}"
-                              f"{f' ({err.filename})' if err.filename else ''}: free some space and rerun the same "
-                              "command to resume from its last complete checkpoint")
+            err = _no_space(err, job.folder)
             job.fail(err)
             raise err from None
         job.fail(err)
@@ -59,3 +63,9 @@ def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *
         raise
     finally:
         job.close()
+
+
+def _no_space(err: BaseException, folder: Path) -> MentorError:
+    filename = getattr(err, "filename", None)
+    return MentorError(f"no space left on device while writing the job in {folder}{f' ({filename})' if filename else ''}"
+                       ": free some space and rerun the same command to resume from its last complete checkpoint")
