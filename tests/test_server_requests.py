@@ -211,6 +211,9 @@ def test_a_damaged_or_emptied_database_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(MentorError, match=r"mentor.db is empty \(0 bytes\) but .*jobs/ hold"):
         Database(emptied)
     assert (emptied / "mentor.db").stat().st_size == 0  # nothing was written over it
+    (emptied / "mentor.db").unlink()
+    with pytest.raises(MentorError, match=r"mentor.db is missing but .*jobs/ hold"):
+        Database(emptied)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "mentor.db").write_bytes(b"")  # empty, and nothing beside it: a new server may start

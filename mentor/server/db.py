@@ -143,15 +143,16 @@ class Database:
 
 
 def _refuse_a_lost_database(path: Path) -> None:
-    """An empty (0-byte) database beside jobs and uploaded files lost what it held: opening it would
-    start an empty server that ignores them, and a new job could reuse their names. Refused."""
-    if not path.exists() or path.stat().st_size > 0:
+    """A database emptied (0 bytes) or gone beside jobs and uploaded files lost what it held: opening
+    it would start an empty server that ignores them, and a new job could reuse their names. Refused."""
+    if path.exists() and path.stat().st_size > 0:
         return
     held = [name for name in ("jobs", "files") if (path.parent / name).is_dir() and any((path.parent / name).iterdir())]
     if held:
-        raise MentorError(f"{path} is empty (0 bytes) but {' and '.join(f'{path.parent / n}/' for n in held)} hold "
-                          "the server's data; restore the database from a backup, or move those folders away to "
-                          "start afresh")
+        state = "is empty (0 bytes)" if path.exists() else "is missing"
+        raise MentorError(f"{path} {state} but {' and '.join(f'{path.parent / n}/' for n in held)} hold the "
+                          "server's data; restore the database from a backup, or move those folders away to start "
+                          "afresh")
 
 
 __all__ = ["Base", "Database", "FileRow", "JobRow", "ModelRow", "epoch", "now", "select"]
