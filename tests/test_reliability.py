@@ -338,6 +338,29 @@ def test_a_full_disk_while_a_checkpoint_is_written_fails_the_job_in_one_line(tmp
     assert state["state"] == "failed" and state["pid"] is None and "no space left" in state["error"]["message"]
 
 
+def test_torch_saves_failed_write_on_a_full_disk_is_taken_for_one(tmp_path, monkeypatch):
+    """torch.save says only "file write failed" (optimizer.pt, the biggest file of a checkpoint)."""
+    import collections
+    import shutil
+
+    from mentor.training.trainer import MentorTrainer
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(MentorTrainer, "save_model", save_model)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    code, err = _main_err(["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(tmp_path / "o"),
+                           "--train-steps", "2", "--batch-size", "4", "--evaluation-interval", "1"])
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"mentor: error: no space left on device while writing the job in "
+                                                   f"{tmp_path / 'o'}")
+    assert read_state(tmp_path / "o")["state"] == "failed"
+
+
 def test_a_disk_full_before_the_job_starts_is_one_line_too(tmp_path, monkeypatch):
     from mentor.jobs import lifecycle
 

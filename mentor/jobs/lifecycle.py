@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -50,6 +51,7 @@ class JobCancelled(MentorError):
 
 
 JOB_FILES = ("state.json", "config.yaml")  # what makes a folder a mentor job's
+NEARLY_FULL = 64 * 2**20  # free bytes below which a failed write is put down to a full disk
 # mentor's own hidden files: a folder holding only these is as good as empty
 OWN_HIDDEN_FILES = (LOCK_FILE,)
 
@@ -139,15 +141,22 @@ def _load_saved_config(path: Path) -> dict:
     return saved
 
 
-def disk_full(err: BaseException | None) -> bool:
+def disk_full(err: BaseException | None, folder: Path | None = None) -> bool:
     """The error, or one it was raised from, is a full disk (or quota): libraries that write
-    checkpoints wrap the OSError in errors of their own."""
+    checkpoints wrap the OSError in errors of their own. torch.save's says only "file write failed",
+    so a failed write is taken for a full disk when `folder`'s disk is (nearly) full."""
     seen = 0
     while err is not None and seen < 8:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "no space left on device" in str(err).lower():
+        message = str(err).lower()
+        if "no space left on device" in message:
             return True
+        if folder is not None and isinstance(err, RuntimeError) and "write failed" in message:
+            try:
+                return shutil.disk_usage(folder).free < NEARLY_FULL
+            except OSError:
+                return False
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
 

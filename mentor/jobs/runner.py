@@ -52,7 +52,7 @@ def run(kind: str | JobKind, config: JobConfig | dict[str, Any] | None = None, *
         job.mark_cancelled("interrupted")
         raise
     except BaseException as err:
-        if disk_full(err):  # a checkpoint, the model or a job file could not be written
+        if disk_full(err, job.folder):  # a checkpoint, the model or a job file could not be written
             log.debug("disk full", exc_info=True)
             err = _no_space(err, job.folder)
             job.fail(err)
