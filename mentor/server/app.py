@@ -118,8 +118,8 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())[1:])) or 'body'}: {e.get('msg')}"
-                            for e in err.errors()[:5])
+        message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())[1:])) or 'body'}: "
+                            f"{str(e.get('msg')).removeprefix('Value error, ')}" for e in err.errors()[:5])
         return _error(400, message or "invalid request", where)
 
     @app.exception_handler(StarletteHTTPException)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from mentor.data.formats import message_text
 from mentor.serving.generate import SamplingParams
@@ -40,22 +40,13 @@ UNSUPPORTED = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "fr
                "prediction": (), "reasoning_effort": (), "verbosity": (), "web_search_options": ()}
 
 
+NOT_IMPLEMENTED = "not implemented by this server: refused (400) unless it asks for nothing"
+
+
 class Common(BaseModel):
     # a field this server does not know is refused (400 naming it), never ignored: the client would
     # take the answer for one that honoured it
     model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data):
-        if isinstance(data, dict):
-            for name, nothing in UNSUPPORTED.items():
-                value = data.get(name)
-                if value is not None and not any(value == ok and type(value) is type(ok) for ok in nothing):
-                    raise ValueError(f"'{name}' is not supported by this server")
-            # their "off" values ask for nothing: dropped here, so that only unknown fields are left over
-            data = {k: v for k, v in data.items() if k not in UNSUPPORTED}
-        return data
 
     model: str = Field(min_length=1, max_length=512)
     max_tokens: int | None = Field(None, ge=1, le=32768)
@@ -74,7 +65,36 @@ class Common(BaseModel):
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
-    parallel_tool_calls: bool | None = None  # (tools are refused above)
+    parallel_tool_calls: bool | None = None  # (tools are refused)
+    # OpenAI's parameters this server does not implement (UNSUPPORTED): only their "off" values pass
+    logprobs: Any = Field(None, description=NOT_IMPLEMENTED)
+    top_logprobs: Any = Field(None, description=NOT_IMPLEMENTED)
+    echo: Any = Field(None, description=NOT_IMPLEMENTED)
+    frequency_penalty: Any = Field(None, description=NOT_IMPLEMENTED)
+    presence_penalty: Any = Field(None, description=NOT_IMPLEMENTED)
+    logit_bias: Any = Field(None, description=NOT_IMPLEMENTED)
+    best_of: Any = Field(None, description=NOT_IMPLEMENTED)
+    suffix: Any = Field(None, description=NOT_IMPLEMENTED)
+    tools: Any = Field(None, description=NOT_IMPLEMENTED)
+    functions: Any = Field(None, description=NOT_IMPLEMENTED)
+    response_format: Any = Field(None, description=NOT_IMPLEMENTED)
+    modalities: Any = Field(None, description=NOT_IMPLEMENTED)
+    tool_choice: Any = Field(None, description=NOT_IMPLEMENTED)
+    function_call: Any = Field(None, description=NOT_IMPLEMENTED)
+    audio: Any = Field(None, description=NOT_IMPLEMENTED)
+    prediction: Any = Field(None, description=NOT_IMPLEMENTED)
+    reasoning_effort: Any = Field(None, description=NOT_IMPLEMENTED)
+    verbosity: Any = Field(None, description=NOT_IMPLEMENTED)
+    web_search_options: Any = Field(None, description=NOT_IMPLEMENTED)
+
+    @field_validator(*UNSUPPORTED, mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, value, info: ValidationInfo):
+        # a validator per field: the 400 names the field as its param
+        nothing = UNSUPPORTED[info.field_name]
+        if value is not None and not any(value == ok and type(value) is type(ok) for ok in nothing):
+            raise ValueError(f"'{info.field_name}' is not supported by this server")
+        return value
 
     def params(self, default_max: int = 256) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
