@@ -402,3 +402,20 @@ def test_a_model_in_use_is_held_in_a_shared_pool():
         assert llama.base in pool.loaded_names() and pool._bases[llama.base].loaded.model is model
     assert predictor.parameters == sum(p.numel() for p in model.parameters())
     assert Predictor("tiny:llama").model is not None  # a pool of its own evicts nothing
+
+
+def test_a_deleted_model_a_batch_still_uses_is_unloaded_when_the_batch_ends(tmp_path):
+    import shutil
+
+    from mentor.models import resolve
+    from mentor.serving.pool import ModelPool, Servable
+
+    folder = tmp_path / "job" / "model"
+    shutil.copytree(resolve("tiny:llama"), folder)
+    model = Servable.of(str(folder))
+    pool = ModelPool()
+    pool.acquire([model])  # a batch generating on it
+    pool.unload(tmp_path / "job")
+    assert model.base in pool.loaded_names()  # not pulled from under the batch
+    pool.release([model])
+    assert pool.loaded_names() == {} and pool.used_bytes == 0
