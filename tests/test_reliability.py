@@ -393,6 +393,43 @@ def test_a_full_disk_while_the_model_is_saved_fails_the_job_in_one_line(tmp_path
     assert read_state(out)["state"] == "failed"
 
 
+def test_a_cancel_recorded_on_a_full_disk_is_one_line_and_state_cancelled(tmp_path, monkeypatch):
+    """The job stops on a cancel while the disk is full: no new file fits (the atomic state write, the
+    event), yet the cancel is said in one line and state.json says cancelled, rewritten in place."""
+    from mentor.jobs import lifecycle
+    from mentor.jobs.registry import JobKind
+
+    full = []
+
+    def run_function(self):
+        def run(cfg, job):
+            full.append(True)
+            raise job.cancelled()
+        return run
+
+    def atomic_write(path, text):
+        if full:
+            raise _enospc(path)
+        return write(path, text)
+
+    def append_line(path, line):
+        if full:
+            raise _enospc(path)
+        return append(path, line)
+
+    write, append = lifecycle.atomic_write, lifecycle.append_line
+    monkeypatch.setattr(JobKind, "run_function", run_function)
+    monkeypatch.setattr(lifecycle, "atomic_write", atomic_write)
+    monkeypatch.setattr(lifecycle, "append_line", append_line)
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
+    out = tmp_path / "o"
+    code, err = _main_err(["tune", "--model", "tiny:llama", "--data", str(data), "--output", str(out)])
+    assert code == 130 and full and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"mentor: job in {out} cancelled"), err
+    state = read_state(out)
+    assert state["state"] == "cancelled" and state["pid"] is None and state["finished_at"]
+
+
 def test_status_never_calls_a_dead_process_running(tmp_path, capsys):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(done.stdout)

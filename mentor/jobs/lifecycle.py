@@ -394,17 +394,22 @@ class Job:
             first = err.problems[0] if err.problems else None
             if first is not None:
                 error.update(file=first.file, line=first.line, field=first.field, message=str(first))
-        # the disk may be full (the very reason the job failed): the state is still recorded, in place
-        # if need be, and a failure to write the event is logged, not raised over the job's own error
-        self._state.update(state="failed", finished_at=_now(), error=error, pid=None)
+        self._state["error"] = error
+        self._record_end("failed", "failure", error["message"], error=error)
+
+    def _record_end(self, state: str, what: str, message: str, **data: Any) -> None:
+        """Record how the job ended. The disk may be full (the very reason it failed, or a cancel that
+        came while it was): the state is still recorded, in place if need be, and a failure to write
+        the event is logged, not raised over the job's own end."""
+        self._state.update(state=state, finished_at=_now(), pid=None)
         try:
             self._write_state()
         except OSError:
             self._write_state_in_place()
         try:
-            self.event("failed", error["message"], error=error)
+            self.event(state, message, **data)
         except OSError as err:
-            log.warning("could not record the failure in %s: %s", self.folder / "events.jsonl", err.strerror or err)
+            log.warning("could not record the %s in %s: %s", what, self.folder / "events.jsonl", err.strerror or err)
 
     def _write_state_in_place(self) -> None:
         """Overwrite state.json in its own blocks: on a full disk the atomic write's new file has no
@@ -419,11 +424,10 @@ class Job:
             log.warning("could not record the job's state in %s: %s", self.folder / "state.json", err.strerror or err)
 
     def mark_cancelled(self, why: str = "cancelled") -> None:
-        self.update(state="cancelled", finished_at=_now(), pid=None)
-        self.event("cancelled", f"{why}; rerun the same job to resume from step {self._state.get('step', 0)}",
-                   step=self._state.get("step", 0))
+        step = self._state.get("step", 0)
+        self._record_end("cancelled", "cancel", f"{why}; rerun the same job to resume from step {step}", step=step)
         if self.main:
-            (self.folder / CANCEL_FILE).unlink(missing_ok=True)
+            (self.folder / CANCEL_FILE).unlink(missing_ok=True)  # removing a file needs no space
 
     # -- cancel -----------------------------------------------------------------------------------
     def _install_sigterm(self) -> None:
