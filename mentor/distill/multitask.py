@@ -9,24 +9,22 @@ trainer does, so the label task gets as many updates as in standard fine-tuning:
 
 from __future__ import annotations
 
-from transformers import DataCollatorForSeq2Seq
-
 from mentor.training.trainer import MentorTrainer, token_loss
 
 RATIONALE_KEYS = ("input_ids", "attention_mask", "labels")
 
 
 class MultiTaskCollator:
-    """Pads the label-task and rationale-task sequences of a batch separately."""
+    """Collates the label-task and rationale-task sequences of a batch separately, each with the
+    tuning collator (padded, or packed into one row: see `mentor.training.arguments.collator`)."""
 
-    def __init__(self, tokenizer):
-        self.pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+    def __init__(self, collate):
+        self.collate = collate
 
     def __call__(self, features: list[dict]) -> dict:
-        label = self.pad([{k: f[k] for k in RATIONALE_KEYS} for f in features])
-        batch = dict(label)
+        batch = dict(self.collate([{k: f[k] for k in RATIONALE_KEYS} for f in features]))
         if "rationale_input_ids" in features[0]:
-            rationale = self.pad([{k: f[f"rationale_{k}"] for k in RATIONALE_KEYS} for f in features])
+            rationale = self.collate([{k: f[f"rationale_{k}"] for k in RATIONALE_KEYS} for f in features])
             batch.update({f"rationale_{k}": v for k, v in rationale.items()})
         return batch
 
@@ -40,20 +38,21 @@ class StepByStepTrainer(MentorTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        label_batch = {k: inputs[k] for k in RATIONALE_KEYS}
+        label_batch = {k: v for k, v in inputs.items() if not k.startswith("rationale_")}
         label = token_loss(model, label_batch, self.is_seq2seq, self._keep_logits)
         label_loss = label.loss_sum / max(label.count, 1)
         loss = label_loss
         values = dict(loss_sum=label.loss_sum.item(), correct=label.correct.item(), count=label.count, label_batches=1,
                       label_loss=label_loss.item())
         if "rationale_input_ids" in inputs and self.alpha < 1.0:
-            r_batch = {k: inputs[f"rationale_{k}"] for k in RATIONALE_KEYS}
+            r_batch = {k[len("rationale_"):]: v for k, v in inputs.items() if k.startswith("rationale_")}
             rationale = token_loss(model, r_batch, self.is_seq2seq, self._keep_logits)
             rationale_loss = rationale.loss_sum / max(rationale.count, 1)  # 0 when every rationale is masked
             loss = self.alpha * label_loss + (1 - self.alpha) * rationale_loss
             values.update(rationale_loss=rationale_loss.item(), rationale_batches=1)
             if mode == "train":  # the Trainer counts the label sequences' tokens; add the rationales'
-                self.state.num_input_tokens_seen += int(r_batch["attention_mask"].sum())
+                mask = r_batch.get("attention_mask")  # a packed batch has no padding to leave out
+                self.state.num_input_tokens_seen += int(mask.sum() if mask is not None else r_batch["input_ids"].numel())
         self.record(mode, **values)
         return (loss, label.outputs) if return_outputs else loss
 

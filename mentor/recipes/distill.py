@@ -115,7 +115,9 @@ def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
                                           **({"best_metric": TASK_SCORE} if on_task else {})),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=MultiTaskCollator(student.tokenizer) if sbs else arguments.collator(student.tokenizer),
+        data_collator=MultiTaskCollator(arguments.collator(student.tokenizer, cfg.packing, student.is_seq2seq,
+                                                           student.attention))
+        if sbs else arguments.collator(student.tokenizer, cfg.packing, student.is_seq2seq, student.attention),
         processing_class=student.tokenizer,
         callbacks=[MetricsRecorder(job.folder), ProgressBar(), *arguments.early_stopping(cfg, has_eval)],
         is_seq2seq=student.is_seq2seq,

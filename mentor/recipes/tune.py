@@ -31,7 +31,7 @@ def run(cfg: TuneConfig, job: Job) -> TunedModel:
         args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=arguments.collator(student.tokenizer),
+        data_collator=arguments.collator(student.tokenizer, cfg.packing, student.is_seq2seq, student.attention),
         processing_class=student.tokenizer,
         callbacks=[MetricsRecorder(job.folder), ProgressBar(), *arguments.early_stopping(cfg, has_eval)],
         is_seq2seq=student.is_seq2seq,

@@ -144,5 +144,11 @@ class DPOConfig(TuneConfig):
     learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended learning rate "
                                                                    "(1e-6 full, 1e-5 LoRA)")
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the starting model (DPO's beta)")
+
+    @model_validator(mode="after")
+    def _no_packing(self):
+        if self.packing:  # TRL's DPO trainer pairs chosen and rejected rows of its own padded batches
+            raise ValueError("packing is for supervised tuning and text distillation, not DPO")
+        return self
     instruction: str | None = Field(None, description=INSTRUCTION_HELP)
     early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest drop in eval DPO loss that counts")

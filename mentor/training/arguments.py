@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, EarlyStoppingCallback, TrainingArguments
 
 from mentor.errors import MentorError
 
@@ -93,6 +93,15 @@ def early_stopping(cfg, has_eval: bool) -> list:
     return []
 
 
-def collator(tokenizer):
-    """Pads input ids, attention mask and labels (with -100) to the longest in the batch."""
-    return DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=-100, padding=True)
+def collator(tokenizer, packing: bool = False, is_seq2seq: bool = False, attention: str | None = None):
+    """Pads input ids, attention mask and labels (with -100) to the longest in the batch; with
+    ``packing``, puts the batch's examples in one row instead (no padding computed): positions
+    restart at each example, so attention stays within it (a block-diagonal mask under SDPA and
+    eager, variable-length kernels under flash attention), and each example's first label is -100
+    so no token learns to predict the next example."""
+    if not packing:
+        return DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=-100, padding=True)
+    if is_seq2seq:
+        raise MentorError("packing needs a decoder-only model: an encoder-decoder's examples cannot share a row")
+    flash = bool(attention) and attention.startswith("flash")
+    return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=flash)

@@ -59,6 +59,8 @@ class TuneConfig(JobConfig):
     lora_target_modules: LoraTargets = Field("all-linear", description="LoRA target modules: 'all-linear' or names")
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto: where the hardware computes "
                                                                   "it natively")
+    packing: bool = Field(False, description="padding-free batches: a batch's examples in one row, each with its own "
+                                             "positions and attention kept within it (decoder-only models)")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps with a linear learning-rate warm-up")
     keep_checkpoints: bool = Field(False, description="keep every evaluation's checkpoint after the job, so any can "
                                                       "be promoted to a model of its own (`mentor models promote`)")

@@ -38,6 +38,11 @@ class Student:
         return self.loaded.tokenizer
 
     @property
+    def attention(self) -> str | None:
+        """The attention implementation the model runs ("sdpa", "flash_attention_2", "eager")."""
+        return getattr(self.loaded.model.config, "_attn_implementation", None)
+
+    @property
     def is_seq2seq(self) -> bool:
         return self.loaded.is_seq2seq
 

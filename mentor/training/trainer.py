@@ -56,9 +56,19 @@ class TokenLoss:
     targets: torch.Tensor  # (P,)
 
 
+# What a batch hands the model; the rest (labels) is scored here. Packed batches add positions and,
+# under flash attention, the examples' boundaries.
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                "max_length_k")
+
+
 def token_loss(model, batch: dict, is_seq2seq: bool, keep_logits: bool = True) -> TokenLoss:
     """Summed cross-entropy, correct next-token predictions and their count on output tokens."""
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    # position_ids: a packed batch (`packing`) restarts them at each example, which is what keeps
+    # attention within an example (transformers builds a block-diagonal mask from them)
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    if "position_ids" in inputs:  # transformers reads packing only without a cache (a training setup)
+        inputs["use_cache"] = False
     labels = batch["labels"]
     if is_seq2seq:
         decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels) \

@@ -81,6 +81,8 @@ class WhiteboxConfig(StudentConfig):
             raise ValueError("on-policy training needs the live teacher; it cannot use offline_logits")
         if self.on_policy_fraction > 0 and self.method not in ("logit", "self"):
             raise ValueError("on_policy_fraction applies to methods 'logit' and 'self'")
+        if self.packing:  # the teacher's logits and hidden states are aligned to padded rows
+            raise ValueError("packing is for supervised tuning and text distillation, not white-box methods")
         return self
 
 
