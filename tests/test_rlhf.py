@@ -488,3 +488,31 @@ def test_preference_jobs_cut_their_token_limits_to_the_models_context(tmp_path, 
     meta = json.loads((tmp_path / "rm" / "model" / "mentor_model.json").read_text())
     assert (meta["prompt_sequence_length"], meta["target_sequence_length"]) == (1984, 64)
     assert json.loads((tmp_path / "dpo" / "model" / "mentor_model.json").read_text())["max_input_tokens"] == 1024
+
+
+@pytest.mark.parametrize("damage", [b"{\"eval_mean_reward\": 0.", b"\xff\xfe binary", b"[1, 2]"])
+def test_a_damaged_starting_point_is_measured_again_or_read_back_from_the_curves(tmp_path, monkeypatch, caplog,
+                                                                                 damage):
+    """before_rl.json damaged by hand or by the disk: a job that has not trained yet measures the
+    model again; a resumed one (the model has moved) reads the point its first run drew back from
+    metrics.jsonl, with a warning naming the file, instead of a traceback."""
+    from types import SimpleNamespace
+
+    from mentor.rlhf import curves
+
+    measured = []
+    monkeypatch.setattr(curves, "final_eval", lambda trainer, names: measured.append(1) or {"eval_mean_reward": 0.3})
+    trainer = SimpleNamespace(eval_dataset=[{"prompt": "p"}])
+    path = tmp_path / "before_rl.json"
+    path.write_bytes(damage)
+    with caplog.at_level("WARNING", logger="mentor"):
+        fresh = SimpleNamespace(folder=tmp_path, main=True, state={"step": 0})
+        assert curves.starting_point(trainer, fresh, curves.RL_METRICS, path.name) == {"eval_mean_reward": 0.3}
+    assert measured == [1] and json.loads(path.read_text()) == {"eval_mean_reward": 0.3}
+    assert str(path) in caplog.text and "damaged" in caplog.text
+
+    path.write_bytes(damage)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_mean_reward": 0.25}\n{"step": 5, "train_kl": 0.1}\n')
+    resumed = SimpleNamespace(folder=tmp_path, main=True, state={"step": 5})
+    assert curves.starting_point(trainer, resumed, curves.RL_METRICS, path.name) == {"eval_mean_reward": 0.25}
+    assert measured == [1] and json.loads(path.read_text()) == {"eval_mean_reward": 0.25}

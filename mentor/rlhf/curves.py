@@ -4,6 +4,7 @@ TensorBoard), shown on the progress bar, measured before and after training, and
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -23,6 +24,8 @@ DPO_METRICS = {"loss": "dpo_loss", "rewards/margins": "reward_margin", "rewards/
                "rewards/chosen": "chosen_reward", "rewards/rejected": "rejected_reward",
                "logps/chosen": "chosen_logp", "logps/rejected": "rejected_logp", "entropy": "entropy"}
 KEEP_AS_IS = ("grad_norm", "learning_rate")
+
+log = logging.getLogger("mentor")
 
 
 def rename(logs: dict, names: dict[str, str]) -> dict:
@@ -106,13 +109,31 @@ def starting_point(trainer, job, names: dict, filename: str) -> dict:
     if trainer.eval_dataset is None:
         return {}
     if path.exists():
-        return json.loads(path.read_text())
+        before = _read_point(path)
+        if before is not None:
+            return before
+        log.warning("%s is damaged (not the JSON object mentor writes); %s", path,
+                    "the starting point is read back from metrics.jsonl" if job.state.get("step")
+                    else "the model is measured again")
     if job.state.get("step"):
-        return {}  # resumed without it: the first run was killed before measuring
-    before = final_eval(trainer, names)
-    if job.main:
+        # the model has trained since: its first run's point is the step-0 row it drew, if it got that far
+        metrics = job.folder / "metrics.jsonl"
+        rows = read_records(metrics) if metrics.exists() else []
+        before = next(({k: v for k, v in row.items() if k != "step"} for row in rows if row.get("step") == 0), {})
+    else:
+        before = final_eval(trainer, names)
+    if job.main and before:
         atomic_write(path, json.dumps(before))
     return before
+
+
+def _read_point(path: Path) -> dict | None:
+    """A measured point as written (an object of numbers), or None when the file is damaged."""
+    try:
+        point = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return point if isinstance(point, dict) else None
 
 
 def final_eval(trainer, names: dict) -> dict:
