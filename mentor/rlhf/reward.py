@@ -18,6 +18,7 @@ from mentor.models.resolve import prepare_tokenizer
 from mentor.rlhf import curves
 from mentor.rlhf.data import PreferencePair, Prompt, load_preferences
 from mentor.rlhf.render import Renderer
+from mentor.serving.pool import is_reward_model_kind
 from mentor.training.outputs import card_body
 
 REWARD_META = "mentor_model.json"
@@ -44,7 +45,7 @@ def reward_model_folder(ref: str) -> tuple[Path, dict]:
     meta_path = folder / REWARD_META
     meta = json.loads(meta_path.read_text()) if local and meta_path.exists() else {}
     if meta:
-        if meta.get("kind") != "reward_model":
+        if not is_reward_model_kind(meta.get("kind")):
             raise MentorError(f"{ref} is not a reward model (it is a {meta.get('method', 'tuned')} model); "
                               "train one with `mentor reward-model` or `mentor.reward_model(...)`")
         return folder, meta

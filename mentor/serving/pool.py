@@ -27,6 +27,12 @@ from mentor.serving.generate import BASE_ADAPTER
 log = logging.getLogger("mentor")
 
 
+def is_reward_model_kind(kind: object) -> bool:
+    """Whether a recorded kind names a reward model: the reward-model recipe records "reward_model" in
+    the model's metadata, while the job kind (and so the registry's model kind) is "reward-model"."""
+    return str(kind or "").replace("_", "-") == "reward-model"
+
+
 def _folder_bytes(folder: Path, patterns=("*.safetensors", "*.bin")) -> int:
     return sum(p.stat().st_size for pattern in patterns for p in folder.glob(pattern))
 
@@ -57,9 +63,9 @@ class Servable:
     @property
     def is_reward_model(self) -> bool:
         """A scorer (a sequence classifier with one output), not a language model: generating through
-        its head answers nonsense. The reward-model recipe records kind "reward_model" (the job kind is
-        spelt "reward-model"); a folder without mentor's record says so by its architecture."""
-        if str(self.meta.get("kind", "")).replace("_", "-") == "reward-model":
+        its head answers nonsense. Mentor's record names its kind; a folder without one says so by its
+        architecture."""
+        if is_reward_model_kind(self.meta.get("kind")):
             return True
         config = Path(self.base) / "config.json"
         if self.adapter or not config.is_file():
