@@ -90,3 +90,23 @@ def test_openai_teacher_on_a_server_running_the_tiny_model(tiny, tmp_path):
             out = teacher.complete(PROMPTS[:3], GenerationParams(max_new_tokens=6))
             assert [c.text for c in out] == [direct(tiny, p, 6, chat) for p in PROMPTS[:3]]
             assert all(c.tokens_out == 6 for c in out)
+
+
+@pytest.mark.parametrize("spec", ["hf", "hf-completions"])
+def test_a_reward_model_is_refused_as_a_teacher(tmp_path, spec):
+    """A reward model loaded as a language model generates through its score head: refused in one line
+    before anything loads, as `Predictor` refuses it (by mentor's record, or by its architecture)."""
+    import json
+
+    from conftest import reward_model_folder
+    from mentor.errors import MentorError
+
+    folder = reward_model_folder(tmp_path / "rm")
+    with pytest.raises(MentorError, match=f"^{folder} is a reward model: it scores answers and does not generate"):
+        build_teacher(f"{spec}:{folder}", cache_path=tmp_path / "cache.sqlite")
+    (folder / "mentor_model.json").unlink()  # not mentor's: its architecture says what it is
+    with pytest.raises(MentorError, match="is a reward model"):
+        HFTeacher(str(folder))
+    (folder / "mentor_model.json").write_text(json.dumps({"kind": "reward-model"}))
+    with pytest.raises(MentorError, match="is a reward model"):
+        HFTeacher(str(folder))

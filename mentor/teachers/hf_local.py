@@ -22,7 +22,13 @@ class HFTeacher(Teacher):
     def __init__(self, ref: str, chat: bool = True, cache=None, batch_size: int = 8, progress: bool | None = None):
         # imported late: it pulls in torch
         from mentor.serving.generate import model_fingerprint
+        from mentor.serving.pool import Servable
+        from mentor.serving.predict import reward_model_refusal
 
+        # a scorer loaded as a language model would generate through its score head: refused, as
+        # Predictor refuses it, before anything loads or a cached answer is served
+        if Servable.of(ref).is_reward_model:
+            raise MentorError(reward_model_refusal(ref))
         scheme = "hf" if chat else "hf-completions"
         super().__init__(f"{scheme}:{ref}{model_fingerprint(ref)}", cache=cache, progress=progress)
         self.ref, self.chat, self.batch_size = ref, chat, max(1, batch_size)
