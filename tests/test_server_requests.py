@@ -405,8 +405,45 @@ def test_a_job_order_is_written_whole_or_not_at_all(service):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     assert r.status_code == 500
-    [folder] = set(service.ctx.settings.jobs_dir.iterdir()) - jobs_before
-    assert [p.name for p in folder.iterdir()] == []  # no config.yaml, whole or cut
+    assert set(service.ctx.settings.jobs_dir.iterdir()) == jobs_before  # no config.yaml, whole or cut, nor its folder
+
+
+@pytest.mark.parametrize("fails", ["config.yaml", "events.jsonl", "database"])
+def test_a_full_disk_while_a_job_is_created_is_a_507_leaving_no_half_job(service, monkeypatch, fails):
+    """The disk fills while the job's order, its first event or its row is written: an OpenAI-shaped
+    error that says so (not a generic 500), and neither a folder a worker could take nor a row."""
+    import errno
+
+    import sqlalchemy.exc
+    from sqlalchemy.orm import Session
+
+    from mentor.server import scheduler
+    from mentor.server.routes import fine_tuning
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    def add(self, row, *args, **kwargs):
+        if isinstance(row, JobRow):  # SQLite's own word for it
+            raise sqlalchemy.exc.OperationalError("INSERT INTO jobs", {}, Exception("database or disk is full"))
+        return add_row(self, row, *args, **kwargs)
+
+    data = upload(service)
+    jobs_before = set(service.ctx.settings.jobs_dir.iterdir())
+    add_row = Session.add
+    if fails == "config.yaml":
+        monkeypatch.setattr(fine_tuning, "atomic_write", full)
+    elif fails == "events.jsonl":
+        monkeypatch.setattr(scheduler, "append_line", full)
+    else:
+        monkeypatch.setattr(Session, "add", add)
+    r = service.post("/v1/fine_tuning/jobs", json={"model": "tiny:llama", "training_file": data})
+    assert r.status_code == 507, r.text
+    body = r.json()["error"]
+    assert "no space left on device" in body["message"] and body["type"] == "server_error", body
+    assert set(service.ctx.settings.jobs_dir.iterdir()) == jobs_before
+    monkeypatch.undo()
+    assert service.get("/v1/fine_tuning/jobs").json()["data"] == []
 
 
 def test_service_events_go_through_the_shared_append(tmp_path):

@@ -20,7 +20,7 @@ from mentor import recipes  # noqa: F401  (registers the built-in job kinds)
 from mentor.errors import MentorError
 from mentor.server import auth, openapi
 from mentor.server.db import Database
-from mentor.server.errors import ApiError
+from mentor.server.errors import ApiError, disk_full, no_space
 from mentor.server.executors import make_executor
 from mentor.server.folder_lock import lock_data_folder
 from mentor.server.routes import batches, cloud, console, files, fine_tuning, inference, jobs, models
@@ -130,6 +130,10 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
 
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception):
+        if disk_full(err):  # said as what it is: the client can retry once space is freed
+            log.error("no space left on device on %s %s: %s", request.method, request.url.path, err)
+            body = no_space(f"answering {request.method} {request.url.path}")
+            return JSONResponse(body.body(), status_code=body.status)
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error(500, "internal server error (see the server's log)", type="server_error")
 

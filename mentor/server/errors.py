@@ -22,3 +22,16 @@ def not_found(what: str, name: str, param: str | None = None) -> ApiError:
 
 def bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+def disk_full(err: BaseException) -> bool:
+    """A full disk (or quota), said by the OS or by SQLite ("database or disk is full")."""
+    from mentor.jobs.lifecycle import disk_full as os_disk_full
+
+    return os_disk_full(err) or "database or disk is full" in str(err)
+
+
+def no_space(what: str) -> ApiError:
+    """The server's disk is full: a 507 that says so, so a client knows to retry later."""
+    return ApiError(507, f"no space left on device on the server while {what}; free some space and retry",
+                    code="no_space_left", type="server_error")

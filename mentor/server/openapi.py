@@ -20,7 +20,8 @@ class ErrorBody(BaseModel):
 
 
 ERRORS = {"400": "bad request: a field is missing, malformed or refused", "401": "no valid API token",
-          "404": "no such object", "409": "the object is still in use", "413": "the request body is too large"}
+          "404": "no such object", "409": "the object is still in use", "413": "the request body is too large",
+          "507": "no space left on device on the server"}
 
 
 def install(app: FastAPI, token_required: bool) -> None:

@@ -3,7 +3,9 @@ mentor's pause and resume."""
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
 
 import yaml
 from fastapi import APIRouter, Query, Request
@@ -12,11 +14,12 @@ from sqlalchemy import select
 from mentor.files import atomic_write
 from mentor.server import shapes
 from mentor.server.db import JobRow, now
-from mentor.server.errors import ApiError, not_found
+from mentor.server.errors import ApiError, disk_full, no_space, not_found
 from mentor.server.job_requests import CreateFineTuningJob, Resolver, from_openai
 from mentor.server.scheduler import service_event
 from mentor.server.uploads import new_id
 
+log = logging.getLogger("mentor")
 router = APIRouter()
 JOB_ID = re.compile(r"^ftjob-[a-z0-9]{24}$")
 ACTIVE = ("validating_files", "queued", "running")
@@ -27,17 +30,26 @@ def create_job(ctx, kind, cfg, *, base_model: str, training_file: str | None, va
                display_name: str | None = None) -> JobRow:
     """Record a job and lay out its folder (its config.yaml is the worker's order)."""
     folder = ctx.settings.jobs_dir / job_id
-    folder.mkdir(parents=True, exist_ok=True)
-    # whole or not at all: a worker (or a restarted server) must never read half an order
-    atomic_write(folder / "config.yaml", yaml.safe_dump({"kind": kind.name, **cfg.model_dump(mode="json")},
-                                                        sort_keys=False))
     row = JobRow(id=job_id, kind=kind.name, config=cfg.model_dump(mode="json"), status="validating_files",
                  folder=str(folder), base_model=base_model, training_file=training_file,
                  validation_file=validation_file, suffix=suffix, seed=getattr(cfg, "seed", 0) or 0,
                  request=request, api=api, display_name=display_name, job_metadata=metadata or {})
-    with ctx.db.begin() as s:
-        s.add(row)
-    service_event(folder, "created", f"{kind.name} job created", kind=kind.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # whole or not at all: a worker (or a restarted server) must never read half an order
+        atomic_write(folder / "config.yaml", yaml.safe_dump({"kind": kind.name, **cfg.model_dump(mode="json")},
+                                                            sort_keys=False))
+        # the event before the row: once the row is committed the job exists, and its creation must not fail
+        service_event(folder, "created", f"{kind.name} job created", kind=kind.name)
+        with ctx.db.begin() as s:
+            s.add(row)
+    except Exception as err:
+        # no half-created job: no folder a later job or a look at the disk would take for one (no row was committed)
+        shutil.rmtree(folder, ignore_errors=True)
+        if disk_full(err):
+            log.error("no space left on device while creating job %s: %s", job_id, err)
+            raise no_space(f"creating job {job_id}") from None
+        raise
     ctx.scheduler.wake()
     return row
 
