@@ -1,5 +1,5 @@
-"""Model references: resolve and load any model a user names (hub id, folder, GGUF, alias, tiny)."""
+"""Model references: resolve and load any model a user names (hub id, folder, GGUF, alias, tiny, random)."""
 
-from mentor.models.resolve import LoadedModel, cache_root, load_model, resolve
+from mentor.models.resolve import LoadedModel, cache_root, load_model, load_tokenizer, model_config, resolve
 
-__all__ = ["LoadedModel", "cache_root", "load_model", "resolve"]
+__all__ = ["LoadedModel", "cache_root", "load_model", "load_tokenizer", "model_config", "resolve"]

