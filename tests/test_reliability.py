@@ -268,7 +268,7 @@ def _main_err(argv: list[str]) -> tuple[int, str]:
 
 @pytest.mark.parametrize("argv,expected", [
     (["tune", "--model", "tiny:llama", "--data", "{missing}", "--output", "{out}"], "data file not found"),
-    (["tune", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}", "--adapter-size", "3"],
+    (["tune", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}", "--adapter-size", "0"],
      "field 'adapter_size'"),
     (["distill", "--method", "standard", "--model", "tiny:llama", "--data", "{data}", "--output", "{out}"],
      "needs a --teacher"),

@@ -10,20 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mentor.errors import MentorError
 
+# the cloud services' menu of LoRA ranks: the documented suggestions; any positive rank is taken, as
+# PEFT and every other tuning tool take it
 ADAPTER_SIZES = (1, 4, 8, 16)
-
-
-def _check_rank(v: int) -> int:
-    if v not in ADAPTER_SIZES:
-        raise ValueError(f"adapter_size must be one of {ADAPTER_SIZES}")
-    return v
-
-
-AdapterSize = Annotated[int, AfterValidator(_check_rank)]  # LoRA rank, as the cloud services accept it
+AdapterSize = Annotated[int, Field(ge=1)]  # LoRA rank
 # numpy seeds only from 0 to 2**32 - 1, and transformers' set_seed seeds numpy: checked here, not
 # after the job started
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]

@@ -34,6 +34,12 @@ class TunedModel:
         lines += [f"  {k}: {_shown(k, v)}" for k, v in self.metrics.items()]
         if (seconds := (self.extra or {}).get("seconds")) is not None:
             lines.append(f"training time: {seconds:.1f} s")
+        if isinstance(memory := (self.extra or {}).get("memory"), dict) and memory.get("total_gib") is not None:
+            peak = memory.get("measured_peak_gib")
+            lines.append(f"memory: estimated {memory['total_gib']:.2f} GiB before loading"
+                         + (f", peak {peak:.2f} GiB" if peak else "")
+                         + f" ({memory.get('device')}; gradient checkpointing "
+                           f"{'on' if memory.get('gradient_checkpointing') else 'off'})")
         return "\n".join(lines)
 
     def to_json(self) -> str:

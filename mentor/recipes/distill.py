@@ -94,8 +94,10 @@ def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
         setup.check_eval_size(len(eval_targets))
 
     # -- setup: student ---------------------------------------------------------------------------
-    student = setup.load_student(cfg)
     sbs = cfg.method == "step-by-step"
+    # the longest row sizes the memory estimate; with rationales a step holds each example twice
+    student = setup.load_student(cfg, longest=_longest(cfg, targets, sbs and cfg.alpha < 1),
+                                 rows_per_example=2 if sbs and cfg.alpha < 1 else 1)
     stats = {"train": EncodeStats(), "eval": EncodeStats() if eval_targets else None}
     train_ds = encode_targets(cfg, targets, student, stats["train"], with_rationale=sbs and cfg.alpha < 1)
     eval_ds = encode_targets(cfg, eval_targets, student, stats["eval"], False) if eval_targets else None
@@ -112,6 +114,7 @@ def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
     trainer = trainer_cls(
         model=student.model,
         args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16,
+                                          checkpointing=student.gradient_checkpointing,
                                           **({"best_metric": TASK_SCORE} if on_task else {})),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
@@ -139,3 +142,12 @@ def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
         result.extra["test"] = run_test(cfg, result, test_rows, teacher, template, job.folder, report_lines)
         job.event("tested", "student and teacher scored on the test set", report=str(job.folder / "report"))
     return result
+
+
+def _longest(cfg: DistillConfig, targets: list[dict], with_rationale: bool):
+    """The longest row of the student's data, label and rationale tasks alike (for the memory estimate)."""
+    def longest(student) -> int:
+        ds = encode_targets(cfg, targets, student, EncodeStats(), with_rationale=with_rationale)
+        columns = [c for c in ("input_ids", "rationale_input_ids") if c in ds.column_names]
+        return max((len(ids) for c in columns for ids in ds[c]), default=1)
+    return longest

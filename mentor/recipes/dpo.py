@@ -40,8 +40,10 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     out = job.folder
     # -- setup
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.data, cfg.evaluation_data)
+    # a pair is two sequences (chosen, rejected); full DPO keeps a frozen reference copy of the model
+    fitted = setup.fit(cfg, 2, cfg.max_input_tokens + cfg.max_output_tokens, weight_copies=int(cfg.tuning == "full"))
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens,
-                                             ("max_input_tokens", "max_output_tokens"))
+                                             ("max_input_tokens", "max_output_tokens"), fitted)
     tokenizer = loaded.tokenizer
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
@@ -52,7 +54,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     select = has_eval and cfg.checkpoint_selection
     args = arguments.training_arguments(cfg, checkpoints_of(job), has_eval, arguments.use_bf16(cfg.bf16), TRLDPOConfig,
                                         best_metric="eval_loss", greater_is_better=False, beta=cfg.beta,
-                                        max_length=None)
+                                        max_length=None, checkpointing=fitted.checkpointing)
     with setup.known_warnings():
         trainer = DPOTrainer(
             model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
@@ -79,7 +81,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
         best_step=best_step, steps_run=state.global_step, metrics=metrics,
         extra={"seconds": round(job.train_seconds, 1), "before": before, "truncated": renderer.counts,
-               "early_stopped": state.global_step < cfg.train_steps},
+               "early_stopped": state.global_step < cfg.train_steps, "memory": fitted.record()},
     )
     if not job.main:
         return result

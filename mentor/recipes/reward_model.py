@@ -34,12 +34,13 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     out = job.folder
     # -- setup: every data problem surfaces before any model is loaded
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
+    fitted = setup.fit(cfg, 2, cfg.prompt_sequence_length + cfg.target_sequence_length, task_type="SEQ_CLS")
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
     tokenizer = loaded.tokenizer
     source = str(out / "start_model") if base_ref != cfg.model else loaded.source
     del loaded  # the reward model is the same weights with a score head, loaded as a classifier
     set_seed(cfg.seed)  # the new score head is drawn from this seed
-    model = load_classifier(source)
+    model = load_classifier(source, fitted.dtype, cfg.quantization)
     distinct_pad_token(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
@@ -49,7 +50,8 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     # -- train
     args = arguments.training_arguments(
         cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RewardConfig,
-        steps=cfg.reward_model_train_steps, max_length=None, center_rewards_coefficient=0.01)
+        steps=cfg.reward_model_train_steps, max_length=None, center_rewards_coefficient=0.01,
+        checkpointing=fitted.checkpointing)
     with setup.known_warnings():
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
@@ -69,7 +71,7 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     result = TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=f"reward-model ({cfg.tuning})",
         best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
-        extra={"seconds": round(job.train_seconds, 1), "truncated": renderer.counts},
+        extra={"seconds": round(job.train_seconds, 1), "truncated": renderer.counts, "memory": fitted.record()},
     )
     if job.main:
         plot(out, result.method, cfg.model)

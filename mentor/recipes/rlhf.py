@@ -86,7 +86,11 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
 
     log.info("stage 2 of 2: reinforcement learning against the reward model")
     job.event("stage", "stage 2 of 2: reinforcement learning", stage="reinforcement-learning")
-    loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
+    # beside the policy: the reward model, and with full tuning a frozen reference copy
+    fitted = setup.fit(cfg, cfg.num_generations, cfg.prompt_sequence_length + cfg.target_sequence_length,
+                       weight_copies=1 + int(cfg.tuning == "full"))
+    loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length,
+                                             fitted=fitted)
     tokenizer = loaded.tokenizer
     train_ds = Dataset.from_list(prompt_rows(prompts, renderer))
     eval_ds = Dataset.from_list(prompt_rows(eval_prompts, renderer)) if eval_prompts else None
@@ -100,6 +104,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
         batch_size=completions_per_step,
         num_generations=cfg.num_generations, max_completion_length=renderer.max_answer_tokens, beta=cfg.kl_coeff,
         temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,
+        checkpointing=fitted.checkpointing,
     )
     before_path = out / "before_rl.json"
     with setup.known_warnings():
@@ -127,7 +132,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
         best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
         extra={"seconds": round(job.train_seconds, 1), "reward_model": reward_path,
                "reward_model_metrics": reward_result.metrics if reward_result else None,
-               "before": before, "truncated": renderer.counts},
+               "before": before, "truncated": renderer.counts, "memory": fitted.record()},
     )
     if not job.main:
         return result

@@ -21,14 +21,15 @@ from mentor.training.trainer import MentorTrainer
 def run(cfg: TuneConfig, job: Job) -> TunedModel:
     # -- setup: all data problems surface here, before any weights load
     train_examples, eval_examples = setup.load_tuning_data(cfg)
-    student = setup.load_student(cfg)
+    student = setup.load_student(cfg, longest=lambda s: setup.longest_encoded(train_examples, s))
     train_ds, eval_ds, enc_stats = setup.encode_tuning_data(cfg, student, train_examples, eval_examples)
 
     # -- train
     has_eval = eval_ds is not None
     trainer = MentorTrainer(
         model=student.model,
-        args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16),
+        args=arguments.training_arguments(cfg, checkpoints_of(job), has_eval, student.bf16,
+                                          checkpointing=student.gradient_checkpointing),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=arguments.collator(student.tokenizer, cfg.packing, student.is_seq2seq, student.attention),

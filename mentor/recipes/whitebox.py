@@ -71,7 +71,7 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
                               "for white-box distillation")
 
     train_examples, eval_examples = setup.load_tuning_data(cfg)
-    student = setup.load_student(cfg)
+    student = setup.load_student(cfg, longest=lambda s: setup.longest_encoded(train_examples, s))
     train_ds, eval_ds, enc_stats = setup.encode_tuning_data(cfg, student, train_examples, eval_examples)
     loaded, model, bf16 = student.loaded, student.model, student.bf16
     if cfg.on_policy_fraction > 0 and loaded.is_seq2seq:
@@ -92,7 +92,8 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
     method.attach(model, teacher, student_config, teacher_config, loaded.is_seq2seq)
 
     has_eval = eval_ds is not None
-    args = arguments.training_arguments(cfg, checkpoints_of(job), has_eval, bf16, eval_on_start=has_eval and not resume)
+    args = arguments.training_arguments(cfg, checkpoints_of(job), has_eval, bf16, eval_on_start=has_eval and not resume,
+                                        checkpointing=student.gradient_checkpointing)
     trainer = WhiteboxTrainer(
         model=model,
         args=args,

@@ -15,8 +15,8 @@ from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from mentor.jobs.config import AdapterSize, JobConfig, Seed, check_learning_rate
-from mentor.training.config import MODEL_HELP, LoraTargets, TuneConfig
+from mentor.jobs.config import AdapterSize, Seed, check_learning_rate
+from mentor.training.config import ADAPTER_SIZE_HELP, MODEL_HELP, FitConfig, LoraTargets, TuneConfig
 
 # Recommended learning rates per stage and method; the *_multiplier fields scale these.
 REWARD_MODEL_LR = {"full": 1e-5, "lora": 1e-4}
@@ -27,12 +27,12 @@ DPO_LR = {"full": 1e-6, "lora": 1e-5}
 INSTRUCTION_HELP = "text prepended to every prompt (do not set it if the data already holds it)"
 
 
-class PreferenceConfig(JobConfig):
+class PreferenceConfig(FitConfig):
     """What the reward-model and RLHF jobs share, under the cloud RLHF job's names."""
 
     model: str = Field(description=MODEL_HELP)
     tuning: Literal["full", "lora"] = Field("lora", description="how the weights are trained: all of them, or LoRA adapters")
-    adapter_size: AdapterSize = Field(8, description="LoRA rank: 1, 4, 8 or 16")
+    adapter_size: AdapterSize = Field(8, description=ADAPTER_SIZE_HELP)
     batch_size: int = Field(8, ge=1, description="preference pairs (reward model) or prompts (RL) per step")
     evaluation_interval: int = Field(20, ge=1, description="steps between evaluations (and checkpoints)")
     instruction: str | None = Field(None, description=INSTRUCTION_HELP)

@@ -76,11 +76,15 @@ def distinct_pad_token(tokenizer, model) -> None:
     log.info("reward model pads with %r, not the end-of-turn token %r", tokenizer.pad_token, tokenizer.eos_token)
 
 
-def load_classifier(folder: str, dtype=torch.float32):
+def load_classifier(folder: str, dtype=torch.float32, quantization: str = "none"):
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
+    from mentor.models.quantize import device_map, quantization_config
+
+    quantized = quantization_config(quantization, dtype)
+    kwargs = dict(quantization_config=quantized, device_map=device_map()) if quantized is not None else {}
     with suppress_seqcls_warning():  # the new score head is expected to be missing from a causal checkpoint
-        return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype)
+        return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype, **kwargs)
 
 
 def panels(metrics: Path) -> list:

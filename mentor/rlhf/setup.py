@@ -8,29 +8,68 @@ import logging
 import shutil
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mentor.errors import MentorError
-from mentor.models import load_model
+from mentor.models import load_model, model_config, resolve
+from mentor.models.resolve import base_reference
 from mentor.rlhf.render import Renderer
 from mentor.training.outputs import save_model
 
 log = logging.getLogger("mentor")
 
 
+@dataclass
+class Fit:
+    """The memory estimate of a preference job, made before its model loads, and what it decided."""
+
+    estimate: object  # mentor.training.memory.Estimate, or None
+    checkpointing: bool
+    dtype: torch.dtype  # how the policy's weights are held
+
+    def record(self) -> dict | None:
+        from mentor.training.outputs import memory_record
+
+        return memory_record(self.estimate)
+
+
+def fit(cfg, rows_per_example: int, tokens: int, weight_copies: int = 0, task_type: str = "CAUSAL_LM") -> Fit:
+    """Check the job's switches and estimate its memory at a batch of `rows_per_example` sequences
+    per example (2 for a preference pair, the completions per prompt in RL) of `tokens`
+    (the job's limits: the longest a batch can be) before any weights load; a one-line refusal when
+    it does not fit. `weight_copies`: frozen models of the same size beside the policy (a full
+    tuning's reference model, the reward model)."""
+    from mentor.training import setup
+    from mentor.training.arguments import per_process_batch, use_bf16
+
+    setup.check_switches(cfg)
+    bf16 = use_bf16(cfg.bf16)
+    # on CPU the weights stay fp32 as before (bf16 autocast computes); on a bf16 GPU full tuning holds bf16
+    dtype = setup.weight_dtype(cfg, bf16) if torch.cuda.is_available() else torch.float32
+    config = model_config(cfg.model)
+    rows = per_process_batch(cfg.batch_size) * rows_per_example
+    estimate = setup.fit_memory(cfg, config, False, rows, tokens, bf16, dtype, weight_copies, task_type)
+    return Fit(estimate, setup.checkpointing(cfg, estimate), dtype)
+
+
 def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int,
-          names: tuple[str, str] = ("prompt_sequence_length", "target_sequence_length")):
+          names: tuple[str, str] = ("prompt_sequence_length", "target_sequence_length"), fitted: Fit | None = None):
     """The starting model (seeded, a LoRA adapter merged first) and the renderer of its prompts:
     (loaded, base_ref, renderer). The renderer's limits are the job's, cut to the model's context
-    (`names`: the fields that set them, for the warning)."""
+    (`names`: the fields that set them, for the warning). With `fitted`, the model is held as it says
+    and quantized as the job asks."""
     from transformers import set_seed
 
     from mentor.training.setup import fit_to_context
 
     set_seed(cfg.seed)
-    loaded, base_ref = load_start_model(cfg.model, out)
+    if fitted is None:
+        loaded, base_ref = load_start_model(cfg.model, out)
+    else:
+        loaded, base_ref = load_start_model(cfg.model, out, fitted.dtype, getattr(cfg, "quantization", "none"))
     max_prompt_tokens, max_answer_tokens = fit_to_context(max_prompt_tokens, max_answer_tokens, loaded, names)
     renderer = Renderer.for_model(loaded.tokenizer, cfg.chat_template, cfg.instruction, max_prompt_tokens,
                                   max_answer_tokens)
@@ -79,14 +118,16 @@ def known_warnings():
             datasets.enable_progress_bars()
 
 
-def load_start_model(ref: str, out: Path, dtype=torch.float32):
+def load_start_model(ref: str, out: Path, dtype=torch.float32, quantization: str = "none"):
     """The model a preference recipe starts from (and stays close to).
 
     A LoRA adapter (say, a supervised tuning output) is merged into its base and saved to
     OUTPUT/start_model, so the reference model and any new adapter have a plain folder to refer to.
-    Returns (loaded, base_ref) where base_ref is what a new adapter's base is recorded as.
+    Returns (loaded, base_ref) where base_ref is what a new adapter's base is recorded as. With
+    `quantization`, the model trained on is loaded quantized (an adapter is merged unquantized first).
     """
-    loaded = load_model(ref, dtype=dtype)
+    is_adapter = base_reference(resolve(ref)) is not None
+    loaded = load_model(ref, dtype=dtype, quantization="none" if is_adapter else quantization)
     if loaded.is_seq2seq:
         raise MentorError(f"model '{ref}' is an encoder-decoder (seq2seq) model; reward models, RLHF and DPO "
                           "need a decoder-only (causal) model")
@@ -97,7 +138,7 @@ def load_start_model(ref: str, out: Path, dtype=torch.float32):
         log.info("merging the adapter %s into its base: %s", loaded.adapter, folder)
         merged = loaded.model.merge_and_unload()
         save_model(merged, loaded.tokenizer, folder, {"base_model": ref, "merged_from": loaded.adapter})
-    return load_model(str(folder), dtype=dtype), str(folder)
+    return load_model(str(folder), dtype=dtype, quantization=quantization), str(folder)
 
 
 def write_meta(folder: Path, base_ref: str) -> None:

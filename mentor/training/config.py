@@ -23,10 +23,49 @@ def _one_name_is_a_name(v: str | list[str]) -> str | list[str]:
 
 
 LoraTargets = Annotated[str | list[str], AfterValidator(_one_name_is_a_name)]
-MODEL_HELP = "model reference: hub id, folder, .gguf file, mentor output, 'smollm2-135m' or 'tiny:NAME'"
+MODEL_HELP = ("model reference: hub id, folder, .gguf file, mentor output, 'smollm2-135m', 'tiny:NAME' or "
+              "'random:NAME' (a real architecture at real size with random weights, e.g. random:llama-1b)")
+ADAPTER_SIZE_HELP = "LoRA rank: any positive number; 1, 4, 8 or 16 are the managed services' sizes"
+# TrainingArguments' names of the optimizers offered; the last three are bitsandbytes'
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit",
+              "paged_adamw_32bit")
+BNB_OPTIMIZERS = frozenset(OPTIMIZERS[4:])
 
 
-class TuneConfig(JobConfig):
+class FitConfig(JobConfig):
+    """How the weights are held and trained: what makes a big model fit a device, shared by every kind
+    that trains weights (tuning, distillation, DPO, reward model, RLHF)."""
+
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="recompute activations in the backward pass instead of keeping them (less memory, "
+                            "about a third slower); auto: on only when the memory estimate says the job does not "
+                            "fit without it")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="LoRA only: hold the frozen base quantized with bitsandbytes: 4bit (QLoRA: NF4, double "
+                            "quantization) or 8bit")
+    lora_variant: Literal["lora", "dora"] = Field("lora", description="lora, or dora (weight-decomposed LoRA: a "
+                                                                      "magnitude per output, slower steps)")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling alpha (the update is scaled by "
+                                                             "alpha / rank); default twice the adapter size")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA adapters' input")
+    optimizer: Literal[OPTIMIZERS] = Field(
+        "adamw_torch", description="adamw_torch, adamw_torch_fused, adafactor, sgd, or bitsandbytes' adamw_8bit, "
+                                   "paged_adamw_8bit, paged_adamw_32bit (8-bit optimizer state: a quarter of AdamW's)")
+    liger_kernel: Literal["auto", "on", "off"] = Field(
+        "auto", description="Liger kernels (fused RMSNorm, RoPE, SwiGLU; needs CUDA and liger-kernel); auto: used "
+                            "where both are there")
+    torch_compile: bool = Field(False, description="compile the model with torch.compile (a slow first step, then "
+                                                   "faster ones)")
+
+    @model_validator(mode="after")
+    def _quantized_base_is_frozen(self):
+        if self.quantization != "none" and getattr(self, "tuning", "lora") == "full":
+            raise ValueError(f"quantization {self.quantization} holds a frozen base that only LoRA adapters train "
+                             "on: use tuning lora, or quantization none for full tuning")
+        return self
+
+
+class TuneConfig(FitConfig):
     """Supervised tuning (full or LoRA) on text, chat or Gemini-chat JSONL."""
 
     input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
@@ -38,7 +77,7 @@ class TuneConfig(JobConfig):
     evaluation_data: str | None = Field(None, description="evaluation JSONL (10 to 256 examples recommended)",
                                         validation_alias=AliasChoices("evaluation_data", "eval_data"))
     tuning: Literal["full", "lora"] = Field("lora", description="how the weights are trained: all of them, or LoRA adapters")
-    adapter_size: AdapterSize = Field(8, description="LoRA rank: 1, 4, 8 or 16")
+    adapter_size: AdapterSize = Field(8, description=ADAPTER_SIZE_HELP)
     train_steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="examples per step")
     learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended learning rate "

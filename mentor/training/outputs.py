@@ -67,6 +67,16 @@ def merge_adapter(adapter_folder: Path, target: Path) -> None:
     save_model(merged, loaded.tokenizer, target, {**meta, "merged_from": str(adapter_folder)})
 
 
+def memory_record(estimate) -> dict | None:
+    """The memory estimate made before the weights loaded, beside the peak this process reached."""
+    from mentor.training.memory import GiB, peak_memory
+
+    if estimate is None:
+        return None
+    peak = peak_memory()
+    return {**estimate.as_dict(), "measured_peak_gib": round(peak / GiB, 3) if peak else None}
+
+
 def final_metrics(trainer) -> dict:
     """The handed-over model (best or last) re-scored on the eval set, and the last train metrics."""
     metrics = {}
@@ -143,7 +153,8 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
                "early_stopped": state.global_step < cfg.train_steps,
                # the limits trained with: the job's, cut to the model's context when they exceeded it
                "token_limits": {"max_input_tokens": student.max_input_tokens,
-                                "max_output_tokens": student.max_output_tokens}, **(extra or {})},
+                                "max_output_tokens": student.max_output_tokens},
+               "memory": memory_record(getattr(student, "memory", None)), **(extra or {})},
     )
     model_meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning,
                   "use_chat_template": student.use_chat_template, "is_seq2seq": student.is_seq2seq,

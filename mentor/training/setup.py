@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from datasets import Dataset
@@ -13,9 +14,13 @@ from transformers import set_seed
 
 from mentor.data.encode import EncodeStats, encode
 from mentor.data.formats import load_examples
-from mentor.models import load_model
-from mentor.training.arguments import use_bf16
-from mentor.training.lora import apply_lora
+from mentor.errors import MentorError
+from mentor.models import LoadedModel, load_model, load_tokenizer, model_config
+from mentor.models.quantize import bitsandbytes_problem, require_bitsandbytes
+from mentor.training import memory
+from mentor.training.arguments import liger_available, per_process_batch, use_bf16
+from mentor.training.config import BNB_OPTIMIZERS
+from mentor.training.lora import apply_lora, lora_config
 
 log = logging.getLogger("mentor")
 EVAL_SIZE_RANGE = (10, 256)
@@ -32,6 +37,8 @@ class Student:
     # the job's token limits as they apply to this model: within its context (see `fit_to_context`)
     max_input_tokens: int = 0
     max_output_tokens: int = 0
+    memory: memory.Estimate | None = None  # made before the weights loaded
+    gradient_checkpointing: bool = False  # the memory estimate's choice under `gradient_checkpointing: auto`
 
     @property
     def tokenizer(self):
@@ -47,21 +54,94 @@ class Student:
         return self.loaded.is_seq2seq
 
 
-def load_student(cfg) -> Student:
-    """The model to train, LoRA-wrapped if asked, with its bf16 and chat-template choices."""
+def load_student(cfg, longest=None, rows_per_example: int = 1) -> Student:
+    """The model to train, LoRA-wrapped if asked, with its bf16 and chat-template choices.
+
+    Before any weights load, the switches are checked and the job's memory estimated at its longest
+    batch: `longest(student)` gives the longest sequence, tokenizing the data with the student's
+    tokenizer (its model not loaded yet); without it, the token limits are the bound."""
     set_seed(cfg.seed)
+    check_switches(cfg)
     bf16 = use_bf16(cfg.bf16)
-    # LoRA trains small fp32 adapters; the frozen base can live in bf16, which halves memory
-    # and spares autocast from re-casting every weight at every step.
-    dtype = torch.bfloat16 if (bf16 and cfg.tuning == "lora") else torch.float32
-    loaded = load_model(cfg.model, dtype=dtype)
+    dtype = weight_dtype(cfg, bf16)
+    config = model_config(cfg.model)
+    is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    # the student as its tokenizer and config know it: enough to tokenize the data and size the batch
+    peeked = LoadedModel(SimpleNamespace(config=config), load_tokenizer(cfg.model), is_seq2seq, cfg.model)
+    use_chat_template = cfg.chat_template == "auto" and bool(getattr(peeked.tokenizer, "chat_template", None))
+    max_input, max_output = fit_to_context(cfg.max_input_tokens, cfg.max_output_tokens, peeked)
+    student = Student(peeked, None, bf16, use_chat_template, max_input, max_output)
+    tokens = longest(student) if longest else max_input + max_output
+    student.memory = fit_memory(cfg, config, is_seq2seq, per_process_batch(cfg.batch_size) * rows_per_example,
+                                tokens, bf16, dtype)
+    student.gradient_checkpointing = checkpointing(cfg, student.memory)
+    loaded = load_model(cfg.model, dtype=dtype, quantization=getattr(cfg, "quantization", "none"))
     # seeded again after loading: building or converting the model on its first use draws random
     # numbers, and the LoRA weights must not depend on whether the model was cached already
     set_seed(cfg.seed)
-    use_chat_template = cfg.chat_template == "auto" and bool(getattr(loaded.tokenizer, "chat_template", None))
-    model = apply_lora(loaded.model, cfg, loaded.is_seq2seq) if cfg.tuning == "lora" else loaded.model
-    max_input, max_output = fit_to_context(cfg.max_input_tokens, cfg.max_output_tokens, loaded)
-    return Student(loaded, model, bf16, use_chat_template, max_input, max_output)
+    student.loaded = loaded
+    student.model = apply_lora(loaded.model, cfg, loaded.is_seq2seq) if cfg.tuning == "lora" else loaded.model
+    return student
+
+
+def longest_encoded(examples, student: Student) -> int:
+    """The longest of the examples once encoded for the student (tokens): what sizes the largest batch."""
+    return max((len(encode(ex, student.tokenizer, is_seq2seq=student.is_seq2seq,
+                           use_chat_template=student.use_chat_template, max_input_tokens=student.max_input_tokens,
+                           max_output_tokens=student.max_output_tokens)["input_ids"]) for ex in examples), default=1)
+
+
+def weight_dtype(cfg, bf16: bool) -> torch.dtype:
+    """How the weights are held. LoRA trains small fp32 adapters, so the frozen base can live in
+    bf16 (half the memory, and autocast need not re-cast every weight at every step). Full tuning
+    holds bf16 weights (and so bf16 gradients and optimizer state) on a GPU that computes bf16, as
+    the usual GPU recipes do; on CPU its weights stay fp32 (bf16 updates lose small steps)."""
+    if bf16 and (cfg.tuning == "lora" or torch.cuda.is_available()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def check_switches(cfg) -> None:
+    """Refuse, in one line and before anything loads, a switch this machine cannot honour."""
+    quantization = getattr(cfg, "quantization", "none")
+    if quantization != "none":
+        require_bitsandbytes(f"quantization {quantization}")
+    if getattr(cfg, "optimizer", "adamw_torch") in BNB_OPTIMIZERS:
+        require_bitsandbytes(f"optimizer {cfg.optimizer}")
+    if getattr(cfg, "liger_kernel", "auto") == "on" and not liger_available():
+        raise MentorError("liger_kernel on needs a CUDA GPU and the liger-kernel package (pip install 'mentor[gpu]'); "
+                          "use liger_kernel auto to use them where they are")
+
+
+def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool, dtype: torch.dtype,
+               weight_copies: int = 0, task_type: str | None = None) -> memory.Estimate | None:
+    """The job's memory estimate, logged, with gradient checkpointing decided; a one-line refusal when
+    it does not fit (see `memory.plan`). None when the architecture cannot be built on the meta device."""
+    lora = lora_config(cfg, task_type or ("SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM")) if cfg.tuning == "lora" else None
+    try:
+        shape = memory.shape_of(config, lora, is_seq2seq)
+    except Exception as err:  # noqa: BLE001 - an architecture with its own code may not build on the meta device
+        log.warning("no memory estimate for %s (%s: %s)", cfg.model, type(err).__name__, str(err).splitlines()[0][:200]
+                    if str(err) else "")
+        return None
+    setting = memory.Setting(
+        tuning=cfg.tuning, quantization=getattr(cfg, "quantization", "none"),
+        optimizer=getattr(cfg, "optimizer", "adamw_torch"), gradient_checkpointing=False, rows=rows, tokens=tokens,
+        weight_bytes=2 if dtype == torch.bfloat16 else 4, activation_bytes=2 if bf16 else 4, weight_copies=weight_copies)
+    estimate = memory.plan(shape, setting, getattr(cfg, "gradient_checkpointing", "off"), cfg.model,
+                           quantization_ok=bitsandbytes_problem() is None)
+    log.info(estimate.line())
+    for note in estimate.notes:
+        log.info(note)
+    return estimate
+
+
+def checkpointing(cfg, estimate: memory.Estimate | None) -> bool:
+    """Gradient checkpointing on or off: the job's choice, or under auto the estimate's."""
+    setting = getattr(cfg, "gradient_checkpointing", "off")
+    if setting != "auto":
+        return setting == "on"
+    return bool(estimate and estimate.gradient_checkpointing)
 
 
 # a tokenizer that knows no limit says so with a huge number (transformers' VERY_LARGE_INTEGER)
