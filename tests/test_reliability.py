@@ -446,6 +446,25 @@ def test_status_never_calls_a_dead_process_running(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("tune: running, step 3/10")
 
 
+def test_status_takes_a_process_not_yet_reaped_for_dead(tmp_path, capsys):
+    """A worker that died while its parent (the server) has not reaped it is a zombie: it still answers
+    a signal, yet it is no running job."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    deadline = time.time() + 30
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+        time.sleep(0.05)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "config.yaml").write_text("kind: tune\n")
+    (job / "state.json").write_text(json.dumps({"kind": "tune", "state": "running", "pid": child.pid, "step": 1}))
+    try:
+        assert main(["status", str(job)]) == 0
+    finally:
+        child.wait()
+    assert capsys.readouterr().out.startswith("tune: failed, step 1")
+
+
 def test_damaged_job_files_are_one_line_and_never_downgrade_a_finished_job(tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", shift_task(8, 0))
     out = tmp_path / "o"

@@ -478,3 +478,78 @@ def test_every_input_file_is_recorded_by_its_role(service, tmp_path):
                        data_hashes={"prompt_dataset": "0" * 64}, parameters=dict(job.config), metrics={}))
     data = registry.lineage(service.ctx.db, "ft:tiny:llama:mentor:rlhf01").data
     assert data == {"prompt_dataset": {"path": path, "sha256": "0" * 64, "file_id": prompts}}
+
+
+class Unnoticing:
+    """An engine that has not noticed its worker died (its poll still says running)."""
+
+    name = "test"
+
+    def __init__(self):
+        self.killed, self.started = [], []
+
+    def poll(self, job_id, ref):
+        return None
+
+    def start(self, job_id, folder, attempt):
+        self.started.append(job_id)
+        return f"pid:{os.getpid()}"  # a new worker, alive, that has not recorded itself yet
+
+    def terminate(self, *args):
+        pass
+
+    def kill(self, job_id, ref):
+        self.killed.append(ref)
+
+
+def test_a_job_whose_worker_died_is_never_shown_running(service, tmp_path):
+    """The job's folder says running, but the process it names is gone and the scheduler has not
+    noticed: every view shows the job as the scheduler will record it (resumed, or failed after its
+    last restart), recording nothing; the scheduler then records the death once, from the same
+    folder, and a worker started since is shown running. A folder that says succeeded is never failed."""
+    import subprocess
+    import sys
+
+    from mentor.jobs import read_events
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    ids = {"ftjob-" + "d" * 24: 0, "ftjob-" + "e" * 24: 3, "ftjob-" + "f" * 24: 0}  # id: worker deaths so far
+    for job_id, deaths in ids.items():
+        folder = tmp_path / job_id
+        folder.mkdir()
+        done = job_id.endswith("f")  # its worker recorded success, then went
+        (folder / "state.json").write_text(json.dumps({"kind": "tune", "state": "succeeded" if done else "running",
+                                                       "pid": None if done else dead, "attempts": 1, "step": 3,
+                                                       "total_steps": 10}))
+        with service.ctx.db.begin() as s:
+            s.add(JobRow(id=job_id, kind="tune", config={}, status="running", folder=str(folder), api="cloud",
+                         base_model="tiny:llama", executor_ref=f"pid:{dead}", worker_deaths=deaths,
+                         job_metadata={"project": "p", "location": "l"}))
+    resumed, failed, succeeded = ids
+    cloud = "/v1/projects/p/locations/l/pipelineJobs"
+
+    job = service.get(f"/v1/fine_tuning/jobs/{resumed}").json()
+    assert (job["status"], job["error"], job["progress"]["state"]) == ("queued", None, "failed")
+    assert job["estimated_finish"] is None
+    job = service.get(f"/v1/fine_tuning/jobs/{failed}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_died" and "4 times" in job["error"]["message"]
+    assert service.get(f"/v1/fine_tuning/jobs/{succeeded}").json()["status"] == "running"  # until it is registered
+    listed = {j["id"]: j["status"] for j in service.get("/v1/fine_tuning/jobs").json()["data"]}
+    assert listed == {resumed: "queued", failed: "failed", succeeded: "running"}
+    assert service.get(f"{cloud}/{resumed}").json()["state"] == "JOB_STATE_QUEUED"
+    assert {j["name"].rsplit("/", 1)[1]: j["state"] for j in service.get(cloud).json()["pipelineJobs"]} == {
+        resumed: "JOB_STATE_QUEUED", failed: "JOB_STATE_FAILED", succeeded: "JOB_STATE_RUNNING"}
+    assert [read_events(tmp_path / i) for i in ids] == [[], [], []]  # shown, not recorded
+
+    engine = Unnoticing()
+    Scheduler(service.ctx.settings.model_copy(update={"max_concurrent_jobs": 2}), service.ctx.db, engine).tick()
+    assert sorted(engine.killed) == [f"pid:{dead}"] * 2 and engine.started == [resumed]
+    with service.ctx.db.session() as s:
+        rows = {i: s.get(JobRow, i) for i in ids}
+    assert (rows[resumed].status, rows[resumed].worker_deaths) == ("running", 1)
+    assert (rows[failed].status, rows[failed].error["code"]) == ("failed", "worker_died")
+    assert rows[succeeded].status == "running"  # its engine has not said it ended: nothing is made up
+    assert [e["type"] for e in read_events(tmp_path / resumed)] == ["worker_died", "dispatched"]
+    job = service.get(f"/v1/fine_tuning/jobs/{resumed}").json()  # its new worker has yet to record itself
+    assert (job["status"], job["progress"]["state"]) == ("running", "pending")

@@ -103,7 +103,20 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, owned by another user
         return True
-    return True
+    # a zombie answers the signal, yet it is dead: a worker its parent (the server) has not reaped yet
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # without /proc (not Linux) the signal's answer is all there is; with it, it ended just now
+        return not Path("/proc").is_dir()
+    return stat[stat.rfind(")") + 2:][:1] != "Z"
+
+
+def process_gone(state: dict) -> bool:
+    """The state says running on this machine, and the process it names is gone: it ended without
+    recording its end (killed, or out of memory or disk)."""
+    pid = state.get("pid")
+    here = state.get("host") in (None, socket.gethostname())  # another machine's pid says nothing here
+    return state.get("state") == "running" and isinstance(pid, int) and here and not _process_alive(pid)
 
 
 def observed_state(folder: str | Path) -> dict:
@@ -112,8 +125,7 @@ def observed_state(folder: str | Path) -> dict:
     nobody waits for a process that no longer exists."""
     state = load_state(folder)
     pid = state.get("pid")
-    here = state.get("host") in (None, socket.gethostname())  # another machine's pid says nothing here
-    if state.get("state") == "running" and isinstance(pid, int) and here and not _process_alive(pid):
+    if process_gone(state):
         state = {**state, "state": "failed",
                  "error": {"type": "Interrupted",
                            "message": f"interrupted: the job's process (pid {pid}) is gone and never recorded its end "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,17 @@ def _die_with_parent() -> None:
 
 def worker_command(folder: Path) -> list[str]:
     return [sys.executable, "-m", "mentor.server.worker", str(folder)]
+
+
+def recorded_by(ref: str | None, state: dict) -> bool:
+    """Whether the job folder's state was written by the worker `ref` names, not by an earlier one
+    whose record a worker just started has yet to replace (its dead pid says nothing of this one)."""
+    if ref and ref.startswith("pid:"):
+        return str(state.get("pid")) == ref.removeprefix("pid:")
+    attempt = re.search(r"^ray:.*-attempt-(\d+)$", ref or "")
+    if attempt:
+        return state.get("attempts") == int(attempt[1])
+    return False  # an engine whose reference says nothing of the worker: only its poll tells
 
 
 @dataclass

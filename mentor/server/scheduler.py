@@ -16,9 +16,10 @@ from sqlalchemy.orm import object_session
 
 from mentor.files import append_line
 from mentor.jobs import read_state
-from mentor.jobs.lifecycle import CANCEL_FILE
+from mentor.jobs.lifecycle import CANCEL_FILE, process_gone
 from mentor.server import registry
 from mentor.server.db import Database, JobRow, now
+from mentor.server.executors import Finished, recorded_by
 
 log = logging.getLogger("mentor")
 
@@ -30,6 +31,23 @@ def service_event(folder: str | Path, type: str, message: str, **data) -> None:
     row = {"time": _now(), "type": type, "message": message, "source": "server", **data}
     # the shared helper: a line a killed worker left torn is cut first, not glued to this one
     append_line(Path(folder) / "events.jsonl", json.dumps(row))
+
+
+def worker_gone(job: JobRow, state: dict) -> bool:
+    """A running job whose worker died without a word, seen from its folder: the state its worker
+    recorded names a process on this machine that is gone. The engine may not have said so yet (the
+    next poll, or never); the scheduler settles it as a worker death, and the job views show it so."""
+    return job.status == "running" and process_gone(state) and recorded_by(job.executor_ref, state)
+
+
+def after_worker_death(job: JobRow, deaths: int, max_restarts: int, exit_code: int | None) -> tuple[str, dict | None]:
+    """The status (and error) of a job whose worker died for the `deaths`-th time: resumed, a few
+    times, then failed."""
+    if deaths > max_restarts:
+        return "failed", {"code": "worker_died", "param": None,
+                          "message": f"the job's worker died {deaths} times (exit code {exit_code}); "
+                                     f"see {Path(job.folder) / 'worker.log'}"}
+    return "queued", None
 
 
 class Scheduler:
@@ -86,6 +104,11 @@ class Scheduler:
                     (Path(job.folder) / CANCEL_FILE).write_text(job.requested + "\n")
                     self.executor.terminate(job.id, job.executor_ref)
                 finished = self.executor.poll(job.id, job.executor_ref)
+                if finished is None and worker_gone(job, read_state(job.folder)):
+                    # the engine has not noticed: the folder says the worker is gone; it is forgotten (a
+                    # local worker reaped) so that a later poll cannot settle its death a second time
+                    self.executor.kill(job.id, job.executor_ref)
+                    finished = Finished(None)
                 if finished is not None:
                     self._finish(job, finished.exit_code)
             running = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "running"))
@@ -154,13 +177,11 @@ class Scheduler:
                          "file": error.get("file"), "line": error.get("line")}
         else:  # the worker died (killed, out of memory): resume, a few times
             job.worker_deaths += 1
-            if job.worker_deaths > self.settings.max_worker_restarts:
-                job.status, job.finished_at = "failed", now()
-                job.error = {"code": "worker_died", "param": None,
-                             "message": f"the job's worker died {job.worker_deaths} times (exit code {exit_code}); "
-                                        f"see {Path(job.folder) / 'worker.log'}"}
+            job.status, error = after_worker_death(job, job.worker_deaths, self.settings.max_worker_restarts,
+                                                   exit_code)
+            if job.status == "failed":
+                job.error, job.finished_at = error, now()
             else:
-                job.status = "queued"
                 service_event(job.folder, "worker_died", f"the worker ended without finishing (exit code "
                               f"{exit_code}); resuming from the last checkpoint")
         if job.status != "queued":  # a resumed job still owes its client a pending pause or cancel

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from mentor.jobs import read_events, read_state
+from mentor.jobs.lifecycle import process_gone
 from mentor.server.db import JobRow, epoch
+from mentor.server.scheduler import after_worker_death, worker_gone
 
 CLOUD_STATES = {"validating_files": "JOB_STATE_PENDING", "queued": "JOB_STATE_QUEUED", "running": "JOB_STATE_RUNNING",
                 "succeeded": "JOB_STATE_SUCCEEDED", "failed": "JOB_STATE_FAILED", "cancelled": "JOB_STATE_CANCELLED",
@@ -37,36 +40,61 @@ def method_of(job: JobRow) -> dict:
                                                      "hyperparameters": hyper}}
 
 
-def progress(job: JobRow) -> dict:
+@dataclass(frozen=True)
+class Seen:
+    """A job as its views show it: its row, unless its folder says its worker is gone."""
+    status: str
+    error: dict | None
+    state: dict  # the job folder's state
+
+
+def seen(job: JobRow, settings) -> Seen:
+    """Never a dead process shown running: a running job whose worker died (seen from its folder,
+    when the scheduler has not noticed yet) is shown as the scheduler will record it, resumed or
+    failed; the views record nothing, so the death is recorded once, by the scheduler. Only the
+    folder's `running` is read so: a job whose folder says it succeeded is never shown failed. The
+    folder's own state (progress) is what `mentor status` says of it: failed, interrupted."""
     state = read_state(job.folder)
+    if not process_gone(state):
+        return Seen(job.status, job.error, state)
+    if worker_gone(job, state):
+        status, error = after_worker_death(job, job.worker_deaths + 1, settings.max_worker_restarts, None)
+        return Seen(status, error, {**state, "state": "failed"})
+    if job.status == "running":  # a worker just started on it: the record is still its dead predecessor's
+        return Seen(job.status, job.error, {**state, "state": "pending"})
+    return Seen(job.status, job.error, {**state, "state": "failed"})
+
+
+def progress(state: dict) -> dict:
     return {"step": state.get("step", 0), "total_steps": state.get("total_steps"),
             "train_seconds": state.get("train_seconds"), "state": state.get("state")}
 
 
-def estimated_finish(job: JobRow, prog: dict) -> int | None:
+def estimated_finish(status: str, prog: dict) -> int | None:
     step, total, seconds = prog.get("step") or 0, prog.get("total_steps"), prog.get("train_seconds")
-    if job.status != "running" or not step or not total or not seconds:
+    if status != "running" or not step or not total or not seconds:
         return None
     return int(dt.datetime.now(dt.UTC).timestamp() + seconds / step * (total - step))
 
 
-def job_object(job: JobRow) -> dict:
-    cfg, prog = job.config, progress(job)
+def job_object(job: JobRow, settings) -> dict:
+    now = seen(job, settings)
+    cfg, prog = job.config, progress(now.state)
     error = None
-    if job.error:
-        error = {"code": job.error.get("code") or "job_failed", "message": job.error.get("message", ""),
-                 "param": job.error.get("param")}
-        if job.error.get("file"):
-            error["file"], error["line"] = job.error["file"], job.error.get("line")
+    if now.error:
+        error = {"code": now.error.get("code") or "job_failed", "message": now.error.get("message", ""),
+                 "param": now.error.get("param")}
+        if now.error.get("file"):
+            error["file"], error["line"] = now.error["file"], now.error.get("line")
     return {
         "object": "fine_tuning.job", "id": job.id, "model": job.base_model, "created_at": epoch(job.created_at),
         "finished_at": epoch(job.finished_at), "fine_tuned_model": job.fine_tuned_model,
-        "organization_id": "mentor", "result_files": [], "status": job.status,
+        "organization_id": "mentor", "result_files": [], "status": now.status,
         "validation_file": job.validation_file, "training_file": job.training_file,
         "hyperparameters": {"batch_size": cfg.get("batch_size"), "learning_rate_multiplier":
                             cfg.get("learning_rate_multiplier"), "n_epochs": "auto"},
         "trained_tokens": job.trained_tokens, "error": error, "seed": job.seed,
-        "estimated_finish": estimated_finish(job, prog), "integrations": [], "metadata": job.job_metadata or None,
+        "estimated_finish": estimated_finish(now.status, prog), "integrations": [], "metadata": job.job_metadata or None,
         "method": method_of(job), "user_provided_suffix": job.suffix,
         # mentor's own: the job kind, its whole config, and progress
         "kind": job.kind, "config": cfg, "progress": prog, "started_at": epoch(job.started_at),
@@ -74,17 +102,18 @@ def job_object(job: JobRow) -> dict:
     }
 
 
-def cloud_object(job: JobRow, project: str, location: str) -> dict:
+def cloud_object(job: JobRow, project: str, location: str, settings) -> dict:
     def iso(t):
         return None if t is None else t.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
 
+    now = seen(job, settings)
     body = {"name": f"projects/{project}/locations/{location}/pipelineJobs/{job.id}",
-            "displayName": job.display_name or job.id, "state": CLOUD_STATES[job.status],
+            "displayName": job.display_name or job.id, "state": CLOUD_STATES[now.status],
             "createTime": iso(job.created_at), "startTime": iso(job.started_at), "endTime": iso(job.finished_at),
             "runtimeConfig": {"parameterValues": job.request.get("parameterValues", {})},
-            "jobDetail": {"kind": job.kind, "progress": progress(job)}}
-    if job.error:
-        body["error"] = {"code": 3 if job.error.get("file") else 13, "message": job.error.get("message", "")}
+            "jobDetail": {"kind": job.kind, "progress": progress(now.state)}}
+    if now.error:
+        body["error"] = {"code": 3 if now.error.get("file") else 13, "message": now.error.get("message", "")}
     if job.fine_tuned_model:
         body["tunedModel"] = {"model": job.fine_tuned_model}
     return body

@@ -14,7 +14,7 @@ from mentor.jobs import get_kind
 from mentor.server.db import JobRow, epoch
 from mentor.server.errors import ApiError, bad, not_found
 from mentor.server.job_requests import validate_config
-from mentor.server.routes.fine_tuning import create_job
+from mentor.server.routes.fine_tuning import ACTIVE, create_job
 from mentor.server.routes.inference import servable
 from mentor.server.uploads import get_file, new_id
 
@@ -32,25 +32,26 @@ class CreateBatch(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-def batch_object(job: JobRow) -> dict:
-    from mentor.jobs import read_state
+def batch_object(job: JobRow, settings) -> dict:
+    from mentor.server.shapes import seen
 
-    state = read_state(job.folder)
-    status = "cancelling" if job.requested == "cancel" else STATUS[job.status]
+    now = seen(job, settings)  # a batch whose worker died is not shown in progress
+    state = now.state
+    status = "cancelling" if job.requested == "cancel" and now.status in ACTIVE else STATUS[now.status]
     result = job.request.get("result", {})
     counts = {"total": state.get("total_steps") or 0, "completed": result.get("completed", 0),
               "failed": result.get("failed", 0)}
-    if job.status == "running":
+    if now.status == "running":
         counts["completed"] = max((state.get("step") or 0), 0)
-    return {"id": job.id, "object": "batch", "endpoint": job.config.get("endpoint"), "errors": job.error and {
-                "object": "list", "data": [{"code": job.error.get("code"), "message": job.error.get("message")}]},
+    return {"id": job.id, "object": "batch", "endpoint": job.config.get("endpoint"), "errors": now.error and {
+                "object": "list", "data": [{"code": now.error.get("code"), "message": now.error.get("message")}]},
             "input_file_id": job.training_file, "completion_window": job.request.get("completion_window", "24h"),
             "status": status, "output_file_id": result.get("output_file_id"),
             "error_file_id": result.get("error_file_id"), "created_at": epoch(job.created_at),
             "in_progress_at": epoch(job.started_at), "expires_at": None, "finalizing_at": None,
-            "completed_at": epoch(job.finished_at) if job.status == "succeeded" else None,
-            "failed_at": epoch(job.finished_at) if job.status == "failed" else None, "expired_at": None,
-            "cancelling_at": None, "cancelled_at": epoch(job.finished_at) if job.status == "cancelled" else None,
+            "completed_at": epoch(job.finished_at) if now.status == "succeeded" else None,
+            "failed_at": epoch(job.finished_at) if now.status == "failed" else None, "expired_at": None,
+            "cancelling_at": None, "cancelled_at": epoch(job.finished_at) if now.status == "cancelled" else None,
             "request_counts": counts, "metadata": job.job_metadata or None}
 
 
@@ -92,7 +93,7 @@ def create(request: Request, body: CreateBatch) -> dict:
     row = create_job(ctx, kind, cfg, base_model=", ".join(sorted(models)) or "-", training_file=file.id,
                      validation_file=None, suffix=None, metadata=body.metadata,
                      request={"completion_window": body.completion_window}, api="batch", job_id=job_id)
-    return batch_object(row)
+    return batch_object(row, ctx.settings)
 
 
 @router.get("/v1/batches")
@@ -100,18 +101,18 @@ def list_batches(request: Request, after: str | None = Query(None, max_length=64
                  limit: int = Query(20, ge=1, le=100)) -> dict:
     from mentor.server.shapes import job_page
 
-    return job_page(request.app.state.ctx.db, select(JobRow).where(JobRow.kind == "batch"), after, limit, batch_object)
+    ctx = request.app.state.ctx
+    return job_page(ctx.db, select(JobRow).where(JobRow.kind == "batch"), after, limit,
+                    lambda row: batch_object(row, ctx.settings))
 
 
 @router.get("/v1/batches/{batch_id}")
 def retrieve(request: Request, batch_id: str) -> dict:
-    return batch_object(_get(request.app.state.ctx, batch_id))
+    return batch_object(_get(request.app.state.ctx, batch_id), request.app.state.ctx.settings)
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
 def cancel(request: Request, batch_id: str) -> dict:
-    from mentor.server.routes.fine_tuning import ACTIVE
-
     ctx = request.app.state.ctx
     with ctx.db.begin() as s:
         row = s.get(JobRow, _get(ctx, batch_id).id)
@@ -119,4 +120,4 @@ def cancel(request: Request, batch_id: str) -> dict:
             raise ApiError(400, f"batch {batch_id} is {STATUS[row.status]}; it cannot be cancelled", code="invalid_state")
         row.requested = "cancel"
     ctx.scheduler.wake()
-    return batch_object(_get(ctx, batch_id))
+    return batch_object(_get(ctx, batch_id), ctx.settings)

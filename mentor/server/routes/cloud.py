@@ -42,7 +42,7 @@ def create(request: Request, body: CloudPipelineJob, project: str = PathParam(pa
         link = Path(tensorboard) / job_id
         if not link.exists():
             os.symlink(Path(row.folder) / "tensorboard", link, target_is_directory=True)
-    return shapes.cloud_object(row, project, location)
+    return shapes.cloud_object(row, project, location, ctx.settings)
 
 
 @router.get(PREFIX)
@@ -50,17 +50,18 @@ def list_jobs(request: Request, project: str = PathParam(pattern=NAME), location
     with request.app.state.ctx.db.session() as s:
         rows = list(s.scalars(select(JobRow).where(JobRow.api == "cloud").order_by(JobRow.created_at.desc())))
     here = {"project": project, "location": location}
-    return {"pipelineJobs": [shapes.cloud_object(r, project, location) for r in rows
+    return {"pipelineJobs": [shapes.cloud_object(r, project, location, request.app.state.ctx.settings) for r in rows
                              if {k: (r.job_metadata or {}).get(k) for k in here} == here]}
 
 
 @router.get(PREFIX + "/{job_id}")
 def retrieve(request: Request, job_id: str, project: str = PathParam(pattern=NAME),
              location: str = PathParam(pattern=NAME)) -> dict:
-    return shapes.cloud_object(get_job(request.app.state.ctx, job_id), project, location)
+    return shapes.cloud_object(get_job(request.app.state.ctx, job_id), project, location, request.app.state.ctx.settings)
 
 
 @router.post(PREFIX + "/{job_id}:cancel")
 def cancel(request: Request, job_id: str, project: str = PathParam(pattern=NAME),
            location: str = PathParam(pattern=NAME)) -> dict:
-    return shapes.cloud_object(request_stop(request.app.state.ctx, job_id, "cancel"), project, location)
+    return shapes.cloud_object(request_stop(request.app.state.ctx, job_id, "cancel"), project, location,
+                               request.app.state.ctx.settings)

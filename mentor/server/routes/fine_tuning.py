@@ -89,7 +89,7 @@ def create(request: Request, body: CreateFineTuningJob) -> dict:
     row = create_job(ctx, kind, cfg, base_model=body.model, training_file=body.training_file,
                      validation_file=body.validation_file, suffix=body.suffix, metadata=body.metadata,
                      request=body.model_dump(mode="json", exclude_none=True), api="openai", job_id=job_id)
-    return shapes.job_object(row)
+    return shapes.job_object(row, ctx.settings)
 
 
 @router.get("/v1/fine_tuning/jobs")
@@ -98,22 +98,23 @@ def list_jobs(request: Request, after: str | None = Query(None, max_length=64), 
     q = select(JobRow).where(JobRow.kind != "batch")  # batches are listed at /v1/batches, in their own shape
     if kind:
         q = q.where(JobRow.kind == kind)
-    return shapes.job_page(request.app.state.ctx.db, q, after, limit, shapes.job_object)
+    ctx = request.app.state.ctx
+    return shapes.job_page(ctx.db, q, after, limit, lambda row: shapes.job_object(row, ctx.settings))
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
 def retrieve(request: Request, job_id: str) -> dict:
-    return shapes.job_object(get_job(request.app.state.ctx, job_id))
+    return shapes.job_object(get_job(request.app.state.ctx, job_id), request.app.state.ctx.settings)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
 def cancel(request: Request, job_id: str) -> dict:
-    return shapes.job_object(request_stop(request.app.state.ctx, job_id, "cancel"))
+    return shapes.job_object(request_stop(request.app.state.ctx, job_id, "cancel"), request.app.state.ctx.settings)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/pause")
 def pause(request: Request, job_id: str) -> dict:
-    return shapes.job_object(request_stop(request.app.state.ctx, job_id, "pause"))
+    return shapes.job_object(request_stop(request.app.state.ctx, job_id, "pause"), request.app.state.ctx.settings)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/resume")
@@ -126,7 +127,7 @@ def resume(request: Request, job_id: str) -> dict:
         row.status, row.requested = "queued", None
     service_event(row.folder, "resume_requested", "resume requested: the job continues from its last checkpoint")
     ctx.scheduler.wake()
-    return shapes.job_object(get_job(ctx, job_id))
+    return shapes.job_object(get_job(ctx, job_id), ctx.settings)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")

@@ -69,7 +69,7 @@ def create(request: Request, body: CreateJob) -> dict:
                      validation_file=uploads[evaluation[0]] if evaluation else None,
                      suffix=body.suffix, metadata=None, request=body.model_dump(mode="json", exclude_none=True),
                      api="mentor", job_id=job_id, display_name=body.display_name)
-    return shapes.job_object(row)
+    return shapes.job_object(row, ctx.settings)
 
 
 @router.get("/v1/mentor/jobs/{job_id}/metrics")
