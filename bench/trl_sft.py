@@ -1,4 +1,7 @@
-"""The baseline: the same LoRA job written as a plain TRL SFTTrainer script, TRL defaults otherwise.
+"""The baselines: the same LoRA job written as a TRL SFTTrainer script, plain (TRL defaults
+otherwise) or as an expert would configure it (`--expert`): bf16 only where the CPU computes it
+natively, no gradient checkpointing (memory allows), padding-free batches, loss on the completion
+only (TRL's default for prompt-completion data, kept explicit).
 
 Run by bench/tune_vs_trl.py in its own process; prints one JSON line with its measurements.
 """
@@ -8,6 +11,7 @@ import json
 import resource
 import time
 
+import torch
 from datasets import Dataset
 from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
@@ -20,6 +24,7 @@ parser.add_argument("--steps", type=int, required=True)
 parser.add_argument("--batch", type=int, required=True)
 parser.add_argument("--lr", type=float, required=True)
 parser.add_argument("--rank", type=int, default=8)
+parser.add_argument("--expert", action="store_true")
 args = parser.parse_args()
 
 rows = [json.loads(l) for l in open(args.data)]
@@ -41,6 +46,8 @@ config = SFTConfig(
     seed=0,
     include_num_input_tokens_seen="non_padding",
     use_cpu=True,  # TRL's default bf16=True refuses to start on a CPU without it
+    **(dict(bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), gradient_checkpointing=False, padding_free=True,
+            completion_only_loss=True, max_length=None) if args.expert else {}),
 )
 peft_config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules="all-linear",
                          task_type="CAUSAL_LM")
@@ -56,4 +63,5 @@ print("RESULT " + json.dumps({
     "adapter": f"{args.output}/adapter",
     "gradient_checkpointing": config.gradient_checkpointing,
     "bf16": config.bf16,
+    "padding_free": config.padding_free,
 }))

@@ -63,6 +63,8 @@ def test_packed_and_padded_training_give_the_same_losses(tmp_path):
     assert len(losses(True)) == len(losses(False)) >= 12 + 2  # every step, and the evaluations
     assert losses(True) == pytest.approx(losses(False), rel=1e-4)
     assert runs[True].metrics["eval_total_loss"] == pytest.approx(runs[False].metrics["eval_total_loss"], rel=1e-4)
+    # tokens/s counts real tokens either way: padding is not work done
+    assert runs[True].extra["tokens_seen"] == runs[False].extra["tokens_seen"]
 
 
 def test_step_by_step_distillation_packs_both_tasks(tmp_path):
