@@ -280,6 +280,30 @@ def test_data_parallel_with_torchrun(task, tmp_path):
                       train_steps=10, evaluation_interval=5, batch_size=4)
     assert result["metrics"]["eval_num_predictions"] == one.metrics["eval_num_predictions"]
     assert result["extra"]["tokens_seen"] == pytest.approx(one.extra["tokens_seen"], rel=0.25)
+    # the same examples make each step, so the losses are one process's (to float rounding)
+    assert loss_curve(out) == pytest.approx(loss_curve(tmp_path / "one"), rel=1e-3)
+
+
+def loss_curve(out: Path) -> list[float]:
+    rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    return [r.get("train_total_loss", r.get("eval_total_loss")) for r in rows
+            if "train_total_loss" in r or "eval_total_loss" in r]
+
+
+def test_full_tuning_with_accelerate_launch_gives_one_process_losses(task, tmp_path):
+    """The shipped CPU configuration (examples/accelerate/ddp-cpu.yaml) with `accelerate launch`."""
+    train, evald = task
+    config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp-cpu.yaml"
+    args = ["--model", "tiny:llama", "--data", str(train), "--eval-data", str(evald), "--train-steps", "6",
+            "--evaluation-interval", "3", "--batch-size", "4", "--tuning", "full"]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(config), "-m", "mentor.cli", "tune", *args,
+                           "--output", str(tmp_path / "two")], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cli_main(["tune", *args, "--output", str(tmp_path / "one")]) == 0
+    assert len(loss_curve(tmp_path / "two")) == 6 + 2
+    assert loss_curve(tmp_path / "two") == pytest.approx(loss_curve(tmp_path / "one"), rel=1e-3)
 
 
 @pytest.mark.parametrize("rows, learned", [
