@@ -25,7 +25,11 @@ parser.add_argument("--batch", type=int, required=True)
 parser.add_argument("--lr", type=float, required=True)
 parser.add_argument("--rank", type=int, default=8)
 parser.add_argument("--expert", action="store_true")
+parser.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
+parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 args = parser.parse_args()
+on_gpu = args.device == "cuda"
+native_bf16 = torch.cuda.is_bf16_supported() if on_gpu else bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 rows = [json.loads(l) for l in open(args.data)]
 dataset = Dataset.from_list([
@@ -45,17 +49,20 @@ config = SFTConfig(
     report_to="none",
     seed=0,
     include_num_input_tokens_seen="non_padding",
-    use_cpu=True,  # TRL's default bf16=True refuses to start on a CPU without it
-    **(dict(bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), gradient_checkpointing=False, padding_free=True,
-            completion_only_loss=True, max_length=None) if args.expert else {}),
+    use_cpu=not on_gpu,  # TRL's default bf16=True refuses to start on a CPU without it
+    **(dict(bf16=native_bf16, gradient_checkpointing=False, padding_free=True, completion_only_loss=True,
+            max_length=None) if args.expert else {}),
+    # on a GPU the weights are held in bf16, as mentor holds them there
+    **({"model_init_kwargs": {"dtype": torch.bfloat16}} if args.expert and on_gpu and native_bf16 else {}),
 )
-peft_config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules="all-linear",
-                         task_type="CAUSAL_LM")
+peft_config = None if args.full else LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=args.model_dir, args=config, train_dataset=dataset, peft_config=peft_config)
 start = time.time()
 trainer.train()
 seconds = time.time() - start
-trainer.model.save_pretrained(f"{args.output}/adapter")
+if not args.full:
+    trainer.model.save_pretrained(f"{args.output}/adapter")
 print("RESULT " + json.dumps({
     "seconds": seconds,
     "tokens": int(trainer.state.num_input_tokens_seen),
@@ -64,4 +71,5 @@ print("RESULT " + json.dumps({
     "gradient_checkpointing": config.gradient_checkpointing,
     "bf16": config.bf16,
     "padding_free": config.padding_free,
+    "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
 }))
