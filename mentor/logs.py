@@ -60,6 +60,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category)
+    # bitsandbytes warns at import, on AVX512-BF16 CPUs, that an optional kernels package is missing
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # imported already: tell it directly
         transformers = sys.modules["transformers"]
         transformers.logging.set_verbosity_error()
