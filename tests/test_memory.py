@@ -169,3 +169,19 @@ print(json.dumps(r.extra["memory"]))
         estimated, measured = m["total_gib"] - m["process_gib"], m["measured_peak_gib"] - m["process_gib"]
         # measured on this 2-core CPU: 0.71 (full) and 1.0 (LoRA) of the peak; the README states 1.5
         assert measured / 2 < estimated < measured * 2, (tuning, m)
+
+
+def test_preference_kinds_take_the_same_switches(tmp_path):
+    """DPO and the reward model train on a 4-bit base with DoRA, checkpointing and another optimizer."""
+    pytest.importorskip("bitsandbytes")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"answer {i}", "chosen": "yes", "rejected": "no"}
+                                                   for i in range(8)])
+    switches = dict(tuning="lora", quantization="4bit", lora_variant="dora", adapter_size=6, lora_alpha=3,
+                    gradient_checkpointing="on", optimizer="adafactor", batch_size=4)
+    result = mentor.dpo(model="tiny:llama", data=str(pairs), output=str(tmp_path / "dpo"), train_steps=2, **switches)
+    adapter = json.loads((Path(result.model_path) / "adapter_config.json").read_text())
+    assert (adapter["use_dora"], adapter["r"], adapter["lora_alpha"]) == (True, 6, 3)
+    assert result.steps_run == 2 and result.extra["memory"]["gradient_checkpointing"] is True
+    rm = mentor.reward_model(model="tiny:llama", preference_dataset=str(pairs), output=str(tmp_path / "rm"),
+                             reward_model_train_steps=1, **switches)
+    assert rm.steps_run == 1 and rm.extra["memory"]["rows"] == 8  # a pair is two sequences

@@ -55,7 +55,7 @@ def build_config(name: str, folder: Path) -> None:
     config_cls, fields = REAL_SIZE_CONFIGS[name]
     tokenizer = byte_tokenizer()
     config = config_cls(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                        bos_token_id=tokenizer.bos_token_id, **fields)
+                        bos_token_id=tokenizer.bos_token_id, dtype=torch.bfloat16, **fields)  # as the weights are saved
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / MARKER).write_text(json.dumps({"reference": f"random:{name}", "seed": 0}))

@@ -20,8 +20,12 @@ with the job's LoRA config. Then, in bytes:
   data loader and TensorBoard writer, the allocator's leftovers; measured); a GPU's driver context
   is already out of its free memory.
 
+With full tuning of fp32 weights under bf16 autocast, the bf16 copies autocast keeps of them for
+a step; with quantization on CPU, the peak while the weights load and quantize (the file's pages
+beside the quantized weights) when it exceeds training's.
+
 Left out: allocator fragmentation and caching (on CUDA the caching allocator can reserve 10-20%
-more than it allocates), transient copies while weights load, quadratic attention scores where
+more than it allocates), transient copies while unquantized weights load, quadratic attention scores where
 SDPA falls back to its math kernel (long sequences on some CPUs), the evaluation batch, and the
 DPO/RLHF reference and reward models beside the policy (added as copies of the weights for full
 DPO and RLHF only). Measured against the peak on a small model in tests/test_memory.py and on
@@ -112,6 +116,7 @@ class Shape:
     kv_width: int
     layers: int
     vocab: int
+    stored_bytes: int = 4  # bytes a weight takes in the model's files (its config's dtype)
 
 
 def _count(model) -> tuple[int, int, int]:
@@ -152,11 +157,17 @@ def shape_of(config, lora_config=None, is_seq2seq: bool = False) -> Shape:
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
     head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // max(heads, 1)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    layers = getattr(text, "num_hidden_layers", None) or (getattr(text, "num_layers", 0)
-                                                          + (getattr(text, "num_decoder_layers", 0) or 0))
+    if is_seq2seq:  # encoder and decoder layers both keep activations
+        layers = (getattr(text, "num_layers", None) or getattr(text, "encoder_layers", 0)) + (
+            getattr(text, "num_decoder_layers", None) or getattr(text, "decoder_layers", 0))
+    else:
+        layers = getattr(text, "num_hidden_layers", 0)
     intermediate = getattr(text, "intermediate_size", None) or getattr(text, "d_ff", None) or 4 * hidden
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    stored = getattr(torch, stored, None) if isinstance(stored, str) else stored
+    stored_bytes = stored.itemsize if isinstance(stored, torch.dtype) else 4
     return Shape(parameters, lora_trainable, lora_small, full_small, linear, adafactor_lora, adafactor_full,
-                 hidden, intermediate, kv_heads * head_dim, layers, getattr(text, "vocab_size", 0))
+                 hidden, intermediate, kv_heads * head_dim, layers, getattr(text, "vocab_size", 0), stored_bytes)
 
 
 def device_memory() -> tuple[str, float | None, float]:
@@ -225,8 +236,18 @@ def estimate(shape: Shape, s: Setting, device: str = "cpu", available: float | N
     activations = kept * s.activation_bytes + 3 * tokens * shape.vocab * 4
     parts = {"weights": weights, "gradients": trainable * grad_bytes, "optimizer": optimizer,
              "activations": activations}
+    if not lora and s.weight_bytes == 4 and s.activation_bytes == 2:
+        # bf16 autocast keeps a bf16 copy of every trained fp32 weight for the step (its cast cache)
+        parts["autocast copies"] = trainable * 2
     if device == "cpu":
         parts["runtime"] = CPU_RUNTIME
+        if s.quantization != "none":
+            # quantizing while loading: the file's pages (memory-mapped, so resident) beside the quantized
+            # weights; on this CPU that, not training, is the peak
+            training = sum(parts.values()) - weights
+            loading = shape.parameters * shape.stored_bytes
+            if loading > training:
+                parts["loading"] = loading - training
     if process:
         parts["process"] = process
     return Estimate({k: float(v) for k, v in parts.items()}, shape.parameters, trainable, s.rows, s.tokens,
