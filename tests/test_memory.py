@@ -171,9 +171,16 @@ print(json.dumps(r.extra["memory"]))
         assert measured / 2 < estimated < measured * 2, (tuning, m)
 
 
-def test_preference_kinds_take_the_same_switches(tmp_path):
+def test_preference_kinds_take_the_same_switches(tmp_path, monkeypatch):
     """DPO and the reward model train on a 4-bit base with DoRA, checkpointing and another optimizer."""
     pytest.importorskip("bitsandbytes")
+    from mentor.recipes import dpo as dpo_recipe
+    from mentor.recipes import reward_model as reward_recipe
+
+    seen = []
+    for recipe in (dpo_recipe, reward_recipe):
+        monkeypatch.setattr(recipe, "train", lambda trainer, job, *a, _real=recipe.train, **k: (
+            seen.append(trainer), _real(trainer, job, *a, **k))[1])
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"answer {i}", "chosen": "yes", "rejected": "no"}
                                                    for i in range(8)])
     switches = dict(tuning="lora", quantization="4bit", lora_variant="dora", adapter_size=6, lora_alpha=3,
@@ -185,3 +192,6 @@ def test_preference_kinds_take_the_same_switches(tmp_path):
     rm = mentor.reward_model(model="tiny:llama", preference_dataset=str(pairs), output=str(tmp_path / "rm"),
                              reward_model_train_steps=1, **switches)
     assert rm.steps_run == 1 and rm.extra["memory"]["rows"] == 8  # a pair is two sequences
+    for trainer in seen:
+        assert trainer.args.activation_checkpointing and trainer.args.optim == "adafactor"
+        assert "Linear4bit" in {type(m).__name__ for m in trainer.model.modules()}
