@@ -8,7 +8,13 @@ once: `[label]` (the arithmetic that answers the question) and `[rationale]` (th
 reasoning, ending in the answer). The test report scores the student answering directly (cheap)
 and reasoning first, beside the teacher.
 
-    ./quickstart [--steps 60] [--output quickstart-run]
+    ./quickstart [--steps 60] [--test 60] [--output quickstart-run]
+
+The README's time (about 7 minutes) is that of a CPU that computes bf16 natively. On one that does
+not (most laptops: AVX2 without AVX-512, so training runs in fp32) the same job takes about four
+times longer; the quickstart measures the machine's matmul speed first and, where the full job
+would train for much longer than it does on the reference machine, trains fewer steps and tests on
+fewer problems, and says so. `--steps 60 --test 60` always runs the full job.
 """
 
 from __future__ import annotations
@@ -18,25 +24,77 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 import mentor
 from mentor.data.examples import write_example_splits
 from mentor.logs import setup_logging
 
 log = logging.getLogger("mentor.quickstart")
 
+FULL_STEPS, FULL_TEST = 60, 60
+TRAINING_BUDGET_S = 300  # what the 60 steps take on the reference machine (AVX512-BF16, 2 cores)
+# A step of the job trains on ~1,310 tokens (the [label] and [rationale] sequences of 8 problems);
+# the probe times a quarter of that: 2 sequences of 164 tokens through the job's own model.
+PROBE_SHARE = 2 * 164 / 1310
+
+
+def seconds_per_step(student: str) -> tuple[float, str]:
+    """The job's training speed here, measured on its own model: one LoRA forward and backward
+    pass over a quarter of a step's tokens, in the dtype training will compute in.
+    (A matmul's speed alone misleads: an AVX2-only CPU's fp32 matmul is half as fast as bf16 on an
+    AVX512-BF16 one, but the whole step is four to five times slower.)"""
+    from peft import LoraConfig, get_peft_model
+
+    from mentor.models import load_model
+    from mentor.training.arguments import use_bf16
+
+    bf16 = use_bf16("auto")
+    model = get_peft_model(load_model(student, dtype=torch.bfloat16 if bf16 else torch.float32).model,
+                           LoraConfig(r=16, target_modules="all-linear"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 164))
+    times = []
+    for _ in range(4):  # a warm-up, then the fastest of three: another process's load only slows one down
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) / PROBE_SHARE, "bf16" if bf16 else "fp32"
+
+
+def plan(steps: int | None, test: int | None, student: str) -> tuple[int, int]:
+    """Steps and test problems: as asked, or scaled so training fits the reference machine's time."""
+    if steps is not None and test is not None:
+        return steps, test
+    per_step, dtype = seconds_per_step(student)
+    share = min(1.0, TRAINING_BUDGET_S / (FULL_STEPS * per_step))
+    planned_steps = max(20, int(FULL_STEPS * share) // 20 * 20)  # an evaluation every 20 steps
+    planned_test = max(20, round(FULL_TEST * planned_steps / FULL_STEPS))
+    steps = planned_steps if steps is None else steps
+    test = planned_test if test is None else test
+    if planned_steps < FULL_STEPS:
+        log.info(f"this CPU trains this job in {dtype} at about {per_step:.0f} s a step: the full job ({FULL_STEPS} "
+                 f"steps) would train for about {FULL_STEPS * per_step / 60:.0f} minutes, so this run trains {steps} steps "
+                 f"and tests on {test} problems (expect lower accuracy); ./quickstart --steps {FULL_STEPS} --test "
+                 f"{FULL_TEST} runs the full job")
+    return steps, test
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description="mentor quickstart: distilling step-by-step, offline")
     p.add_argument("--output", default="quickstart-run")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {FULL_STEPS}, fewer on a slow CPU)")
+    p.add_argument("--test", type=int, default=None, help=f"test problems (default {FULL_TEST}, fewer on a slow CPU)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--student", default="smollm2-135m")
     args = p.parse_args()
     setup_logging()
 
     started = time.time()
+    steps, test = plan(args.steps, args.test, args.student)
     out = Path(args.output)
-    data = write_example_splits(out / "data", "legs", train=320, eval=16, test=60, seed=0)
+    data = write_example_splits(out / "data", "legs", train=320, eval=16, test=test, seed=0)
     log.info(f"data: {', '.join(f'{k}={v}' for k, v in data.items())}")
     result = mentor.run(
         "step-by-step",
@@ -51,7 +109,7 @@ def main() -> None:
         with_rationale=True,
         tuning="lora",
         adapter_size=16,
-        train_steps=args.steps,
+        train_steps=steps,
         batch_size=args.batch_size,
         learning_rate_multiplier=2.0,
         evaluation_interval=20,
