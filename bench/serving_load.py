@@ -45,6 +45,8 @@ def make_adapters(base_folder: str, n: int) -> list[str]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from mentor.model_record import ModelRecord
+
     folders = []
     for i in range(n):
         folder = WORK / f"adapter-{i}"
@@ -57,7 +59,7 @@ def make_adapters(base_folder: str, n: int) -> list[str]:
                                                 init_lora_weights=False, task_type="CAUSAL_LM"))
         peft.save_pretrained(folder)
         (folder / "mentor_base.json").write_text(json.dumps({"base_model": "smollm2-135m"}))
-        (folder / "mentor_model.json").write_text(json.dumps({"use_chat_template": True, "base_model": "smollm2-135m"}))
+        ModelRecord(use_chat_template=True, base_model="smollm2-135m").write(folder)
     return folders
 
 

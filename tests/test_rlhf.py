@@ -520,13 +520,15 @@ def test_a_damaged_starting_point_is_measured_again_or_read_back_from_the_curves
 
 @pytest.mark.parametrize("kind", ["reward_model", "reward-model"])
 def test_a_reward_model_is_known_by_either_spelling_of_its_kind(tmp_path, kind):
-    """The recipe records "reward_model", the job kind is "reward-model": both name a reward model, as
-    the server and the model pool read them."""
+    """Folders written before the record was typed say "reward_model", the job kind is "reward-model":
+    both name a reward model (the record migrates the old spelling), as the server and the model pool
+    read them."""
     from mentor.rlhf.reward import reward_model_folder
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"]}))
     (tmp_path / "mentor_model.json").write_text(json.dumps({"kind": kind, "base_model": "tiny:llama"}))
-    assert reward_model_folder(str(tmp_path)) == (tmp_path, {"kind": kind, "base_model": "tiny:llama"})
+    folder, record = reward_model_folder(str(tmp_path))
+    assert folder == tmp_path and (record.kind, record.base_model) == ("reward-model", "tiny:llama")
     (tmp_path / "mentor_model.json").write_text(json.dumps({"kind": "tune", "method": "tune (lora)"}))
     with pytest.raises(MentorError, match="is not a reward model"):
         reward_model_folder(str(tmp_path))

@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from mentor.errors import MentorError
+from mentor.model_record import ModelRecord
 from mentor.models import real_size, tiny
 from mentor.models.quantize import device_map, quantization_config
 
@@ -111,7 +112,7 @@ def resolve(ref: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise MentorError(f"model reference '{ref}' is a file; give a model folder, a .gguf file or a hub id")
-        if (path / "model").is_dir() and ((path / "result.json").exists() or (path / "model" / "mentor_model.json").exists()):
+        if (path / "model").is_dir() and ((path / "result.json").exists() or ModelRecord.exists(path / "model")):
             return str(path / "model")  # a finished mentor job folder: its tuned model
         if (path / "config.yaml").exists() or (path / "state.json").exists():
             state = _job_state(path)

@@ -130,12 +130,12 @@ def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
     train(trainer, job)
 
     # -- save ---------------------------------------------------------------------------------------
-    meta = {"task_prefix": cfg.label_prefix if sbs else "", "task": cfg.task,
-            "rationale_prefix": cfg.rationale_prefix if sbs and cfg.alpha < 1 else None,
-            "teacher": cfg.teacher, "distill_method": cfg.method}
+    record = {"task_prefix": cfg.label_prefix if sbs else "", "task": cfg.task,
+              "rationale_prefix": cfg.rationale_prefix if sbs and cfg.alpha < 1 else None,
+              "teacher": cfg.teacher, "distill_method": cfg.method}
     extra = {"distill_method": cfg.method, "examples": len(targets), "dropped": dropped, "masked_rationales": masked,
              "teacher_stats": teacher.stats.as_dict() if teacher else None}
-    result = save_tuned(job, trainer, student, stats, meta=meta, extra=extra)
+    result = save_tuned(job, trainer, student, stats, record_fields=record, extra=extra)
 
     # -- test ---------------------------------------------------------------------------------------
     if test_rows and job.main:

@@ -16,6 +16,7 @@ import shutil
 from datasets import Dataset
 
 from mentor.jobs import Job, TunedModel
+from mentor.model_record import ModelRecord
 from mentor.rlhf import curves, setup
 from mentor.rlhf.config import DPOConfig
 from mentor.rlhf.data import PreferencePair
@@ -73,10 +74,10 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     metrics = {**curves.final_eval(trainer, curves.DPO_METRICS), **curves.last_train_metrics(trainer, curves.DPO_METRICS)}
     model_dir = out / "model"
     method = f"dpo ({cfg.tuning})"
-    meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
-            "prompt_format": renderer.prompt_format,
-            "is_seq2seq": False, "max_input_tokens": renderer.max_prompt_tokens, "instruction": cfg.instruction}
-    save_trained(trainer, model_dir, meta)
+    record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
+                         use_chat_template=renderer.use_chat_template, prompt_format=renderer.prompt_format,
+                         is_seq2seq=False, max_input_tokens=renderer.max_prompt_tokens, instruction=cfg.instruction)
+    save_trained(trainer, model_dir, record)
     result = TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
         best_step=best_step, steps_run=state.global_step, metrics=metrics,

@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import set_seed
 
 from mentor.jobs import Job, TunedModel
+from mentor.model_record import ModelRecord
 from mentor.rlhf import curves, setup
 from mentor.rlhf.config import RewardModelConfig
 from mentor.rlhf.reward import distinct_pad_token, load_classifier, pair_rows, plot, write_card
@@ -64,12 +65,14 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     # -- save
     metrics = {**curves.final_eval(trainer, curves.REWARD_MODEL_METRICS), **curves.last_train_metrics(trainer, curves.REWARD_MODEL_METRICS)}
     model_dir = out / "model"
-    meta = {"kind": "reward_model", "base_model": cfg.model, "tuning": cfg.tuning,
-            "use_chat_template": renderer.use_chat_template, "instruction": cfg.instruction,
-            "prompt_sequence_length": renderer.max_prompt_tokens, "target_sequence_length": renderer.max_answer_tokens}
-    save_trained(trainer, model_dir, meta, merge=cfg.tuning == "lora")
+    method = f"reward-model ({cfg.tuning})"
+    record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
+                         use_chat_template=renderer.use_chat_template, instruction=cfg.instruction,
+                         prompt_sequence_length=renderer.max_prompt_tokens,
+                         target_sequence_length=renderer.max_answer_tokens)
+    save_trained(trainer, model_dir, record, merge=cfg.tuning == "lora")
     result = TunedModel(
-        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=f"reward-model ({cfg.tuning})",
+        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
         best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
         extra={"seconds": round(job.train_seconds, 1), "truncated": renderer.counts, "memory": fitted.record()},
     )

@@ -23,6 +23,7 @@ from datasets import Dataset
 
 from mentor import jobs
 from mentor.jobs import Job, TunedModel
+from mentor.model_record import ModelRecord
 from mentor.rlhf import curves, setup
 from mentor.rlhf import reward as rm
 from mentor.rlhf.config import RLHFConfig
@@ -122,11 +123,11 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     metrics = {**curves.final_eval(trainer, curves.RL_METRICS), **curves.last_train_metrics(trainer, curves.RL_METRICS)}
     model_dir = out / "model"
     method = f"rlhf ({cfg.tuning})"
-    meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning, "use_chat_template": renderer.use_chat_template,
-            "prompt_format": renderer.prompt_format,
-            "is_seq2seq": False, "max_input_tokens": renderer.max_prompt_tokens, "instruction": cfg.instruction,
-            "reward_model": reward_path}
-    save_trained(trainer, model_dir, meta)
+    record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
+                         use_chat_template=renderer.use_chat_template, prompt_format=renderer.prompt_format,
+                         is_seq2seq=False, max_input_tokens=renderer.max_prompt_tokens, instruction=cfg.instruction,
+                         reward_model=reward_path)
+    save_trained(trainer, model_dir, record)
     result = TunedModel(
         output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
         best_step=None, steps_run=trainer.state.global_step, metrics=metrics,

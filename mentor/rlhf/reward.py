@@ -3,7 +3,6 @@ job, and `RewardModel`, which scores (prompt, answer) pairs exactly as the model
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,15 +12,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from mentor.errors import MentorError
 from mentor.files import atomic_write
 from mentor.jobs import Job, TunedModel
+from mentor.model_record import ModelRecord
 from mentor.models import resolve
 from mentor.models.resolve import prepare_tokenizer
 from mentor.rlhf import curves
 from mentor.rlhf.data import PreferencePair, Prompt, load_preferences
 from mentor.rlhf.render import Renderer
-from mentor.serving.pool import is_reward_model_kind
 from mentor.training.outputs import card_body
-
-REWARD_META = "mentor_model.json"
 
 log = logging.getLogger("mentor")
 
@@ -35,20 +32,19 @@ def pair_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
     return rows
 
 
-def reward_model_folder(ref: str) -> tuple[Path, dict]:
+def reward_model_folder(ref: str) -> tuple[Path, ModelRecord]:
     """The folder of a reward model and what mentor recorded of it, refused before any weights load
     when it is not one: a language model would be scored through a freshly drawn, random head."""
     folder = Path(resolve(ref))
     local = (folder / "config.json").exists()
     if not local and (folder.exists() or str(folder).startswith((".", "/", "~"))):
         raise MentorError(f"reward model not found: {ref} (give a `mentor reward-model` output or a model folder)")
-    meta_path = folder / REWARD_META
-    meta = json.loads(meta_path.read_text()) if local and meta_path.exists() else {}
-    if meta:
-        if not is_reward_model_kind(meta.get("kind")):
-            raise MentorError(f"{ref} is not a reward model (it is a {meta.get('method', 'tuned')} model); "
+    record = ModelRecord.read(folder) if local else None
+    if record is not None:
+        if not record.is_reward_model:
+            raise MentorError(f"{ref} is not a reward model (it is a {record.method or 'tuned'} model); "
                               "train one with `mentor reward-model` or `mentor.reward_model(...)`")
-        return folder, meta
+        return folder, record
     try:  # a hub id: its config says what it is
         config = AutoConfig.from_pretrained(folder if local else ref)
     except OSError as err:
@@ -59,7 +55,7 @@ def reward_model_folder(ref: str) -> tuple[Path, dict]:
                           "scores would be random); train one with `mentor reward-model`")
     if config.num_labels != 1:
         raise MentorError(f"{ref} has {config.num_labels} outputs; a reward model has one")
-    return folder, meta
+    return folder, ModelRecord()  # not mentor's: scored as mentor scores by default
 
 
 def distinct_pad_token(tokenizer, model) -> None:
@@ -120,7 +116,7 @@ class RewardModel:
     """A trained reward model, scoring (prompt, answer) pairs exactly as it was trained to."""
 
     def __init__(self, ref: str, device: str | torch.device | None = None):
-        folder, meta = reward_model_folder(ref)
+        folder, record = reward_model_folder(ref)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         prepare_tokenizer(self.tokenizer)
         self.model = load_classifier(str(folder)).eval()
@@ -129,8 +125,8 @@ class RewardModel:
         self.model.to(self.device)
         self.path = str(folder)
         self.renderer = Renderer.for_model(
-            self.tokenizer, "auto" if meta.get("use_chat_template", True) else "never", meta.get("instruction"),
-            meta.get("prompt_sequence_length", 512), meta.get("target_sequence_length", 64))
+            self.tokenizer, "never" if record.use_chat_template is False else "auto", record.instruction,
+            record.prompt_sequence_length, record.target_sequence_length)
 
     @torch.inference_mode()
     def score_ids(self, sequences: list[list[int]], batch_size: int = 16) -> list[float]:

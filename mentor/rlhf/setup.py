@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mentor.errors import MentorError
+from mentor.model_record import ModelRecord
 from mentor.models import load_model, model_config, resolve
 from mentor.models.resolve import base_reference
 from mentor.rlhf.render import Renderer
@@ -137,7 +138,7 @@ def load_start_model(ref: str, out: Path, dtype=torch.float32, quantization: str
     if not (folder / "config.json").exists():
         log.info("merging the adapter %s into its base: %s", loaded.adapter, folder)
         merged = loaded.model.merge_and_unload()
-        save_model(merged, loaded.tokenizer, folder, {"base_model": ref, "merged_from": loaded.adapter})
+        save_model(merged, loaded.tokenizer, folder, ModelRecord(base_model=ref, merged_from=loaded.adapter))
     return load_model(str(folder), dtype=dtype, quantization=quantization), str(folder)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from mentor.errors import MentorError
 from mentor.jobs import TunedModel, read_state
+from mentor.model_record import ModelRecord
 from mentor.server.db import Database, FileRow, JobRow, ModelRow, epoch
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}$")
@@ -83,8 +84,8 @@ def promote(db: Database, name: str, step: int) -> ModelRow:
         for item in checkpoint.iterdir():
             if item.name not in skip and item.is_file():
                 shutil.copy2(item, tmp / item.name)
-        meta = json.loads((Path(row.path) / "mentor_model.json").read_text())
-        (tmp / "mentor_model.json").write_text(json.dumps({**meta, "promoted_from": str(checkpoint)}, indent=2))
+        record = ModelRecord.read(row.path) or ModelRecord()
+        record.model_copy(update={"promoted_from": str(checkpoint)}).write(tmp)
         for extra in ("mentor_base.json",):
             if (Path(row.path) / extra).exists():
                 shutil.copy2(Path(row.path) / extra, tmp / extra)

@@ -21,16 +21,11 @@ from pathlib import Path
 import torch
 
 from mentor.errors import MentorError
+from mentor.model_record import ModelRecord
 from mentor.models import load_model, resolve
 from mentor.serving.generate import BASE_ADAPTER
 
 log = logging.getLogger("mentor")
-
-
-def is_reward_model_kind(kind: object) -> bool:
-    """Whether a recorded kind names a reward model: the reward-model recipe records "reward_model" in
-    the model's metadata, while the job kind (and so the registry's model kind) is "reward-model"."""
-    return str(kind or "").replace("_", "-") == "reward-model"
 
 
 def _folder_bytes(folder: Path, patterns=("*.safetensors", "*.bin")) -> int:
@@ -44,28 +39,27 @@ class Servable:
     name: str  # what the client called it
     base: str  # the base model reference (a full model's own folder)
     adapter: str | None  # a LoRA adapter folder on `base`
-    meta: dict = field(default_factory=dict, compare=False, hash=False)  # mentor_model.json
+    record: ModelRecord = field(default_factory=ModelRecord, compare=False, hash=False)  # what mentor recorded
 
     @classmethod
     def of(cls, ref: str, name: str | None = None) -> Servable:
         folder = Path(resolve(ref))
-        meta_path = folder / "mentor_model.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        record = ModelRecord.read(folder) or ModelRecord()  # a folder mentor did not make: the defaults
         adapter_cfg = folder / "adapter_config.json"
         if not adapter_cfg.exists():
-            return cls(name or ref, str(folder) if folder.exists() else ref, None, meta)
+            return cls(name or ref, str(folder) if folder.exists() else ref, None, record)
         base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
         recorded = folder / "mentor_base.json"  # the user's reference of the base, beside the adapter
         if recorded.exists():
             base = json.loads(recorded.read_text())["base_model"]
-        return cls(name or ref, resolve(base), str(folder.resolve()), meta)
+        return cls(name or ref, resolve(base), str(folder.resolve()), record)
 
     @property
     def is_reward_model(self) -> bool:
         """A scorer (a sequence classifier with one output), not a language model: generating through
         its head answers nonsense. Mentor's record names its kind; a folder without one says so by its
         architecture."""
-        if is_reward_model_kind(self.meta.get("kind")):
+        if self.record.is_reward_model:
             return True
         config = Path(self.base) / "config.json"
         if self.adapter or not config.is_file():

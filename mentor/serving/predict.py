@@ -54,16 +54,17 @@ class Predictor:
         self.pool = pool or ModelPool(dtype=dtype)
         self.loaded = self.pool.base_of(self.servable)
         self.tokenizer = self.loaded.tokenizer
-        meta = self.servable.meta
-        self.use_chat_template = meta.get("use_chat_template", bool(getattr(self.tokenizer, "chat_template", None)))
+        record = self.servable.record
+        self.use_chat_template = (bool(getattr(self.tokenizer, "chat_template", None))
+                                  if record.use_chat_template is None else record.use_chat_template)
         # a model tuned on conversations without a chat template learned "user: ...\nassistant: "
-        self.prompt_format = meta.get("prompt_format", "text")
-        self.max_input_tokens = meta.get("max_input_tokens", 7168)
+        self.prompt_format = record.prompt_format
+        self.max_input_tokens = record.max_input_tokens
         # distilled step-by-step students answer a task named by a prefix: "[label] ", "[rationale] "
-        self.task_prefix = meta.get("task_prefix", "")
-        self.rationale_prefix = meta.get("rationale_prefix")
+        self.task_prefix = record.task_prefix
+        self.rationale_prefix = record.rationale_prefix
         # preference-tuned models were trained with an instruction before every prompt
-        self.instruction = meta.get("instruction")
+        self.instruction = record.instruction
 
     @contextmanager
     def held(self) -> Iterator:

@@ -1,6 +1,6 @@
 """What every training kind leaves in its job folder, written the same way for all of them:
 
-    OUTPUT/model/          the tuned model, or the LoRA adapter, with its tokenizer and mentor_model.json
+    OUTPUT/model/          the tuned model, or the LoRA adapter, with its tokenizer and its ModelRecord
     OUTPUT/merged/         base + adapter merged (LoRA with merge_adapter)
     OUTPUT/checkpoints/    Trainer checkpoints while the job runs (removed when it succeeds)
     OUTPUT/metrics.jsonl, OUTPUT/tensorboard/, OUTPUT/curves.png
@@ -11,7 +11,6 @@ Under DDP/FSDP/DeepSpeed every rank takes part in gathering the weights and only
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -20,21 +19,21 @@ import torch
 
 from mentor.files import atomic_folder, atomic_write
 from mentor.jobs import Job, TunedModel
+from mentor.model_record import ModelRecord
 from mentor.training.plots import plot_curves
 
 log = logging.getLogger("mentor")
-MODEL_META = "mentor_model.json"
 
 
-def save_model(model, tokenizer, folder: Path, meta: dict) -> None:
+def save_model(model, tokenizer, folder: Path, record: ModelRecord) -> None:
     """Save a model or adapter with its tokenizer, and what mentor needs to load and prompt it."""
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+        record.write(tmp)
 
 
-def save_trained(trainer, folder: Path, meta: dict, merge: bool = False) -> None:
+def save_trained(trainer, folder: Path, record: ModelRecord, merge: bool = False) -> None:
     """The trainer's model (best or last) with its tokenizer, written whole before it appears.
 
     Every rank calls this: `Trainer.save_model` gathers sharded weights and writes from the main
@@ -44,14 +43,14 @@ def save_trained(trainer, folder: Path, meta: dict, merge: bool = False) -> None
         if main:
             model = trainer.accelerator.unwrap_model(trainer.model)
             save_model(model.merge_and_unload() if hasattr(model, "merge_and_unload") else model,
-                       trainer.processing_class, folder, meta)
+                       trainer.processing_class, folder, record)
     else:
         tmp = folder.with_name(f".{folder.name}.tmp")
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         trainer.save_model(str(tmp))
         if main:
-            (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+            record.write(tmp)
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
     trainer.accelerator.wait_for_everyone()
@@ -63,8 +62,8 @@ def merge_adapter(adapter_folder: Path, target: Path) -> None:
 
     loaded = load_model(str(adapter_folder), dtype=torch.float32)
     merged = loaded.model.merge_and_unload()
-    meta = json.loads((adapter_folder / MODEL_META).read_text())
-    save_model(merged, loaded.tokenizer, target, {**meta, "merged_from": str(adapter_folder)})
+    record = ModelRecord.read(adapter_folder) or ModelRecord()
+    save_model(merged, loaded.tokenizer, target, record.model_copy(update={"merged_from": str(adapter_folder)}))
 
 
 def memory_record(estimate) -> dict | None:
@@ -133,9 +132,11 @@ def model_card(job: Job, result: TunedModel, notes: list[str], title: str | None
     atomic_write(job.folder / "README.md", text)
 
 
-def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | None = None, meta: dict | None = None,
-               extra: dict | None = None, notes: list[str] | None = None) -> TunedModel:
-    """The end of every kind that trains like tuning: the selected model, curves, card, summary."""
+def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | None = None,
+               record_fields: dict | None = None, extra: dict | None = None,
+               notes: list[str] | None = None) -> TunedModel:
+    """The end of every kind that trains like tuning: the selected model, curves, card, summary.
+    `record_fields` are what the kind adds to the model's record (ModelRecord's fields)."""
     cfg, out, state = job.config, job.folder, trainer.state
     best_step = state.best_global_step if trainer.args.load_best_model_at_end else None  # selection was on
     if best_step:
@@ -156,12 +157,12 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | Non
                                 "max_output_tokens": student.max_output_tokens},
                "memory": memory_record(getattr(student, "memory", None)), **(extra or {})},
     )
-    model_meta = {"base_model": cfg.model, "method": method, "tuning": cfg.tuning,
-                  "use_chat_template": student.use_chat_template, "is_seq2seq": student.is_seq2seq,
-                  # how a plain prompt is rendered without a chat template: as the data was
-                  "prompt_format": "chat" if enc_stats["train"].conversations else "text",
-                  "max_input_tokens": student.max_input_tokens, **(meta or {})}
-    save_trained(trainer, out / "model", model_meta)
+    model_record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
+                               use_chat_template=student.use_chat_template, is_seq2seq=student.is_seq2seq,
+                               # how a plain prompt is rendered without a chat template: as the data was
+                               prompt_format="chat" if enc_stats["train"].conversations else "text",
+                               max_input_tokens=student.max_input_tokens, **(record_fields or {}))
+    save_trained(trainer, out / "model", model_record)
     if not job.main:
         return result
     if cfg.tuning == "lora" and cfg.merge_adapter:

@@ -77,8 +77,8 @@ def servable(ctx, name: str) -> Servable:
             raise not_found("model", name, "model")
         own = Servable.of(row.path)
         if own.adapter:  # a LoRA model's checkpoint is an adapter on the same base
-            return Servable(name, own.base, str(folder.resolve()), own.meta)
-        return Servable(name, str(folder.resolve()), None, own.meta)  # a full model's is a whole model
+            return Servable(name, own.base, str(folder.resolve()), own.record)
+        return Servable(name, str(folder.resolve()), None, own.record)  # a full model's is a whole model
     if name.startswith(("/", ".", "~")) or name.startswith("ft:"):
         raise not_found("model", name, "model")
     try:

@@ -10,10 +10,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from mentor.errors import MentorError
+from mentor.model_record import REWARD_MODEL
 from mentor.server import registry
 from mentor.server.db import epoch
 from mentor.server.errors import ApiError, bad, not_found
-from mentor.serving.pool import is_reward_model_kind
 
 router = APIRouter()
 
@@ -30,7 +30,7 @@ SCORES = ["/v1/mentor/score"]
 
 def endpoints(kind: str | None) -> list[str]:
     """What a model answers: a reward model scores answers and never generates."""
-    return SCORES if is_reward_model_kind(kind) else GENERATES
+    return SCORES if kind == REWARD_MODEL else GENERATES
 
 
 def _model_object(model_id: str, created: int | None, owner: str, **extra) -> dict:
