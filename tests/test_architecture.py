@@ -30,3 +30,17 @@ def test_the_command_line_starts_without_loading_ml_libraries():
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+# files whose names only their owner may write: the owner reads and writes them for everyone else
+OWNED_FILES = {"mentor_model.json": "mentor/model_record.py"}
+
+
+def test_only_its_owner_names_a_folder_file():
+    """A model folder's record is read and written through mentor.model_record alone, so its format
+    has one definition (and one migration); a module naming the file would bypass both."""
+    offenders = [f"{path.relative_to(ROOT)} names {name} (use {owner})"
+                 for folder in ("mentor", "bench", "examples") for path in sorted((ROOT / folder).rglob("*.py"))
+                 for name, owner in OWNED_FILES.items()
+                 if str(path.relative_to(ROOT)) != owner and name in path.read_text(encoding="utf-8")]
+    assert not offenders, "\n".join(offenders)
