@@ -290,7 +290,8 @@ def _fixes(s: Setting, checkpointing: bool, at, quantization_ok: bool) -> str:
     if not checkpointing:
         singles.append(("--gradient-checkpointing on", replace(s, gradient_checkpointing=True)))
     if s.tuning == "full":
-        singles.append(("--tuning lora", replace(s, tuning="lora")))
+        # LoRA holds its frozen base in the autocast dtype (bf16 where native)
+        singles.append(("--tuning lora", replace(s, tuning="lora", weight_bytes=s.activation_bytes)))
     elif s.quantization == "none" and quantization_ok:
         singles.append(("--quantization 4bit", replace(s, quantization="4bit")))
     if s.tuning == "full" and s.optimizer.startswith("adamw") and "8bit" not in s.optimizer and quantization_ok:
@@ -301,7 +302,7 @@ def _fixes(s: Setting, checkpointing: bool, at, quantization_ok: bool) -> str:
     fitting = [(name, e) for name, e in fitting if e.fits]
     if fitting:
         return "it fits with " + " or ".join(f"{name} (about {e.total / GiB:.1f} GiB)" for name, e in fitting)
-    together = replace(s, gradient_checkpointing=True, tuning="lora", rows=1,
+    together = replace(s, gradient_checkpointing=True, tuning="lora", rows=1, weight_bytes=s.activation_bytes,
                        quantization="4bit" if quantization_ok else s.quantization)
     e = at(together)
     switches = ["--gradient-checkpointing on", "--tuning lora"] + (["--quantization 4bit"] if quantization_ok else [])

@@ -117,7 +117,8 @@ def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool
                weight_copies: int = 0, task_type: str | None = None) -> memory.Estimate | None:
     """The job's memory estimate, logged, with gradient checkpointing decided; a one-line refusal when
     it does not fit (see `memory.plan`). None when the architecture cannot be built on the meta device."""
-    lora = lora_config(cfg, task_type or ("SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM")) if cfg.tuning == "lora" else None
+    # LoRA's parameters are counted for full tuning too: a refusal may suggest LoRA
+    lora = lora_config(cfg, task_type or ("SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM"))
     try:
         shape = memory.shape_of(config, lora, is_seq2seq)
     except Exception as err:  # noqa: BLE001 - an architecture with its own code may not build on the meta device
