@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,8 @@ def main() -> None:
             record = json.loads(lines[-1]) if lines else {"refused": f"failed: {out.stderr.strip()[-300:]}"}
             rows.append((label, checkpointing, record))
             print(f"{label}, checkpointing {checkpointing}: {json.dumps(record)[:400]}", file=sys.stderr, flush=True)
+            shutil.rmtree(work / f"{label}-{checkpointing}".replace(" ", "_"), ignore_errors=True)  # GBs of weights
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.model}, {args.steps} steps of {args.batch} x {2 * args.tokens} tokens\n")
     print("| tuning | gradient checkpointing | estimate (GiB) | measured peak (GiB) | estimate / peak | s/step |")
     print("|---|---|---|---|---|---|")
