@@ -43,7 +43,7 @@ import mentor  # noqa: E402
 from mentor.data.rows import hold_out, read_rows  # noqa: E402
 from mentor.distill.config import DistillConfig  # noqa: E402
 from mentor.evaluation.evaluate import evaluate_student  # noqa: E402
-from mentor.jobs.lifecycle import read_state  # noqa: E402
+from mentor.jobs import read_state  # noqa: E402
 
 RECIPE = {"rationale_format": "rationale+label", "mask_wrong_rationales": True}
 ALPHAS = (0.5, 0.8)

@@ -36,6 +36,7 @@ import yaml
 
 from mentor.errors import DamagedJobFile, DataValidationError, MentorError
 from mentor.files import append_line, atomic_write, file_sha256
+from mentor.job_files import CONFIG_FILE, RESULT_FILE, STATE_FILE, is_job_folder, load_state
 from mentor.jobs.config import JobConfig
 from mentor.jobs.result import TunedModel
 
@@ -50,7 +51,6 @@ class JobCancelled(MentorError):
     """The job stopped at a step boundary because it was asked to; its last checkpoint is kept."""
 
 
-JOB_FILES = ("state.json", "config.yaml")  # what makes a folder a mentor job's
 NEARLY_FULL = 64 * 2**20  # free bytes below which a failed write is put down to a full disk
 # mentor's own hidden files: a folder holding only these is as good as empty
 OWN_HIDDEN_FILES = (LOCK_FILE,)
@@ -62,38 +62,6 @@ def _now() -> str:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def read_state(folder: str | Path) -> dict:
-    """The job's state, or {} when there is none or it cannot be read."""
-    try:
-        return load_state(folder)
-    except DamagedJobFile:
-        return {}
-
-
-def load_state(folder: str | Path) -> dict:
-    """The job's state ({} when the folder has none yet); a state.json that is not a JSON object
-    (edited by hand, or not mentor's) is a DamagedJobFile naming it."""
-    path = Path(folder) / "state.json"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    except OSError as err:
-        raise DamagedJobFile(f"{path}: cannot be read ({err.strerror or err})") from None
-    try:
-        state = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        state = None
-    if not isinstance(state, dict):
-        raise DamagedJobFile(f"{path} is damaged (not a JSON object as mentor writes it); restore it, or delete the "
-                             "folder to start the job over")
-    return state
-
-
-def is_job_folder(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in JOB_FILES)
 
 
 def _process_alive(pid: int) -> bool:
@@ -153,6 +121,17 @@ def _load_saved_config(path: Path) -> dict:
     return saved
 
 
+def write_job_config(folder: str | Path, kind: str, fields: dict) -> None:
+    """A job's order, whole or not at all (a worker must never read half of one): its kind and
+    every config field, as a job writes its own."""
+    atomic_write(Path(folder) / CONFIG_FILE, yaml.safe_dump({"kind": kind, **fields}, sort_keys=False))
+
+
+def read_job_config(folder: str | Path) -> dict:
+    """A job folder's kind and config fields; a damaged or missing file is a DamagedJobFile naming it."""
+    return _load_saved_config(Path(folder) / CONFIG_FILE)
+
+
 def disk_full(err: BaseException | None, folder: Path | None = None) -> bool:
     """The error, or one it was raised from, is a full disk (or quota): libraries that write
     checkpoints wrap the OSError in errors of their own. torch.save's says only "file write failed",
@@ -200,7 +179,7 @@ def read_events(folder: str | Path) -> list[dict]:
 def request_cancel(folder: str | Path) -> None:
     """Ask the job in `folder` to stop at its next step boundary (it keeps its last checkpoint)."""
     folder = Path(folder)
-    if not (folder / "config.yaml").exists():
+    if not (folder / CONFIG_FILE).exists():
         raise MentorError(f"{folder} holds no mentor job")
     (folder / CANCEL_FILE).write_text(_now() + "\n")
 
@@ -292,7 +271,7 @@ class Job:
 
     def _claim(self) -> None:
         """Make this folder this job's, or refuse: a folder holds one job."""
-        saved_path = self.folder / "config.yaml"
+        saved_path = self.folder / CONFIG_FILE
         hashes = {name: file_sha256(path) for name, path in self.config.input_files().items() if Path(path).is_file()}
         state = load_state(self.folder)
         if saved_path.exists():
@@ -317,19 +296,19 @@ class Job:
                     raise MentorError(f"the contents of {files} changed since the job in {self.folder} started, so its "
                                       "checkpoints and results belong to the old data; use a new --output folder, or "
                                       "delete this one to start over")
-        atomic_write(saved_path, yaml.safe_dump(self._identity(), sort_keys=False))
+        write_job_config(self.folder, self.kind, self.config.model_dump(mode="json"))
         self._state = state or {"kind": self.kind, "state": "pending", "created_at": _now(), "attempts": 0, "step": 0}
         self._state["inputs"] = {**self._state.get("inputs", {}), **hashes}
         self._write_state()
 
     def _replaceable(self, state: dict) -> bool:
         """A job may be replaced when it never trained: it failed (or never started) before step 1."""
-        progressed = state.get("step", 0) > 0 or (self.folder / "result.json").exists() \
+        progressed = state.get("step", 0) > 0 or (self.folder / RESULT_FILE).exists() \
             or any((self.folder / "checkpoints").glob("checkpoint-*"))
         return not progressed and state.get("state") in (None, "pending", "failed")
 
     def _clear(self) -> None:
-        for name in ("config.yaml", "state.json", "events.jsonl", "metrics.jsonl", CANCEL_FILE):
+        for name in (CONFIG_FILE, STATE_FILE, "events.jsonl", "metrics.jsonl", CANCEL_FILE):
             (self.folder / name).unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -348,7 +327,7 @@ class Job:
     def _write_state(self) -> None:
         if self.main:
             self._state["updated_at"] = _now()
-            atomic_write(self.folder / "state.json", json.dumps(self._state, indent=2))
+            atomic_write(self.folder / STATE_FILE, json.dumps(self._state, indent=2))
 
     def update(self, **fields: Any) -> None:
         """Merge fields into state.json."""
@@ -364,7 +343,7 @@ class Job:
 
     def finished_result(self) -> TunedModel | None:
         """The result of this job if it already finished: rerunning a finished job is a no-op."""
-        path = self.folder / "result.json"
+        path = self.folder / RESULT_FILE
         if path.exists() and self._state.get("state", "succeeded") == "succeeded":
             return TunedModel.read(path)  # a damaged one is a DamagedJobFile: the job stays succeeded
         return None
@@ -392,8 +371,8 @@ class Job:
         if not self.main:
             return
         result.kind = self.kind
-        atomic_write(self.folder / "result.json", result.to_json())
-        self.update(state="succeeded", finished_at=_now(), result="result.json", pid=None)
+        atomic_write(self.folder / RESULT_FILE, result.to_json())
+        self.update(state="succeeded", finished_at=_now(), result=RESULT_FILE, pid=None)
         self.event("finished", f"{self.kind} job succeeded", metrics=result.metrics, model=result.model_path)
         for cleanup in self._on_success:
             cleanup()
@@ -429,11 +408,11 @@ class Job:
         if not self.main:
             return
         try:
-            with open(self.folder / "state.json", "r+", encoding="utf-8") as f:
+            with open(self.folder / STATE_FILE, "r+", encoding="utf-8") as f:
                 f.truncate(0)
                 f.write(json.dumps(self._state, indent=2))
         except OSError as err:
-            log.warning("could not record the job's state in %s: %s", self.folder / "state.json", err.strerror or err)
+            log.warning("could not record the job's state in %s: %s", self.folder / STATE_FILE, err.strerror or err)
 
     def mark_cancelled(self, why: str = "cancelled") -> None:
         step = self._state.get("step", 0)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mentor.errors import DamagedJobFile
+from mentor.job_files import RESULT_FILE
 
 
 @dataclass
@@ -54,6 +55,11 @@ class TunedModel:
         except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError):
             raise DamagedJobFile(f"{path} is damaged (not the result mentor writes); restore it, or delete the "
                                  "folder to run the job over") from None
+
+
+def read_result(folder: str | Path) -> TunedModel:
+    """The result a finished job wrote in its folder; a missing or damaged one is a DamagedJobFile."""
+    return TunedModel.read(Path(folder) / RESULT_FILE)
 
 
 def _shown(name: str, value) -> str:
