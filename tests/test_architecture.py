@@ -3,6 +3,8 @@ recipes independent of each other, nothing importing the command line, no import
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,15 +34,29 @@ def test_the_command_line_starts_without_loading_ml_libraries():
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
-# files whose names only their owner may write: the owner reads and writes them for everyone else
-OWNED_FILES = {"mentor_model.json": "mentor/model_record.py"}
+# files only their owner names: it reads and writes them for everyone else, so each format has one
+# definition (and one migration) that every reader and writer goes through
+OWNED_FILES = {"mentor_model.json": "mentor/model_record.py", "state.json": "mentor/job_files.py",
+               "result.json": "mentor/job_files.py", "config.yaml": "mentor/job_files.py"}
+
+
+def _code_strings(path: Path) -> list[ast.Constant]:
+    """The string constants of a module's code: not its docstrings, which may name a file to explain it."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
 
 
 def test_only_its_owner_names_a_folder_file():
-    """A model folder's record is read and written through mentor.model_record alone, so its format
-    has one definition (and one migration); a module naming the file would bypass both."""
-    offenders = [f"{path.relative_to(ROOT)} names {name} (use {owner})"
+    """A model folder's record goes through mentor.model_record, a job folder's own files through
+    mentor.job_files and the job layer's readers: a module naming one of these files (an f-string
+    part counts) would bypass the owner, unseen by the import contracts."""
+    patterns = {name: re.compile(rf"(?<![\w.-]){re.escape(name)}") for name in OWNED_FILES}  # not trainer_state.json
+    offenders = [f"{path.relative_to(ROOT)}:{node.lineno} names {name} (go through {owner})"
                  for folder in ("mentor", "bench", "examples") for path in sorted((ROOT / folder).rglob("*.py"))
-                 for name, owner in OWNED_FILES.items()
-                 if str(path.relative_to(ROOT)) != owner and name in path.read_text(encoding="utf-8")]
+                 for node in _code_strings(path) for name, owner in OWNED_FILES.items()
+                 if path.relative_to(ROOT).as_posix() != owner and patterns[name].search(node.value)]
     assert not offenders, "\n".join(offenders)

@@ -383,3 +383,17 @@ def test_a_batch_job_renders_each_chat_prompt_once(tmp_path, monkeypatch):
     result = mentor.run("batch", input=str(lines), output=str(tmp_path / "b"))
     assert result.metrics == {"completed": 2, "failed": 0, "total": 2}
     assert len(rendered) == 2
+
+
+def test_a_worker_reads_its_order_through_the_job_layer_and_a_damaged_one_is_one_line(tmp_path, capsys):
+    """The server writes a job's config with write_job_config and its worker reads it back with
+    read_job_config: the same fields, and a damaged file is one line naming it, not a traceback."""
+    from mentor.jobs import read_job_config, write_job_config
+    from mentor.server import worker
+
+    write_job_config(tmp_path, "tune", {"model": "tiny:llama", "train_steps": 3})
+    assert read_job_config(tmp_path) == {"kind": "tune", "model": "tiny:llama", "train_steps": 3}
+    (tmp_path / "config.yaml").write_text("- a list, not the job's fields\n")
+    assert worker.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'config.yaml'} is damaged" in err, err

@@ -110,19 +110,18 @@ def cmd_eval(args) -> None:
 
 
 def cmd_status(args) -> None:
-    from mentor.jobs import read_events
+    from mentor.job_files import STATE_FILE
+    from mentor.jobs import has_result, read_events, read_result
     from mentor.jobs.lifecycle import observed_state
 
-    state = observed_state(args.folder)  # a damaged state.json is one line naming it
+    state = observed_state(args.folder)  # a damaged state file is one line naming it
     if not state:
-        raise MentorError(f"{args.folder} holds no mentor job (no state.json)")
+        raise MentorError(f"{args.folder} holds no mentor job (no {STATE_FILE})")
     line = f"{state.get('kind')}: {state.get('state')}, step {state.get('step', 0)}/{state.get('total_steps', '?')}"
     if error := state.get("error"):
         line += f"\nerror: {error.get('message') if isinstance(error, dict) else error}"
-    if state.get("state") == "succeeded" and (Path(args.folder) / "result.json").exists():
-        from mentor.jobs import TunedModel
-
-        line += "\n" + TunedModel.read(Path(args.folder) / "result.json").summary()
+    if state.get("state") == "succeeded" and has_result(args.folder):
+        line += "\n" + read_result(args.folder).summary()
     print(line)
     for event in read_events(args.folder)[-args.events:] if args.events else []:
         fields = {k: v for k, v in event.items() if k not in ("time", "type", "message", "metrics", "level")

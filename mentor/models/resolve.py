@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from mentor.errors import MentorError
+from mentor.job_files import has_result, is_job_folder, read_state
 from mentor.model_record import ModelRecord
 from mentor.models import real_size, tiny
 from mentor.models.quantize import device_map, quantization_config
@@ -112,9 +113,9 @@ def resolve(ref: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise MentorError(f"model reference '{ref}' is a file; give a model folder, a .gguf file or a hub id")
-        if (path / "model").is_dir() and ((path / "result.json").exists() or ModelRecord.exists(path / "model")):
+        if (path / "model").is_dir() and (has_result(path) or ModelRecord.exists(path / "model")):
             return str(path / "model")  # a finished mentor job folder: its tuned model
-        if (path / "config.yaml").exists() or (path / "state.json").exists():
+        if is_job_folder(path):
             state = _job_state(path)
             raise MentorError(f"{ref} is a mentor job folder whose job has not finished ({state}): it holds no model "
                               "yet; rerun the job's command to finish it")
@@ -128,9 +129,8 @@ def resolve(ref: str) -> str:
 
 
 def _job_state(folder: Path) -> str:
-    try:
-        state = json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError):
+    state = read_state(folder)
+    if not state:
         return "no state"
     return f"state {state.get('state')}, step {state.get('step', 0)} of {state.get('total_steps', '?')}"
 

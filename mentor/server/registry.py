@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mentor.errors import MentorError
-from mentor.jobs import TunedModel, read_state
+from mentor.jobs import TunedModel, read_result, read_state
 from mentor.model_record import ModelRecord
 from mentor.server.db import Database, FileRow, JobRow, ModelRow, epoch
 
@@ -41,7 +41,7 @@ def register(session, job: JobRow) -> ModelRow:
     Written in the caller's transaction: a second one would wait on SQLite's write lock, which the
     scheduler's pass holds until it commits."""
     folder = Path(job.folder)
-    result = TunedModel.read(folder / "result.json")
+    result = read_result(folder)
     state = read_state(folder)
     model_dir = Path(result.model_path)
     weights = "adapter" if (model_dir / "adapter_config.json").exists() else "full"
@@ -224,9 +224,9 @@ def get_tuned_model(name: str, data_dir: str | Path | None = None) -> TunedModel
 
     db = Database(Path(data_dir).expanduser() if data_dir else default_data_dir())
     row = get_model(db, name)
-    result = TunedModel.read(Path(row.job_folder) / "result.json")
+    result = read_result(row.job_folder)
     # the registry's row, not the job's result, says which weights the name stands for: a promoted
-    # checkpoint (NAME:ckpt-step-N) shares its job's result.json
+    # checkpoint (NAME:ckpt-step-N) shares its job's result
     return replace(result, model_path=row.path, metrics=row.metrics, best_step=row.best_step,
                    extra={**(result.extra or {}), "registered_name": row.name})
 

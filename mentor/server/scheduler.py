@@ -14,8 +14,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import object_session
 
+from mentor.errors import DamagedJobFile
 from mentor.files import append_line
-from mentor.jobs import read_state
+from mentor.jobs import read_result, read_state
 from mentor.jobs.lifecycle import CANCEL_FILE, process_gone
 from mentor.server import registry
 from mentor.server.db import Database, JobRow, now
@@ -190,13 +191,13 @@ class Scheduler:
 
 def _batch_result(folder: str) -> dict:
     try:
-        return json.loads((Path(folder) / "result.json").read_text())["metrics"]
-    except (OSError, ValueError, KeyError):
+        return dict(read_result(folder).metrics)
+    except (DamagedJobFile, TypeError, ValueError):  # none yet, or not a result: nothing to show
         return {}
 
 
 def _tokens(folder: str) -> int | None:
     try:
-        return int(json.loads((Path(folder) / "result.json").read_text())["extra"].get("tokens_seen") or 0) or None
-    except (OSError, ValueError, KeyError, AttributeError):
+        return int(read_result(folder).extra.get("tokens_seen") or 0) or None
+    except (DamagedJobFile, TypeError, ValueError, AttributeError):
         return None

@@ -7,11 +7,10 @@ import logging
 import re
 import shutil
 
-import yaml
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
-from mentor.files import atomic_write
+from mentor.jobs import write_job_config
 from mentor.server import shapes
 from mentor.server.db import JobRow, now
 from mentor.server.errors import ApiError, disk_full, no_space, not_found
@@ -28,7 +27,7 @@ ACTIVE = ("validating_files", "queued", "running")
 def create_job(ctx, kind, cfg, *, base_model: str, training_file: str | None, validation_file: str | None,
                suffix: str | None, metadata: dict | None, request: dict, api: str, job_id: str,
                display_name: str | None = None) -> JobRow:
-    """Record a job and lay out its folder (its config.yaml is the worker's order)."""
+    """Record a job and lay out its folder (its job config is the worker's order)."""
     folder = ctx.settings.jobs_dir / job_id
     row = JobRow(id=job_id, kind=kind.name, config=cfg.model_dump(mode="json"), status="validating_files",
                  folder=str(folder), base_model=base_model, training_file=training_file,
@@ -37,8 +36,7 @@ def create_job(ctx, kind, cfg, *, base_model: str, training_file: str | None, va
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # whole or not at all: a worker (or a restarted server) must never read half an order
-        atomic_write(folder / "config.yaml", yaml.safe_dump({"kind": kind.name, **cfg.model_dump(mode="json")},
-                                                            sort_keys=False))
+        write_job_config(folder, kind.name, cfg.model_dump(mode="json"))
         # the event before the row: once the row is committed the job exists, and its creation must not fail
         service_event(folder, "created", f"{kind.name} job created", kind=kind.name)
         with ctx.db.begin() as s:
