@@ -5,7 +5,6 @@ from one example into another, and no token learns to predict the next example's
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
