@@ -490,3 +490,25 @@ def test_damaged_job_files_are_one_line_and_never_downgrade_a_finished_job(tmp_p
     captured = capsys.readouterr()
     assert captured.out.startswith("tune: succeeded") and "finished" in captured.out
     assert main(tune) == 0 and read_state(out)["state"] == "succeeded"
+
+
+def test_a_folder_written_before_new_fields_existed_is_still_its_job(tmp_path):
+    """A mentor upgrade adds fields to a kind (packing, gradient_checkpointing, ...): a job folder
+    written before them is the same job when they are left at their defaults, so a rerun resumes it
+    instead of refusing it as "a different job"; asking for a new value is a different job."""
+    import yaml
+
+    from mentor.errors import MentorError
+
+    data = write_jsonl(tmp_path / "d.jsonl", shift_task(16, 0))
+    job = dict(model="tiny:llama", data=str(data), output=str(tmp_path / "o"), train_steps=2, batch_size=4)
+    first = mentor.tune(**job)
+    config = tmp_path / "o" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    for added in ("packing", "gradient_checkpointing", "optimizer", "lora_variant"):
+        saved.pop(added)
+    config.write_text(yaml.safe_dump(saved))
+    again = mentor.tune(**job)
+    assert again.model_path == first.model_path and again.steps_run == 2
+    with pytest.raises(MentorError, match="different job.*packing"):
+        mentor.tune(**job, packing=True)

@@ -279,6 +279,8 @@ class Job:
             if "kind" not in saved:  # written before job kinds had names
                 saved = {"kind": self.kind, **saved}
             mine = self._identity()
+            # a field added to the kind since the folder was written, left at its default, is the same job
+            saved = {**self._defaults_of_new_fields(saved), **saved}
             paths = ("output", *self.config.input_fields)  # "./run" and "/home/me/run" are one folder
             changed = sorted(k for k in set(saved) | set(mine)
                              if _comparable(saved.get(k), k in paths) != _comparable(mine.get(k), k in paths))
@@ -300,6 +302,16 @@ class Job:
         self._state = state or {"kind": self.kind, "state": "pending", "created_at": _now(), "attempts": 0, "step": 0}
         self._state["inputs"] = {**self._state.get("inputs", {}), **hashes}
         self._write_state()
+
+    def _defaults_of_new_fields(self, saved: dict) -> dict:
+        """The defaults, as a config file writes them, of the fields this kind has and ``saved`` lacks."""
+        fields = type(self.config).model_fields
+        missing = {name for name, field in fields.items() if name not in saved and not field.is_required()}
+        if not missing:
+            return {}
+        dumped = self.config.model_dump(mode="json", include=missing)
+        return {name: dumped[name] for name in missing
+                if fields[name].get_default(call_default_factory=True) == getattr(self.config, name)}
 
     def _replaceable(self, state: dict) -> bool:
         """A job may be replaced when it never trained: it failed (or never started) before step 1."""
