@@ -726,3 +726,19 @@ def test_any_invented_next_example_leaves_the_first_blocks_answer(case, answer_l
                 "choice": lambda: first.label[1]}.get(task, lambda: first.label)()
     p = PromptTemplate.for_task(task).parse(completion)
     assert (p.ok, p.label, p.rationale.rstrip(".")) == (True, expected, first.rationale.rstrip(".")), (completion, p)
+
+
+@pytest.mark.parametrize("completion, task, kw, label", [
+    # the teacher quotes one field of its input after a paragraph break, then answers
+    ("The man holds a guitar.\n\nHypothesis: he plays it. Holding is not playing.\nSo the answer is neutral.", "nli",
+     {}, "neutral"),
+    # chain-of-thought that opens by restating the question, then quotes the options, then answers
+    ("The answer must be a place with supplies.\nOptions: (a) shop (b) lake. A shop sells supplies.\n"
+     "So the answer is (a).", "choice", {"choices": ["shop", "lake"]}, "shop"),
+    # a label that begins a field name ("Pro" of "Problem") on the last line is the answer, not a cut field
+    ("Both sides are weighed; the benefits win.\nAnswer:\nPro", "classify", {"labels": ["Pro", "Con"]}, "Pro"),
+])
+def test_a_field_line_in_a_legitimate_completion_keeps_its_answer(completion, task, kw, label):
+    """Completions that name an input field without running on (found by review of the run-on cut)."""
+    p = parse_completion(completion, task, **kw)
+    assert (p.ok, p.label) == (True, label), p

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
@@ -287,7 +287,8 @@ def parse_completion(
     check_labels(task, labels)
     if not text or not text.strip():
         return Parsed("", None, "", False, REASON_EMPTY)
-    head = cut_repeated_input(cut_runon(text), fields)
+    head = cut_repeated_input(cut_runon(text), fields,
+                              reads=lambda answer: normalize_answer(answer, task, choices, labels)[0] is not None)
     if cut_off and head.rstrip() == text.rstrip():  # the cut is in the answer's part, not in a run-on
         head = _whole_sentences(head)
         if not head.strip():
@@ -344,43 +345,55 @@ def _field_line(fields: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(r"^[ \t]*(?:" + "|".join(re.escape(n) for n in names) + r")[ \t]*[:：]", re.MULTILINE)
 
 
-def cut_repeated_input(head: str, fields: Sequence[str] = ()) -> str:
+def cut_repeated_input(head: str, fields: Sequence[str] = (), reads: Callable[[str], bool] | None = None) -> str:
     """``head`` up to the first line that opens an input field ("Premise:", a user format's own
     fields) after an answer was stated: the teacher inventing the next example in the prompt's
-    format. Fields before any answer are the teacher echoing its input and stay. A trailing line
-    that is only the start of a field name ("Pre", cut off by the token limit) is no answer and is
-    dropped too."""
+    format. Fields before any answer are the teacher echoing or quoting its input and stay, unless
+    a whole new input block (two field lines or more) opens a paragraph after the teacher's own
+    text. A trailing line that is only the start of a field name ("Pre", cut off by the token limit)
+    is no answer and is dropped too.
+
+    ``reads(answer text)``: whether an answer reads as one of the task's (a number, a label, an
+    option). Only such an answer ends the example: "The answer must be a place with supplies." opens
+    chain-of-thought by restating the question, and a field quoted after it is no run-on."""
     names = tuple(fields)
     field_line = _field_line(names)
     stated: list[int] | None = None
     for m in field_line.finditer(head):
         if stated is None:  # found lazily: most completions have no field line at all
-            stated = [s.end for s in _statements(head) if s.balanced and not _hypothetical(head, s)]
+            stated = [s.end for s in _statements(head) if s.balanced and not _hypothetical(head, s)
+                      and (reads is None or reads(head[s.m.end() : s.end]))]
         if any(end <= m.start() for end in stated) or _new_example(head, m.start(), field_line):
             head = head[: m.start()]
             break
-    return _drop_field_fragment(head, names)
+    return _drop_field_fragment(head, names, reads)
 
 
 def _new_example(head: str, start: int, field_line: re.Pattern[str]) -> bool:
-    """Whether a field line with no answer before it opens an invented example: it starts a
-    paragraph after the teacher's own text (reasoning, not echoed input fields), so whatever
-    answer follows belongs to the invented example, not to this one."""
+    """Whether a field line with no answer before it opens an invented example: a paragraph after
+    the teacher's own text (reasoning, not echoed input fields) that starts with two field lines or
+    more, a whole input block, so whatever answer follows belongs to the invented example. One
+    field line there is the teacher quoting its input ("Hypothesis: he plays it. Holding is not
+    playing.") and stays."""
     before = head[:start]
     if not before.endswith("\n\n") and not re.search(r"\n[ \t]*\n[ \t]*\Z", before):
+        return False
+    block = head[start:].split("\n")
+    if len(block) < 2 or not field_line.match(block[1]):
         return False
     return any(line.strip() and not field_line.match(line) for line in before.split("\n"))
 
 
-def _drop_field_fragment(head: str, fields: tuple[str, ...]) -> str:
+def _drop_field_fragment(head: str, fields: tuple[str, ...], reads: Callable[[str], bool] | None) -> str:
     """``head`` without a last line that is only the beginning of a field name ("Pre", "Hypoth").
-    Three letters at least: a lone "C" on the last line may be the answer to "the answer is:"."""
+    Three letters at least (a lone "C" may be the answer to "the answer is:"), and never what reads
+    as an answer of the task (a label "Pro" is not the start of "Problem:")."""
     body = head.rstrip()
     line_start = body.rfind("\n") + 1
     fragment = body[line_start:].strip()
-    if line_start and len(fragment) >= 3 and any(
-        name.startswith(fragment) and name != fragment for name in (*INPUT_FIELD_LABELS, *fields)
-    ):
+    if (line_start and len(fragment) >= 3
+            and any(name.startswith(fragment) and name != fragment for name in (*INPUT_FIELD_LABELS, *fields))
+            and not (reads is not None and reads(fragment))):
         return body[:line_start]
     return head
 
