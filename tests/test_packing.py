@@ -95,3 +95,24 @@ def test_packing_is_refused_where_it_cannot_apply(tmp_path):
         DPOConfig(model="tiny:llama", data="pairs.jsonl", output=str(tmp_path / "o"), packing=True)
     with pytest.raises(ValidationError, match="not white-box"):
         WhiteboxConfig(model="tiny:llama", teacher="tiny:llama", data="d.jsonl", output=str(tmp_path / "o"), packing=True)
+
+
+def test_packed_training_counts_every_token_where_the_pad_is_the_eos(tmp_path, monkeypatch):
+    """Tokenizers without a pad token pad with their end-of-sequence token under mentor (Llama 3,
+    Mistral): a packed row has no attention mask, and counting "not the pad id" left out every
+    end-of-sequence token of its examples (found by review)."""
+    from mentor.training import setup as training_setup
+
+    load = training_setup.load_model
+
+    def eos_as_pad(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+        return loaded
+
+    monkeypatch.setattr(training_setup, "load_model", eos_as_pad)
+    train = write_jsonl(tmp_path / "train.jsonl", shift_task(16, 0))
+    common = dict(model="tiny:llama", data=str(train), train_steps=2, batch_size=8, bf16="off")
+    padded = mentor.tune(output=str(tmp_path / "padded"), **common)
+    packed = mentor.tune(output=str(tmp_path / "packed"), packing=True, **common)
+    assert packed.extra["tokens_seen"] == padded.extra["tokens_seen"]

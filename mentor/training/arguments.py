@@ -89,7 +89,11 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         use_liger_kernel=getattr(cfg, "liger_kernel", "off") != "off" and liger_available(),
     )
     if config_cls is TrainingArguments:
-        args.update(prediction_loss_only=True, remove_unused_columns=False, include_num_input_tokens_seen="non_padding")
+        # a packed row has no padding and no attention mask: every token counts ("non_padding" would
+        # count the tokens that are not the pad id, leaving out each end-of-sequence token where a
+        # tokenizer pads with it, as Llama 3's and Mistral's do under mentor)
+        tokens_seen = "all" if getattr(cfg, "packing", False) else "non_padding"
+        args.update(prediction_loss_only=True, remove_unused_columns=False, include_num_input_tokens_seen=tokens_seen)
     args.update(overrides)
     return config_cls(**args)
 
