@@ -210,3 +210,61 @@ def test_compile_liger_and_sdpa_reach_the_trainer_and_the_model(tmp_path):
         with pytest.raises(MentorError, match="liger_kernel on needs a CUDA GPU and the liger-kernel package"):
             training_setup.check_switches(TuneConfig(model="tiny:llama", data="d", output="o", liger_kernel="on"))
     assert load_model("tiny:llama").model.config._attn_implementation == "sdpa"
+
+
+def test_preference_jobs_are_estimated_at_their_datas_longest_pair_not_their_limits(tmp_path, monkeypatch):
+    """DPO's limits (7168 + 1024 tokens) are no batch's length: TRL pads to the longest pair. An
+    estimate at the limits refused the README's own DPO example on a 24 GiB machine (found by review)."""
+    from mentor.rlhf import setup as rlhf_setup
+    from mentor.rlhf.config import DPOConfig
+    from mentor.rlhf.data import load_preferences
+
+    pairs_file = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": "No."}
+                                                        for i in range(8)])
+    cfg = DPOConfig(model="tiny:llama", data=str(pairs_file), output=str(tmp_path / "o"), tuning="full")
+    pairs = load_preferences(str(pairs_file), 100)
+    limits = cfg.max_input_tokens + cfg.max_output_tokens
+    monkeypatch.setattr(memory, "device_memory", lambda: ("cpu", 1024.0**4, 0.0))
+    at_data = rlhf_setup.fit(cfg, 2, limits, weight_copies=1, pairs=pairs).estimate.needed
+    at_limits = rlhf_setup.fit(cfg, 2, limits, weight_copies=1).estimate.needed
+    monkeypatch.setattr(memory, "device_memory", lambda: ("cpu", (at_data + at_limits) / 2, 0.0))
+    fitted = rlhf_setup.fit(cfg, 2, limits, weight_copies=1, pairs=pairs)
+    assert fitted.estimate.tokens < 100  # the data's longest pair and a template's tokens, not 8192
+    with pytest.raises(MentorError, match="does not fit"):  # at its limits it would not
+        rlhf_setup.fit(cfg, 2, limits, weight_copies=1)
+
+
+def test_logits_are_counted_where_they_are_computed():
+    """Tuning computes vocabulary logits only where an output token is predicted: a long prompt with
+    a short answer costs its layers' activations, not its vocabulary logits."""
+    shape = memory.shape_of(mentor.models.model_config("random:llama-1b"), None)
+    every = memory.Setting("lora", "none", "adamw_torch", True, rows=8, tokens=1024, weight_bytes=2, activation_bytes=2)
+    at_outputs = memory.Setting(**{**every.__dict__, "logit_tokens": 16})
+    saved = memory.estimate(shape, every).parts["activations"] - memory.estimate(shape, at_outputs).parts["activations"]
+    assert saved == 3 * 8 * (1024 - 16) * shape.vocab * 4
+    assert memory.estimate(shape, memory.Setting(**{**every.__dict__, "logit_tokens": 0})).parts["activations"] < \
+        memory.estimate(shape, at_outputs).parts["activations"]
+
+
+def test_the_longest_row_and_its_outputs_are_read_from_the_data(tmp_path):
+    from types import SimpleNamespace
+
+    from mentor.data.formats import load_examples
+
+    long_prompt = write_jsonl(tmp_path / "d.jsonl", [{"input_text": "x" * 300, "output_text": "yes"}])
+    student = SimpleNamespace(tokenizer=mentor.models.load_tokenizer("tiny:llama"), is_seq2seq=False,
+                              use_chat_template=False, max_input_tokens=1024, max_output_tokens=1024)
+    longest, outputs = training_setup.longest_encoded(load_examples(long_prompt), student)
+    assert longest > 300 and outputs <= 5
+
+
+def test_a_sharded_job_is_not_refused_for_what_one_unsharded_copy_needs(monkeypatch):
+    """Under FSDP or ZeRO-3 each device holds a shard; the estimate counts a whole copy, so it warns."""
+    shape = memory.shape_of(mentor.models.model_config("random:llama-1b"), None)
+    full = memory.Setting("full", "none", "adamw_torch", False, rows=2, tokens=256, weight_bytes=2, activation_bytes=2)
+    monkeypatch.setattr(memory, "device_memory", lambda: ("cuda:0", 4 * 1024.0**3, 0.0))
+    with pytest.raises(MentorError, match="does not fit"):
+        memory.plan(shape, full, "off", "random:llama-1b")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    planned = memory.plan(shape, full, "off", "random:llama-1b")
+    assert any("runs sharded" in note for note in planned.notes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 
-from mentor.data.encode import EncodeStats
+from mentor.data.encode import IGNORE, EncodeStats
 from mentor.data.rows import hold_out
 from mentor.distill.config import DistillConfig
 from mentor.distill.label import label_rows, make_teacher, read_rows, teacher_report, write_labeled
@@ -146,8 +146,10 @@ def _run(cfg: DistillConfig, job: Job, opened: ExitStack) -> TunedModel:
 
 def _longest(cfg: DistillConfig, targets: list[dict], with_rationale: bool):
     """The longest row of the student's data, label and rationale tasks alike (for the memory estimate)."""
-    def longest(student) -> int:
+    def longest(student) -> tuple[int, int]:
         ds = encode_targets(cfg, targets, student, EncodeStats(), with_rationale=with_rationale)
-        columns = [c for c in ("input_ids", "rationale_input_ids") if c in ds.column_names]
-        return max((len(ids) for c in columns for ids in ds[c]), default=1)
+        rows = [c for c in ("input_ids", "rationale_input_ids") if c in ds.column_names]
+        labels = [c for c in ("labels", "rationale_labels") if c in ds.column_names]
+        outputs = max((sum(t != IGNORE for t in ids) for c in labels for ids in ds[c]), default=1)
+        return max((len(ids) for c in rows for ids in ds[c]), default=1), outputs
     return longest

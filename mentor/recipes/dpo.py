@@ -42,7 +42,8 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     # -- setup
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.data, cfg.evaluation_data)
     # a pair is two sequences (chosen, rejected); full DPO keeps a frozen reference copy of the model
-    fitted = setup.fit(cfg, 2, cfg.max_input_tokens + cfg.max_output_tokens, weight_copies=int(cfg.tuning == "full"))
+    fitted = setup.fit(cfg, 2, cfg.max_input_tokens + cfg.max_output_tokens, weight_copies=int(cfg.tuning == "full"),
+                       pairs=train_pairs + (eval_pairs or []))
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens,
                                              ("max_input_tokens", "max_output_tokens"), fitted)
     tokenizer = loaded.tokenizer

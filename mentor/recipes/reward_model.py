@@ -35,7 +35,8 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     out = job.folder
     # -- setup: every data problem surfaces before any model is loaded
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
-    fitted = setup.fit(cfg, 2, cfg.prompt_sequence_length + cfg.target_sequence_length, task_type="SEQ_CLS")
+    fitted = setup.fit(cfg, 2, cfg.prompt_sequence_length + cfg.target_sequence_length, task_type="SEQ_CLS",
+                       pairs=train_pairs + (eval_pairs or []))
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
     tokenizer = loaded.tokenizer
     source = str(out / "start_model") if base_ref != cfg.model else loaded.source

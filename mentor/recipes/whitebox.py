@@ -71,7 +71,8 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
                               "for white-box distillation")
 
     train_examples, eval_examples = setup.load_tuning_data(cfg)
-    student = setup.load_student(cfg, longest=lambda s: setup.longest_encoded(train_examples, s))
+    student = setup.load_student(cfg, longest=lambda s: setup.longest_encoded(train_examples, s),
+                                 logits_at_outputs=False)
     train_ds, eval_ds, enc_stats = setup.encode_tuning_data(cfg, student, train_examples, eval_examples)
     loaded, model, bf16 = student.loaded, student.model, student.bf16
     if cfg.on_policy_fraction > 0 and loaded.is_seq2seq:

@@ -37,12 +37,14 @@ class Fit:
         return memory_record(self.estimate)
 
 
-def fit(cfg, rows_per_example: int, tokens: int, weight_copies: int = 0, task_type: str = "CAUSAL_LM") -> Fit:
+def fit(cfg, rows_per_example: int, tokens: int, weight_copies: int = 0, task_type: str = "CAUSAL_LM",
+        pairs: list | None = None) -> Fit:
     """Check the job's switches and estimate its memory at a batch of `rows_per_example` sequences
-    per example (2 for a preference pair, the completions per prompt in RL) of `tokens`
-    (the job's limits: the longest a batch can be) before any weights load; a one-line refusal when
-    it does not fit. `weight_copies`: frozen models of the same size beside the policy (a full
-    tuning's reference model, the reward model)."""
+    per example (2 for a preference pair, the completions per prompt in RL) of `tokens` (the job's
+    limits, cut to the model's context and, with `pairs`, to the longest pair of the data: batches
+    are padded to their longest pair, not to the limits) before any weights load; a one-line refusal
+    when it does not fit. `weight_copies`: frozen models of the same size beside the policy (a full
+    tuning's reference model, the reward model). A reward model computes no vocabulary logits."""
     from mentor.training import setup
     from mentor.training.arguments import per_process_batch, use_bf16
 
@@ -52,8 +54,32 @@ def fit(cfg, rows_per_example: int, tokens: int, weight_copies: int = 0, task_ty
     dtype = setup.weight_dtype(cfg, bf16) if torch.cuda.is_available() else torch.float32
     config = model_config(cfg.model)
     rows = per_process_batch(cfg.batch_size) * rows_per_example
-    estimate = setup.fit_memory(cfg, config, False, rows, tokens, bf16, dtype, weight_copies, task_type)
+    context = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
+                      "max_position_embeddings", None)
+    tokens = min(tokens, context) if isinstance(context, int) and context > 0 else tokens
+    if pairs:
+        tokens = min(tokens, longest_pair(pairs, cfg.model))
+    estimate = setup.fit_memory(cfg, config, False, rows, tokens, bf16, dtype, weight_copies, task_type,
+                                logit_tokens=0 if task_type == "SEQ_CLS" else None)
     return Fit(estimate, setup.checkpointing(cfg, estimate), dtype)
+
+
+# what a chat template adds around a prompt and an answer, at most, in tokens
+TEMPLATE_TOKENS = 64
+
+
+def longest_pair(pairs: list, model: str) -> int:
+    """The most tokens a rendered preference pair can take (its prompt and its longer answer, plus
+    what a chat template adds), from the model's tokenizer alone."""
+    from mentor.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True).input_ids)
+
+    return max((sum(count(m.get("content") or "") for m in p.prompt.messages) + max(count(p.chosen), count(p.rejected))
+                for p in pairs), default=1) + TEMPLATE_TOKENS
 
 
 def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int,

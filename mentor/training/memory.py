@@ -13,8 +13,10 @@ with the job's LoRA config. Then, in bytes:
   matrix, SGD none;
 - activations at the longest batch (rows x longest sequence): what a decoder layer keeps for its
   backward pass per token (`ACTIVATION_WIDTHS`), for every layer, or with gradient checkpointing
-  each layer's input plus one layer recomputed; and the logits over the vocabulary at every
-  position, three times (the logits, their fp32 copy and its gradient);
+  each layer's input plus one layer recomputed; and the logits over the vocabulary, three times
+  (the logits, their fp32 copy and its gradient), where they are computed: at the positions that
+  predict an output token for tuning and distillation, every position for DPO and RLHF, none for
+  a reward model's score head;
 - this process: on CPU the resident memory before the weights load (Python, torch and the other
   libraries), and what training itself adds whatever the model (`CPU_RUNTIME`: the Trainer, its
   data loader and TensorBoard writer, the allocator's leftovers; measured); a GPU's driver context
@@ -174,8 +176,10 @@ def device_memory() -> tuple[str, float | None, float]:
     """(device, bytes free for this process, bytes this process holds already). On CPU the free
     RAM is shared by the processes of one machine (torchrun, accelerate)."""
     if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})", float(free), 0.0
+        # this process's GPU: before the Trainer sets the device every rank's current one is GPU 0
+        index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        free, _ = torch.cuda.mem_get_info(index)
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})", float(free), 0.0
     try:
         import psutil
 
@@ -200,6 +204,10 @@ class Setting:
     weight_bytes: int  # 2 (bf16) or 4 (fp32): how the weights are held
     activation_bytes: int  # 2 under bf16 autocast, else 4
     weight_copies: int = 0  # frozen copies beside the trained model (a full DPO/RLHF reference model)
+    # positions of a row whose vocabulary logits are computed: tuning and distillation compute them
+    # only where an output token is predicted (`logits_to_keep`); None: every position; 0: none (a
+    # reward model's score head)
+    logit_tokens: int | None = None
 
 
 def estimate(shape: Shape, s: Setting, device: str = "cpu", available: float | None = None,
@@ -233,7 +241,8 @@ def estimate(shape: Shape, s: Setting, device: str = "cpu", available: float | N
         kept = tokens * (shape.layers * shape.hidden + per_layer)
     else:
         kept = tokens * shape.layers * per_layer
-    activations = kept * s.activation_bytes + 3 * tokens * shape.vocab * 4
+    logit_positions = s.rows * (s.tokens if s.logit_tokens is None else min(s.logit_tokens, s.tokens))
+    activations = kept * s.activation_bytes + 3 * logit_positions * shape.vocab * 4
     parts = {"weights": weights, "gradients": trainable * grad_bytes, "optimizer": optimizer,
              "activations": activations}
     if not lora and s.weight_bytes == 4 and s.activation_bytes == 2:
@@ -276,12 +285,23 @@ def plan(shape: Shape, setting: Setting, checkpointing: str, model: str, quantiz
             chosen.notes.append("gradient checkpointing turned on: without it the job does not fit")
     if chosen.fits:
         return chosen
+    if sharded():
+        # FSDP and ZeRO-3 split weights, gradients and optimizer state across the processes: the
+        # estimate counts an unsharded copy, so it only warns
+        chosen.notes.append(f"unsharded, this job would need about {chosen.total / GiB:.1f} GiB per device "
+                            f"({chosen.available / GiB:.1f} GiB free); it runs sharded, which this estimate does not count")
+        return chosen
     what = f"{setting.tuning} tuning of {model}" + (f" ({setting.quantization})" if setting.quantization != "none" else "")
     short = (chosen.needed - chosen.available) / GiB
     fixes = _fixes(setting, chosen.gradient_checkpointing, at, quantization_ok)
     parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in chosen.parts.items())
     raise MentorError(f"the job does not fit: {what} needs about {chosen.total / GiB:.1f} GiB ({parts}) and "
                       f"{chosen.available / GiB:.1f} GiB is free on {device}, {short:.1f} GiB short; {fixes}")
+
+
+def sharded() -> bool:
+    """Whether this process trains one shard of the model (accelerate's FSDP or DeepSpeed)."""
+    return any(os.environ.get(flag, "false").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
 
 
 def _fixes(s: Setting, checkpointing: bool, at, quantization_ok: bool) -> str:

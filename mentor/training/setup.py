@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 from transformers import set_seed
 
-from mentor.data.encode import EncodeStats, encode
+from mentor.data.encode import IGNORE, EncodeStats, encode
 from mentor.data.formats import load_examples
 from mentor.errors import MentorError
 from mentor.models import LoadedModel, load_model, load_tokenizer, model_config
@@ -54,7 +54,7 @@ class Student:
         return self.loaded.is_seq2seq
 
 
-def load_student(cfg, longest=None, rows_per_example: int = 1) -> Student:
+def load_student(cfg, longest=None, rows_per_example: int = 1, logits_at_outputs: bool = True) -> Student:
     """The model to train, LoRA-wrapped if asked, with its bf16 and chat-template choices.
 
     Before any weights load, the switches are checked and the job's memory estimated at its longest
@@ -71,9 +71,12 @@ def load_student(cfg, longest=None, rows_per_example: int = 1) -> Student:
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(peeked.tokenizer, "chat_template", None))
     max_input, max_output = fit_to_context(cfg.max_input_tokens, cfg.max_output_tokens, peeked)
     student = Student(peeked, None, bf16, use_chat_template, max_input, max_output)
-    tokens = longest(student) if longest else max_input + max_output
+    # the longest row, and the most output tokens of a row: tuning computes logits only where an
+    # output token is predicted (white-box methods compare them at every position)
+    found = longest(student) if longest else (max_input + max_output, max_output)
+    tokens, outputs = found if isinstance(found, tuple) else (found, found)
     student.memory = fit_memory(cfg, config, is_seq2seq, per_process_batch(cfg.batch_size) * rows_per_example,
-                                tokens, bf16, dtype)
+                                tokens, bf16, dtype, logit_tokens=outputs if logits_at_outputs else None)
     student.gradient_checkpointing = checkpointing(cfg, student.memory)
     loaded = load_model(cfg.model, dtype=dtype, quantization=getattr(cfg, "quantization", "none"))
     # seeded again after loading: building or converting the model on its first use draws random
@@ -84,11 +87,16 @@ def load_student(cfg, longest=None, rows_per_example: int = 1) -> Student:
     return student
 
 
-def longest_encoded(examples, student: Student) -> int:
-    """The longest of the examples once encoded for the student (tokens): what sizes the largest batch."""
-    return max((len(encode(ex, student.tokenizer, is_seq2seq=student.is_seq2seq,
-                           use_chat_template=student.use_chat_template, max_input_tokens=student.max_input_tokens,
-                           max_output_tokens=student.max_output_tokens)["input_ids"]) for ex in examples), default=1)
+def longest_encoded(examples, student: Student) -> tuple[int, int]:
+    """The longest of the examples once encoded for the student, and the most output tokens of one
+    (tokens): what sizes the largest batch and its logits."""
+    longest = outputs = 1
+    for ex in examples:
+        row = encode(ex, student.tokenizer, is_seq2seq=student.is_seq2seq, use_chat_template=student.use_chat_template,
+                     max_input_tokens=student.max_input_tokens, max_output_tokens=student.max_output_tokens)
+        longest = max(longest, len(row["input_ids"]), len(row["labels"]))
+        outputs = max(outputs, sum(label != IGNORE for label in row["labels"]))
+    return longest, outputs
 
 
 def weight_dtype(cfg, bf16: bool) -> torch.dtype:
@@ -114,7 +122,8 @@ def check_switches(cfg) -> None:
 
 
 def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool, dtype: torch.dtype,
-               weight_copies: int = 0, task_type: str | None = None) -> memory.Estimate | None:
+               weight_copies: int = 0, task_type: str | None = None,
+               logit_tokens: int | None = None) -> memory.Estimate | None:
     """The job's memory estimate, logged, with gradient checkpointing decided; a one-line refusal when
     it does not fit (see `memory.plan`). None when the architecture cannot be built on the meta device."""
     # LoRA's parameters are counted for full tuning too: a refusal may suggest LoRA
@@ -128,7 +137,8 @@ def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool
     setting = memory.Setting(
         tuning=cfg.tuning, quantization=getattr(cfg, "quantization", "none"),
         optimizer=getattr(cfg, "optimizer", "adamw_torch"), gradient_checkpointing=False, rows=rows, tokens=tokens,
-        weight_bytes=2 if dtype == torch.bfloat16 else 4, activation_bytes=2 if bf16 else 4, weight_copies=weight_copies)
+        weight_bytes=2 if dtype == torch.bfloat16 else 4, activation_bytes=2 if bf16 else 4, weight_copies=weight_copies,
+        logit_tokens=logit_tokens)
     estimate = memory.plan(shape, setting, getattr(cfg, "gradient_checkpointing", "off"), cfg.model,
                            quantization_ok=bitsandbytes_problem() is None)
     log.info(estimate.line())
