@@ -34,7 +34,9 @@ class ModelRecord(BaseModel):
     (a hub model, a hand-copied one) reads as `ModelRecord()`, whose defaults say how mentor serves
     a model it knows nothing about."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")  # a newer mentor's extra keys are not an error
+    # a newer mentor's extra keys are not an error, and are kept when this one rewrites the record
+    # (merge_adapter, promote): an older mentor must not strip what a newer one recorded
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     schema_version: int = Field(SCHEMA_VERSION, description="format of this file; read() migrates older ones")
     kind: str | None = Field(None, description="the job kind that made the model, as the kind registry names it "

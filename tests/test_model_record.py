@@ -61,3 +61,14 @@ def test_a_written_record_reads_back_whole_and_leaves_no_temporary_file(tmp_path
                          instruction="Reply briefly.")
     record.write(tmp_path)
     assert ModelRecord.read(tmp_path) == record and [p.name for p in tmp_path.iterdir()] == [RECORD_FILE]
+
+
+def test_keys_a_newer_mentor_wrote_survive_a_rewrite(tmp_path):
+    """merge_adapter and promote rewrite a record: what they do not know is kept, not stripped."""
+    from mentor.model_record import ModelRecord
+
+    ModelRecord(kind="tune", base_model="tiny:llama").write(tmp_path)
+    raw = json.loads((tmp_path / "mentor_model.json").read_text())
+    (tmp_path / "mentor_model.json").write_text(json.dumps({**raw, "from_the_future": {"x": 1}}))
+    ModelRecord.read(tmp_path).write(tmp_path)
+    assert json.loads((tmp_path / "mentor_model.json").read_text())["from_the_future"] == {"x": 1}
