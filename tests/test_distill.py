@@ -364,7 +364,7 @@ def test_the_teacher_is_closed_when_the_job_fails_after_it_was_made(data, tmp_pa
         teacher.close = lambda: (closed.append(teacher), close())[1]
         return teacher
 
-    def load_student(cfg):
+    def load_student(cfg, **kwargs):
         raise MentorError("the student cannot be loaded")
 
     monkeypatch.setattr(recipe, "make_teacher", make_teacher)
