@@ -268,3 +268,16 @@ def test_a_sharded_job_is_not_refused_for_what_one_unsharded_copy_needs(monkeypa
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     planned = memory.plan(shape, full, "off", "random:llama-1b")
     assert any("runs sharded" in note for note in planned.notes)
+
+
+def test_a_4bit_reward_model_trains_in_fp32_too(tmp_path):
+    """Where training runs in fp32 (a CPU without native bf16, or bf16 off), TRL's cast of a quantized
+    model's trainable weights to bf16 left the score head in bf16 against fp32 hidden states: the
+    first step failed (seen on an AVX2-only CPU's path)."""
+    pytest.importorskip("bitsandbytes")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"answer {i}", "chosen": "yes", "rejected": "no"}
+                                                   for i in range(8)])
+    result = mentor.reward_model(model="tiny:llama", preference_dataset=str(pairs), output=str(tmp_path / "rm"),
+                                 reward_model_train_steps=1, batch_size=4, tuning="lora", quantization="4bit",
+                                 bf16="off")
+    assert result.steps_run == 1

@@ -67,6 +67,7 @@ def run(cfg: DPOConfig, job: Job) -> TunedModel:
     before = curves.starting_point(trainer, job, curves.DPO_METRICS, before_path.name)
     for cb in curves.callbacks(out, curves.DPO_METRICS, ["train_dpo_loss", "train_reward_margin"], "DPO", before):
         trainer.add_callback(cb)
+    setup.trainable_in_fp32_without_autocast(trainer)
     train(trainer, job, quiet=setup.known_warnings)
 
     # -- save

@@ -61,6 +61,7 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
                                    "reward model"),
             peft_config=lora_config(cfg, "SEQ_CLS") if cfg.tuning == "lora" else None,
         )
+    setup.trainable_in_fp32_without_autocast(trainer)
     train(trainer, job, quiet=setup.known_warnings)
 
     # -- save

@@ -117,6 +117,7 @@ def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     before = curves.starting_point(trainer, job, curves.RL_METRICS, before_path.name)
     for cb in curves.callbacks(out, curves.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
         trainer.add_callback(cb)
+    setup.trainable_in_fp32_without_autocast(trainer)
     train(trainer, job, quiet=setup.known_warnings)
 
     # save

@@ -64,6 +64,18 @@ def fit(cfg, rows_per_example: int, tokens: int, weight_copies: int = 0, task_ty
     return Fit(estimate, setup.checkpointing(cfg, estimate), dtype)
 
 
+def trainable_in_fp32_without_autocast(trainer) -> None:
+    """TRL's preference trainers cast a quantized model's trainable weights to bf16 (QLoRA's recipe),
+    which only computes under bf16 autocast: where training runs in fp32 (a CPU without native bf16)
+    a reward model's bf16 score head met fp32 hidden states and the step failed. There they go back
+    to fp32, before the optimizer is made."""
+    if trainer.args.bf16:
+        return
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+
+
 # what a chat template adds around a prompt and an answer, at most, in tokens
 TEMPLATE_TOKENS = 64
 
