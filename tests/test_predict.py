@@ -180,7 +180,7 @@ def test_batches_stay_whole_while_other_threads_count_tokens():
     for thread in counters:
         thread.start()
     try:
-        for _ in range(40):
+        for _ in range(20):
             assert generate(loaded, prompts, SamplingParams(max_new_tokens=2), batch_size=len(prompts)) == expected
             assert generate(loaded, ["abcdefgh"], SamplingParams(max_new_tokens=2), max_input_tokens=3) == [[truncated]]
     finally:

@@ -218,7 +218,7 @@ def test_server_and_worker_kills_resume_to_the_same_weights(tmp_path, files):
     try:
         c = srv.client()
         train = upload(c, files["train"])
-        hyper = {"batch_size": 4, "train_steps": 160, "evaluation_interval": 8, "learning_rate_multiplier": 4}
+        hyper = {"batch_size": 4, "train_steps": 64, "evaluation_interval": 8, "learning_rate_multiplier": 4}
 
         def weights(job) -> dict:
             return load_file(str(Path(job.model_extra["config"]["output"]) / "model" / "adapter_model.safetensors"))
