@@ -12,9 +12,9 @@ and reasoning first, beside the teacher.
 
 The README's time (about 7 minutes) is that of a CPU that computes bf16 natively. On one that does
 not (most laptops: AVX2 without AVX-512, so training runs in fp32) the same job takes about four
-times longer; the quickstart measures the machine's matmul speed first and, where the full job
-would train for much longer than it does on the reference machine, trains fewer steps and tests on
-fewer problems, and says so. `--steps 60 --test 60` always runs the full job.
+times longer; the quickstart first times one training pass of the job's own model and, where the
+full job would train for much longer than it does on the reference machine, trains fewer steps and
+tests on fewer problems, and says so. `--steps 60 --test 60` always runs the full job.
 """
 
 from __future__ import annotations

@@ -254,7 +254,10 @@ class PromptTemplate:
     labels: tuple[str, ...] | None = None
     instruction: str = ""
     _prefix: str = field(default="", init=False, repr=False, compare=False)
-    _fields: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # the field labels that open the exemplars' input lines ("Review:" in "Review: ...") and the
+    # built-in formats' own: a teacher that writes one after its answer is inventing the next
+    # example in this format (see `mentor.tasks.answers.cut_repeated_input`)
+    input_fields: tuple[str, ...] = field(default=(), init=False, compare=False)
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -263,7 +266,7 @@ class PromptTemplate:
             blocks.append(f"Q: {shot.input}\nA: {_sentence(shot.rationale)} {answer_sentence(self.task, shot.label)}")
         object.__setattr__(self, "_prefix", "\n\n".join(blocks) + ("\n\n" if blocks else ""))
         found = {m.group(1).strip() for shot in self.shots for m in _FIELD_LABEL.finditer(shot.input)}
-        object.__setattr__(self, "_fields", tuple(sorted(found)))
+        object.__setattr__(self, "input_fields", tuple(sorted(found)))
 
     @classmethod
     def for_task(
@@ -298,13 +301,6 @@ class PromptTemplate:
         return f"{self._prefix}Q: {text}\n{tail}"
 
     __call__ = render
-
-    @property
-    def input_fields(self) -> tuple[str, ...]:
-        """The field labels that open the exemplars' input lines ("Review:" in "Review: ...") and
-        the built-in formats' own: a teacher that writes one after its answer is inventing the next
-        example in this format (see `mentor.tasks.answers.cut_repeated_input`)."""
-        return self._fields
 
     def parse(self, completion: str, choices: list[str] | None = None, cut_off: bool = False) -> Parsed:
         """Parse a completion of this template's prompt with the matching task, labels and input
