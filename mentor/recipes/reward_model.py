@@ -37,7 +37,9 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
     fitted = setup.fit(cfg, 2, cfg.prompt_sequence_length + cfg.target_sequence_length, task_type="SEQ_CLS",
                        pairs=train_pairs + (eval_pairs or []))
-    loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length)
+    # held and quantized as the estimate says: it was loaded in fp32, unquantized, before the classifier
+    loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length,
+                                             fitted=fitted)
     tokenizer = loaded.tokenizer
     source = str(out / "start_model") if base_ref != cfg.model else loaded.source
     del loaded  # the reward model is the same weights with a score head, loaded as a classifier

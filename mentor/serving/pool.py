@@ -16,6 +16,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ class Servable:
             base = json.loads(recorded.read_text())["base_model"]
         return cls(name or ref, resolve(base), str(folder.resolve()), record)
 
-    @property
+    @cached_property  # asked on every chat request: the folder's config is read once
     def is_reward_model(self) -> bool:
         """A scorer (a sequence classifier with one output), not a language model: generating through
         its head answers nonsense. Mentor's record names its kind; a folder without one says so by its
