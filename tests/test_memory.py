@@ -197,15 +197,21 @@ def test_preference_kinds_take_the_same_switches(tmp_path, monkeypatch):
         assert "Linear4bit" in {type(m).__name__ for m in trainer.model.modules()}
 
 
-def test_compile_liger_and_sdpa_reach_the_trainer_and_the_model(tmp_path):
+def test_compile_liger_and_sdpa_reach_the_trainer_and_the_model(tmp_path, monkeypatch):
     from mentor.models import load_model
+    from mentor.training import arguments
     from mentor.training.arguments import liger_available, training_arguments
     from mentor.training.config import TuneConfig
 
     cfg = TuneConfig(model="tiny:llama", data="d", output="o", torch_compile=True)
     args = training_arguments(cfg, tmp_path, False, False)
     assert args.torch_compile and not args.activation_checkpointing
-    assert args.use_liger_kernel == liger_available()  # auto: where CUDA and liger-kernel are
+    # auto uses Liger where CUDA and liger-kernel are (as if they were here), never where they are not; off never
+    for available, setting, used in ((True, "auto", True), (False, "auto", False), (True, "off", False)):
+        monkeypatch.setattr(arguments, "liger_available", lambda available=available: available)
+        liger = TuneConfig(model="tiny:llama", data="d", output="o", liger_kernel=setting)
+        assert training_arguments(liger, tmp_path, False, False).use_liger_kernel is used, (available, setting)
+    monkeypatch.undo()
     if not liger_available():
         with pytest.raises(MentorError, match="liger_kernel on needs a CUDA GPU and the liger-kernel package"):
             training_setup.check_switches(TuneConfig(model="tiny:llama", data="d", output="o", liger_kernel="on"))
