@@ -60,3 +60,20 @@ def test_only_its_owner_names_a_folder_file():
                  for node in _code_strings(path) for name, owner in OWNED_FILES.items()
                  if path.relative_to(ROOT).as_posix() != owner and patterns[name].search(node.value)]
     assert not offenders, "\n".join(offenders)
+
+
+def test_no_route_module_imports_another():
+    """Routes are thin adapters (parse, call a service, shape the answer): what two routes share lives in
+    mentor.server.services, so a route module never imports another route module (any new one included)."""
+    routes = ROOT / "mentor" / "server" / "routes"
+    offenders = []
+    for path in sorted(routes.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                base = "." * node.level + (node.module or "")
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            if any(n.startswith(("mentor.server.routes", ".")) for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, "route modules importing route modules (move the shared code into a service):\n" + \
+        "\n".join(offenders)

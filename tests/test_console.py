@@ -269,3 +269,15 @@ def test_console_in_a_browser(server, files, browser, distilled):
     phone.close()
     context.close()
     assert not errors, errors
+
+
+def test_the_console_knows_the_servers_active_statuses():
+    """The console's set of statuses a job can still be stopped in is the server's (mentor.jobs.ACTIVE),
+    written out in JavaScript: a status added to one and not the other is caught here."""
+    import re
+
+    from mentor.jobs import ACTIVE
+
+    source = (Path(__file__).resolve().parent.parent / "mentor" / "server" / "console" / "jobs.js").read_text()
+    written = re.search(r"const ACTIVE = new Set\(\[(.*?)\]\)", source)
+    assert written and json.loads(f"[{written[1]}]") == list(ACTIVE)

@@ -418,7 +418,7 @@ def test_a_full_disk_while_a_job_is_created_is_a_507_leaving_no_half_job(service
     from sqlalchemy.orm import Session
 
     from mentor.server import scheduler
-    from mentor.server.routes import fine_tuning
+    from mentor.server.services import jobs
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
@@ -432,7 +432,7 @@ def test_a_full_disk_while_a_job_is_created_is_a_507_leaving_no_half_job(service
     jobs_before = set(service.ctx.settings.jobs_dir.iterdir())
     add_row = Session.add
     if fails == "config.yaml":
-        monkeypatch.setattr(fine_tuning, "write_job_config", full)
+        monkeypatch.setattr(jobs, "write_job_config", full)
     elif fails == "events.jsonl":
         monkeypatch.setattr(scheduler, "append_line", full)
     else:

@@ -43,6 +43,11 @@ from mentor.jobs.result import TunedModel
 log = logging.getLogger("mentor")
 
 STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+# a job's status as a service records it (OpenAI's names): the folder's states, with the queue's own
+# (validating_files, queued) and a pause the service holds between two runs of the folder
+STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
+ENDED = ("succeeded", "failed", "cancelled")
+ACTIVE = tuple(s for s in STATUSES if s not in ENDED)  # not ended: it may still run, so it may still be stopped
 CANCEL_FILE = "CANCEL"
 LOCK_FILE = ".mentor.lock"
 

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from mentor.errors import MentorError
 from mentor.jobs.config import JobConfig
 
+# what a job of a kind leaves behind: a model that generates (full weights or an adapter), a reward
+# model that scores answers and never generates, or a file of answers (no model to register)
+PRODUCTS = ("model", "reward-model", "predictions")
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -24,6 +28,11 @@ class JobKind:
     summary: str
     family: str | None = None  # a command that picks this kind by its `--method` (tune, distill)
     method: str | None = None  # this kind's name within its family
+    produces: str = "model"  # one of PRODUCTS: the server, the registry and serving ask this, never the name
+
+    def __post_init__(self):
+        if self.produces not in PRODUCTS:
+            raise ValueError(f"job kind '{self.name}' produces {self.produces!r}; one of {', '.join(PRODUCTS)}")
 
     def run_function(self) -> Callable:
         module, _, name = self.run.partition(":")
@@ -51,6 +60,13 @@ def get_kind(name: str) -> JobKind:
     if name not in _KINDS:
         raise MentorError(f"unknown job kind '{name}'; known: {', '.join(sorted(_KINDS))}")
     return _KINDS[name]
+
+
+def produces(name: str) -> str:
+    """What a job of kind `name` produces; a kind no longer registered (a model an older or a
+    plug-in kind made) made a model."""
+    kind = _KINDS.get(name)
+    return kind.produces if kind else "model"
 
 
 def family(name: str) -> dict[str, JobKind]:

@@ -30,7 +30,7 @@ register_kind(JobKind("tune", TuneConfig, "mentor.recipes.tune:run", "supervised
 register_kind(JobKind("dpo", DPOConfig, "mentor.recipes.dpo:run", "DPO: preference tuning without a reward model",
                       family="tune", method="dpo"))
 register_kind(JobKind("reward-model", RewardModelConfig, "mentor.recipes.reward_model:run",
-                      "a reward model trained on preference pairs"))
+                      "a reward model trained on preference pairs", produces="reward-model"))
 register_kind(JobKind("rlhf", RLHFConfig, "mentor.recipes.rlhf:run",
                       "RLHF: a reward model, then reinforcement learning with a KL penalty"))
 for _name, _config in DISTILL_CONFIGS.items():
@@ -40,4 +40,5 @@ for _name, _config in WHITEBOX_CONFIGS.items():
     register_kind(JobKind(_name, _config, "mentor.recipes.whitebox:run", WHITEBOX_SUMMARIES[_name], family="distill",
                           method=_name))
 register_kind(JobKind("batch", BatchConfig, "mentor.recipes.batch:run",
-                      "batch prediction: every request line of a JSONL file answered (OpenAI's batch API)"))
+                      "batch prediction: every request line of a JSONL file answered (OpenAI's batch API)",
+                      produces="predictions"))

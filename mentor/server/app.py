@@ -25,6 +25,7 @@ from mentor.server.executors import make_executor
 from mentor.server.folder_lock import lock_data_folder
 from mentor.server.routes import batches, cloud, console, files, fine_tuning, inference, jobs, models
 from mentor.server.scheduler import Scheduler
+from mentor.server.services.models import endpoints
 from mentor.server.settings import ServerSettings
 from mentor.serving.engine import Engine
 from mentor.serving.pool import ModelPool, Servable
@@ -156,6 +157,6 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
             return {"object": "list", "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "mentor",
                  "kind": "reward-model" if model.is_reward_model else "model",
-                 "endpoints": models.endpoints("reward-model" if model.is_reward_model else None)}
+                 "endpoints": endpoints("reward-model" if model.is_reward_model else "model")}
                 for name, model in served.items()]}
     return app

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mentor.jobs import JobConfig, JobKind, family, get_kind
+from mentor.jobs import JobConfig, JobKind, family, get_kind, kinds
 from mentor.jobs.config import validation_problems
 from mentor.server.db import Database
 from mentor.server.errors import bad
@@ -21,6 +21,11 @@ from mentor.server.uploads import FILE_ID, get_file
 SERVER_FIELDS = ("output", "teacher_cache", "teacher_logits_dir", "listed_models_only")
 # models a job loads: a registered name, a hub id, or a folder inside the allowed roots
 MODEL_FIELDS = ("model", "reward_model")
+# OpenAI's method types -> the kind each creates, or the family (and its default) whose `method`
+# setting picks one. A new kind reached through OpenAI's API is an entry here, its settings field in
+# MethodSpec, and its hyperparameters echoed in shapes.method_of.
+OPENAI_KINDS = {"supervised": "tune", "dpo": "dpo"}
+OPENAI_FAMILIES = {"distillation": ("distill", "step-by-step")}
 
 
 class MethodSpec(BaseModel):
@@ -182,7 +187,7 @@ def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) ->
     for name in MODEL_FIELDS:
         if out.get(name) is not None:
             out[name] = resolver.model(out[name], name)
-    if "listed_models_only" in kind.config.model_fields:  # a batch: its lines name models through `models` only
+    if kind.produces == "predictions":  # a batch: its lines name models through `models` only
         if out.get("models") is not None and not isinstance(out["models"], dict):
             raise bad("models must map the names the lines use to model references", "models")
         out["models"] = {k: resolver.model(v, f"models.{k}") for k, v in (out.get("models") or {}).items()}
@@ -206,6 +211,18 @@ def _epochs_to_steps(fields: dict[str, Any], lines: int, kind: JobKind) -> None:
     fields[steps_field] = max(1, math.ceil(epochs * lines / batch))
 
 
+def openai_method(kind_name: str) -> str | None:
+    """The OpenAI method type a job of this kind was (or would be) created by; None: mentor's own kind."""
+    for method, name in OPENAI_KINDS.items():
+        if name == kind_name:
+            return method
+    kind = kinds().get(kind_name)
+    for method, (family_name, _) in OPENAI_FAMILIES.items():
+        if kind is not None and kind.family == family_name:
+            return method
+    return None
+
+
 def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path) -> tuple[JobKind, JobConfig]:
     method = body.method or MethodSpec()
     spec = getattr(method, method.type) or {}
@@ -216,17 +233,16 @@ def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path)
     if not isinstance(inner, dict):
         raise bad("hyperparameters must be an object", f"method.{method.type}.hyperparameters")
     hyper = {**(body.hyperparameters or {}), **inner}
-    if method.type == "supervised":
-        kind = get_kind("tune")
-    elif method.type == "dpo":
-        kind = get_kind("dpo")
+    if method.type in OPENAI_KINDS:
+        kind = get_kind(OPENAI_KINDS[method.type])
     else:
-        name = spec.pop("method", "step-by-step")
-        methods = family("distill")
+        family_name, default = OPENAI_FAMILIES[method.type]
+        name = spec.pop("method", default)
+        methods = family(family_name)
         if not isinstance(name, str) or name not in methods:
-            raise bad(f"distillation method must be one of {', '.join(methods)}", "method.distillation.method")
+            raise bad(f"{method.type} method must be one of {', '.join(methods)}", f"method.{method.type}.method")
         kind = methods[name]
-    if spec and method.type != "distillation":
+    if spec and method.type not in OPENAI_FAMILIES:  # a family's kinds take their own fields here
         raise bad(f"unknown settings in method.{method.type}: {', '.join(spec)}", f"method.{method.type}")
     fields = {k: v for k, v in {**spec, **hyper}.items() if v != "auto"}
     training = get_file(resolver.db, body.training_file, "training_file")

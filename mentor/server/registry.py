@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mentor.errors import MentorError
-from mentor.jobs import TunedModel, read_result, read_state
+from mentor.jobs import ACTIVE, TunedModel, read_result, read_state
 from mentor.model_record import ModelRecord
 from mentor.server.db import Database, FileRow, JobRow, ModelRow, epoch
 
@@ -124,9 +124,6 @@ def get_model(db: Database, name: str) -> ModelRow:
 
 class ModelInUse(MentorError):
     pass
-
-
-ACTIVE = ("validating_files", "queued", "running", "paused")
 
 
 def active_jobs_naming(session, *names: str) -> list[str]:

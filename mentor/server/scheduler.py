@@ -16,7 +16,7 @@ from sqlalchemy.orm import object_session
 
 from mentor.errors import DamagedJobFile
 from mentor.files import append_line
-from mentor.jobs import read_result, read_state
+from mentor.jobs import produces, read_result, read_state
 from mentor.jobs.lifecycle import CANCEL_FILE, process_gone
 from mentor.server import registry
 from mentor.server.db import Database, JobRow, now
@@ -155,7 +155,7 @@ class Scheduler:
         state = read_state(job.folder)
         outcome = state.get("state")
         job.executor_ref = None
-        if outcome == "succeeded" and job.kind == "batch":  # its answers and bad lines, as files
+        if outcome == "succeeded" and produces(job.kind) == "predictions":  # its answers and bad lines, as files
             job.status, job.finished_at = "succeeded", now()
             job.request = {**job.request, "result": self._batch_files(job)}
         elif outcome == "succeeded":

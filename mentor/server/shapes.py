@@ -11,6 +11,7 @@ from pathlib import Path
 from mentor.jobs import read_events, read_state
 from mentor.jobs.lifecycle import process_gone
 from mentor.server.db import JobRow, epoch
+from mentor.server.job_requests import openai_method
 from mentor.server.scheduler import after_worker_death, worker_gone
 
 CLOUD_STATES = {"validating_files": "JOB_STATE_PENDING", "queued": "JOB_STATE_QUEUED", "running": "JOB_STATE_RUNNING",
@@ -32,10 +33,12 @@ def _ts(text: str | None) -> int | None:
 def method_of(job: JobRow) -> dict:
     cfg = job.config
     hyper = {k: cfg.get(k) for k in ("batch_size", "learning_rate_multiplier", "train_steps") if k in cfg}
-    if job.kind == "tune":
+    method = openai_method(job.kind)
+    if method == "supervised":
         return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
-    if job.kind == "dpo":
+    if method == "dpo":
         return {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": cfg.get("beta")}}}
+    # distillation, and (as before) mentor's own kinds, which OpenAI's method types do not name
     return {"type": "distillation", "distillation": {"method": job.kind, "teacher": cfg.get("teacher"),
                                                      "hyperparameters": hyper}}
 

@@ -4,7 +4,10 @@
 import { get, poll, post } from "./api.js";
 import { badge, duration, errorBox, h, lineChart, now, number, pollAlert, progressBar, when } from "./ui.js";
 
-const ACTIVE = new Set(["validating_files", "queued", "running"]);
+// the server's active statuses (mentor.jobs.ACTIVE): not ended, so a job can still be cancelled;
+// a paused one is not under way (nothing runs, no time remains to show)
+const ACTIVE = new Set(["validating_files", "queued", "running", "paused"]);
+const underWay = (job) => ACTIVE.has(job.status) && job.status !== "paused";
 const POLL_MS = 2000;
 
 function elapsed(job) {
@@ -34,7 +37,7 @@ export function jobsList(root) {
       h("td", {}, badge(job.status)),
       h("td", {}, progressBar(job.progress.step || 0, job.progress.total_steps)),
       h("td", {}, duration(elapsed(job))),
-      h("td", {}, ACTIVE.has(job.status) ? duration(remaining(job)) : "–"))));
+      h("td", {}, underWay(job) ? duration(remaining(job)) : "–"))));
     if (!page.data.length) {
       body.replaceChildren(h("tr", {}, h("td", { colspan: 7 }, "No jobs yet: ", h("a", { href: "#/new" }, "create one"), ".")));
     }
@@ -107,9 +110,9 @@ export function jobPage(root, jobId) {
     if (job.status !== lastStatus) {
       lastStatus = job.status;
       actions.replaceChildren(...[
-        ACTIVE.has(job.status) && act("Pause", "pause"),
+        underWay(job) && act("Pause", "pause"),
         job.status === "paused" && act("Resume", "resume"),
-        (ACTIVE.has(job.status) || job.status === "paused") && act("Cancel", "cancel", "danger"),
+        ACTIVE.has(job.status) && act("Cancel", "cancel", "danger"),
         h("a", { class: "button secondary", href: `#/new/${job.kind}?clone=${job.id}` }, "Clone this job"),
       ].filter(Boolean));
     }
@@ -121,7 +124,7 @@ export function jobPage(root, jobId) {
       h("dt", {}, "Progress"), h("dd", {}, progressBar(step, job.progress.total_steps)),
       h("dt", {}, "Created"), h("dd", {}, when(job.created_at)),
       h("dt", {}, "Elapsed"), h("dd", {}, duration(elapsed(job))),
-      h("dt", {}, "Remaining"), h("dd", {}, ACTIVE.has(job.status) ? duration(remaining(job)) : "–"),
+      h("dt", {}, "Remaining"), h("dd", {}, underWay(job) ? duration(remaining(job)) : "–"),
       h("dt", {}, "Training data"), h("dd", { class: "wrap" }, job.training_file || job.config.data || "–"),
     );
     const best = eventPage.data.find((e) => e.data.event === "best_checkpoint");
@@ -146,7 +149,7 @@ export function jobPage(root, jobId) {
     else charts.querySelector(":scope > p.muted")?.remove();
     events.replaceChildren(...eventPage.data.map((e) => h("li", { class: `level-${e.level}`, dataset: { event: e.data.event } },
       h("time", {}, when(e.created_at)), " ", h("span", { class: "event-type" }, e.data.event), " ", e.message)));
-    return ACTIVE.has(job.status) || job.status === "paused";
+    return ACTIVE.has(job.status);
   }
 
   const stop = poll(refresh, POLL_MS, alert.show);

@@ -14,12 +14,10 @@ import dataclasses
 import itertools
 import json
 import logging
-import re
 import secrets
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from anyio import from_thread
 from fastapi import APIRouter, Request
@@ -28,8 +26,8 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from mentor.errors import MentorError
-from mentor.server import registry
-from mentor.server.errors import ApiError, bad, not_found
+from mentor.server.errors import ApiError, bad
+from mentor.server.services.models import servable
 from mentor.serving.engine import Ticket
 from mentor.serving.generate import SamplingParams
 from mentor.serving.openai_api import (
@@ -43,48 +41,11 @@ from mentor.serving.openai_api import (
     text_messages,
 )
 from mentor.serving.openai_api import usage as _usage
-from mentor.serving.pool import Servable
 from mentor.serving.predict import Predictor, reward_model_refusal
 
 log = logging.getLogger("mentor")
 router = APIRouter()
 DISCONNECT_POLL_SECONDS = 0.5
-CHECKPOINT = re.compile(r"^(?P<name>.+):ckpt-step-(?P<step>\d+)$")
-
-
-def servable(ctx, name: str) -> Servable:
-    """What a `model` field names, or a 404 naming it."""
-    if ctx.served:  # `mentor serve`: the models it was given, nothing else
-        if name not in ctx.served:
-            raise not_found("model", name[:200], "model")
-        return ctx.served[name]
-    if not registry.NAME_PATTERN.match(name):
-        raise not_found("model", name[:80], "model")
-    try:
-        row = registry.get_model(ctx.db, name)
-        return Servable.of(row.path, name=name)
-    except registry.UnknownModel:
-        pass
-    if match := CHECKPOINT.match(name):  # a checkpoint the job kept, not promoted
-        try:
-            row = registry.get_model(ctx.db, match["name"])
-        except registry.UnknownModel:
-            raise not_found("model", name, "model") from None
-        from mentor.training.checkpoints import checkpoint_complete
-
-        folder = Path(row.job_folder) / "checkpoints" / f"checkpoint-{match['step']}"
-        if not folder.is_dir() or not checkpoint_complete(folder):  # a kill can leave one half-written
-            raise not_found("model", name, "model")
-        own = Servable.of(row.path)
-        if own.adapter:  # a LoRA model's checkpoint is an adapter on the same base
-            return Servable(name, own.base, str(folder.resolve()), own.record)
-        return Servable(name, str(folder.resolve()), None, own.record)  # a full model's is a whole model
-    if name.startswith(("/", ".", "~")) or name.startswith("ft:"):
-        raise not_found("model", name, "model")
-    try:
-        return Servable.of(name)
-    except MentorError:
-        raise not_found("model", name, "model") from None
 
 
 def prompter(ctx, name: str) -> Predictor:

@@ -9,12 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from mentor.jobs import get_kind, kinds
+from mentor.jobs import kinds
 from mentor.server import shapes
-from mentor.server.errors import bad
-from mentor.server.job_requests import SERVER_FIELDS, Resolver, resolve_fields, validate_config
-from mentor.server.routes.fine_tuning import create_job, get_job
-from mentor.server.uploads import FILE_ID, new_id
+from mentor.server.job_requests import SERVER_FIELDS
+from mentor.server.services import jobs
 
 router = APIRouter()
 
@@ -51,29 +49,13 @@ class CreateJob(BaseModel):
 @router.post("/v1/mentor/jobs")
 def create(request: Request, body: CreateJob) -> dict:
     ctx = request.app.state.ctx
-    if body.kind not in kinds():
-        raise bad(f"unknown job kind '{body.kind}'; kinds: {', '.join(kinds())}", "kind", "unknown_kind")
-    kind = get_kind(body.kind)
-    job_id = new_id("ftjob")
-    fields = {k: v for k, v in body.config.items() if v is not None and v != ""}
-    cfg = validate_config(kind, {**resolve_fields(kind, fields, Resolver(ctx.db, ctx.settings)),
-                                 "output": str(ctx.settings.jobs_dir / job_id)})
-    # the uploads by role, not by position: an RLHF job given a trained reward model reads its prompts
-    # (its third input) and no preference pairs (its first); every role is in the model's lineage
-    uploads = {name: fields[name] for name in kind.config.input_fields
-               if isinstance(fields.get(name), str) and FILE_ID.match(fields[name])}
-    evaluation = [name for name in uploads if name.startswith(("eval", "validation"))]
-    training = [name for name in uploads if name not in evaluation and name not in ("test_data", "prompt_examples")]
-    row = create_job(ctx, kind, cfg, base_model=str(getattr(cfg, "model", "") or ""),
-                     training_file=uploads[training[0]] if training else None,
-                     validation_file=uploads[evaluation[0]] if evaluation else None,
-                     suffix=body.suffix, metadata=None, request=body.model_dump(mode="json", exclude_none=True),
-                     api="mentor", job_id=job_id, display_name=body.display_name)
+    row = jobs.create_of_kind(ctx, body.kind, body.config, suffix=body.suffix, display_name=body.display_name,
+                              request=body.model_dump(mode="json", exclude_none=True))
     return shapes.job_object(row, ctx.settings)
 
 
 @router.get("/v1/mentor/jobs/{job_id}/metrics")
 def metrics(request: Request, job_id: str) -> dict:
     """Every logged metric row (step and values), oldest first: the job's curves as they grow."""
-    job = get_job(request.app.state.ctx, job_id)
+    job = jobs.get(request.app.state.ctx, job_id)
     return {"object": "list", "job_id": job.id, "data": shapes.metric_rows(job)}

@@ -10,32 +10,17 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from mentor.errors import MentorError
-from mentor.model_record import REWARD_MODEL
 from mentor.server import registry
 from mentor.server.db import epoch
-from mentor.server.errors import ApiError, bad, not_found
+from mentor.server.errors import bad, not_found
+from mentor.server.services import models
 
 router = APIRouter()
 
 
-def base_models() -> list[str]:
-    from mentor.models.resolve import ALIASES
-
-    return sorted(ALIASES)
-
-
-GENERATES = ["/v1/chat/completions", "/v1/completions"]
-SCORES = ["/v1/mentor/score"]
-
-
-def endpoints(kind: str | None) -> list[str]:
-    """What a model answers: a reward model scores answers and never generates."""
-    return SCORES if kind == REWARD_MODEL else GENERATES
-
-
 def _model_object(model_id: str, created: int | None, owner: str, **extra) -> dict:
     return {**extra, "id": model_id, "object": "model", "created": created or 0, "owned_by": owner,
-            "endpoints": endpoints(extra.get("kind"))}
+            "endpoints": models.endpoints_of_kind(extra.get("kind"))}
 
 
 def _check_name(name: str) -> None:
@@ -47,7 +32,7 @@ def _check_name(name: str) -> None:
 def list_models(request: Request, base_model: str | None = Query(None, max_length=512)) -> dict:
     ctx = request.app.state.ctx
     tuned = registry.list_models(ctx.db, base_model)
-    bases = [] if base_model else sorted({*base_models(), *(m.base_model for m in tuned)})
+    bases = [] if base_model else sorted({*models.base_models(), *(m.base_model for m in tuned)})
     data = [_model_object(b, None, "mentor:base") for b in bases]
     data += [_model_object(m.name, epoch(m.created_at), "mentor", base_model=m.base_model, kind=m.kind,
                            job_id=m.job_id) for m in tuned]
@@ -76,7 +61,7 @@ def promote(request: Request, body: Promote) -> dict:
 def retrieve(request: Request, name: str) -> dict:
     _check_name(name)
     ctx = request.app.state.ctx
-    if not name.startswith("ft:") and name in base_models():
+    if not name.startswith("ft:") and name in models.base_models():
         return _model_object(name, None, "mentor:base")
     try:
         lineage = registry.lineage(ctx.db, name)
@@ -88,23 +73,8 @@ def retrieve(request: Request, name: str) -> dict:
 @router.delete("/v1/models/{name:path}")
 def delete(request: Request, name: str) -> dict:
     _check_name(name)
-    ctx = request.app.state.ctx
-    try:
-        removed = registry.delete_model(ctx.db, name)
-    except registry.UnknownModel:
-        raise not_found("model", name, "model") from None
-    except registry.ModelInUse as err:
-        raise ApiError(409, str(err), "model", "model_in_use") from None
-    for folder in removed:  # its weights leave memory with its files (also its kept checkpoints')
-        ctx.pool.unload(folder)
-        with ctx.scorers_lock:
-            for path in [p for p in ctx.scorers if _inside(Path(p), folder)]:
-                del ctx.scorers[path]
+    models.delete(request.app.state.ctx, name)
     return {"id": name, "object": "model", "deleted": True}
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
 
 
 def _registered(request: Request, name: str):
