@@ -150,7 +150,7 @@ def test_a_new_whitebox_method_is_one_file_and_one_registration(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", shift_task(16, 0))
     result = mentor.run("first-token", model="tiny:llama", teacher="tiny:llama", data=str(data),
                         output=str(tmp_path / "o"), train_steps=2, batch_size=4)
-    assert result.method == "distill-first-token" and result.steps_run == 2
+    assert result.method == "first-token" and result.steps_run == 2
     assert read_state(tmp_path / "o")["state"] == "succeeded"
 
 

@@ -400,7 +400,7 @@ def test_dpo_from_tune_command_line_with_lora(task, tmp_path):
     assert kind.name == "dpo"
     assert cli_main(argv) == 0
     result = json.loads((job / "result.json").read_text())
-    assert result["method"] == "dpo (lora)" and (job / "model" / "adapter_config.json").exists()
+    assert (result["method"], result["tuning"]) == ("dpo", "lora") and (job / "model" / "adapter_config.json").exists()
     yaml_job = tmp_path / "job.yaml"
     yaml_job.write_text(f"model: {task['start']}\nmethod: dpo\ntuning: full\n")
     argv = ["tune", "--config", str(yaml_job), "--data", "d", "--output", "o"]

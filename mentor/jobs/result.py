@@ -17,12 +17,19 @@ class TunedModel:
     output: str
     model_path: str
     base_model: str
-    method: str
+    method: str  # the job kind that made it ('tune', 'dpo', 'reward-model', 'logit', ...), as every kind
+    # says it; results written before said it in words of their own ('supervised (lora)', 'distill-logit')
     best_step: int | None
     steps_run: int
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     kind: str | None = None
+    tuning: str | None = None  # 'full' or 'lora'; None for a job that trains nothing (a batch)
+
+    @property
+    def described(self) -> str:
+        """The method as people read it: 'dpo (lora)'."""
+        return f"{self.method} ({self.tuning})" if self.tuning else self.method
 
     def predict(self, prompts: list[str] | str, **kwargs) -> list[str] | str:
         from mentor.serving.predict import Predictor
@@ -30,7 +37,7 @@ class TunedModel:
         return Predictor(self.model_path).predict(prompts, **kwargs)
 
     def summary(self) -> str:
-        lines = [f"model: {self.model_path}  ({self.method} on {self.base_model})",
+        lines = [f"model: {self.model_path}  ({self.described} on {self.base_model})",
                  f"steps run: {self.steps_run}" + (f", best eval step: {self.best_step}" if self.best_step else "")]
         lines += [f"  {k}: {_shown(k, v)}" for k, v in self.metrics.items()]
         if (seconds := (self.extra or {}).get("seconds")) is not None:

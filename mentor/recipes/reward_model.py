@@ -11,7 +11,6 @@ save:  the reward model as one plain folder (a LoRA adapter is merged, so anythi
 from __future__ import annotations
 
 import logging
-import shutil
 
 from datasets import Dataset
 from transformers import set_seed
@@ -20,20 +19,28 @@ from mentor.jobs import Job, TunedModel
 from mentor.model_record import ModelRecord
 from mentor.rlhf import curves, setup
 from mentor.rlhf.config import RewardModelConfig
-from mentor.rlhf.reward import distinct_pad_token, load_classifier, pair_rows, plot, write_card
+from mentor.rlhf.render import Renderer
+from mentor.rlhf.reward import card, distinct_pad_token, load_classifier, pair_rows, plot
 from mentor.training import arguments
 from mentor.training.lora import lora_config
-from mentor.training.outputs import save_trained
+from mentor.training.outputs import finish
 from mentor.training.run import checkpoints_of, train
 
 log = logging.getLogger("mentor")
 
 
 def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
+    trainer, renderer, fitted = prepare(cfg, job)
+    train(trainer, job, quiet=setup.known_warnings)
+    return save(cfg, job, trainer, renderer, fitted)
+
+
+def prepare(cfg: RewardModelConfig, job: Job) -> tuple[object, Renderer, setup.Fit]:
+    """The pairs validated and rendered, the classifier loaded with a new score head, the trainer built."""
     from trl import RewardConfig, RewardTrainer
 
     out = job.folder
-    # -- setup: every data problem surfaces before any model is loaded
+    # every data problem surfaces before any model is loaded
     train_pairs, eval_pairs = setup.load_pairs(cfg, cfg.preference_dataset, cfg.eval_dataset)
     fitted = setup.fit(cfg, 2, cfg.prompt_sequence_length + cfg.target_sequence_length, task_type="SEQ_CLS",
                        pairs=train_pairs + (eval_pairs or []))
@@ -51,7 +58,6 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
     log.info("reward model data: %s", renderer.summary())
 
-    # -- train
     args = arguments.training_arguments(
         cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RewardConfig,
         steps=cfg.reward_model_train_steps, max_length=None, center_rewards_coefficient=0.01,
@@ -59,33 +65,25 @@ def run(cfg: RewardModelConfig, job: Job) -> TunedModel:
     with setup.known_warnings():
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-            callbacks=curves.callbacks(out, curves.REWARD_MODEL_METRICS, ["train_reward_model_loss", "train_reward_model_accuracy"],
-                                   "reward model"),
+            callbacks=curves.callbacks(out, curves.REWARD_MODEL_METRICS,
+                                       ["train_reward_model_loss", "train_reward_model_accuracy"], "reward model"),
             peft_config=lora_config(cfg, "SEQ_CLS") if cfg.tuning == "lora" else None,
         )
     setup.trainable_in_fp32_without_autocast(trainer)
-    train(trainer, job, quiet=setup.known_warnings)
+    return trainer, renderer, fitted
 
-    # -- save
-    metrics = {**curves.final_eval(trainer, curves.REWARD_MODEL_METRICS), **curves.last_train_metrics(trainer, curves.REWARD_MODEL_METRICS)}
-    model_dir = out / "model"
-    method = f"reward-model ({cfg.tuning})"
-    record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
-                         use_chat_template=renderer.use_chat_template, instruction=cfg.instruction,
+
+def save(cfg: RewardModelConfig, job: Job, trainer, renderer: Renderer, fitted: setup.Fit) -> TunedModel:
+    """The reward model as one self-contained folder (the kind produces a reward model: `finish` merges
+    a LoRA adapter into it), with what `RewardModel` needs to score texts as it was trained to."""
+    out = job.folder
+    record = ModelRecord(use_chat_template=renderer.use_chat_template, instruction=cfg.instruction,
                          prompt_sequence_length=renderer.max_prompt_tokens,
                          target_sequence_length=renderer.max_answer_tokens)
-    save_trained(trainer, model_dir, record, merge=cfg.tuning == "lora")
-    result = TunedModel(
-        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
-        best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
-        extra={"seconds": round(job.train_seconds, 1), "truncated": renderer.counts, "memory": fitted.record()},
-    )
-    if job.main:
-        plot(out, result.method, cfg.model)
-        write_card(job, result)
-        job.on_success(lambda: shutil.rmtree(checkpoints_of(job), ignore_errors=True))
-        # the reward model folder is self-contained
-        job.on_success(lambda: shutil.rmtree(out / "start_model", ignore_errors=True))
-        log.info("reward model done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
-                 out / "curves.png", out / "tensorboard")
-    return result
+    metrics = {**curves.final_eval(trainer, curves.REWARD_MODEL_METRICS),
+               **curves.last_train_metrics(trainer, curves.REWARD_MODEL_METRICS)}
+    reward_card, notes = card(cfg, out)
+    return finish(job, trainer, record, metrics=metrics, notes=notes, card=reward_card,
+                  extra={"truncated": renderer.counts, "memory": fitted.record()},
+                  plot=lambda result: plot(out, result.described, cfg.model),
+                  temporary=(out / "start_model",))  # the starting model merged from an adapter, not needed now

@@ -9,14 +9,14 @@ stage 2: TRL's RLOOTrainer. For each prompt it samples `num_generations` answers
          leave-one-out mean of the other answers' rewards is the baseline. LoRA or full;
          resumable from checkpoints; mean reward, KL and policy loss are logged every step and
          on held-out prompts at every evaluation (and before the first step).
-save:    the policy in OUTPUT/model like a tuned model (`mentor predict OUTPUT ...` works).
+save:    the policy in OUTPUT/model like a tuned model (`mentor predict OUTPUT ...` works), through
+         the end every kind shares (training.outputs.finish).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from datasets import Dataset
@@ -24,7 +24,7 @@ from datasets import Dataset
 from mentor import jobs
 from mentor.jobs import Job, TunedModel
 from mentor.model_record import ModelRecord
-from mentor.rlhf import curves, setup
+from mentor.rlhf import curves, policy, setup
 from mentor.rlhf import reward as rm
 from mentor.rlhf.config import RLHFConfig
 from mentor.rlhf.data import Prompt, load_preferences, load_prompts
@@ -32,10 +32,11 @@ from mentor.rlhf.render import Renderer
 from mentor.serving.generate import eos_ids
 from mentor.training import arguments
 from mentor.training.lora import lora_config
-from mentor.training.outputs import model_card, save_trained
+from mentor.training.outputs import Before, finish
 from mentor.training.run import checkpoints_of, train
 
 log = logging.getLogger("mentor")
+BEFORE = "before_rl.json"  # the held-out metrics before the first step, kept until the job succeeds
 
 
 class RewardFunction:
@@ -61,101 +62,96 @@ def prompt_rows(prompts: list[Prompt], renderer: Renderer) -> list[dict]:
 
 def run(cfg: RLHFConfig, job: Job) -> TunedModel:
     """Reward model (or a given one), then RL with a KL penalty; rerunning the same job resumes it."""
-    from trl import RLOOConfig, RLOOTrainer
-
-    out = job.folder
-
-    # setup: every data file is validated before the first step of either stage
+    # every data file is validated before the first step of either stage
     prompts = load_prompts(cfg.prompt_dataset, cfg.max_examples)
     eval_prompts = load_prompts(cfg.eval_prompt_dataset, cfg.max_examples) if cfg.eval_prompt_dataset else None
+    reward_path, reward_result = reward_stage(cfg, job)
+    log.info("stage 2 of 2: reinforcement learning against the reward model")
+    job.event("stage", "stage 2 of 2: reinforcement learning", stage="reinforcement-learning")
+    prep = prepare(cfg, job, prompts, eval_prompts, reward_path)
+    train(prep.trainer, job, quiet=setup.known_warnings)
+    return save(cfg, job, prep, reward_path, reward_result)
+
+
+def reward_stage(cfg: RLHFConfig, job: Job) -> tuple[str, TunedModel | None]:
+    """Stage 1: the reward model given (a folder or a hub id), or one trained as a job of its own in
+    OUTPUT/reward_model. Returns its path and, when trained here, its result."""
     if cfg.reward_model:
         if unused := cfg.unused_reward_fields():  # rerunning a whole job with --reward-model is the usual way
             log.warning("reward_model is given, so the reward-model stage is skipped; not used: %s",
                         ", ".join(unused))
         folder = rm.reward_model_folder(cfg.reward_model)[0]
-        reward_path = str(folder.resolve()) if folder.exists() else str(folder)  # a folder, or a hub id
-        reward_result = None
-    else:
-        load_preferences(cfg.preference_dataset, cfg.max_examples)
-        if cfg.eval_dataset:
-            load_preferences(cfg.eval_dataset, cfg.max_examples)
-        log.info("stage 1 of 2: reward model")
-        job.event("stage", "stage 1 of 2: reward model", stage="reward-model", folder=str(out / "reward_model"))
-        # a stage of this job: a cancel of this job (its CANCEL file) stops the stage's training too
-        reward_result = jobs.run("reward-model", cfg.reward_model_config(str(out / "reward_model")), parent=job)
-        reward_path = str(Path(reward_result.model_path).resolve())
+        return (str(folder.resolve()) if folder.exists() else str(folder)), None
+    load_preferences(cfg.preference_dataset, cfg.max_examples)
+    if cfg.eval_dataset:
+        load_preferences(cfg.eval_dataset, cfg.max_examples)
+    log.info("stage 1 of 2: reward model")
+    job.event("stage", "stage 1 of 2: reward model", stage="reward-model", folder=str(job.folder / "reward_model"))
+    # a stage of this job: a cancel of this job (its CANCEL file) stops the stage's training too
+    result = jobs.run("reward-model", cfg.reward_model_config(str(job.folder / "reward_model")), parent=job)
+    return str(Path(result.model_path).resolve()), result
 
-    log.info("stage 2 of 2: reinforcement learning against the reward model")
-    job.event("stage", "stage 2 of 2: reinforcement learning", stage="reinforcement-learning")
+
+def prepare(cfg: RLHFConfig, job: Job, prompts: list[Prompt], eval_prompts: list[Prompt] | None,
+            reward_path: str) -> policy.Prepared:
+    """Stage 2's policy loaded, its prompts rendered, the reward function, the trainer and the start measured."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    out = job.folder
     # beside the policy: the reward model, and with full tuning a frozen reference copy
     fitted = setup.fit(cfg, cfg.num_generations, cfg.prompt_sequence_length + cfg.target_sequence_length,
                        weight_copies=1 + int(cfg.tuning == "full"))
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.prompt_sequence_length, cfg.target_sequence_length,
                                              fitted=fitted)
-    tokenizer = loaded.tokenizer
     train_ds = Dataset.from_list(prompt_rows(prompts, renderer))
     eval_ds = Dataset.from_list(prompt_rows(eval_prompts, renderer)) if eval_prompts else None
     log.info("prompts: %s", renderer.summary())
-    reward_fn = RewardFunction(rm.RewardModel(reward_path), sorted(eos_ids(tokenizer, loaded.model)))
-
-    completions_per_step = cfg.batch_size * cfg.num_generations
+    reward_fn = RewardFunction(rm.RewardModel(reward_path), sorted(eos_ids(loaded.tokenizer, loaded.model)))
     args = arguments.training_arguments(
         cfg, checkpoints_of(job), eval_ds is not None, arguments.use_bf16(cfg.bf16), RLOOConfig,
         steps=cfg.reinforcement_learning_train_steps,
-        batch_size=completions_per_step,
+        batch_size=cfg.batch_size * cfg.num_generations,  # completions per step
         num_generations=cfg.num_generations, max_completion_length=renderer.max_answer_tokens, beta=cfg.kl_coeff,
         temperature=cfg.temperature, steps_per_generation=1, num_iterations=1, log_completions=False,
         checkpointing=fitted.checkpointing,
     )
-    before_path = out / "before_rl.json"
     with setup.known_warnings():
         trainer = RLOOTrainer(
             model=loaded.model, reward_funcs=reward_fn, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-            processing_class=tokenizer,
+            processing_class=loaded.tokenizer,
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
-    before = curves.starting_point(trainer, job, curves.RL_METRICS, before_path.name)
-    for cb in curves.callbacks(out, curves.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning", before):
+    before = curves.starting_point(trainer, job, curves.RL_METRICS, BEFORE)
+    for cb in curves.callbacks(out, curves.RL_METRICS, ["train_mean_reward", "train_kl"], "reinforcement learning",
+                               before):
         trainer.add_callback(cb)
     setup.trainable_in_fp32_without_autocast(trainer)
-    train(trainer, job, quiet=setup.known_warnings)
+    return policy.Prepared(trainer, renderer, base_ref, fitted, before)
 
-    # save
-    metrics = {**curves.final_eval(trainer, curves.RL_METRICS), **curves.last_train_metrics(trainer, curves.RL_METRICS)}
-    model_dir = out / "model"
-    method = f"rlhf ({cfg.tuning})"
-    record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
-                         use_chat_template=renderer.use_chat_template, prompt_format=renderer.prompt_format,
+
+def save(cfg: RLHFConfig, job: Job, prep: policy.Prepared, reward_path: str,
+         reward_result: TunedModel | None) -> TunedModel:
+    """The policy saved like a tuned model (`mentor predict OUTPUT ...` works), with both stages' curves."""
+    out, trainer, renderer = job.folder, prep.trainer, prep.renderer
+    record = ModelRecord(use_chat_template=renderer.use_chat_template, prompt_format=renderer.prompt_format,
                          is_seq2seq=False, max_input_tokens=renderer.max_prompt_tokens, instruction=cfg.instruction,
                          reward_model=reward_path)
-    save_trained(trainer, model_dir, record)
-    result = TunedModel(
-        output=str(out), model_path=str(model_dir), base_model=cfg.model, method=method,
-        best_step=None, steps_run=trainer.state.global_step, metrics=metrics,
-        extra={"seconds": round(job.train_seconds, 1), "reward_model": reward_path,
-               "reward_model_metrics": reward_result.metrics if reward_result else None,
-               "before": before, "truncated": renderer.counts, "memory": fitted.record()},
-    )
-    if not job.main:
-        return result
-    setup.finish_policy(cfg, out, model_dir, base_ref)
-    plot(out, result.method, cfg.model)
-    rm_accuracy = (reward_result.metrics if reward_result else {}).get("eval_reward_model_accuracy")
+    metrics = {**curves.final_eval(trainer, curves.RL_METRICS), **curves.last_train_metrics(trainer, curves.RL_METRICS)}
+    rm_metrics = reward_result.metrics if reward_result else None
+    rm_accuracy = (rm_metrics or {}).get("eval_reward_model_accuracy")
     notes = [f"reward model: `{reward_path}`" + (f" (held-out pairwise accuracy {rm_accuracy:.4f})"
                                                    if rm_accuracy is not None else ""),
              f"KL penalty coefficient (kl_coeff): {cfg.kl_coeff}; {cfg.num_generations} answers sampled per prompt "
-             f"at temperature {cfg.temperature}; RLOO (TRL)"]
-    if cfg.instruction:
-        notes.append(f"every prompt was prefixed with the instruction {cfg.instruction!r}: prefix it when predicting")
-    if before:
-        notes.append("before RL, on held-out prompts: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    model_card(job, result, notes)
-    job.on_success(lambda: shutil.rmtree(checkpoints_of(job), ignore_errors=True))
-    job.on_success(lambda: before_path.unlink(missing_ok=True))
-    lines = [f"  {k}: {before[k]:.4f} -> {metrics[k]:.4f}" for k in ("eval_mean_reward", "eval_kl") if k in before and k in metrics]
-    log.info("done\n%s%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
-             "\non held-out prompts, before -> after:\n" + "\n".join(lines) if lines else "", out / "curves.png", out)
-    return result
+             f"at temperature {cfg.temperature}; RLOO (TRL)", *policy.notes(cfg, prep.before, "RL",
+                                                                                  "held-out prompts")]
+    return finish(
+        job, trainer, record, metrics=metrics,
+        extra={"reward_model": reward_path, "reward_model_metrics": rm_metrics, "before": prep.before,
+               "truncated": renderer.counts, "memory": prep.fitted.record()},
+        notes=notes, plot=lambda result: plot(out, result.described, cfg.model), temporary=(out / BEFORE,),
+        after_save=lambda model_dir: setup.finish_policy(cfg, out, model_dir, prep.base_ref),
+        before=Before("held-out prompts", prep.before, ("eval_mean_reward", "eval_kl")),
+        tensorboard=out)  # the reward model's stage logs in reward_model/tensorboard
 
 
 def plot(out: Path, method: str, model: str) -> None:

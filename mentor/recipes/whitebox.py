@@ -135,8 +135,7 @@ def run(cfg: WhiteboxConfig, job: Job) -> TunedModel:
         notes.append("evaluation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in start.items()))
     if prep.vocab.cropped:
         notes.append(f"vocabulary: logits cropped to {prep.vocab.width} columns (padding rows of the output matrices)")
-    return save_tuned(job, prep.trainer, prep.student, prep.enc_stats, method=f"distill-{cfg.method}", extra=extra,
-                      notes=notes)
+    return save_tuned(job, prep.trainer, prep.student, prep.enc_stats, extra=extra, notes=notes)
 
 
 def _step0_eval(out: Path) -> dict:

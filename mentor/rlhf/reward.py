@@ -10,15 +10,13 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from mentor.errors import MentorError
-from mentor.files import atomic_write
-from mentor.jobs import Job, TunedModel
 from mentor.model_record import ModelRecord
 from mentor.models import resolve
 from mentor.models.resolve import prepare_tokenizer
 from mentor.rlhf import curves
 from mentor.rlhf.data import PreferencePair, Prompt, load_preferences
 from mentor.rlhf.render import Renderer
-from mentor.training.outputs import card_body
+from mentor.training.outputs import Card
 
 log = logging.getLogger("mentor")
 
@@ -93,23 +91,18 @@ def plot(out: Path, method: str, model: str) -> None:
     curves.plot_panels(panels(out / "metrics.jsonl"), out / "curves.png", title=f"{method} on {model}")
 
 
-def write_card(job: Job, result: TunedModel) -> None:
-    cfg, out = job.config, job.folder
-    text = f"""# Reward model on {result.base_model}
-
-Made by mentor: `{result.base_model}` with a scalar head, trained on preference pairs with the
+def card(cfg, out: Path) -> tuple[Card, list[str]]:
+    """A reward model's card: what it is and how to use it (it scores, it never generates), and its notes."""
+    intro = f"""Made by mentor: `{cfg.model}` with a scalar head, trained on preference pairs with the
 pairwise loss -log sigmoid(r(chosen) - r(rejected)). Higher scores mean preferred answers.
 
-Use it: `mentor.rlhf.RewardModel("{result.output}").score(prompts, answers)`, or reuse it for
-reinforcement learning with `mentor rlhf --reward-model {result.output} ...`. The folder
-`{result.model_path}` is a plain sequence-classification model (one label).
-
-- tuning: {cfg.tuning}{" (the LoRA adapter is merged into the saved model)" if cfg.tuning == "lora" else ""}
-- steps run: {result.steps_run}
-- instruction prepended to prompts: {cfg.instruction!r}
-
-{card_body(result, cfg.model_dump(), job.state.get("inputs", {}))}"""
-    atomic_write(out / "README.md", text)
+Use it: `mentor.rlhf.RewardModel("{out}").score(prompts, answers)`, or reuse it for
+reinforcement learning with `mentor rlhf --reward-model {out} ...`. The folder
+`{out / "model"}` is a plain sequence-classification model (one label)."""
+    notes = [f"instruction prepended to prompts: {cfg.instruction!r}"]
+    if cfg.tuning == "lora":
+        notes.append("the LoRA adapter is merged into the saved model")
+    return Card(title=f"Reward model on {cfg.model}", intro=intro), notes
 
 
 class RewardModel:

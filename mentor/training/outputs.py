@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mentor.files import atomic_folder, atomic_write
-from mentor.jobs import Job, TunedModel
+from mentor.jobs import Job, TunedModel, produces
 from mentor.model_record import ModelRecord
 from mentor.training.plots import plot_curves
 
@@ -116,13 +118,13 @@ def model_card(job: Job, result: TunedModel, notes: list[str], title: str | None
     """README.md of the job folder: what the model is, how it was made, how to use it."""
     intro = intro or (f"Made by mentor. Load it with `mentor predict {result.output} \"your input\"` or "
                       f"`mentor.serving.Predictor(\"{result.output}\")`.")
-    text = f"""# {title or f"Tuned model: {result.method} on {result.base_model}"}
+    text = f"""# {title or f"Tuned model: {result.described} on {result.base_model}"}
 
 {intro}
 
 - job kind: {job.kind}
 - base model: `{result.base_model}`
-- method: {result.method}
+- tuning: {result.tuning}
 - steps run: {result.steps_run}; best eval step: {result.best_step}
 - model files: `{result.model_path}`
 
@@ -132,46 +134,91 @@ def model_card(job: Job, result: TunedModel, notes: list[str], title: str | None
     atomic_write(job.folder / "README.md", text)
 
 
-def save_tuned(job: Job, trainer, student, enc_stats: dict, *, method: str | None = None,
-               record_fields: dict | None = None, extra: dict | None = None,
-               notes: list[str] | None = None) -> TunedModel:
-    """The end of every kind that trains like tuning: the selected model, curves, card, summary.
-    `record_fields` are what the kind adds to the model's record (ModelRecord's fields)."""
-    cfg, out, state = job.config, job.folder, trainer.state
-    best_step = state.best_global_step if trainer.args.load_best_model_at_end else None  # selection was on
+@dataclass
+class Card:
+    """A model card's own words, where a kind's differ from a tuned model's (a reward model's)."""
+    title: str | None = None
+    intro: str | None = None
+
+
+@dataclass
+class Before:
+    """Held-out metrics before the first step, shown against the end's in the final summary."""
+    on: str  # what they were measured on: 'held-out pairs'
+    metrics: dict
+    shown: tuple[str, ...]  # the metrics worth a line
+
+
+def finish(job: Job, trainer, record: ModelRecord, *, metrics: dict, best_step: int | None = None,
+           extra: dict | None = None, notes: list[str] | None = None, keep_checkpoints: bool = False,
+           after_save: Callable[[Path], None] | None = None, plot: Callable[[TunedModel], None] | None = None,
+           card: Card | None = None, temporary: tuple[Path, ...] = (), before: Before | None = None,
+           tensorboard: Path | None = None) -> TunedModel:
+    """The end of every kind that trains: the model folder (weights and its record), the result, the
+    curves, the model card, the temporary files removed once the job succeeds, and one final log
+    line. What the kind produces (its registry entry) decides the folder: a model or its LoRA
+    adapter, or a reward model as one plain folder (an adapter merged in, so anything that loads a
+    sequence classifier reads it). The kind passes what differs: its record's fields, its metrics,
+    what it adds after saving (`after_save`, rank 0), its curves (`plot`), notes for its card, and
+    the TensorBoard folder to show when its stages log in folders of their own (RLHF's).
+    Every rank calls this (saving gathers sharded weights); only rank 0 writes the rest."""
+    cfg, out = job.config, job.folder
     if best_step:
         job.event("best_checkpoint", f"best evaluation at step {best_step}: its checkpoint is the result",
                   step=best_step)
-    metrics = final_metrics(trainer)
-    method = method or f"{cfg.method} ({cfg.tuning})"
-    seconds = job.train_seconds
-    result = TunedModel(
-        output=str(out), model_path=str(out / "model"), base_model=cfg.model, method=method,
-        best_step=best_step, steps_run=state.global_step, metrics=metrics,
-        extra={"seconds": round(seconds, 1), "tokens_seen": int(state.num_input_tokens_seen),
-               "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),
-               "truncated": {k: v.truncation() for k, v in enc_stats.items() if v is not None},
-               "early_stopped": state.global_step < cfg.train_steps,
-               # the limits trained with: the job's, cut to the model's context when they exceeded it
-               "token_limits": {"max_input_tokens": student.max_input_tokens,
-                                "max_output_tokens": student.max_output_tokens},
-               "memory": memory_record(getattr(student, "memory", None)), **(extra or {})},
-    )
-    model_record = ModelRecord(kind=job.kind, base_model=cfg.model, method=method, tuning=cfg.tuning,
-                               use_chat_template=student.use_chat_template, is_seq2seq=student.is_seq2seq,
-                               # how a plain prompt is rendered without a chat template: as the data was
-                               prompt_format="chat" if enc_stats["train"].conversations else "text",
-                               max_input_tokens=student.max_input_tokens, **(record_fields or {}))
-    save_trained(trainer, out / "model", model_record)
+    model_dir = out / "model"
+    # one format for every kind: the kind names the method, the tuning is a field of its own
+    record = record.model_copy(update={"kind": job.kind, "base_model": cfg.model, "method": job.kind,
+                                       "tuning": cfg.tuning})
+    save_trained(trainer, model_dir, record, merge=produces(job.kind) == "reward-model" and cfg.tuning == "lora")
+    result = TunedModel(output=str(out), model_path=str(model_dir), base_model=cfg.model, method=job.kind,
+                        best_step=best_step, steps_run=trainer.state.global_step, metrics=metrics,
+                        extra={"seconds": round(job.train_seconds, 1), **(extra or {})}, kind=job.kind,
+                        tuning=cfg.tuning)
     if not job.main:
         return result
-    if cfg.tuning == "lora" and cfg.merge_adapter:
-        merge_adapter(out / "model", out / "merged")
-    plot_curves(out / "metrics.jsonl", out / "curves.png", best_step, title=f"{method} on {cfg.model}")
-    notes = [f"truncation: {k}: {v.summary()}" for k, v in enc_stats.items() if v is not None] + (notes or [])
-    model_card(job, result, notes)
-    if not cfg.keep_checkpoints:
+    if after_save:
+        after_save(model_dir)
+    if plot:
+        plot(result)
+    else:
+        plot_curves(out / "metrics.jsonl", out / "curves.png", best_step, title=f"{result.described} on {cfg.model}")
+    model_card(job, result, notes or [], **vars(card or Card()))
+    if not keep_checkpoints:
         job.on_success(lambda: shutil.rmtree(out / "checkpoints", ignore_errors=True))
-    log.info("done\n%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(), out / "curves.png",
-             out / "tensorboard")
+    for path in temporary:  # bound now: the loop variable moves on before the job succeeds
+        job.on_success(lambda path=path: shutil.rmtree(path, ignore_errors=True) if path.is_dir()
+                       else path.unlink(missing_ok=True))
+    compared = [f"  {k}: {before.metrics[k]:.4f} -> {metrics[k]:.4f}" for k in before.shown
+                if k in before.metrics and k in metrics] if before else []
+    log.info("done\n%s%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
+             f"\non {before.on}, before -> after:\n" + "\n".join(compared) if compared else "", out / "curves.png",
+             tensorboard or out / "tensorboard")
     return result
+
+
+def save_tuned(job: Job, trainer, student, enc_stats: dict, *, record_fields: dict | None = None,
+               extra: dict | None = None, notes: list[str] | None = None) -> TunedModel:
+    """The end of every kind that trains like tuning (tune, distill, white-box): the selected model,
+    with what a tuned student adds to `finish`. `record_fields` are what the kind adds to the
+    model's record (ModelRecord's fields)."""
+    cfg, state = job.config, trainer.state
+    seconds = job.train_seconds
+    extra = {"tokens_seen": int(state.num_input_tokens_seen),
+             "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),
+             "truncated": {k: v.truncation() for k, v in enc_stats.items() if v is not None},
+             "early_stopped": state.global_step < cfg.train_steps,
+             # the limits trained with: the job's, cut to the model's context when they exceeded it
+             "token_limits": {"max_input_tokens": student.max_input_tokens,
+                              "max_output_tokens": student.max_output_tokens},
+             "memory": memory_record(getattr(student, "memory", None)), **(extra or {})}
+    record = ModelRecord(use_chat_template=student.use_chat_template, is_seq2seq=student.is_seq2seq,
+                         # how a plain prompt is rendered without a chat template: as the data was
+                         prompt_format="chat" if enc_stats["train"].conversations else "text",
+                         max_input_tokens=student.max_input_tokens, **(record_fields or {}))
+    notes = [f"truncation: {k}: {v.summary()}" for k, v in enc_stats.items() if v is not None] + (notes or [])
+    merge = cfg.tuning == "lora" and cfg.merge_adapter
+    return finish(job, trainer, record, metrics=final_metrics(trainer), extra=extra, notes=notes,
+                  best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,  # selection on
+                  keep_checkpoints=cfg.keep_checkpoints,
+                  after_save=(lambda model_dir: merge_adapter(model_dir, job.folder / "merged")) if merge else None)
