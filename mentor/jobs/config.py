@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mentor.errors import MentorError
 
@@ -41,7 +41,23 @@ class JobConfig(BaseModel):
     # fields that name input files: their contents (sha256) are part of the job's identity
     input_fields: ClassVar[tuple[str, ...]] = ()
 
+    # fields this kind had once and never reads: {name: (its old default, why it went)}. A job folder's
+    # config.yaml written by an earlier mentor holds every field it had; at its old default such a field
+    # is dropped (the same job), set to anything else it is refused with the reason, since it would do nothing
+    retired_fields: ClassVar[dict[str, tuple[Any, str]]] = {}
+
     output: str = Field(description="output folder (the job folder: model, metrics, state, events)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.retired_fields:
+            return data
+        data = dict(data)
+        for name, (old_default, why) in cls.retired_fields.items():
+            if name in data and data.pop(name) != old_default:
+                raise ValueError(f"{name}: {why}")
+        return data
 
     def input_files(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in self.input_fields if getattr(self, name, None)}

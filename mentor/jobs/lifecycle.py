@@ -284,8 +284,10 @@ class Job:
             if "kind" not in saved:  # written before job kinds had names
                 saved = {"kind": self.kind, **saved}
             mine = self._identity()
-            # a field added to the kind since the folder was written, left at its default, is the same job
-            saved = {**self._defaults_of_new_fields(saved), **saved}
+            # a field added to the kind since the folder was written, left at its default, is the same job;
+            # so is one the kind no longer has (it never changed what the job did)
+            saved = {k: v for k, v in {**self._defaults_of_new_fields(saved), **saved}.items()
+                     if k not in type(self.config).retired_fields}
             paths = ("output", *self.config.input_fields)  # "./run" and "/home/me/run" are one folder
             changed = sorted(k for k in set(saved) | set(mine)
                              if _comparable(saved.get(k), k in paths) != _comparable(mine.get(k), k in paths))

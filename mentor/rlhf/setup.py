@@ -17,7 +17,9 @@ from mentor.errors import MentorError
 from mentor.model_record import ModelRecord
 from mentor.models import load_model, model_config, resolve
 from mentor.models.resolve import base_reference
+from mentor.rlhf.config import DPOConfig, PreferenceTrainingGroup, RLHFConfig
 from mentor.rlhf.render import Renderer
+from mentor.training.config import TrainingGroup
 from mentor.training.outputs import save_model
 
 log = logging.getLogger("mentor")
@@ -37,7 +39,7 @@ class Fit:
         return memory_record(self.estimate)
 
 
-def fit(cfg, rows_per_example: int, tokens: int, weight_copies: int = 0, task_type: str = "CAUSAL_LM",
+def fit(cfg: TrainingGroup, rows_per_example: int, tokens: int, weight_copies: int = 0, task_type: str = "CAUSAL_LM",
         pairs: list | None = None) -> Fit:
     """Check the job's switches and estimate its memory at a batch of `rows_per_example` sequences
     per example (2 for a preference pair, the completions per prompt in RL) of `tokens` (the job's
@@ -94,7 +96,7 @@ def longest_pair(pairs: list, model: str) -> int:
                 for p in pairs), default=1) + TEMPLATE_TOKENS
 
 
-def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int,
+def start(cfg: PreferenceTrainingGroup | DPOConfig, out: Path, max_prompt_tokens: int, max_answer_tokens: int,
           names: tuple[str, str] = ("prompt_sequence_length", "target_sequence_length"), fitted: Fit | None = None):
     """The starting model (seeded, a LoRA adapter merged first) and the renderer of its prompts:
     (loaded, base_ref, renderer). The renderer's limits are the job's, cut to the model's context
@@ -108,14 +110,14 @@ def start(cfg, out: Path, max_prompt_tokens: int, max_answer_tokens: int,
     if fitted is None:
         loaded, base_ref = load_start_model(cfg.model, out)
     else:
-        loaded, base_ref = load_start_model(cfg.model, out, fitted.dtype, getattr(cfg, "quantization", "none"))
+        loaded, base_ref = load_start_model(cfg.model, out, fitted.dtype, cfg.quantization)
     max_prompt_tokens, max_answer_tokens = fit_to_context(max_prompt_tokens, max_answer_tokens, loaded, names)
     renderer = Renderer.for_model(loaded.tokenizer, cfg.chat_template, cfg.instruction, max_prompt_tokens,
                                   max_answer_tokens)
     return loaded, base_ref, renderer
 
 
-def finish_policy(cfg, out: Path, model_dir: Path, base_ref: str) -> None:
+def finish_policy(cfg: RLHFConfig | DPOConfig, out: Path, model_dir: Path, base_ref: str) -> None:
     """After a policy is saved (rank 0): its base recorded beside an adapter, the merged copy if asked,
     and the merged starting model removed when nothing refers to it."""
     from mentor.training.outputs import merge_adapter
@@ -127,7 +129,7 @@ def finish_policy(cfg, out: Path, model_dir: Path, base_ref: str) -> None:
         shutil.rmtree(out / "start_model", ignore_errors=True)
 
 
-def load_pairs(cfg, train: str, evaluation: str | None):
+def load_pairs(cfg: TrainingGroup, train: str, evaluation: str | None):
     """Training and held-out preference pairs, validated before any model loads."""
     from mentor.rlhf.data import load_preferences
     from mentor.training.setup import check_eval_size

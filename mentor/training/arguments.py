@@ -13,6 +13,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, EarlyStoppingCallback, TrainingArguments
 
 from mentor.errors import MentorError
+from mentor.training.config import PackingGroup, ScheduleGroup, SelectionGroup, TrainingGroup
 
 log = logging.getLogger("mentor")
 
@@ -33,22 +34,29 @@ def liger_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
 
 
-def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, config_cls=TrainingArguments, *,
-                       steps: int | None = None, learning_rate: float | None = None, batch_size: int | None = None,
-                       best_metric: str = ACCURACY, greater_is_better: bool = True,
+def training_arguments(cfg: TrainingGroup, checkpoints: Path, has_eval: bool, bf16: bool,
+                       config_cls=TrainingArguments, *, steps: int | None = None, learning_rate: float | None = None,
+                       batch_size: int | None = None, best_metric: str = ACCURACY, greater_is_better: bool = True,
                        checkpointing: bool | None = None, **overrides) -> TrainingArguments:
-    """Arguments from a job's config; `steps`, `learning_rate`, `batch_size` default to its tuning fields;
-    `checkpointing` is gradient checkpointing as the memory estimate decided it (default: the config's
-    `gradient_checkpointing` is on)."""
+    """Arguments from a job's config; `steps` defaults to its `train_steps` (a kind of one stage, with the
+    schedule group; a stage of the preference kinds names its own), `learning_rate` to the kind's rate,
+    `batch_size` to its batch; `checkpointing` is gradient checkpointing as the memory estimate decided
+    it (default: the config's `gradient_checkpointing` is on). Evaluation decides what is kept only in a
+    kind with the selection group."""
     if checkpointing is None:
-        checkpointing = getattr(cfg, "gradient_checkpointing", "off") == "on"
-    steps = steps or cfg.train_steps
+        checkpointing = cfg.gradient_checkpointing == "on"
+    if steps is None:
+        if not isinstance(cfg, ScheduleGroup):
+            raise TypeError(f"{type(cfg).__name__} has no train_steps: give the stage's steps")
+        steps = cfg.train_steps
     batch_size = batch_size or cfg.batch_size
-    select = has_eval and getattr(cfg, "checkpoint_selection", False)
+    selection = cfg if isinstance(cfg, SelectionGroup) else None
+    select = has_eval and selection is not None and selection.checkpoint_selection
     # early stopping watches the metric whether or not the best checkpoint is kept; kinds with
     # neither (reward model, RLHF) report no such metric, so none is named
-    watched = select or (has_eval and getattr(cfg, "early_stopping", False))
-    asked = [name for name in ("checkpoint_selection", "early_stopping") if getattr(cfg, name, False)]
+    watched = select or (has_eval and selection is not None and selection.early_stopping)
+    asked = [name for name, on in (("checkpoint_selection", selection.checkpoint_selection),
+                                   ("early_stopping", selection.early_stopping)) if on] if selection else []
     if asked and not has_eval:
         log.info("no evaluation data: %s %s it, so the last step's model is the result",
                  " and ".join(a.replace("_", " ") for a in asked), "needs" if len(asked) == 1 else "need")
@@ -67,7 +75,7 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         eval_steps=cfg.evaluation_interval,
         save_strategy="steps",
         save_steps=cfg.evaluation_interval,
-        save_total_limit=None if getattr(cfg, "keep_checkpoints", False) else 2 if select else 1,
+        save_total_limit=None if selection and selection.keep_checkpoints else 2 if select else 1,
         load_best_model_at_end=select,
         metric_for_best_model=best_metric if watched else None,
         greater_is_better=greater_is_better,
@@ -84,15 +92,15 @@ def training_arguments(cfg, checkpoints: Path, has_eval: bool, bf16: bool, confi
         activation_checkpointing=checkpointing,
         # non-reentrant: the recommended kind, and the one that needs no input gradients under LoRA
         activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        optim=getattr(cfg, "optimizer", "adamw_torch"),
-        torch_compile=getattr(cfg, "torch_compile", False),
-        use_liger_kernel=getattr(cfg, "liger_kernel", "off") != "off" and liger_available(),
+        optim=cfg.optimizer,
+        torch_compile=cfg.torch_compile,
+        use_liger_kernel=cfg.liger_kernel != "off" and liger_available(),
     )
     if config_cls is TrainingArguments:
         # a packed row has no padding and no attention mask: every token counts ("non_padding" would
         # count the tokens that are not the pad id, leaving out each end-of-sequence token where a
         # tokenizer pads with it, as Llama 3's and Mistral's do under mentor)
-        tokens_seen = "all" if getattr(cfg, "packing", False) else "non_padding"
+        tokens_seen = "all" if isinstance(cfg, PackingGroup) and cfg.packing else "non_padding"
         args.update(prediction_loss_only=True, remove_unused_columns=False, include_num_input_tokens_seen=tokens_seen)
     args.update(overrides)
     return config_cls(**args)
@@ -108,8 +116,8 @@ def per_process_batch(batch_size: int) -> int:
     return batch_size // processes
 
 
-def early_stopping(cfg, has_eval: bool) -> list:
-    if has_eval and getattr(cfg, "early_stopping", False):
+def early_stopping(cfg: SelectionGroup, has_eval: bool) -> list:
+    if has_eval and cfg.early_stopping:
         return [EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta)]
     return []
 

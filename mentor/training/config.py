@@ -1,15 +1,18 @@
-"""The tuning job's parameters, named as the managed tuning services name them.
+"""The field groups every training kind is composed from, and the tuning job's config.
 
-`tuning` is always how the weights are trained (full or LoRA) and `method` always names the
-method of a job kind (here: supervised). Jobs that train a model the same way (distillation,
-DPO) extend this config, so a field means one thing with one default in every kind.
+A group is a small base class owning one concern (the model and how it is tuned, what makes it fit
+a device, the training schedule, evaluation and checkpoint selection, data, token limits, ...): each
+field is declared once, with one default and one description, and a kind's config lists the
+groups it reads, so its `--help` shows only what it uses. Where a kind needs another default it
+overrides that one field in its own class, with the reason. Names are the managed tuning
+services': `tuning` is how the weights are trained (full or LoRA), `method` the kind's method.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, AliasChoices, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, Field, model_validator
 
 from mentor.jobs.config import AdapterSize, JobConfig, Seed, check_learning_rate
 
@@ -32,7 +35,21 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bi
 BNB_OPTIMIZERS = frozenset(OPTIMIZERS[4:])
 
 
-class FitConfig(JobConfig):
+class FieldGroup(BaseModel):
+    """Base of the field groups: mixins that add fields (and the checks and properties of those
+    fields) to a kind's config, never a job of their own."""
+
+
+class TuningGroup(FieldGroup):
+    """The model trained and how its weights train: all of them, or LoRA adapters of a rank."""
+
+    model: str = Field(description=MODEL_HELP)
+    tuning: Literal["full", "lora"] = Field("lora", description="how the weights are trained: all of them, or LoRA adapters")
+    adapter_size: AdapterSize = Field(8, description=ADAPTER_SIZE_HELP)
+    lora_target_modules: LoraTargets = Field("all-linear", description="LoRA target modules: 'all-linear' or names")
+
+
+class FitConfig(JobConfig, TuningGroup):
     """How the weights are held and trained: what makes a big model fit a device, shared by every kind
     that trains weights (tuning, distillation, DPO, reward model, RLHF)."""
 
@@ -56,53 +73,41 @@ class FitConfig(JobConfig):
                             "where both are there")
     torch_compile: bool = Field(False, description="compile the model with torch.compile (a slow first step, then "
                                                    "faster ones)")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto: where the hardware computes "
+                                                                  "it natively")
 
     @model_validator(mode="after")
     def _quantized_base_is_frozen(self):
-        if self.quantization != "none" and getattr(self, "tuning", "lora") == "full":
+        if self.quantization != "none" and self.tuning == "full":
             raise ValueError(f"quantization {self.quantization} holds a frozen base that only LoRA adapters train "
                              "on: use tuning lora, or quantization none for full tuning")
         return self
 
 
-class TuneConfig(FitConfig):
-    """Supervised tuning (full or LoRA) on text, chat or Gemini-chat JSONL."""
+class TrainingGroup(FitConfig):
+    """What every training stage reads besides its steps and rate (see `training_arguments`)."""
 
-    input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+    seed: Seed = Field(0, description="random seed (data order, initialisation, sampling)")
+    batch_size: int = Field(8, ge=1, description="examples per step (a preference pair, or a prompt in RL, is one)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps with a linear learning-rate warm-up")
+    # checkpoints are written at every evaluation, so a kind that never selects one still has this interval
+    evaluation_interval: int = Field(20, ge=1, description="steps between evaluations (and checkpoints)")
+    max_examples: int = Field(10_000, ge=1, description="most examples read from each data file")
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate this kind's own training runs at: its recommended rate times its multiplier."""
+        raise NotImplementedError(f"{type(self).__name__} names no learning rate")
+
+
+class ScheduleGroup(TrainingGroup):
+    """One training stage's steps and learning rate, as a multiplier of the kind's recommended rate."""
+
     recommended_lr: ClassVar[dict[str, float]] = RECOMMENDED_LR
 
-    method: Literal["supervised"] = Field("supervised", description="supervised: learn the data's outputs")
-    model: str = Field(description=MODEL_HELP)
-    data: str = Field(description="training JSONL (text, chat or Gemini chat format)")
-    evaluation_data: str | None = Field(None, description="evaluation JSONL (10 to 256 examples recommended)",
-                                        validation_alias=AliasChoices("evaluation_data", "eval_data"))
-    tuning: Literal["full", "lora"] = Field("lora", description="how the weights are trained: all of them, or LoRA adapters")
-    adapter_size: AdapterSize = Field(8, description=ADAPTER_SIZE_HELP)
     train_steps: int = Field(300, ge=1, description="optimizer steps")
-    batch_size: int = Field(8, ge=1, description="examples per step")
     learning_rate_multiplier: float = Field(1.0, gt=0, description="times the recommended learning rate "
                                                                    "(5e-5 full, 5e-4 LoRA)")
-    evaluation_interval: int = Field(20, ge=1, description="steps between evaluations (and checkpoints)")
-    early_stopping: bool = Field(True, description="with evaluation data: stop when the evaluation metric stops improving")
-    early_stopping_patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
-    early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest gain in the evaluation metric that counts")
-    checkpoint_selection: bool = Field(True, description="with evaluation data: the best evaluation's checkpoint is the "
-                                                         "result, not the last")
-    seed: Seed = Field(0, description="random seed (data order, initialisation, sampling)")
-    max_input_tokens: int = Field(7168, ge=1, description="longer inputs keep their end")
-    max_output_tokens: int = Field(1024, ge=1, description="longer outputs keep their start")
-    max_examples: int = Field(10_000, ge=1, description="most training examples read")
-    chat_template: Literal["auto", "never"] = Field("auto", description="render prompts with the tokenizer's chat "
-                                                                        "template when it has one (auto), or never")
-    merge_adapter: bool = Field(False, description="LoRA: also save base + adapter merged (merged/)")
-    lora_target_modules: LoraTargets = Field("all-linear", description="LoRA target modules: 'all-linear' or names")
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast; auto: where the hardware computes "
-                                                                  "it natively")
-    packing: bool = Field(False, description="padding-free batches: a batch's examples in one row, each with its own "
-                                             "positions and attention kept within it (decoder-only models)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps with a linear learning-rate warm-up")
-    keep_checkpoints: bool = Field(False, description="keep every evaluation's checkpoint after the job, so any can "
-                                                      "be promoted to a model of its own (`mentor models promote`)")
 
     @property
     def learning_rate(self) -> float:
@@ -114,10 +119,78 @@ class TuneConfig(FitConfig):
         return self
 
 
-class StudentConfig(TuneConfig):
-    """A tuning job whose model is a student learning from a teacher; `method` names the
+class DataGroup(FieldGroup):
+    """Training and evaluation data files (JSONL)."""
+
+    data: str = Field(description="training JSONL (text, chat or Gemini chat format)")
+    evaluation_data: str | None = Field(None, description="evaluation JSONL (10 to 256 examples recommended)",
+                                        validation_alias=AliasChoices("evaluation_data", "eval_data"))
+
+
+class SequenceGroup(FieldGroup):
+    """Token limits of one example (mentor's names; the preference kinds take the cloud's)."""
+
+    max_input_tokens: int = Field(7168, ge=1, description="longer inputs keep their end")
+    max_output_tokens: int = Field(1024, ge=1, description="longer outputs keep their start")
+
+
+class PromptGroup(FieldGroup):
+    """How prompts are rendered for the model."""
+
+    chat_template: Literal["auto", "never"] = Field("auto", description="render prompts with the tokenizer's chat "
+                                                                        "template when it has one (auto), or never")
+
+
+class SelectionGroup(FieldGroup):
+    """What the evaluations decide: early stopping, which checkpoint is the result, which are kept."""
+
+    early_stopping: bool = Field(True, description="with evaluation data: stop when the evaluation metric stops improving")
+    early_stopping_patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    early_stopping_min_delta: float = Field(0.001, ge=0, description="smallest gain in the evaluation metric that counts")
+    checkpoint_selection: bool = Field(True, description="with evaluation data: the best evaluation's checkpoint is the "
+                                                         "result, not the last")
+    keep_checkpoints: bool = Field(False, description="keep every evaluation's checkpoint after the job, so any can "
+                                                      "be promoted to a model of its own (`mentor models promote`)")
+
+
+class MergeGroup(FieldGroup):
+    """A LoRA-tuned model saved a second time with its adapter merged in."""
+
+    merge_adapter: bool = Field(False, description="LoRA: also save base + adapter merged (merged/)")
+
+
+class PackingGroup(FieldGroup):
+    """Padding-free batches: for kinds whose batches are the tuning collator's (not DPO's pairs, not a
+    teacher's padded rows)."""
+
+    packing: bool = Field(False, description="padding-free batches: a batch's examples in one row, each with its own "
+                                             "positions and attention kept within it (decoder-only models)")
+
+
+class StudentGroup(FieldGroup):
+    """The model trained is a student, given as `model` or `student`."""
+
+    model: str = Field(description="the student: " + MODEL_HELP, validation_alias=AliasChoices("model", "student"))
+
+
+# A kind lists its groups in reverse of the order its --help shows them: the data group last (shown
+# first), the training chain (model, fit, schedule) before it, the other groups' flags after those.
+class ExamplesGroup(PromptGroup, SequenceGroup, ScheduleGroup, DataGroup):
+    """Training on a data file of examples, rendered as prompts, within token limits, on one schedule: what
+    the tuning setup (`training.setup`) reads, for tuning, text and white-box distillation, and DPO."""
+
+
+class TuneConfig(SelectionGroup, PackingGroup, MergeGroup, ExamplesGroup):
+    """Supervised tuning (full or LoRA) on text, chat or Gemini-chat JSONL."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+
+    method: Literal["supervised"] = Field("supervised", description="supervised: learn the data's outputs")
+
+
+class StudentConfig(StudentGroup, TuneConfig):
+    """A tuning job whose model is a student learning from a teacher's text; `method` names the
     distillation method and `tuning` how the student's weights are trained."""
 
     method: str = Field(description="distillation method")
-    model: str = Field(description="the student: " + MODEL_HELP, validation_alias=AliasChoices("model", "student"))
     teacher: str | None = Field(None, description="the teacher")

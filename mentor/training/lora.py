@@ -4,21 +4,22 @@ architecture's linear layers."""
 
 from __future__ import annotations
 
-
-def lora_alpha(cfg) -> float:
-    alpha = getattr(cfg, "lora_alpha", None)
-    return alpha if alpha is not None else 2 * cfg.adapter_size
+from mentor.training.config import FitConfig
 
 
-def lora_config(cfg, task_type: str):
+def lora_alpha(cfg: FitConfig) -> float:
+    return cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.adapter_size
+
+
+def lora_config(cfg: FitConfig, task_type: str):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.adapter_size, lora_alpha=lora_alpha(cfg), lora_dropout=getattr(cfg, "lora_dropout", 0.0),
-                      use_dora=getattr(cfg, "lora_variant", "lora") == "dora",
+    return LoraConfig(r=cfg.adapter_size, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.lora_dropout,
+                      use_dora=cfg.lora_variant == "dora",
                       target_modules=cfg.lora_target_modules, task_type=task_type)
 
 
-def apply_lora(model, cfg, is_seq2seq: bool):
+def apply_lora(model, cfg: FitConfig, is_seq2seq: bool):
     """Wrap a model with LoRA adapters as the job's config says (a quantized base is prepared for
     training first: its norms and embeddings in fp32, inputs that carry gradients)."""
     from peft import get_peft_model, prepare_model_for_kbit_training

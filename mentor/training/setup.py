@@ -19,7 +19,7 @@ from mentor.models import LoadedModel, load_model, load_tokenizer, model_config
 from mentor.models.quantize import bitsandbytes_problem, require_bitsandbytes
 from mentor.training import memory
 from mentor.training.arguments import liger_available, per_process_batch, use_bf16
-from mentor.training.config import BNB_OPTIMIZERS
+from mentor.training.config import BNB_OPTIMIZERS, ExamplesGroup, FitConfig
 from mentor.training.lora import apply_lora, lora_config
 
 log = logging.getLogger("mentor")
@@ -54,7 +54,7 @@ class Student:
         return self.loaded.is_seq2seq
 
 
-def load_student(cfg, longest=None, rows_per_example: int = 1, logits_at_outputs: bool = True) -> Student:
+def load_student(cfg: ExamplesGroup, longest=None, rows_per_example: int = 1, logits_at_outputs: bool = True) -> Student:
     """The model to train, LoRA-wrapped if asked, with its bf16 and chat-template choices.
 
     Before any weights load, the switches are checked and the job's memory estimated at its longest
@@ -78,7 +78,7 @@ def load_student(cfg, longest=None, rows_per_example: int = 1, logits_at_outputs
     student.memory = fit_memory(cfg, config, is_seq2seq, per_process_batch(cfg.batch_size) * rows_per_example,
                                 tokens, bf16, dtype, logit_tokens=outputs if logits_at_outputs else None)
     student.gradient_checkpointing = checkpointing(cfg, student.memory)
-    loaded = load_model(cfg.model, dtype=dtype, quantization=getattr(cfg, "quantization", "none"))
+    loaded = load_model(cfg.model, dtype=dtype, quantization=cfg.quantization)
     # seeded again after loading: building or converting the model on its first use draws random
     # numbers, and the LoRA weights must not depend on whether the model was cached already
     set_seed(cfg.seed)
@@ -99,7 +99,7 @@ def longest_encoded(examples, student: Student) -> tuple[int, int]:
     return longest, outputs
 
 
-def weight_dtype(cfg, bf16: bool) -> torch.dtype:
+def weight_dtype(cfg: FitConfig, bf16: bool) -> torch.dtype:
     """How the weights are held. LoRA trains small fp32 adapters, so the frozen base can live in
     bf16 (half the memory, and autocast need not re-cast every weight at every step). Full tuning
     holds bf16 weights (and so bf16 gradients and optimizer state) on a GPU that computes bf16, as
@@ -109,19 +109,18 @@ def weight_dtype(cfg, bf16: bool) -> torch.dtype:
     return torch.float32
 
 
-def check_switches(cfg) -> None:
+def check_switches(cfg: FitConfig) -> None:
     """Refuse, in one line and before anything loads, a switch this machine cannot honour."""
-    quantization = getattr(cfg, "quantization", "none")
-    if quantization != "none":
-        require_bitsandbytes(f"quantization {quantization}")
-    if getattr(cfg, "optimizer", "adamw_torch") in BNB_OPTIMIZERS:
+    if cfg.quantization != "none":
+        require_bitsandbytes(f"quantization {cfg.quantization}")
+    if cfg.optimizer in BNB_OPTIMIZERS:
         require_bitsandbytes(f"optimizer {cfg.optimizer}")
-    if getattr(cfg, "liger_kernel", "auto") == "on" and not liger_available():
+    if cfg.liger_kernel == "on" and not liger_available():
         raise MentorError("liger_kernel on needs a CUDA GPU and the liger-kernel package (pip install 'mentor[gpu]'); "
                           "use liger_kernel auto to use them where they are")
 
 
-def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool, dtype: torch.dtype,
+def fit_memory(cfg: FitConfig, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool, dtype: torch.dtype,
                weight_copies: int = 0, task_type: str | None = None,
                logit_tokens: int | None = None) -> memory.Estimate | None:
     """The job's memory estimate, logged, with gradient checkpointing decided; a one-line refusal when
@@ -135,11 +134,11 @@ def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool
                     if str(err) else "")
         return None
     setting = memory.Setting(
-        tuning=cfg.tuning, quantization=getattr(cfg, "quantization", "none"),
-        optimizer=getattr(cfg, "optimizer", "adamw_torch"), gradient_checkpointing=False, rows=rows, tokens=tokens,
+        tuning=cfg.tuning, quantization=cfg.quantization,
+        optimizer=cfg.optimizer, gradient_checkpointing=False, rows=rows, tokens=tokens,
         weight_bytes=2 if dtype == torch.bfloat16 else 4, activation_bytes=2 if bf16 else 4, weight_copies=weight_copies,
         logit_tokens=logit_tokens)
-    estimate = memory.plan(shape, setting, getattr(cfg, "gradient_checkpointing", "off"), cfg.model,
+    estimate = memory.plan(shape, setting, cfg.gradient_checkpointing, cfg.model,
                            quantization_ok=bitsandbytes_problem() is None)
     log.info(estimate.line())
     for note in estimate.notes:
@@ -147,9 +146,9 @@ def fit_memory(cfg, config, is_seq2seq: bool, rows: int, tokens: int, bf16: bool
     return estimate
 
 
-def checkpointing(cfg, estimate: memory.Estimate | None) -> bool:
+def checkpointing(cfg: FitConfig, estimate: memory.Estimate | None) -> bool:
     """Gradient checkpointing on or off: the job's choice, or under auto the estimate's."""
-    setting = getattr(cfg, "gradient_checkpointing", "off")
+    setting = cfg.gradient_checkpointing
     if setting != "auto":
         return setting == "on"
     return bool(estimate and estimate.gradient_checkpointing)
@@ -193,7 +192,7 @@ def fit_to_context(max_input_tokens: int, max_output_tokens: int, loaded,
     return max_input, max_output
 
 
-def encode_all(examples, student: Student, cfg, stats: EncodeStats | None = None) -> Dataset:
+def encode_all(examples, student: Student, cfg: ExamplesGroup, stats: EncodeStats | None = None) -> Dataset:
     stats = stats if stats is not None else EncodeStats()
     rows = [encode(ex, student.tokenizer, is_seq2seq=student.is_seq2seq, use_chat_template=student.use_chat_template,
                    max_input_tokens=student.max_input_tokens, max_output_tokens=student.max_output_tokens, stats=stats)
@@ -208,7 +207,7 @@ def check_eval_size(n: int) -> None:
                     "evaluation slow)", n, lo, hi)
 
 
-def load_tuning_data(cfg):
+def load_tuning_data(cfg: ExamplesGroup):
     """Every training and evaluation example, validated before anything loads or trains."""
     train = load_examples(cfg.data, cfg.max_examples)
     evaluation = load_examples(cfg.evaluation_data, cfg.max_examples) if cfg.evaluation_data else None
@@ -220,7 +219,7 @@ def load_tuning_data(cfg):
     return train, evaluation
 
 
-def encode_tuning_data(cfg, student: Student, train, evaluation):
+def encode_tuning_data(cfg: ExamplesGroup, student: Student, train, evaluation):
     """Tokenized datasets and truncation counts ({"train": ..., "eval": ...})."""
     stats = {"train": EncodeStats(), "eval": EncodeStats() if evaluation else None}
     train_ds = encode_all(train, student, cfg, stats["train"])
