@@ -132,13 +132,16 @@ def test_every_kind_documents_every_field():
 
 
 def test_a_new_whitebox_method_is_one_file_and_one_registration(tmp_path):
-    """docs/whitebox.md's example: a method registered by name becomes a job kind of its own."""
-    from mentor.whitebox.base import Method, register_method
+    """docs/whitebox.md's example: a method's loss and its config, registered as a job kind of its own."""
+    from typing import Any, ClassVar, Literal
 
-    @register_method("first-token")
+    from pydantic import Field
+
+    from mentor.jobs import JobKind, register_kind
+    from mentor.whitebox.base import Method
+    from mentor.whitebox.config import WhiteboxConfig
+
     class FirstToken(Method):
-        """white-box: match the teacher's logits at the first output token only"""
-
         def distill_loss(self, student, teacher, batch):
             import torch.nn.functional as F
 
@@ -146,6 +149,13 @@ def test_a_new_whitebox_method_is_one_file_and_one_registration(tmp_path):
             loss = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
             return loss, {}
 
+    class FirstTokenConfig(WhiteboxConfig):
+        method_class: ClassVar[Any] = FirstToken
+        method: Literal["first-token"] = Field("first-token", description="first-token: the first output token only")
+
+    register_kind(JobKind("first-token", FirstTokenConfig, "mentor.recipes.whitebox:run",
+                          "white-box: match the teacher's logits at the first output token only",
+                          family="distill", method="first-token"))
     assert "first-token" in kinds()
     data = write_jsonl(tmp_path / "train.jsonl", shift_task(16, 0))
     result = mentor.run("first-token", model="tiny:llama", teacher="tiny:llama", data=str(data),

@@ -89,12 +89,12 @@ def test_packing_is_refused_where_it_cannot_apply(tmp_path):
     from pydantic import ValidationError
 
     from mentor.rlhf.config import DPOConfig
-    from mentor.whitebox.config import WhiteboxConfig
+    from mentor.whitebox.config import LogitConfig
 
     with pytest.raises(ValidationError, match="not DPO"):
         DPOConfig(model="tiny:llama", data="pairs.jsonl", output=str(tmp_path / "o"), packing=True)
     with pytest.raises(ValidationError, match="not white-box"):
-        WhiteboxConfig(model="tiny:llama", teacher="tiny:llama", data="d.jsonl", output=str(tmp_path / "o"), packing=True)
+        LogitConfig(model="tiny:llama", teacher="tiny:llama", data="d.jsonl", output=str(tmp_path / "o"), packing=True)
 
 
 def test_packed_training_counts_every_token_where_the_pad_is_the_eos(tmp_path, monkeypatch):

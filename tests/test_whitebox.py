@@ -25,7 +25,7 @@ from mentor.jobs import Job
 from mentor.models import load_model
 from mentor.recipes.whitebox import prepare
 from mentor.whitebox import offline_logits as offline
-from mentor.whitebox.config import WhiteboxConfig
+from mentor.whitebox.config import LogitConfig, SelfConfig, config_for
 from mentor.whitebox.losses import logit_divergence, teacher_topk, topk_divergence
 from mentor.whitebox.vocab import check_vocabularies
 
@@ -146,8 +146,8 @@ def test_self_distillation_from_architecture_mismatch_fails(data, teacher):
 
 def test_self_distillation_ema_teacher_checkpoints_and_resumes(data):
     out = data["dir"] / "self-ema"
-    cfg = WhiteboxConfig(**{**RUN, "train_steps": 6, "evaluation_interval": 3}, method="self", model=STUDENT,
-                         tuning="lora", ema_decay=0.5, data=data["train"], evaluation_data=data["eval"], output=str(out))
+    cfg = SelfConfig(**{**RUN, "train_steps": 6, "evaluation_interval": 3}, model=STUDENT,
+                     tuning="lora", ema_decay=0.5, data=data["train"], evaluation_data=data["eval"], output=str(out))
     prep = prepare(cfg, opened(cfg))
     prep.trainer.train()
     ema = prep.trainer.method.ema
@@ -224,8 +224,8 @@ def test_padding_rows_are_cropped(data, teacher, tmp_path, capsys):
     losses = {}
     for name, ref in (("padded", str(padded)), ("plain", teacher)):
         out = tmp_path / f"crop-{name}"
-        cfg = WhiteboxConfig(**{**RUN, "train_steps": 3}, method="logit", model=STUDENT, teacher=ref,
-                             data=data["train"], evaluation_data=data["eval"], output=str(out))
+        cfg = LogitConfig(**{**RUN, "train_steps": 3}, model=STUDENT, teacher=ref,
+                          data=data["train"], evaluation_data=data["eval"], output=str(out))
         prep = prepare(cfg, opened(cfg))
         assert prep.vocab.width == 261
         batch = next(iter(prep.trainer.get_eval_dataloader()))
@@ -274,8 +274,8 @@ def test_offline_logits_resume_after_kill_and_match_online(data, teacher, tmp_pa
         losses = {}
         for mode in ("online", "offline"):
             extra = fields if mode == "offline" else {"method": "logit", "teacher": teacher}
-            cfg = WhiteboxConfig(**{**RUN, **extra}, model=STUDENT, data=data["train"], evaluation_data=data["eval"],
-                                 divergence=divergence, output=str(tmp_path / f"same-{mode}"))
+            cfg = LogitConfig(**{**RUN, **extra}, model=STUDENT, data=data["train"], evaluation_data=data["eval"],
+                              divergence=divergence, output=str(tmp_path / f"same-{mode}"))
             prep = prepare(cfg, opened(cfg))
             trainer = prep.trainer
             assert (trainer.teacher is None) == (mode == "offline")
@@ -318,8 +318,6 @@ def test_cli_distill_whitebox(data, teacher):
 
 
 def test_sequence_relations_need_two_sequences_a_batch(tmp_path):
-    from mentor.whitebox.config import config_for
-
     with pytest.raises(ValueError, match="batch_size must be 2 or more"):
         config_for("relation")(model="tiny:llama", teacher="tiny:llama", data="d", output=str(tmp_path),
                                relation_level="sequence", batch_size=1)

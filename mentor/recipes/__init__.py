@@ -18,12 +18,6 @@ DISTILL_SUMMARIES = {
     "standard": "standard distillation: the student learns the teacher's labels",
     "finetune": "the fine-tuning baseline: the student learns the gold labels",
 }
-WHITEBOX_SUMMARIES = {
-    "logit": "white-box: match the teacher's next-token distributions (KL / JSD, offline top-k, on-policy)",
-    "feature": "white-box: match the teacher's hidden states through learned projections",
-    "relation": "white-box: match the similarity structure of the teacher's representations in a batch",
-    "self": "self-distillation from a tuned copy, an earlier checkpoint or an EMA of the student",
-}
 
 register_kind(JobKind("tune", TuneConfig, "mentor.recipes.tune:run", "supervised tuning (full or LoRA) on text or "
                       "chat data", family="tune", method="supervised"))
@@ -37,7 +31,8 @@ for _name, _config in DISTILL_CONFIGS.items():
     register_kind(JobKind(_name, _config, "mentor.recipes.distill:run", DISTILL_SUMMARIES[_name], family="distill",
                           method=_name))
 for _name, _config in WHITEBOX_CONFIGS.items():
-    register_kind(JobKind(_name, _config, "mentor.recipes.whitebox:run", WHITEBOX_SUMMARIES[_name], family="distill",
+    # a white-box method's config is its own class, naming its summary and the class of its loss
+    register_kind(JobKind(_name, _config, "mentor.recipes.whitebox:run", _config.summary, family="distill",
                           method=_name))
 register_kind(JobKind("batch", BatchConfig, "mentor.recipes.batch:run",
                       "batch prediction: every request line of a JSONL file answered (OpenAI's batch API)",

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from mentor import whitebox
 from mentor.errors import MentorError
 from mentor.jobs import Job, TunedModel
 from mentor.models import load_model
@@ -29,8 +28,8 @@ from mentor.training.checkpoints import last_complete_checkpoint
 from mentor.training.outputs import save_tuned
 from mentor.training.run import checkpoints_of, train
 from mentor.whitebox import offline_logits as offline
-from mentor.whitebox.base import get_method
-from mentor.whitebox.config import WhiteboxConfig
+from mentor.whitebox.base import method_class
+from mentor.whitebox.config import LogitConfig, ResponseGroup, WhiteboxConfig
 from mentor.whitebox.trainer import WhiteboxCollator, WhiteboxTrainer
 from mentor.whitebox.vocab import VocabCheck, check_vocabularies, output_rows, peek
 
@@ -55,8 +54,11 @@ def _with_keys(ds, split_id: int):
 
 def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
     """Everything before the first step: checks, data, student, teacher (or its logits), trainer."""
-    whitebox.load_builtin_methods()
-    method_cls = get_method(cfg.method)
+    method_cls = method_class(cfg)
+    # what only some methods have: on-policy steps (logit, self), stored teacher logits (logit)
+    response = cfg if isinstance(cfg, ResponseGroup) else None
+    on_policy_fraction = response.on_policy_fraction if response else 0.0
+    offline_logits = isinstance(cfg, LogitConfig) and cfg.offline_logits
     student_tok, student_config = peek(cfg.model)
     if cfg.uses_ema_teacher:
         teacher_config = student_config
@@ -75,13 +77,14 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
                                  logits_at_outputs=False)
     train_ds, eval_ds, enc_stats = setup.encode_tuning_data(cfg, student, train_examples, eval_examples)
     loaded, model, bf16 = student.loaded, student.model, student.bf16
-    if cfg.on_policy_fraction > 0 and loaded.is_seq2seq:
+    if on_policy_fraction > 0 and loaded.is_seq2seq:
         raise MentorError("on-policy distillation (TRL GKD) is for causal models; set on_policy_fraction to 0")
     train_ds, eval_ds = _with_keys(train_ds, 0), _with_keys(eval_ds, 1)
 
     teacher = None
     stored, logits_seconds = None, 0.0
-    if cfg.offline_logits:
+    if offline_logits:
+        assert isinstance(cfg, LogitConfig)
         stored, logits_seconds = offline.ensure_offline_logits(cfg, job.folder, {"train": train_ds, "eval": eval_ds},
                                                                vocab.width, loaded.is_seq2seq, bf16)
         log.info("training from stored teacher logits: the teacher is not loaded")
@@ -100,7 +103,7 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=WhiteboxCollator(loaded.tokenizer, stored, with_prompts=cfg.on_policy_fraction > 0),
+        data_collator=WhiteboxCollator(loaded.tokenizer, stored, with_prompts=on_policy_fraction > 0),
         processing_class=loaded.tokenizer,
         callbacks=[MetricsRecorder(job.folder), ProgressBar(), *arguments.early_stopping(cfg, has_eval)],
         is_seq2seq=loaded.is_seq2seq,
@@ -109,9 +112,9 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
         teacher=teacher,
         teacher_is_seq2seq=loaded.is_seq2seq,
         kd_ratio=cfg.kd_ratio,
-        on_policy_fraction=cfg.on_policy_fraction,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
+        # on-policy sampling: the response group's settings (other methods train on the data alone)
+        **(dict(on_policy_fraction=response.on_policy_fraction, max_new_tokens=response.max_new_tokens,
+                temperature=response.temperature) if response else {}),
     )
     return Prepared(trainer, student, enc_stats, vocab, teacher_config, logits_seconds)
 
@@ -125,7 +128,7 @@ def run(cfg: WhiteboxConfig, job: Job) -> TunedModel:
     extra = {"teacher": cfg.teacher or "ema", "distill_method": cfg.method,
              "vocabulary": {"width": prep.vocab.width, "teacher_rows": prep.vocab.teacher_rows,
                             "student_rows": prep.vocab.student_rows, "cropped": prep.vocab.cropped}}
-    if cfg.offline_logits:
+    if isinstance(cfg, LogitConfig) and cfg.offline_logits:
         extra["teacher_logits"] = {"folder": str(offline.logits_folder(cfg, job.folder)), "top_k": cfg.top_k,
                                    "seconds_this_run": round(prep.logits_seconds, 1)}
     notes = []

@@ -1,51 +1,40 @@
-"""What every white-box method plugs into: a registry by name and the hooks the trainer calls.
+"""What every white-box method plugs into: the hooks the trainer calls.
 
 A method turns one batch's student and teacher forward passes into a distillation loss. The
 trainer mixes it with the ordinary next-token loss (`kd_ratio`), logs both, and gives the method
 a place for extra trainable modules (feature projections) and extra checkpointed state (an EMA
 teacher), so metrics, checkpoints and resume work the same for every method.
 
-    @register_method("mine")
     class Mine(Method):
         def distill_loss(self, student, teacher, batch): ...
 
-Registering a method also registers its job kind (same name, WhiteboxConfig with the method
-fixed), so `mentor.run("mine", ...)` runs it like the built-in ones.
+A method's config (a `WhiteboxConfig` subclass) names it as `method_class`, and registering that
+config as a job kind (`register_kind`, as `mentor/recipes/__init__.py` does for the built-in ones)
+makes it runnable: `mentor.run("mine", ...)`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mentor.data.encode import IGNORE
-from mentor.errors import MentorError
-from mentor.jobs.registry import JobKind, kinds, register_kind
 from mentor.training.trainer import token_loss
-from mentor.whitebox.config import config_for
-
-METHODS: dict[str, type[Method]] = {}
+from mentor.whitebox.config import WhiteboxConfig
 
 
-def register_method(name: str, summary: str | None = None):
-    """Class decorator: a white-box method under `name`, and a job kind of the same name."""
-    def deco(cls):
-        cls.name = name
-        METHODS[name] = cls
-        if name not in kinds():
-            register_kind(JobKind(name, config_for(name), "mentor.recipes.whitebox:run",
-                                  summary or (cls.__doc__ or f"white-box method {name}").strip().splitlines()[0],
-                                  family="distill", method=name))
-        return cls
-    return deco
-
-
-def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise MentorError(f"unknown white-box method '{name}'; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+def method_class(cfg: WhiteboxConfig) -> type[Method]:
+    """The class computing the loss of `cfg`'s method (its config's `method_class`, imported now)."""
+    named = type(cfg).method_class
+    if isinstance(named, str):
+        module, _, name = named.partition(":")
+        named = getattr(importlib.import_module(module), name)
+    if not (isinstance(named, type) and issubclass(named, Method)):
+        raise TypeError(f"{type(cfg).__name__}.method_class must name a Method subclass, not {named!r}")
+    return named
 
 
 @dataclass
@@ -91,11 +80,10 @@ def run_model(model, batch: dict, is_seq2seq: bool, keep_logits: bool, hidden: b
 class Method:
     """A white-box distillation method; see the module docstring."""
 
-    name = "?"
     needs_hidden_states = False
     uses_logits = True  # compares next-token distributions (vocabulary crop applies)
 
-    def __init__(self, cfg, width: int):
+    def __init__(self, cfg: WhiteboxConfig, width: int):
         self.cfg = cfg
         self.width = width  # common logits width after the vocabulary check
 

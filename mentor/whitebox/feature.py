@@ -14,15 +14,16 @@ import logging
 import torch
 from torch import nn
 
-from mentor.whitebox.base import Forward, Method, register_method
+from mentor.whitebox.base import Forward, Method
+from mentor.whitebox.config import FeatureConfig
 from mentor.whitebox.layers import depth_and_width, parse_layer_map
 from mentor.whitebox.losses import feature_distance
 
 log = logging.getLogger("mentor")
 
 
-@register_method("feature")
 class FeatureKD(Method):
+    cfg: FeatureConfig  # RelationKD, its subclass: RelationConfig (the layer map both have)
     needs_hidden_states = True
     uses_logits = False
     default_map = "uniform"
@@ -36,7 +37,7 @@ class FeatureKD(Method):
         if self.projections is not None:
             device = next(student.parameters()).device
             self.projections.to(device=device, dtype=torch.float32)
-        log.info(f"{self.name} distillation: student:teacher hidden states {', '.join(f'{s}:{t}' for s, t in self.pairs)}"
+        log.info(f"{self.cfg.method} distillation: student:teacher hidden states {', '.join(f'{s}:{t}' for s, t in self.pairs)}"
               + (f"; learned projections {ds} -> {dt}" if self.projections is not None and ds != dt else ""))
 
     def make_projections(self, ds: int, dt: int) -> nn.ModuleDict | None:

@@ -12,12 +12,14 @@ take the place of its live logits (see `losses.topk_divergence`).
 from __future__ import annotations
 
 from mentor.errors import MentorError
-from mentor.whitebox.base import Forward, Method, register_method
+from mentor.whitebox.base import Forward, Method
+from mentor.whitebox.config import LogitConfig, SelfConfig
 from mentor.whitebox.losses import logit_divergence, topk_divergence
 
 
-@register_method("logit")
 class LogitKD(Method):
+    cfg: LogitConfig | SelfConfig  # the response group's fields (divergence, beta, temperature)
+
     def distill_loss(self, student: Forward, teacher: Forward | None, batch: dict):
         cfg = self.cfg
         beta, temperature = cfg.beta_for_divergence, cfg.temperature

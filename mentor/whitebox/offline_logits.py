@@ -37,6 +37,7 @@ import torch
 from mentor.data.encode import IGNORE
 from mentor.errors import MentorError
 from mentor.files import atomic_folder, atomic_path, atomic_write
+from mentor.whitebox.config import LogitConfig
 
 log = logging.getLogger("mentor")
 
@@ -225,11 +226,11 @@ class TeacherLogits:
         return f.get_slice("logprobs")[a:b], f.get_slice("indices")[a:b]
 
 
-def logits_folder(cfg, out: Path) -> Path:
+def logits_folder(cfg: LogitConfig, out: Path) -> Path:
     return Path(cfg.teacher_logits_dir) if cfg.teacher_logits_dir else out / "teacher_logits"
 
 
-def ensure_offline_logits(cfg, out: Path, datasets: dict, width: int, is_seq2seq: bool,
+def ensure_offline_logits(cfg: LogitConfig, out: Path, datasets: dict, width: int, is_seq2seq: bool,
                           bf16: bool) -> tuple[dict[int, TeacherLogits], float]:
     """Stored top-k teacher logits for each split, computed in a subprocess if missing or unfinished;
     and the seconds that took (0 when they were there already)."""

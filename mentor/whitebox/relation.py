@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from mentor.whitebox.base import Forward, register_method
+from mentor.whitebox.base import Forward
+from mentor.whitebox.config import RelationConfig
 from mentor.whitebox.feature import FeatureKD
 from mentor.whitebox.losses import relation_distance
 
 
-@register_method("relation")
 class RelationKD(FeatureKD):
+    cfg: RelationConfig  # its own method's config
     default_map = "last"
 
     def make_projections(self, ds, dt):

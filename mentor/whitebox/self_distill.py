@@ -16,7 +16,7 @@ import logging
 import torch
 
 from mentor.errors import MentorError
-from mentor.whitebox.base import register_method
+from mentor.whitebox.config import SelfConfig
 from mentor.whitebox.logit import LogitKD
 
 log = logging.getLogger("mentor")
@@ -30,8 +30,8 @@ def architecture(config) -> dict:
     return {k: getattr(text, k) for k in ARCH_KEYS if getattr(text, k, None) is not None}
 
 
-@register_method("self")
 class SelfDistillation(LogitKD):
+    cfg: SelfConfig  # its own method's config
     ema: torch.nn.Module | None = None
 
     def attach(self, student, teacher, student_config, teacher_config, is_seq2seq):
