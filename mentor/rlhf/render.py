@@ -42,10 +42,15 @@ class Renderer:
     def prompt(self, p: Prompt) -> str:
         p = p.with_instruction(self.instruction)
         text = render_prompt(p.messages, self.tokenizer, self.use_chat_template, p.kind)
+        self.conversations += p.kind == "chat"
+        return self.clip_prompt(text)
+
+    def clip_prompt(self, text: str) -> str:
+        """A rendered prompt as the trainer gets it: without a BOS the tokenizer adds again, its end kept
+        within the prompt limit."""
         if self.adds_bos and self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token):
             text = text[len(self.tokenizer.bos_token):]
         self.counts["prompts"] += 1
-        self.conversations += p.kind == "chat"
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) > self.max_prompt_tokens:  # keep the end: the generation prompt must stay next to the answer
             self.counts["truncated_prompts"] += 1

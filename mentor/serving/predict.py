@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from mentor.data.formats import prompt_messages
 from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
 from mentor.files import atomic_file, check_output_path
+from mentor.model_record import ModelRecord
 from mentor.models import resolve
 from mentor.serving.generate import (
     GeneratedText,
@@ -42,6 +44,35 @@ log = logging.getLogger("mentor")
 PARTIAL_FORMAT = 1  # bump when the partial file's records change meaning
 
 
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a model learned its prompts, from its folder's record: what `mentor predict`, the server
+    and a reinforcement job that starts from it all render, so the model sees one text everywhere."""
+
+    use_chat_template: bool
+    prompt_format: str  # a model tuned on conversations without a chat template learned "user: ...\nassistant: "
+    task_prefix: str  # distilled step-by-step students answer a task named by a prefix: "[label] "
+    instruction: str | None  # preference-tuned models were trained with an instruction before every prompt
+
+    @classmethod
+    def of(cls, record: ModelRecord, tokenizer) -> PromptStyle:
+        use = bool(getattr(tokenizer, "chat_template", None)) if record.use_chat_template is None else record.use_chat_template
+        return cls(use, record.prompt_format, record.task_prefix, record.instruction)
+
+    def render(self, tokenizer, item: str | list[dict], prefix: str | None = None) -> str:
+        """The prompt as the model learned it: chat template, instruction, task prefix (a step-by-step
+        student's label task unless `prefix` names another, e.g. its `rationale_prefix`)."""
+        prefix = self.task_prefix if prefix is None else prefix
+        if self.instruction:
+            prefix = f"{self.instruction}\n{prefix}"
+        if isinstance(item, str):
+            messages = [{"role": "user", "content": prefix + item}]
+        else:
+            messages = [*item[:-1], {**item[-1], "content": prefix + item[-1]["content"]}]
+        kind = "text" if isinstance(item, str) and self.prompt_format == "text" else "chat"
+        return render_prompt(messages, tokenizer, self.use_chat_template, kind)
+
+
 class Predictor:
     """A model ready to answer, rendered and generated exactly as `mentor server` answers it: the
     same model pool (a LoRA adapter stays an adapter on its base) and the same generation path."""
@@ -55,16 +86,9 @@ class Predictor:
         self.loaded = self.pool.base_of(self.servable)
         self.tokenizer = self.loaded.tokenizer
         record = self.servable.record
-        self.use_chat_template = (bool(getattr(self.tokenizer, "chat_template", None))
-                                  if record.use_chat_template is None else record.use_chat_template)
-        # a model tuned on conversations without a chat template learned "user: ...\nassistant: "
-        self.prompt_format = record.prompt_format
+        self.style = PromptStyle.of(record, self.tokenizer)
         self.max_input_tokens = record.max_input_tokens
-        # distilled step-by-step students answer a task named by a prefix: "[label] ", "[rationale] "
-        self.task_prefix = record.task_prefix
         self.rationale_prefix = record.rationale_prefix
-        # preference-tuned models were trained with an instruction before every prompt
-        self.instruction = record.instruction
 
     @contextmanager
     def held(self) -> Iterator:
@@ -94,17 +118,12 @@ class Predictor:
             return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
 
     def render(self, item: str | list[dict], prefix: str | None = None) -> str:
-        """The prompt as the model learned it: chat template, instruction, task prefix (a step-by-step
-        student's label task unless `prefix` names another, e.g. its `rationale_prefix`)."""
-        prefix = self.task_prefix if prefix is None else prefix
-        if self.instruction:
-            prefix = f"{self.instruction}\n{prefix}"
-        if isinstance(item, str):
-            messages = [{"role": "user", "content": prefix + item}]
-        else:
-            messages = [*item[:-1], {**item[-1], "content": prefix + item[-1]["content"]}]
-        kind = "text" if isinstance(item, str) and self.prompt_format == "text" else "chat"
-        return render_prompt(messages, self.tokenizer, self.use_chat_template, kind)
+        """The prompt as the model learned it (see `PromptStyle.render`)."""
+        return self.style.render(self.tokenizer, item, prefix)
+
+    @property
+    def task_prefix(self) -> str:
+        return self.style.task_prefix
 
     def prompt_tokens(self, prompt: str) -> int:
         """A rendered prompt's length in tokens as generation feeds it (a causal model's BOS included)."""
