@@ -28,7 +28,7 @@ class MentorParser(argparse.ArgumentParser):
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from mentor import recipes  # noqa: F401  (registers the built-in job kinds)
-    from mentor.cli import jobs, server, tools
+    from mentor.cli import grade, jobs, server, tools
 
     parser = MentorParser(prog="mentor", description="Tune and distill language models on your own hardware.")
     level = parser.add_mutually_exclusive_group()
@@ -45,6 +45,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             jobs.add_job_parser(sub, name, help_text, kind)
     jobs.add_run_parser(sub, argv if command == "run" else ())
     tools.register(sub)
+    grade.register(sub)
     server.register(sub)
     return parser
 

@@ -91,9 +91,17 @@ def cmd_eval(args) -> None:
     from mentor.evaluation.evaluate import evaluate_prompting, evaluate_student
     from mentor.evaluation.report import write_report
 
-    # a row without the gold answer would silently score 0: every row must have it
-    rows = read_rows(args.data, required=("input_text", args.answer_field), text=(args.answer_field,))
+    # a row without the gold answer would silently score 0: every row must have it (unless a grader scores)
+    required = ("input_text",) if args.grader else ("input_text", args.answer_field)
+    rows = read_rows(args.data, required=required, text=(args.answer_field,))
     rows = rows[: args.limit] if args.limit else rows
+    grader = None
+    if args.grader:  # refused before any model loads: checked against the first row
+        from mentor.evaluation.graded import item_of
+        from mentor.graders import build_grader
+        from mentor.graders.files import load_grader
+
+        grader = build_grader(load_grader(args.grader, item=item_of(rows[0])))
     lengths = {} if args.max_new_tokens is None else {"label_max_new_tokens": args.max_new_tokens,
                                                       "rationale_max_new_tokens": args.max_new_tokens}
     results = []
@@ -105,6 +113,12 @@ def cmd_eval(args) -> None:
             shots = [] if args.prompting == "zero-shot" else args.prompt_examples
             results.append(evaluate_prompting(ref, rows, args.task, args.answer_field, shots=shots,
                                               labels=_labels(args.labels), max_new_tokens=args.max_new_tokens or 256))
+    if grader is not None:
+        from mentor.evaluation.graded import add_grades
+
+        with grader:
+            for result in results:
+                add_grades(result, rows, grader)
     out = Path(args.output)
     write_report(results, out, f"evaluation on {args.data}")
 
@@ -213,6 +227,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=_positive, help="longest answer (default: 48 for a tuned model's label, "
                    "256 for a rationale or a prompting baseline)")
     p.add_argument("--limit", type=_positive, help="only the first N rows")
+    p.add_argument("--grader", help="a grader's JSON file (OpenAI's grader shapes): each answer's reward too, "
+                                    "reward_mean in the report (see `mentor grade`)")
     p.add_argument("--output", default="eval-report")
     p.set_defaults(func=cmd_eval)
 

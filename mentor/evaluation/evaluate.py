@@ -37,8 +37,9 @@ def golds_of(rows: list[dict], answer_field: str) -> list[str]:
 
 
 def main_metric(metrics: dict) -> tuple[str, float]:
-    """The one number a task is judged by: accuracy (choice accuracy), else F1, else ROUGE-L."""
-    for key in ("accuracy", "choice_accuracy", "f1", "rouge_l"):
+    """The one number a task is judged by: a grader's mean reward where one graded it, else accuracy
+    (choice accuracy), else F1, else ROUGE-L."""
+    for key in ("reward_mean", "accuracy", "choice_accuracy", "f1", "rouge_l"):
         if key in metrics:
             return key, metrics[key]
     return "n", float(metrics.get("n", 0))

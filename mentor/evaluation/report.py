@@ -28,7 +28,7 @@ def markdown_table(results: list[EvalResult], extra_columns: dict[str, dict[str,
     extra_columns = extra_columns or {}
     metric_names = []
     for r in results:
-        for k in ("accuracy", "choice_accuracy", "exact_match", "f1", "rouge_l"):
+        for k in ("reward_mean", "accuracy", "choice_accuracy", "exact_match", "f1", "rouge_l"):
             if k in r.metrics and k not in metric_names:
                 metric_names.append(k)
     head = ["model", *metric_names, "answered", "n", "s/example", "tokens/example", "parameters", *extra_columns]

@@ -23,7 +23,7 @@ from mentor.server.db import Database
 from mentor.server.errors import ApiError, disk_full, no_space
 from mentor.server.executors import make_executor
 from mentor.server.folder_lock import lock_data_folder
-from mentor.server.routes import batches, cloud, console, files, fine_tuning, inference, jobs, models
+from mentor.server.routes import batches, cloud, console, files, fine_tuning, graders, inference, jobs, models
 from mentor.server.scheduler import Scheduler
 from mentor.server.services.models import endpoints
 from mentor.server.settings import ServerSettings
@@ -144,7 +144,7 @@ def create_app(settings: ServerSettings, start_scheduler: bool = True, serve: li
 
     routers = (inference.router,) if serve is not None else (files.router, fine_tuning.router, jobs.router,
                                                                   models.router, cloud.router, inference.router,
-                                                                  batches.router)
+                                                                  batches.router, graders.router)
     for router in routers:  # each route also counts its body as it arrives: a chunked one has no Content-Length
         app.include_router(router, max_body_size=settings.max_upload_bytes + ENVELOPE if router is files.router
                            else settings.max_body_bytes)
