@@ -218,3 +218,9 @@ class SandboxWorker:
         with self._lock:
             self._stop()
 
+    def __del__(self):  # a grader never closed: its worker and folder go with it
+        try:
+            self._stop()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+

@@ -360,9 +360,13 @@ def judge_endpoint(model: str, settings: GraderSettings) -> tuple[str, str]:
     if not name:
         raise MentorError(f"{model!r} names no model; write MODEL@{url}")
     url = url.rstrip("/")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as err:  # "http://[::1", a port that is no number
+        raise MentorError(f"{url!r} is not a URL: {err}") from None
     allowed = [u.rstrip("/") for u in settings.allowed_judge_urls]
-    if not _loopback(parts.hostname or "") and url not in allowed:
+    if not _loopback(host) and url not in allowed:
         raise MentorError(f"the judge server {url} is not allowed; loopback is, and the base URLs in "
                           f"MENTOR_GRADERS_ALLOWED_JUDGE_URLS ({', '.join(allowed) or 'none set'})")
     return name, url
