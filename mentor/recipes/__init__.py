@@ -9,6 +9,7 @@ command line starts fast; a recipe module is imported when its job runs.
 from mentor.distill.config import CONFIGS as DISTILL_CONFIGS
 from mentor.jobs.registry import JobKind, register_kind
 from mentor.recipes.batch_config import BatchConfig
+from mentor.reinforce.config import ReinforceConfig
 from mentor.rlhf.config import DPOConfig, RewardModelConfig, RLHFConfig
 from mentor.training.config import TuneConfig
 from mentor.whitebox.config import CONFIGS as WHITEBOX_CONFIGS
@@ -27,6 +28,8 @@ register_kind(JobKind("reward-model", RewardModelConfig, "mentor.recipes.reward_
                       "a reward model trained on preference pairs", produces="reward-model"))
 register_kind(JobKind("rlhf", RLHFConfig, "mentor.recipes.rlhf:run",
                       "RLHF: a reward model, then reinforcement learning with a KL penalty"))
+register_kind(JobKind("reinforcement", ReinforceConfig, "mentor.recipes.reinforce:run",
+                      "reinforcement fine-tuning: GRPO with a grader's scores of the model's own answers as rewards"))
 for _name, _config in DISTILL_CONFIGS.items():
     register_kind(JobKind(_name, _config, "mentor.recipes.distill:run", DISTILL_SUMMARIES[_name], family="distill",
                           method=_name))

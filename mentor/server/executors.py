@@ -13,6 +13,7 @@ Multi-GPU jobs keep using accelerate/torchrun inside the worker.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import signal
@@ -51,15 +52,24 @@ class Finished:
     exit_code: int | None  # None when the engine did not say
 
 
+def worker_env(settings) -> dict[str, str]:
+    """What a worker is told of the server's settings through its environment: the servers its jobs'
+    LLM-judge graders may call are the teacher servers the owner allowed (checked at creation; the
+    worker's own check must agree)."""
+    allowed = [str(u) for u in getattr(settings, "allowed_teacher_urls", None) or []]
+    return {"MENTOR_GRADERS_ALLOWED_JUDGE_URLS": json.dumps(allowed)} if allowed else {}
+
+
 class LocalExecutor:
     name = "local"
 
-    def __init__(self):
+    def __init__(self, env: dict[str, str] | None = None):
         self._procs: dict[str, subprocess.Popen] = {}
+        self.env = env or {}
 
     def start(self, job_id: str, folder: Path, attempt: int) -> str:
         log = (folder / "worker.log").open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(worker_command(folder), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, preexec_fn=_die_with_parent, start_new_session=True)
         log.close()
@@ -99,7 +109,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str, cpus: float = 1.0, gpus: float = 0.0):
+    def __init__(self, address: str, cpus: float = 1.0, gpus: float = 0.0, env: dict[str, str] | None = None):
         try:
             from ray.job_submission import JobSubmissionClient
         except ImportError as err:
@@ -108,10 +118,12 @@ class RayExecutor:
             raise MentorError("the ray executor needs Ray: pip install 'mentor[ray]'") from err
         self.client = JobSubmissionClient(address)
         self.cpus, self.gpus = cpus, gpus
+        self.env = env or {}
 
     def start(self, job_id: str, folder: Path, attempt: int) -> str:
         submission = f"{job_id}-attempt-{attempt}"
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(("MENTOR_", "HF_", "OMP_", "TOKENIZERS_"))}
+        env_vars.update(self.env)
         self.client.submit_job(entrypoint=" ".join(worker_command(folder)), submission_id=submission,
                                entrypoint_num_cpus=self.cpus, entrypoint_num_gpus=self.gpus or None,
                                runtime_env={"env_vars": env_vars})
@@ -148,5 +160,5 @@ class RayExecutor:
 
 def make_executor(settings):
     if settings.executor == "ray":
-        return RayExecutor(settings.ray_address, settings.job_cpus, settings.job_gpus)
-    return LocalExecutor()
+        return RayExecutor(settings.ray_address, settings.job_cpus, settings.job_gpus, worker_env(settings))
+    return LocalExecutor(worker_env(settings))

@@ -5,6 +5,7 @@ both arrive here; every config field of the kind may also be given by its own na
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -24,15 +25,19 @@ MODEL_FIELDS = ("model", "reward_model")
 # OpenAI's method types -> the kind each creates, or the family (and its default) whose `method`
 # setting picks one. A new kind reached through OpenAI's API is an entry here, its settings field in
 # MethodSpec, and its hyperparameters echoed in shapes.method_of.
-OPENAI_KINDS = {"supervised": "tune", "dpo": "dpo"}
+OPENAI_KINDS = {"supervised": "tune", "dpo": "dpo", "reinforcement": "reinforcement"}
+# OpenAI's reinforcement hyperparameters -> the reinforcement kind's fields (n_epochs becomes steps;
+# compute_multiplier scales the answers sampled per prompt)
+REINFORCEMENT_NAMES = {"eval_interval": "evaluation_interval", "eval_samples": "eval_samples"}
 OPENAI_FAMILIES = {"distillation": ("distill", "step-by-step")}
 
 
 class MethodSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["supervised", "dpo", "distillation"] = "supervised"
+    type: Literal["supervised", "dpo", "reinforcement", "distillation"] = "supervised"
     supervised: dict[str, Any] | None = None
     dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = Field(None, description="OpenAI's: {grader, hyperparameters}")
     distillation: dict[str, Any] | None = Field(None, description="mentor's: {method, teacher, hyperparameters, ...}")
 
 
@@ -173,7 +178,8 @@ def validate_config(kind: JobKind, fields: dict[str, Any]) -> JobConfig:
         raise bad("; ".join(f"{f}: {m}" for f, m in problems), field) from None
 
 
-def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) -> dict[str, Any]:
+def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver,
+                   grader_param: str = "grader") -> dict[str, Any]:
     for name in SERVER_FIELDS:
         if name in fields:
             raise bad(f"'{name}' is chosen by the server", name)
@@ -187,6 +193,9 @@ def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver) ->
     for name in MODEL_FIELDS:
         if out.get(name) is not None:
             out[name] = resolver.model(out[name], name)
+    if out.get("grader") is not None:  # inlined: the job never reads a grader file the client named again
+        first = _first_row(out["data"]) if isinstance(out.get("data"), str) else None
+        out["grader"] = _grader(out["grader"], resolver, grader_param, first)
     if kind.produces == "predictions":  # a batch: its lines name models through `models` only
         if out.get("models") is not None and not isinstance(out["models"], dict):
             raise bad("models must map the names the lines use to model references", "models")
@@ -242,6 +251,11 @@ def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path)
         if not isinstance(name, str) or name not in methods:
             raise bad(f"{method.type} method must be one of {', '.join(methods)}", f"method.{method.type}.method")
         kind = methods[name]
+    if method.type == "reinforcement":
+        hyper = _reinforcement_hyperparameters(hyper)
+        if "grader" not in spec:
+            raise bad("a reinforcement job needs a grader", "method.reinforcement.grader")
+        hyper["grader"] = spec.pop("grader")  # checked with the other fields, against the training file
     if spec and method.type not in OPENAI_FAMILIES:  # a family's kinds take their own fields here
         raise bad(f"unknown settings in method.{method.type}: {', '.join(spec)}", f"method.{method.type}")
     fields = {k: v for k, v in {**spec, **hyper}.items() if v != "auto"}
@@ -253,8 +267,61 @@ def from_openai(body: CreateFineTuningJob, resolver: Resolver, job_folder: Path)
         fields["seed"] = body.seed
     fields["model"] = body.model
     _epochs_to_steps(fields, training.lines, kind)
-    fields = resolve_fields(kind, fields, resolver)
+    fields = resolve_fields(kind, fields, resolver, grader_param=f"method.{method.type}.grader")
     return kind, validate_config(kind, {**fields, "output": str(job_folder)})
+
+
+def _reinforcement_hyperparameters(hyper: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's reinforcement hyperparameters under the reinforcement kind's names."""
+    from mentor.reinforce.config import generations_for
+
+    hyper = {REINFORCEMENT_NAMES.get(k, k): v for k, v in hyper.items()}
+    effort = hyper.pop("reasoning_effort", "default")
+    if effort not in ("default", "auto"):
+        raise bad(f"reasoning_effort {effort!r} sets how long OpenAI's reasoning models think; the open models mentor "
+                  "tunes have no such setting: leave it out or give 'default'",
+                  "method.reinforcement.hyperparameters.reasoning_effort")
+    multiplier = hyper.pop("compute_multiplier", "auto")
+    if multiplier != "auto":
+        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 0 < multiplier <= 64:
+            raise bad("compute_multiplier must be a number above 0 (at most 64)",
+                      "method.reinforcement.hyperparameters.compute_multiplier")
+        hyper["num_generations"] = generations_for(multiplier)
+    return hyper
+
+
+def _first_row(path: str) -> dict | None:
+    """The first line of an uploaded (so already validated) data file."""
+    with open(path, "rb") as f:  # closed at once: a server runs for weeks
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                return row if isinstance(row, dict) else None
+    return None
+
+
+def _grader(value: Any, resolver: Resolver, param: str, item: dict | None) -> dict[str, Any]:
+    """A grader as the job will run it, refused now when it is wrong (the field named), when a template
+    names a field the training file's lines lack, or when its judge is a server this one may not call."""
+    from mentor.errors import MentorError
+    from mentor.graders import GraderSettings, parse_grader
+
+    if isinstance(value, str) and not value.lstrip().startswith("{"):  # an uploaded file, or one the server may read
+        with open(resolver.data(value, param), "rb") as f:
+            value = f.read().decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise bad(f"the grader is not JSON ({err})", param) from None
+    if not isinstance(value, dict):
+        raise bad("a grader is a JSON object with a 'type'", param)
+    settings = GraderSettings(allowed_judge_urls=list(resolver.settings.allowed_teacher_urls))
+    try:
+        parse_grader(value, where=param, item=item, settings=settings)
+    except MentorError as err:
+        raise bad(str(err), param) from None
+    return value
 
 
 def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> tuple[JobKind, JobConfig, str | None]:

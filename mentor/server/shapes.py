@@ -19,7 +19,9 @@ CLOUD_STATES = {"validating_files": "JOB_STATE_PENDING", "queued": "JOB_STATE_QU
                 "paused": "JOB_STATE_PAUSED"}
 # the cloud's six metric names -> OpenAI's checkpoint metric names
 OPENAI_METRICS = {"train_total_loss": "train_loss", "train_fraction_of_correct_next_step_preds": "train_mean_token_accuracy",
-                  "eval_total_loss": "valid_loss", "eval_fraction_of_correct_next_step_preds": "valid_mean_token_accuracy"}
+                  "eval_total_loss": "valid_loss", "eval_fraction_of_correct_next_step_preds": "valid_mean_token_accuracy",
+                  # a reinforcement job's, as OpenAI's reinforcement jobs name them
+                  "train_reward_mean": "train_reward_mean", "eval_reward_mean": "valid_reward_mean"}
 CLOUD_METRICS = ("train_total_loss", "train_fraction_of_correct_next_step_preds", "train_num_predictions",
                  "eval_total_loss", "eval_fraction_of_correct_next_step_preds", "eval_num_predictions")
 
@@ -38,6 +40,13 @@ def method_of(job: JobRow) -> dict:
         return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
     if method == "dpo":
         return {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": cfg.get("beta")}}}
+    if method == "reinforcement":
+        from mentor.reinforce.config import GENERATIONS_AT_MULTIPLIER_1
+
+        generations = cfg.get("num_generations") or GENERATIONS_AT_MULTIPLIER_1
+        return {"type": "reinforcement", "reinforcement": {"grader": cfg.get("grader"), "hyperparameters": {
+            **hyper, "eval_interval": cfg.get("evaluation_interval"), "eval_samples": cfg.get("eval_samples"),
+            "compute_multiplier": generations / GENERATIONS_AT_MULTIPLIER_1, "reasoning_effort": "default"}}}
     # distillation, and (as before) mentor's own kinds, which OpenAI's method types do not name
     return {"type": "distillation", "distillation": {"method": job.kind, "teacher": cfg.get("teacher"),
                                                      "hyperparameters": hyper}}

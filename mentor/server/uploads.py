@@ -23,12 +23,14 @@ def new_id(prefix: str) -> str:
 
 def check_dataset(path: Path) -> None:
     """A fine-tuning file is validated as what its first row is: tuning examples (text, chat, Gemini
-    chat), preference pairs, or distillation inputs (rows with input_text and no output), so a later
-    row that does not match is reported with its line and field as `mentor tune` would."""
+    chat), preference pairs, reinforcement prompts (a conversation ending with a user turn, OpenAI's
+    reinforcement files), or distillation inputs (rows with input_text and no output), so a later row
+    that does not match is reported with its line and field as `mentor tune` would."""
     import json
 
     from mentor.data.formats import load_examples
     from mentor.data.rows import read_rows
+    from mentor.reinforce.data import load_items
     from mentor.rlhf.data import load_preferences
 
     first: dict = {}
@@ -42,8 +44,12 @@ def check_dataset(path: Path) -> None:
                 break
     if not isinstance(first, dict):
         first = {}
+    messages = first.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else {}
     if {"chosen", "rejected"} & first.keys() or {"candidate_0", "candidate_1"} & first.keys():
         load_preferences(path, 10**9)
+    elif last.get("role") in ("user", "developer", "system"):
+        load_items(path, 10**9)
     elif "input_text" in first and not {"output_text", "messages", "contents"} & first.keys():
         read_rows(path)
     else:
