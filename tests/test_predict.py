@@ -20,9 +20,10 @@ from conftest import write_jsonl
 from mentor.errors import MentorError
 from mentor.models import load_model
 from mentor.serving import predict as predict_module
+from mentor.serving.answer_log import AnswerLog, log_path
 from mentor.serving.generate import GeneratedText, SamplingParams, generate
 from mentor.serving.pool import adapter_names
-from mentor.serving.predict import Predictor, partial_path, predict_file
+from mentor.serving.predict import Predictor, predict_file
 
 WORDS = ["hello", "abc", "The quick brown fox", "12345", "zz top", "a", "what is 2+2?"]
 SETTINGS = {"max_new_tokens": 6, "batch_size": 3, "progress": False}
@@ -68,7 +69,7 @@ def test_killed_prediction_resumes_only_missing_rows(tmp_path, inputs, spy):
     assert all(isinstance(r["prediction"], str) for r in ref_rows)
 
     out = tmp_path / "sub" / "out.jsonl"
-    partial = partial_path(out)
+    partial = log_path(out)
     spy.kill_after = 4  # in the middle of the second batch of 3
     with pytest.raises(Killed):
         predict_file("tiny:llama", str(inputs), str(out), **SETTINGS)
@@ -110,7 +111,7 @@ def test_partial_answers_of_other_settings_or_input_are_not_reused(tmp_path, inp
     predict_file("tiny:llama", str(inputs), str(out), **SETTINGS)
     assert len(spy.calls[-1]) == n_rows  # another input file: every row generated again
     assert json.loads(out.read_text().splitlines()[0])["input_text"] == "hallo"
-    assert not partial_path(out).exists()
+    assert not log_path(out).exists()
 
 
 def test_bad_output_path_fails_before_the_model_loads(tmp_path, inputs, monkeypatch):
@@ -231,14 +232,15 @@ def test_a_base_whose_last_adapter_was_evicted_still_answers(tmp_path):
     pool.release([base])
 
 
-def test_partial_file_keeps_odd_characters_and_drops_a_torn_line(tmp_path):
+def test_answer_log_keeps_odd_characters_and_drops_a_torn_line(tmp_path):
     partial = tmp_path / ".out.jsonl.partial"
-    records = [{"key": "k"}, {"line": 1, "prediction": "a\u2028b\x85c"}, {"line": 3, "prediction": "d"}]
+    records = [{"key": "k"}, {"line": 1, "answer": {"prediction": "a\u2028b\x85c"}},
+               {"line": 3, "answer": {"prediction": "d"}}]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    partial.write_text(text + '{"line": 4, "pre', encoding="utf-8")
-    assert predict_module._resume(partial, "k", {}) == {r["line"]: r for r in records[1:]}
+    partial.write_text(text + '{"line": 4, "ans', encoding="utf-8")
+    assert AnswerLog(partial, "k").answers == {r["line"]: r["answer"] for r in records[1:]}
     assert partial.read_text(encoding="utf-8") == text  # ready to append to
-    assert predict_module._resume(partial, "other key", {"model": "m"}) == {}
+    assert AnswerLog(partial, "other key", {"model": "m"}).answers == {}
     assert json.loads(partial.read_text()) == {"model": "m", "key": "other key"}
 
 

@@ -3,8 +3,9 @@
 setup: read every line; a line that is not a valid request (bad JSON, wrong url, unknown model,
        bad body) becomes an error record, the rest are answered;
 run:   lines grouped by model and sampling settings, answered in batches through the model pool
-       (adapters of one base batched together); each answer is appended to a partial file the
-       moment it exists, so a killed job resumes with only the missing lines; progress in events;
+       (adapters of one base batched together); each batch of answers is kept in the answer log
+       (`mentor.serving.answer_log`, the one `mentor predict --input` keeps too) before the next is
+       generated, so a killed job resumes with only the missing lines; progress in events;
 save:  output.jsonl and errors.jsonl, in input order, written whole (never a half file).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
 from collections import defaultdict
@@ -21,17 +21,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mentor.errors import MentorError
-from mentor.files import atomic_file, cut_torn_line
 from mentor.jobs import Job, TunedModel
 from mentor.jobs.config import validation_problems
 from mentor.recipes.batch_config import BatchConfig
+from mentor.serving.answer_log import AnswerLog, answer_key, log_path
 from mentor.serving.generate import generate_stream
 from mentor.serving.openai_api import ChatRequest, CompletionRequest, chat_prompt, chat_response, completion_response
 from mentor.serving.pool import ModelPool, Servable, adapter_names
 from mentor.serving.predict import Predictor
 
 log = logging.getLogger("mentor")
-PARTIAL = "answers.partial.jsonl"
+OUTPUT, ERRORS = "output.jsonl", "errors.jsonl"
 
 
 def _error(line: int, custom_id, code: str, message: str) -> dict:
@@ -70,31 +70,31 @@ def read_requests(cfg: BatchConfig):
     return good, errors
 
 
-def _read_partial(path: Path) -> dict[int, dict]:
-    done = {}
-    cut_torn_line(path)  # else the next answer is appended onto it, and lost with it
-    if path.exists():
-        for raw in path.read_text(encoding="utf-8").split("\n"):
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue  # a line cut short by a kill
-            done[record["line"]] = record["record"]
-    return done
-
-
 def run(cfg: BatchConfig, job: Job) -> TunedModel:
     good, errors = read_requests(cfg)
-    partial = job.folder / PARTIAL
-    done = _read_partial(partial)
-    total = len(good) + len(errors)
-    todo = [(line, cid, body) for line, cid, body in good if line not in done]
-    if done:
-        job.event("resumed", f"{len(done)} of {len(good)} requests were answered already", answered=len(done))
-    job.update(step=len(done) + len(errors), total_steps=total)
-    log.info("batch: %d requests, %d bad lines, %d answered already", len(good), len(errors), len(done))
-
+    answers = AnswerLog(log_path(job.folder / OUTPUT), _answer_key(cfg), {"input": cfg.input})
+    todo = [(line, cid, body) for line, cid, body in good if line not in answers.answers]
+    if answers.answers:
+        job.event("resumed", f"{len(answers.answers)} of {len(good)} requests were answered already",
+                  answered=len(answers.answers))
+    job.update(step=len(answers.answers) + len(errors), total_steps=len(good) + len(errors))
+    log.info("batch: %d requests, %d bad lines, %d answered already", len(good), len(errors), len(answers.answers))
     pool = ModelPool(int(cfg.memory_mb * 2**20) if cfg.memory_mb else None)
+    groups, models = _prepare(cfg, todo, pool, errors)
+    _answer(cfg, job, pool, groups, answers, errors, len(good))
+    return _save(job, answers, errors, models)
+
+
+def _answer_key(cfg: BatchConfig) -> str:
+    """The input's bytes and what decides which model answers a line how: a rerun of the same job keeps
+    its answers, a log left by other settings is not taken for them."""
+    return answer_key(Path(cfg.input), {"endpoint": cfg.endpoint, "models": cfg.models,
+                                        "listed_models_only": cfg.listed_models_only})
+
+
+def _prepare(cfg: BatchConfig, todo: list, pool: ModelPool, errors: dict[int, dict]) -> tuple[dict, set[str]]:
+    """The lines to answer grouped by base model and sampling settings (adapters of one base answer in one
+    batch), each with its predictor and rendered prompts; a line refused here becomes an error record."""
     predictors: dict[str, Predictor] = {}
     groups: dict[tuple, list] = defaultdict(list)
     for line, cid, body in todo:
@@ -117,45 +117,49 @@ def run(cfg: BatchConfig, job: Job) -> TunedModel:
             errors[line] = _error(line, cid, "context_length_exceeded", problem)
             continue
         groups[(p.servable.base, params)].append((line, cid, body, p, prompts))
+    return groups, set(predictors)
 
-    with partial.open("a", encoding="utf-8") as out:
-        for (_, params), items in groups.items():
-            for start in range(0, len(items), cfg.batch_size):
-                if job.cancel_requested:
-                    raise job.cancelled()
-                chunk = items[start:start + cfg.batch_size]
-                rows = [(k, prompt) for k, item in enumerate(chunk) for prompt in item[4]]
-                servables = [chunk[k][3].servable for k, _ in rows]
-                loaded, names = pool.acquire(servables)
-                try:
-                    outputs = dict(generate_stream(loaded, [prompt for _, prompt in rows], params,
-                                                   batch_size=len(rows), adapter_names=adapter_names(loaded, names)))
-                finally:
-                    pool.release(servables)
-                for k, (line, cid, body, _, _) in enumerate(chunk):
-                    per_prompt = [outputs[i] for i, (owner, _) in enumerate(rows) if owner == k]
-                    created, rid = int(time.time()), secrets.token_hex(12)
-                    response = (chat_response(f"chatcmpl-{rid}", created, body.model, per_prompt[0])
-                                if isinstance(body, ChatRequest)
-                                else completion_response(f"cmpl-{rid}", created, body.model, per_prompt, body.n))
-                    record = {"id": f"batch_req_{rid}", "custom_id": cid, "error": None,
-                              "response": {"status_code": 200, "request_id": rid, "body": response}}
-                    out.write(json.dumps({"line": line, "record": record}, ensure_ascii=False) + "\n")
-                    done[line] = record
-                out.flush()
-                os.fsync(out.fileno())
-                job.update(step=len(done) + len(errors))
-                job.event("progress", f"{len(done)} of {len(good)} answered", answered=len(done), failed=len(errors))
 
-    with atomic_file(job.folder / "output.jsonl") as f:
-        for line in sorted(done):
-            f.write(json.dumps(done[line], ensure_ascii=False) + "\n")
-    with atomic_file(job.folder / "errors.jsonl") as f:
-        for line in sorted(errors):
-            f.write(json.dumps(errors[line], ensure_ascii=False) + "\n")
-    partial.unlink(missing_ok=True)
-    log.info("batch done: %d answered, %d failed; %s", len(done), len(errors), job.folder / "output.jsonl")
-    return TunedModel(output=str(job.folder), model_path=str(job.folder / "output.jsonl"),
-                      base_model=", ".join(sorted(predictors)) or "-", method="batch", best_step=None,
-                      steps_run=total, metrics={"completed": len(done), "failed": len(errors), "total": total},
-                      extra={"output": str(job.folder / "output.jsonl"), "errors": str(job.folder / "errors.jsonl")})
+def _answer(cfg: BatchConfig, job: Job, pool: ModelPool, groups: dict[tuple, list], answers: AnswerLog,
+            errors: dict[int, dict], requests: int) -> None:
+    """Every group answered in batches of `batch_size` requests, each batch kept in the answer log before
+    the next starts (a cancel is honoured between batches)."""
+    for (_, params), items in groups.items():
+        for start in range(0, len(items), cfg.batch_size):
+            if job.cancel_requested:
+                raise job.cancelled()
+            chunk = items[start:start + cfg.batch_size]
+            rows = [(k, prompt) for k, item in enumerate(chunk) for prompt in item[4]]
+            servables = [chunk[k][3].servable for k, _ in rows]
+            loaded, names = pool.acquire(servables)
+            try:
+                outputs = dict(generate_stream(loaded, [prompt for _, prompt in rows], params,
+                                               batch_size=len(rows), adapter_names=adapter_names(loaded, names)))
+            finally:
+                pool.release(servables)
+            answers.add((line, _response(cid, body, [outputs[i] for i, (owner, _) in enumerate(rows) if owner == k]))
+                        for k, (line, cid, body, _, _) in enumerate(chunk))
+            done = len(answers.answers)
+            job.update(step=done + len(errors))
+            job.event("progress", f"{done} of {requests} answered", answered=done, failed=len(errors))
+
+
+def _response(cid: str, body: ChatRequest | CompletionRequest, outputs: list) -> dict:
+    """A batch output line: the response the online endpoint gives this request."""
+    created, rid = int(time.time()), secrets.token_hex(12)
+    response = (chat_response(f"chatcmpl-{rid}", created, body.model, outputs[0]) if isinstance(body, ChatRequest)
+                else completion_response(f"cmpl-{rid}", created, body.model, outputs, body.n))
+    return {"id": f"batch_req_{rid}", "custom_id": cid, "error": None,
+            "response": {"status_code": 200, "request_id": rid, "body": response}}
+
+
+def _save(job: Job, answers: AnswerLog, errors: dict[int, dict], models: set[str]) -> TunedModel:
+    done, output = answers.answers, job.folder / OUTPUT
+    answers.finish({output: (done[line] for line in sorted(done)),
+                    job.folder / ERRORS: (errors[line] for line in sorted(errors))})
+    log.info("batch done: %d answered, %d failed; %s", len(done), len(errors), output)
+    total = len(done) + len(errors)
+    return TunedModel(output=str(job.folder), model_path=str(output), base_model=", ".join(sorted(models)) or "-",
+                      method="batch", best_step=None, steps_run=total,
+                      metrics={"completed": len(done), "failed": len(errors), "total": total},
+                      extra={"output": str(output), "errors": str(job.folder / ERRORS)})

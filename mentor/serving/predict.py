@@ -4,18 +4,15 @@ Prompts are rendered exactly as in training (the chat template when the model wa
 it), so a tuned model sees at inference what it saw when it learned. Generation is
 `mentor.serving.generate`, the one batched path local teachers use too.
 
-Batch prediction is resumable: every answer is appended to a partial file next to the output the
-moment it is generated, keyed by input line and by a hash of the input file, the model and the
-generation settings; a rerun answers only the rows still missing, and the output file appears
-(atomically) only when every row is answered.
+Batch prediction is resumable: every answer is kept in the answer log (`mentor.serving.answer_log`,
+which the `batch` job kind answers through too) the moment it is generated, keyed by input line and by a
+hash of the input file, the model and the generation settings; a rerun answers only the rows still
+missing, and the output file appears (atomically) only when every row is answered.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,9 +24,10 @@ from mentor.data.encode import render_prompt, with_bos
 from mentor.data.formats import prompt_messages
 from mentor.data.jsonl import read_jsonl
 from mentor.errors import MentorError
-from mentor.files import atomic_file, check_output_path
+from mentor.files import check_output_path
 from mentor.model_record import ModelRecord
 from mentor.models import resolve
+from mentor.serving.answer_log import AnswerLog, answer_key, log_path
 from mentor.serving.generate import (
     GeneratedText,
     SamplingParams,
@@ -40,8 +38,6 @@ from mentor.serving.generate import (
 from mentor.serving.pool import ModelPool, Servable, adapter_names
 
 log = logging.getLogger("mentor")
-
-PARTIAL_FORMAT = 1  # bump when the partial file's records change meaning
 
 
 @dataclass(frozen=True)
@@ -220,42 +216,11 @@ def read_prediction_inputs(path: Path) -> list[tuple[int, dict, str | list[dict]
     return read_jsonl(path, parse, "input")
 
 
-def partial_path(dst: Path) -> Path:
-    """Where a batch prediction into `dst` keeps its answers until it is complete."""
-    return dst.with_name(f".{dst.name}.partial")
-
-
-def _partial_key(model_ref: str, src: Path, params: SamplingParams) -> str:
-    """Same input bytes, same model (its files' fingerprint), same settings: same key."""
+def _settings(model_ref: str, params: SamplingParams) -> dict:
+    """What decides a prediction besides its input: the model (its files' fingerprint) and the settings."""
     source = resolve(model_ref)
     model = str(Path(source).resolve()) if Path(source).exists() else source
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    spec = {"format": PARTIAL_FORMAT, "input": digest, "model": model + model_fingerprint(model_ref),
-            "params": params.to_json()}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-def _resume(partial: Path, key: str, header: dict) -> dict[int, dict]:
-    """{line: record} a killed run with the same key saved, the file left ready to append to:
-    a torn last line (killed mid-write) is cut off; a file of another key is started afresh."""
-    data = partial.read_bytes() if partial.exists() else b""
-    complete = data[: data.rfind(b"\n") + 1]
-    # split at "\n" only: a prediction may hold characters splitlines() also breaks at (\x85, \u2028)
-    records = [_loads(line) for line in complete.decode("utf-8", errors="replace").split("\n") if line]
-    if not records or not isinstance(records[0], dict) or records[0].get("key") != key:
-        partial.write_text(json.dumps({**header, "key": key}, ensure_ascii=False) + "\n", encoding="utf-8")
-        return {}
-    if len(complete) < len(data):
-        os.truncate(partial, len(complete))
-    return {r["line"]: r for r in records[1:]
-            if isinstance(r, dict) and isinstance(r.get("line"), int) and isinstance(r.get("prediction"), str)}
-
-
-def _loads(line: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
+    return {"model": model + model_fingerprint(model_ref), "params": params.to_json()}
 
 
 def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_tokens: int = 256,
@@ -269,37 +234,35 @@ def predict_file(model_ref: str, input_path: str, output_path: str, *, max_new_t
     dst = Path(output_path).expanduser()
     check_output_path(dst)
     params = prediction_params(max_new_tokens, temperature)
-    partial = partial_path(dst)
     header = {"partial_of": str(dst), "input": str(src), "model": model_ref, "params": params.to_json()}
-    done = _resume(partial, _partial_key(model_ref, src, params), header)
-    todo = [(lineno, item) for lineno, _, item in rows if lineno not in done]
-    if done and todo:
-        log.info(f"resuming {dst}: {len(rows) - len(todo)} of {len(rows)} rows already answered ({partial})")
+    answers = AnswerLog(log_path(dst), answer_key(src, _settings(model_ref, params)), header)
+    todo = [(lineno, item) for lineno, _, item in rows if lineno not in answers.answers]
+    if answers.answers and todo:
+        log.info(f"resuming {dst}: {len(rows) - len(todo)} of {len(rows)} rows already answered ({answers.path})")
     if todo:
-        predictor = Predictor(model_ref)
-        prompts = [predictor.render(item) for _, item in todo]
-        limit = predictor.input_limit(max_new_tokens)
-        cut = [lineno for (lineno, _), p in zip(todo, prompts) if predictor.prompt_tokens(p) > limit]
-        if cut:
-            log.warning(f"{len(cut)} input(s) longer than {limit} tokens (the model's context less --max-new-tokens, "
-                        f"or training's limit) are cut as training cut them, e.g. {src}:{cut[0]}")
-        with partial.open("a", encoding="utf-8") as f:
-            for index, output in predictor.stream(prompts, max_new_tokens, temperature, batch_size, progress):
-                lineno, text = todo[index][0], output.text.strip()
-                record = {"line": lineno, "prediction": text, "finish_reason": output.finish_reason,
-                          "prompt_tokens": output.prompt_tokens, "completion_tokens": output.completion_tokens}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                done[lineno] = record
-    with atomic_file(dst) as f:
-        for lineno, row, _ in rows:
-            # finish_reason "length": the answer was cut at max_new_tokens, not finished
-            answer = {"prediction": done[lineno]["prediction"], "finish_reason": done[lineno].get("finish_reason")}
-            f.write(json.dumps({**row, **answer}, ensure_ascii=False) + "\n")
-    partial.unlink(missing_ok=True)
+        _predict_rows(model_ref, src, todo, answers, max_new_tokens, temperature, batch_size, progress)
+    done = answers.answers
+    # finish_reason "length": the answer was cut at max_new_tokens, not finished
+    answers.finish({dst: ({**row, "prediction": done[lineno]["prediction"],
+                           "finish_reason": done[lineno].get("finish_reason")} for lineno, row, _ in rows)})
     cut = sum(done[lineno].get("finish_reason") == "length" for lineno, _, _ in rows)
     if cut:
         log.warning(f"{cut} of {len(rows)} predictions reached --max-new-tokens ({max_new_tokens}) before they "
                     "ended (finish_reason 'length'); raise it to let them finish")
     return dst
+
+
+def _predict_rows(model_ref: str, src: Path, todo: list[tuple[int, str | list[dict]]], answers: AnswerLog,
+                  max_new_tokens: int, temperature: float, batch_size: int, progress: bool) -> None:
+    """Answer the rows still missing, each kept in the log the moment it is generated."""
+    predictor = Predictor(model_ref)
+    prompts = [predictor.render(item) for _, item in todo]
+    limit = predictor.input_limit(max_new_tokens)
+    cut = [lineno for (lineno, _), p in zip(todo, prompts) if predictor.prompt_tokens(p) > limit]
+    if cut:
+        log.warning(f"{len(cut)} input(s) longer than {limit} tokens (the model's context less --max-new-tokens, "
+                    f"or training's limit) are cut as training cut them, e.g. {src}:{cut[0]}")
+    for index, output in predictor.stream(prompts, max_new_tokens, temperature, batch_size, progress):
+        answers.add([(todo[index][0], {"prediction": output.text.strip(), "finish_reason": output.finish_reason,
+                                       "prompt_tokens": output.prompt_tokens,
+                                       "completion_tokens": output.completion_tokens})])
