@@ -138,8 +138,13 @@ def _read_point(path: Path) -> dict | None:
 
 def final_eval(trainer, names: dict) -> dict:
     """Score the model being handed over on the evaluation set, under mentor's names."""
+    from transformers.trainer_callback import PrinterCallback
+
     if trainer.eval_dataset is None:
         return {}
+    # the progress bar and the summary show the metrics: Trainer would also print them as a dict (it
+    # does so before training starts, where nothing has removed its printer yet)
+    trainer.remove_callback(PrinterCallback)
     with known_warnings():
         metrics = trainer.evaluate()
     return {k: v for k, v in rename(metrics, names).items() if k.startswith("eval_")}
