@@ -39,7 +39,7 @@ def sft_rows(n, seed):
     return [{"input_text": f"answer {word(rng)}", "output_text": rng.choice(YES if i % 2 else NO)} for i in range(n)]
 
 
-def pair_rows(n, seed, cloud=True):
+def preference_lines(n, seed, cloud=True):
     """Half in the cloud format (choice alternating), half as prompt/chosen/rejected."""
     rng = random.Random(seed)
     rows = []
@@ -64,8 +64,8 @@ def task(tmp_path_factory):
     d = tmp_path_factory.mktemp("prefs")
     files = {
         "sft": write_jsonl(d / "sft.jsonl", sft_rows(400, 0)),
-        "pairs": write_jsonl(d / "pairs.jsonl", pair_rows(200, 1)),
-        "eval_pairs": write_jsonl(d / "eval_pairs.jsonl", pair_rows(40, 2)),
+        "pairs": write_jsonl(d / "pairs.jsonl", preference_lines(200, 1)),
+        "eval_pairs": write_jsonl(d / "eval_pairs.jsonl", preference_lines(40, 2)),
         "prompts": write_jsonl(d / "prompts.jsonl", prompt_rows(100, 3)),
         "eval_prompts": write_jsonl(d / "eval_prompts.jsonl", prompt_rows(16, 4)),
         "held_out_prompts": [r["input_text"] for r in prompt_rows(24, 5)],
@@ -337,7 +337,7 @@ def test_reward_model_sees_where_an_answer_ends(tmp_path):
     from mentor.models import resolve
     from mentor.rlhf.data import PreferencePair, Prompt
     from mentor.rlhf.render import Renderer
-    from mentor.rlhf.reward import pair_rows as reward_rows
+    from mentor.rlhf.reward import scored_pair_rows
 
     start = tmp_path / "pad-is-eos"
     tokenizer = AutoTokenizer.from_pretrained(resolve("tiny:llama"))
@@ -346,7 +346,7 @@ def test_reward_model_sees_where_an_answer_ends(tmp_path):
     AutoModelForCausalLM.from_pretrained(resolve("tiny:llama")).save_pretrained(start)
     job = tmp_path / "rm"
     mentor.run("reward-model", model=str(start), output=str(job), preference_dataset=str(
-        write_jsonl(tmp_path / "p.jsonl", pair_rows(32, 1))), tuning="full", reward_model_train_steps=2, batch_size=8)
+        write_jsonl(tmp_path / "p.jsonl", preference_lines(32, 1))), tuning="full", reward_model_train_steps=2, batch_size=8)
     reward = RewardModel(str(job))
     assert reward.tokenizer.pad_token_id != reward.tokenizer.eos_token_id
     assert reward.model.config.pad_token_id == reward.tokenizer.pad_token_id
@@ -355,7 +355,7 @@ def test_reward_model_sees_where_an_answer_ends(tmp_path):
 
     renderer = Renderer.for_model(tokenizer, "auto", None, 512, 3)
     pair = PreferencePair(Prompt([{"role": "user", "content": "Q"}], "text"), "a long chosen answer", "no")
-    row = reward_rows([pair], renderer)[0]
+    row = scored_pair_rows([pair], renderer)[0]
     assert row["chosen_ids"][-1] != tokenizer.eos_token_id and row["rejected_ids"][-1] == tokenizer.eos_token_id
 
 
@@ -438,7 +438,7 @@ def test_a_cancel_of_the_rlhf_job_stops_its_reward_model_stage(tmp_path):
     from mentor.jobs import JobCancelled, read_state, request_cancel
 
     out = tmp_path / "job"
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(32, 1))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_lines(32, 1))
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(8, 3))
     asked_at = []
 
@@ -476,7 +476,7 @@ def test_a_torn_metrics_line_does_not_stop_a_resume_on_another_rank(tmp_path):
 
 
 def test_preference_jobs_cut_their_token_limits_to_the_models_context(tmp_path, caplog):
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8, 1, cloud=False))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_lines(8, 1, cloud=False))
     with caplog.at_level("WARNING", logger="mentor"):  # tiny:llama reads 2048 tokens
         mentor.run("reward-model", model="tiny:llama", preference_dataset=str(pairs), output=str(tmp_path / "rm"),
                    prompt_sequence_length=4000, reward_model_train_steps=1, batch_size=4)

@@ -29,7 +29,8 @@ log = logging.getLogger("mentor")
 BEFORE = "before_dpo.json"  # the held-out metrics before the first step, kept until the job succeeds
 
 
-def pair_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
+def dpo_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
+    """TRL's DPO rows: the rendered prompt and the chosen and rejected answers, as text."""
     return [{"prompt": renderer.prompt(p.prompt), "chosen": renderer.answer(p.chosen),
              "rejected": renderer.answer(p.rejected)} for p in pairs]
 
@@ -52,8 +53,8 @@ def prepare(cfg: DPOConfig, job: Job) -> policy.Prepared:
                        pairs=train_pairs + (eval_pairs or []))
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_input_tokens, cfg.max_output_tokens,
                                              ("max_input_tokens", "max_output_tokens"), fitted)
-    train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
-    eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
+    train_ds = Dataset.from_list(dpo_rows(train_pairs, renderer))
+    eval_ds = Dataset.from_list(dpo_rows(eval_pairs, renderer)) if eval_pairs else None
     log.info("preference data: %s", renderer.summary())
 
     has_eval = eval_ds is not None

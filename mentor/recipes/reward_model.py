@@ -20,7 +20,7 @@ from mentor.model_record import ModelRecord
 from mentor.rlhf import curves, setup
 from mentor.rlhf.config import RewardModelConfig
 from mentor.rlhf.render import Renderer
-from mentor.rlhf.reward import card, distinct_pad_token, load_classifier, pair_rows, plot
+from mentor.rlhf.reward import card, distinct_pad_token, load_classifier, plot, scored_pair_rows
 from mentor.training import arguments
 from mentor.training.lora import lora_config
 from mentor.training.outputs import finish
@@ -54,8 +54,8 @@ def prepare(cfg: RewardModelConfig, job: Job) -> tuple[object, Renderer, setup.F
     model = load_classifier(source, fitted.dtype, cfg.quantization)
     distinct_pad_token(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
-    train_ds = Dataset.from_list(pair_rows(train_pairs, renderer))
-    eval_ds = Dataset.from_list(pair_rows(eval_pairs, renderer)) if eval_pairs else None
+    train_ds = Dataset.from_list(scored_pair_rows(train_pairs, renderer))
+    eval_ds = Dataset.from_list(scored_pair_rows(eval_pairs, renderer)) if eval_pairs else None
     log.info("reward model data: %s", renderer.summary())
 
     args = arguments.training_arguments(

@@ -21,7 +21,8 @@ from mentor.training.outputs import Card
 log = logging.getLogger("mentor")
 
 
-def pair_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
+def scored_pair_rows(pairs: list[PreferencePair], renderer: Renderer) -> list[dict]:
+    """A reward model's training rows: the token ids of prompt and answer it scores, chosen and rejected."""
     rows = []
     for pair in pairs:
         prompt = renderer.prompt(pair.prompt)
