@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mentor.teachers.concurrency import AdaptiveLimit, FixedLimit, Slots, Ticket
+from mentor.teachers.concurrency import AdaptiveLimit, FixedLimit, SentRequest, Slots
 
 
 def simulate(
@@ -33,7 +33,7 @@ def simulate(
     limits, counts = [], []
     while sent < prompts or in_flight:
         while sent < prompts and len(in_flight) < limiter.limit:
-            ticket = Ticket(now, len(in_flight) + 1, limiter.round)
+            ticket = SentRequest(now, len(in_flight) + 1, limiter.round)
             took = service * (1 + rng.uniform(-jitter, jitter))
             worker = min(range(capacity), key=free.__getitem__)
             start = max(now + overhead / 2, free[worker])
@@ -89,24 +89,24 @@ def test_growth_needs_every_slot_used():
     """Answers to requests sent while slots stood empty say nothing about the server's room."""
     limit = AdaptiveLimit(8, initial=4)
     for _ in range(10):
-        limit.on_answer(Ticket(0.0, 2, 0), latency=1.0, first_token=0.1)
+        limit.on_answer(SentRequest(0.0, 2, 0), latency=1.0, first_token=0.1)
     assert limit.limit == 4
-    limit.on_answer(Ticket(0.0, 4, 0), latency=1.0, first_token=0.1)
+    limit.on_answer(SentRequest(0.0, 4, 0), latency=1.0, first_token=0.1)
     assert limit.value > 4
 
 
 def test_overload_halves_the_limit_once_per_round():
     limit = AdaptiveLimit(16, initial=8)
-    before = [Ticket(0.0, 8, limit.round) for _ in range(8)]  # all in flight when the server says stop
+    before = [SentRequest(0.0, 8, limit.round) for _ in range(8)]  # all in flight when the server says stop
     limit.on_overload(before[0])
     assert limit.limit == 4
     for ticket in before[1:]:  # the same congestion, heard again: no further cut
         limit.on_overload(ticket)
     assert limit.limit == 4
-    limit.on_overload(Ticket(1.0, 4, limit.round))  # sent after the cut, still too many: cut again
+    limit.on_overload(SentRequest(1.0, 4, limit.round))  # sent after the cut, still too many: cut again
     assert limit.limit == 2
     for _ in range(5):
-        limit.on_overload(Ticket(2.0, 1, limit.round))
+        limit.on_overload(SentRequest(2.0, 1, limit.round))
     assert limit.limit == 1
 
 
@@ -114,10 +114,10 @@ def test_queueing_pulls_the_limit_down():
     """At 8 in flight on a server that takes them one at a time, each answer waited for the seven
     before it: the limit falls to 2."""
     limit = AdaptiveLimit(8, initial=8)
-    limit.on_answer(Ticket(0.0, 1, 0), latency=1.0, first_token=0.1)  # the no-load time to first token
+    limit.on_answer(SentRequest(0.0, 1, 0), latency=1.0, first_token=0.1)  # the no-load time to first token
     seen = []
     for _ in range(12):
-        limit.on_answer(Ticket(0.0, limit.limit, 0), latency=limit.limit * 1.0, first_token=(limit.limit - 1) + 0.1)
+        limit.on_answer(SentRequest(0.0, limit.limit, 0), latency=limit.limit * 1.0, first_token=(limit.limit - 1) + 0.1)
         seen.append(limit.limit)
     assert seen == sorted(seen, reverse=True) and seen[-1] == 2
 
@@ -128,7 +128,7 @@ def test_small_waits_are_noise():
     rng = random.Random(1)
     for _ in range(12):
         first = 0.002 + rng.uniform(0, 0.01)
-        limit.on_answer(Ticket(0.0, limit.limit, 0), latency=first + 0.001, first_token=first)
+        limit.on_answer(SentRequest(0.0, limit.limit, 0), latency=first + 0.001, first_token=first)
     assert limit.limit == 4
 
 
@@ -148,18 +148,18 @@ def test_the_limit_stays_between_one_and_the_maximum(maximum, initial, events):
     for event in events:
         if event[0] == "answer":
             _, latency, first, in_flight = event
-            limit.on_answer(Ticket(0.0, in_flight, limit.round), latency, first)
+            limit.on_answer(SentRequest(0.0, in_flight, limit.round), latency, first)
         else:
             _, in_flight, lag = event
-            limit.on_overload(Ticket(0.0, in_flight, max(0, limit.round + lag)))
+            limit.on_overload(SentRequest(0.0, in_flight, max(0, limit.round + lag)))
         assert 1 <= limit.limit <= maximum
         assert 1.0 <= limit.value <= maximum
 
 
 def test_a_fixed_limit_does_not_move():
     limit = FixedLimit(8)
-    limit.on_overload(Ticket(0.0, 8, 0))
-    limit.on_answer(Ticket(0.0, 8, 0), latency=100.0, first_token=99.0)
+    limit.on_overload(SentRequest(0.0, 8, 0))
+    limit.on_answer(SentRequest(0.0, 8, 0), latency=100.0, first_token=99.0)
     assert limit.limit == 8
     with pytest.raises(ValueError):
         FixedLimit(0)

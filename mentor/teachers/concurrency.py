@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Ticket:
+class SentRequest:
     """What the limiter knew when a request was sent."""
 
     sent: float  # time.monotonic()
@@ -57,10 +57,10 @@ class FixedLimit:
     def limit(self) -> int:
         return self.maximum
 
-    def on_answer(self, ticket: Ticket, latency: float, first_token: float | None = None) -> None:
+    def on_answer(self, ticket: SentRequest, latency: float, first_token: float | None = None) -> None:
         """An answer came back `latency` seconds after sending, its first token after `first_token`."""
 
-    def on_overload(self, ticket: Ticket) -> None:
+    def on_overload(self, ticket: SentRequest) -> None:
         """The request timed out or the server said it is overloaded (408, 429, 503, 504)."""
 
 
@@ -78,7 +78,7 @@ class AdaptiveLimit(FixedLimit):
     def limit(self) -> int:
         return min(self.maximum, max(1, math.floor(self.value + 0.5)))
 
-    def on_answer(self, ticket: Ticket, latency: float, first_token: float | None = None) -> None:
+    def on_answer(self, ticket: SentRequest, latency: float, first_token: float | None = None) -> None:
         first = latency if first_token is None else min(first_token, latency)
         if latency <= 0:
             return
@@ -91,7 +91,7 @@ class AdaptiveLimit(FixedLimit):
             return  # the limit was not all used when this was sent: no evidence that more would help
         self.value = min(float(self.maximum), max(1.0, (self.value + target) / 2))
 
-    def on_overload(self, ticket: Ticket) -> None:
+    def on_overload(self, ticket: SentRequest) -> None:
         if ticket.round < self.round:
             return  # sent before the last decrease, which already answered this congestion
         self.round += 1
@@ -120,6 +120,6 @@ class Slots:
                 self.in_flight -= 1
                 self._changed.notify(max(1, self.limit.limit - self.in_flight))  # the limit may have grown
 
-    def ticket(self) -> Ticket:
+    def ticket(self) -> SentRequest:
         """Taken by a slot holder as it sends a request."""
-        return Ticket(time.monotonic(), self.in_flight, self.limit.round)
+        return SentRequest(time.monotonic(), self.in_flight, self.limit.round)
