@@ -158,25 +158,31 @@ def test_a_kind_lacks_what_it_never_uses(name, absent):
     assert not absent & set(kinds()[name].config.model_fields)
 
 
-def test_a_field_declared_once_with_one_default():
-    """The groups give one default per field across kinds; the overrides are the listed ones, each for a reason
-    said beside it in the config."""
-    overrides = {("tuning", "full"): {"logit", "feature", "relation", "self"},  # a student trains all its weights
-                 ("warmup_ratio", 0.0): {"reward-model", "rlhf"}}  # the cloud RLHF job's default
-    from mentor.training.config import TrainingGroup
+def _declared_in(cls: type, field: str) -> list[type]:
+    """The classes of `cls`'s MRO whose own body declares `field`, nearest first."""
+    return [c for c in cls.__mro__ if field in vars(c).get("__annotations__", {})]
 
-    defaults: dict[str, dict] = {}
-    for name in [n for n in BUILT_IN if issubclass(kinds()[n].config, TrainingGroup)]:  # composed from the groups
-        for field, info in kinds()[name].config.model_fields.items():
-            if not info.is_required() and not isinstance(info.default, (list, dict)):
-                defaults.setdefault(field, {}).setdefault(info.default, set()).add(name)
-    for field in ("tuning", "warmup_ratio", "batch_size", "evaluation_interval", "seed", "max_examples",
-                  "chat_template", "early_stopping_patience", "merge_adapter", "adapter_size"):
-        values = defaults[field]
-        common = max(values, key=lambda v: len(values[v]))
-        for value, names in values.items():
-            if value != common:
-                assert overrides.get((field, value)) == names, (field, value, names)
+
+def test_a_default_differs_from_its_groups_only_where_a_comment_says_why():
+    """A field has the default of the group that declares it; a kind (or a group of its own) that needs
+    another overrides that one field, with the reason in a comment right above it."""
+    import inspect
+
+    from mentor.training.config import FieldGroup
+
+    for name in BUILT_IN:
+        config = kinds()[name].config
+        if not issubclass(config, FieldGroup):  # not composed from the groups
+            continue
+        for field, info in config.model_fields.items():  # `method` names the kind: each fixes its own
+            declared = _declared_in(config, field)
+            nearest, origin = declared[0], declared[-1]
+            if field == "method" or nearest is origin or info.is_required() or info.default == origin.model_fields[field].default:
+                continue
+            lines, _ = inspect.getsourcelines(nearest)
+            at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{field}:"))
+            assert lines[at - 1].strip().startswith("#"), \
+                f"{name}: {nearest.__name__}.{field} overrides {origin.__name__}'s default without saying why"
 
 
 def test_an_old_job_folders_fields_of_other_methods_are_dropped_at_their_defaults(tmp_path):
