@@ -121,8 +121,10 @@ def test_errors_name_the_model_and_the_overflow(served):
         with pytest.raises(openai.BadRequestError, match=f"'{next(iter(asked))}' is not supported"):
             chat(c, "tiny:llama", "x", **asked)
     assert chat(c, "tiny:llama", "x", logprobs=False, frequency_penalty=0) == chat(c, "tiny:llama", "x")
-    with pytest.raises(openai.BadRequestError, match="'echo' is not supported"):
-        c.completions.create(model="tiny:llama", prompt="x", echo=True, max_tokens=2)
+    # echo is implemented: the prompt before the completion (scoring with logprobs: test_teachers_logprobs)
+    echoed = c.completions.create(model="tiny:llama", prompt="x", echo=True, max_tokens=2, temperature=0)
+    assert echoed.choices[0].text == "x" + c.completions.create(model="tiny:llama", prompt="x", max_tokens=2,
+                                                                temperature=0).choices[0].text
     with pytest.raises(openai.NotFoundError, match="ft:tiny:llama:nope:1"):
         chat(c, "ft:tiny:llama:nope:1", "x")
     with pytest.raises(openai.BadRequestError, match="more than the model's context of 2048 tokens"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from mentor.serving.generate import GeneratedText, SamplingParams, eos_ids, generate_stream
 from mentor.serving.pool import ModelPool, Servable, adapter_names
+from mentor.serving.scoring import score_tokens
 from mentor.serving.stop import apply_stop
 
 log = logging.getLogger("mentor")
@@ -35,6 +36,9 @@ class Ticket:
     params: SamplingParams
     max_input_tokens: int | None = None
     stream: bool = False
+    # (token ids, k): score these tokens (`mentor.serving.scoring`), generate nothing; the answer is
+    # one PromptScores. Scoring tickets batch only with each other.
+    scoring: tuple[tuple[int, ...], int] | None = None
     events: queue.Queue = field(default_factory=queue.Queue)
     gone: threading.Event = field(default_factory=threading.Event)  # the client left: nobody reads the answer
     ready: threading.Event = field(default_factory=threading.Event)  # something came: a delta, the answer, an error
@@ -46,10 +50,12 @@ class Ticket:
         """Tickets of one key share a batch. The seed is not part of it: greedy decoding has no use
         for one, and a seeded sampled row draws from a generator of its own, so its answer does not
         depend on what else is in the batch (evaluation harnesses send a seed with every request)."""
+        if self.scoring is not None:
+            return self.servable.base, "scoring"
         return self.servable.base, dataclasses.replace(self.params, seed=None), self.max_input_tokens
 
     def result(self, timeout: float | None = None) -> list[GeneratedText]:
-        """The finished completions (raises what generating raised)."""
+        """The finished completions, or a scoring ticket's PromptScores (raises what generating raised)."""
         while True:
             kind, *payload = self.events.get(timeout=timeout)
             if kind == "done":
@@ -156,6 +162,18 @@ class Engine:
             self._held.extend(skipped)
             self._run(batch)
 
+    def _score(self, batch: list[Ticket], loaded, names: list[str]) -> None:
+        """Answer a batch of scoring tickets with one forward pass per `max_batch` rows (the pool's
+        pins are released here, as `_run` does for generation)."""
+        k = max(t.scoring[1] for t in batch)
+        scores = score_tokens(loaded, [t.scoring[0] for t in batch], k, adapter_names(loaded, names),
+                              batch_size=self.max_batch)
+        self.pool.release([t.servable for t in batch])
+        for ticket, s in zip(batch, scores):
+            want = ticket.scoring[1]  # a batch asks for its largest k: each ticket keeps its own
+            ticket.finish(dataclasses.replace(s, top_ids=[None if t is None else t[:want] for t in s.top_ids],
+                                              top_logprobs=[None if t is None else t[:want] for t in s.top_logprobs]))
+
     def _run(self, batch: list[Ticket]) -> None:
         left = [t for t in batch if t.gone.is_set()]  # a client that left before its turn costs nothing
         batch = [t for t in batch if not t.gone.is_set()]
@@ -168,6 +186,9 @@ class Engine:
         servables = [t.servable for t in batch]
         try:
             loaded, names = self.pool.acquire(servables)
+            if batch[0].scoring is not None:
+                self._score(batch, loaded, names)
+                return
             tok = loaded.tokenizer
             eos = eos_ids(tok, loaded.model)
             streaming = any(t.stream for t in batch)

@@ -3,7 +3,7 @@ become: one reading for the online endpoints and the batch API."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -47,6 +47,7 @@ class Common(BaseModel):
     # a field this server does not know is refused (400 naming it), never ignored: the client would
     # take the answer for one that honoured it
     model_config = ConfigDict(extra="forbid")
+    supported: ClassVar[frozenset[str]] = frozenset()  # fields of UNSUPPORTED a request kind does implement
 
     model: str = Field(min_length=1, max_length=512)
     max_tokens: int | None = Field(None, ge=1, le=32768)
@@ -91,6 +92,8 @@ class Common(BaseModel):
     @classmethod
     def _refuse_unsupported(cls, value, info: ValidationInfo):
         # a validator per field: the 400 names the field as its param
+        if info.field_name in cls.supported:
+            return value
         nothing = UNSUPPORTED[info.field_name]
         if value is not None and not any(value == ok and type(value) is type(ok) for ok in nothing):
             raise ValueError(f"'{info.field_name}' is not supported by this server")
@@ -112,8 +115,72 @@ class ChatRequest(Common):
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
 
 
+MAX_LOGPROBS = 256  # top log-probs per position a request may ask for (vLLM's default limit is 20)
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(Common):
-    prompt: str | Annotated[list[str], Field(max_length=64)]  # at most 64 prompts; a prompt is any length
+    """A completion request. Besides generation it scores given tokens, as a teacher is asked to:
+    `echo` with `logprobs` (OpenAI's legacy logprobs object for the prompt's tokens, `max_tokens` 0)
+    and vLLM's `prompt_logprobs` (top log-probs by token id for every prompt position). A prompt may
+    be token ids (one list, or a list of lists), scored exactly as given."""
+
+    supported: ClassVar[frozenset[str]] = frozenset({"echo", "logprobs"})
+
+    # at most 64 prompts; a prompt is any length
+    prompt: str | Annotated[list[str], Field(max_length=64)] | TokenIds | Annotated[list[TokenIds], Field(max_length=64)]
+    max_tokens: int | None = Field(None, ge=0, le=32768)  # 0: nothing generated (scoring the prompt)
+    echo: bool = Field(False, description="the prompt before the completion, in `text` and in `logprobs`")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="top log-probs per token (prompt tokens "
+                                 "with echo and max_tokens 0; generated tokens' are not implemented)")
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="vLLM: top log-probs, by token "
+                                        "id, at every prompt position")
+    return_tokens_as_token_ids: bool | None = Field(None, description="vLLM: tokens in `logprobs` written "
+                                                    "'token_id:N'")
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _a_count(cls, value):
+        # chat's logprobs is a switch, completions' a count: false asks for nothing, true is no count
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError(f"'logprobs' of a completion is how many top log-probs to return (0 to {MAX_LOGPROBS})")
+        return value
+
+    @property
+    def token_prompts(self) -> list[list[int]] | None:
+        """The prompts as token ids, when given so."""
+        p = self.prompt
+        if isinstance(p, list) and p and isinstance(p[0], int):
+            return [p]
+        if isinstance(p, list) and p and isinstance(p[0], list):
+            return p
+        return None
+
+    def scoring_problem(self) -> RequestProblem | None:
+        """What this server cannot answer among the scoring fields, or None."""
+        generates = self.max_tokens != 0
+        if self.logprobs is not None and not self.echo:
+            return RequestProblem("logprobs of generated tokens are not implemented by this server; score the "
+                                  "prompt with echo and max_tokens 0, or with prompt_logprobs", "logprobs")
+        if self.logprobs is not None and generates:
+            return RequestProblem("with echo and logprobs ask max_tokens 0: logprobs of generated tokens are not "
+                                  "implemented by this server (the prompt's are)", "max_tokens")
+        if self.token_prompts is not None and generates:
+            return RequestProblem("a prompt of token ids is scored, not generated from, by this server: ask "
+                                  "max_tokens 0 (with echo and logprobs, or prompt_logprobs)", "prompt")
+        if self.stream and (self.scores or self.echo or not generates):
+            return RequestProblem("echo and scoring a prompt (logprobs, prompt_logprobs, max_tokens 0) are not "
+                                  "streamed by this server; leave stream out", "stream")
+        if not generates and self.n != 1:
+            return RequestProblem("n must be 1 when nothing is generated (max_tokens 0)", "n")
+        return None
+
+    @property
+    def scores(self) -> bool:
+        """Whether the prompt's tokens are scored (echo with logprobs, or prompt_logprobs)."""
+        return (self.echo and self.logprobs is not None) or self.prompt_logprobs is not None
 
 
 def text_messages(messages: list[Message]) -> list[dict]:
@@ -162,3 +229,46 @@ def completion_response(rid: str, created: int, model: str, outputs_per_prompt, 
                for k, outs in enumerate(outputs_per_prompt) for i, o in enumerate(outs)]
     return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices,
             "usage": usage(outputs_per_prompt)}
+
+
+def _token_text(tokenizer, token_id: int, as_ids: bool) -> str:
+    return f"token_id:{token_id}" if as_ids else tokenizer.decode([token_id])
+
+
+def echo_logprobs(tokenizer, scores, k: int, as_ids: bool = False) -> dict:
+    """OpenAI's legacy `logprobs` object for a scored prompt: each token as text (or 'token_id:N'),
+    its log-prob (None for the first), the top `k` as {token: log-prob} (a token text several ids
+    decode to keeps its most likely one, as one key can), and each token's offset in the text."""
+    tokens = [_token_text(tokenizer, i, as_ids) for i in scores.ids]
+    top: list[dict | None] = []
+    for ids, values in zip(scores.top_ids, scores.top_logprobs):
+        if ids is None:
+            top.append(None)
+            continue
+        entry: dict[str, float] = {}
+        for i, v in zip(ids[:k], values[:k]):
+            entry.setdefault(_token_text(tokenizer, i, as_ids), v)
+        top.append(entry)
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": scores.token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def vllm_prompt_logprobs(tokenizer, scores, k: int) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt position None (the first) or {token id: {logprob, rank,
+    decoded_token}} holding the top `k` and the actual token (whose rank may be past k)."""
+    out: list[dict | None] = []
+    for pos, (ids, values) in enumerate(zip(scores.top_ids, scores.top_logprobs)):
+        if ids is None:
+            out.append(None)
+            continue
+        entry = {str(i): {"logprob": v, "rank": r + 1, "decoded_token": tokenizer.decode([i])}
+                 for r, (i, v) in enumerate(zip(ids[:k], values[:k]))}
+        actual = scores.ids[pos]
+        if str(actual) not in entry:
+            entry[str(actual)] = {"logprob": scores.token_logprobs[pos], "rank": scores.token_ranks[pos],
+                                  "decoded_token": tokenizer.decode([actual])}
+        out.append(entry)
+    return out

@@ -1,6 +1,10 @@
 """/v1/chat/completions and /v1/completions in OpenAI's shape, for every servable model: a registered
 tuned model by name, a kept checkpoint (NAME:ckpt-step-N), or a base model reference.
 
+/v1/completions also scores given tokens, as a teacher is asked to (`echo` with `logprobs` and
+`max_tokens` 0: OpenAI's legacy logprobs object; vLLM's `prompt_logprobs`; a prompt of token ids):
+one mentor host can be the log-prob teacher of another (`mentor.teachers.logprobs`).
+
 POST /v1/mentor/score: a reward model's scores of answers (reward models never generate: chat and
 completion requests for one are refused).
 
@@ -29,7 +33,7 @@ from mentor.errors import MentorError
 from mentor.server.errors import ApiError, bad
 from mentor.server.services.models import servable
 from mentor.serving.engine import Ticket
-from mentor.serving.generate import SamplingParams
+from mentor.serving.generate import GeneratedText, SamplingParams, context_length
 from mentor.serving.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -38,10 +42,13 @@ from mentor.serving.openai_api import (
     chat_prompt,
     chat_response,
     completion_response,
+    echo_logprobs,
     text_messages,
+    vllm_prompt_logprobs,
 )
 from mentor.serving.openai_api import usage as _usage
 from mentor.serving.predict import Predictor, reward_model_refusal
+from mentor.serving.scoring import PromptScores, encode_text
 
 log = logging.getLogger("mentor")
 router = APIRouter()
@@ -152,13 +159,69 @@ def chat(request: Request, body: ChatRequest):
     return StreamingResponse(_guarded(events(), watched), media_type="text/event-stream")
 
 
+def _scored(ctx, p: Predictor, prompts: list[list[int]], k: int, request: Request) -> list[PromptScores]:
+    """The prompts' tokens scored by the engine (batched with other scoring requests, never with
+    generation), each refused first if it is longer than the model's context."""
+    if p.loaded.is_seq2seq:
+        raise bad("scoring prompt tokens (logprobs, prompt_logprobs) is implemented for causal models only",
+                  "prompt")
+    context = context_length(p.loaded.model)
+    for ids in prompts:
+        if context is not None and len(ids) > context:
+            raise bad(f"the prompt has {len(ids)} tokens, {len(ids) - context} more than the model's context of "
+                      f"{context}", "prompt", "context_length_exceeded")
+    tickets = [ctx.engine.submit(Ticket(p.servable, "", SamplingParams(), scoring=(tuple(ids), k)))
+               for ids in prompts]
+    for t in tickets:
+        _waited(t, request)
+    return [t.result() for t in tickets]
+
+
+def _prompt_ids(p: Predictor, body: CompletionRequest, texts: list[str]) -> list[list[int]]:
+    """What is scored: token ids as given, a text as the model's tokenizer reads it (its BOS as
+    generation adds it), never rendered through the model's prompt style: a teacher scores the
+    tokens it is asked about."""
+    given = body.token_prompts
+    return given if given is not None else [encode_text(p.tokenizer, t) for t in texts]
+
+
+def _with_scores(p: Predictor, body: CompletionRequest, response: dict, scores: list[PromptScores],
+                 texts: list[str]) -> dict:
+    """Echoed prompts and their log-probs added to a completion response's choices."""
+    for choice in response["choices"]:
+        k = choice["index"] // body.n
+        if body.echo:
+            choice["text"] = texts[k] + choice["text"]
+            if body.logprobs is not None:
+                choice["logprobs"] = echo_logprobs(p.tokenizer, scores[k], body.logprobs,
+                                                   bool(body.return_tokens_as_token_ids))
+        if body.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = vllm_prompt_logprobs(p.tokenizer, scores[k], body.prompt_logprobs)
+    return response
+
+
 @router.post("/v1/completions")
 def completions(request: Request, body: CompletionRequest):
     ctx = request.app.state.ctx
     p = prompter(ctx, body.model)
-    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if problem := body.scoring_problem():
+        raise bad(str(problem), problem.param)
+    token_prompts = body.token_prompts
+    if token_prompts is not None:
+        texts = [p.tokenizer.decode(ids) for ids in token_prompts]
+    else:
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not texts:
         raise bad("prompt must not be empty", "prompt")
+    scores = None
+    if body.scores:
+        k = max(body.logprobs or 0, body.prompt_logprobs or 0)
+        scores = _scored(ctx, p, _prompt_ids(p, body, texts), k, request)
+    rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
+    if body.max_tokens == 0:  # nothing generated: the prompt scored (or echoed) alone
+        nothing = [[GeneratedText("", len(ids), 0, "length")] for ids in _prompt_ids(p, body, texts)]
+        response = completion_response(rid, created, body.model, nothing, 1)
+        return _with_scores(p, body, response, scores or [], texts)
     if body.task == "rationale" and not p.rationale_prefix:
         raise bad(f"model '{body.model}' has no rationale task (only step-by-step students do)", "task")
     prefix = p.rationale_prefix if body.task == "rationale" else None
@@ -169,14 +232,14 @@ def completions(request: Request, body: CompletionRequest):
         raise bad(str(err), err.param) from None
     params = _fitted(p, prompts, params, asked=body.max_tokens is not None)
     tickets = _answer(ctx, p, prompts, params, body.stream and len(prompts) == 1)
-    rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     if not (body.stream and len(prompts) == 1):
         for t in tickets:
             _waited(t, request)
         outputs = [t.result() for t in tickets]
         if body.stream:  # several prompts: streamed as whole answers
             return StreamingResponse(_whole_stream(rid, created, body, outputs), media_type="text/event-stream")
-        return completion_response(rid, created, body.model, outputs, body.n)
+        return _with_scores(p, body, completion_response(rid, created, body.model, outputs, body.n), scores or [],
+                            texts)
     deltas = _started(tickets[0], request)
     watched = tickets
 
@@ -217,7 +280,11 @@ def serving_state(request: Request) -> dict:
 
 
 class ScoreRequest(BaseModel):
-    """POST /v1/mentor/score: a reward model's scores of answers to one prompt (a text or a chat)."""
+    """/v1/completions also scores given tokens, as a teacher is asked to (`echo` with `logprobs` and
+`max_tokens` 0: OpenAI's legacy logprobs object; vLLM's `prompt_logprobs`; a prompt of token ids):
+one mentor host can be the log-prob teacher of another (`mentor.teachers.logprobs`).
+
+POST /v1/mentor/score: a reward model's scores of answers to one prompt (a text or a chat)."""
 
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
