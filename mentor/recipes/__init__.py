@@ -8,6 +8,7 @@ command line starts fast; a recipe module is imported when its job runs.
 
 from mentor.distill.config import CONFIGS as DISTILL_CONFIGS
 from mentor.jobs.registry import JobKind, register_kind
+from mentor.onpolicy.config import OnPolicyConfig
 from mentor.recipes.batch_config import BatchConfig
 from mentor.reinforce.config import ReinforceConfig
 from mentor.rlhf.config import DPOConfig, RewardModelConfig, RLHFConfig
@@ -37,6 +38,9 @@ for _name, _config in WHITEBOX_CONFIGS.items():
     # a white-box method's config is its own class, naming its summary and the class of its loss
     register_kind(JobKind(_name, _config, "mentor.recipes.whitebox:run", _config.summary, family="distill",
                           method=_name))
+register_kind(JobKind("on-policy", OnPolicyConfig, "mentor.recipes.onpolicy:run",
+                      "on-policy distillation: the teacher scores the student's own samples token by token (GKD)",
+                      family="distill", method="on-policy"))
 register_kind(JobKind("batch", BatchConfig, "mentor.recipes.batch:run",
                       "batch prediction: every request line of a JSONL file answered (OpenAI's batch API)",
                       produces="predictions"))

@@ -1,0 +1,42 @@
+"""The on-policy distillation job's parameters: the tuning job's data, schedule and selection
+fields (the student is `model`), the teacher, and how the steps learn from it."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from mentor.training.config import MODEL_HELP, ExamplesGroup, MergeGroup, SelectionGroup, StudentGroup
+
+
+class OnPolicyConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
+    """On-policy distillation: the student learns the teacher's next-token distributions on
+    completions it samples itself (generalized knowledge distillation), mixed with supervised steps
+    on the data's outputs."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+
+    method: Literal["on-policy"] = Field("on-policy", description="on-policy: the teacher scores the student's "
+                                                                  "own samples, token by token")
+    teacher: str = Field(description="the teacher, loaded with its weights in the training process: " + MODEL_HELP)
+    # a student is the smaller model, so all of its weights train by default (tuning's default is LoRA)
+    tuning: Literal["full", "lora"] = Field("full", description="how the student's weights are trained")
+    beta: float = Field(1.0, ge=0, le=1, description="the divergence minimised: 1 reverse KL(student || teacher) "
+                                                     "(mode-seeking), 0 forward KL(teacher || student), between: "
+                                                     "the generalized JSD at that beta")
+    lmbda: float = Field(1.0, ge=0, le=1,
+                         description="share of steps on the student's own samples (GKD's lambda); the others are "
+                                     "supervised steps on the data's outputs (the tuning loss); 0 is plain tuning")
+    # the tuning group's limit, read twice here: the data's outputs kept, and the longest completion sampled
+    max_output_tokens: int = Field(1024, ge=1, description="longest completion the student samples; longer data "
+                                                           "outputs keep their start")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the student's completions; both "
+                                                      "distributions are compared at it too")
+
+    @field_validator("teacher")
+    @classmethod
+    def _a_teacher(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give a teacher model")
+        return v

@@ -1,0 +1,132 @@
+"""On-policy distillation recipe: setup / train / save.
+
+setup: teacher and student share a vocabulary (tokenizers and configs only, before any weights
+       load); the data validated and encoded as tuning encodes it (its inputs are the prompts the
+       student samples from, its outputs what the supervised steps learn); the student (memory
+       estimate, LoRA if asked); the teacher loaded frozen in this process.
+train: OnPolicyTrainer (TRL's DistillationTrainer): a share `lmbda` of the steps samples completions
+       of the batch's prompts and minimises the divergence to the teacher on them, the others are
+       supervised steps; the validation prompts' divergence (the student's samples, a fixed seed) is
+       measured before the first step and at every evaluation, picks the checkpoint and stops early.
+save:  the student like a tuned model (`mentor predict OUTPUT ...` works), through `finish`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mentor.errors import MentorError
+from mentor.jobs import Job, TunedModel
+from mentor.model_record import ModelRecord
+from mentor.models import load_model
+from mentor.onpolicy.config import OnPolicyConfig
+from mentor.onpolicy.trainer import InProcessTeacher, OnPolicyTrainer, prompt_ids
+from mentor.rlhf import curves
+from mentor.rlhf import setup as rl_setup
+from mentor.training import arguments, setup
+from mentor.training.outputs import Before, finish, memory_record, merge_adapter
+from mentor.training.run import checkpoints_of, train
+from mentor.whitebox.vocab import check_vocabularies, output_rows, peek
+
+log = logging.getLogger("mentor")
+
+# the trainer's metric names -> mentor's ("train_" / "eval_" in front)
+METRICS = {"loss": "objective", "divergence": "divergence", "teacher_logprob": "teacher_logprob",
+           "completions/mean_length": "sampled_length", "completions/clipped_ratio": "clipped_ratio",
+           "supervised_loss": "supervised_loss", "on_policy": "on_policy_share"}
+SELECTED_BY = "eval_divergence"  # the validation prompts' divergence, lower is better
+BEFORE = "before_distillation.json"  # the validation metrics before the first step (a resumed run reads them)
+
+
+def run(cfg: OnPolicyConfig, job: Job) -> TunedModel:
+    """On-policy distillation of the student from the teacher; rerunning the same job resumes it."""
+    trainer, student, stats, before, vocab = build_trainer(cfg, job)
+    train(trainer, job, quiet=rl_setup.known_warnings)
+    return save(cfg, job, trainer, student, stats, before, vocab)
+
+
+def build_trainer(cfg: OnPolicyConfig, job: Job):
+    from trl import DistillationConfig
+
+    out = job.folder
+    student_tok, student_config = peek(cfg.model)
+    teacher_tok, teacher_config = peek(cfg.teacher)
+    vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config), output_rows(student_config),
+                               cfg.teacher, cfg.model)
+    for ref, config in ((cfg.model, student_config), (cfg.teacher, teacher_config)):
+        if getattr(config, "is_encoder_decoder", False):
+            raise MentorError(f"on-policy distillation samples from a causal (decoder-only) model; '{ref}' is an "
+                              "encoder-decoder")
+
+    train_examples, eval_examples = setup.load_tuning_data(cfg)
+    # the longest batch: a prompt of the data and a completion as long as the limit allows; logits
+    # at every completion position, the student's and the teacher's
+    student = setup.load_student(
+        cfg, longest=lambda s: (setup.longest_encoded(train_examples, s)[0] + s.max_output_tokens, s.max_output_tokens))
+    train_ds, eval_ds, stats = setup.encode_tuning_data(cfg, student, train_examples, eval_examples)
+    train_ds = train_ds.add_column("prompt", [prompt_ids(row) for row in train_ds])
+    if eval_ds is not None:
+        eval_ds = eval_ds.add_column("prompt", [prompt_ids(row) for row in eval_ds])
+    teacher = load_model(cfg.teacher, dtype=torch.bfloat16 if student.bf16 else torch.float32)
+
+    has_eval = eval_ds is not None
+    args = arguments.training_arguments(
+        cfg, checkpoints_of(job), has_eval, student.bf16, DistillationConfig, best_metric=SELECTED_BY,
+        greater_is_better=False, checkpointing=student.gradient_checkpointing,
+        max_completion_length=student.max_output_tokens, temperature=cfg.temperature, beta=cfg.beta, top_p=1.0,
+        top_k=0, log_completions=False)
+    with rl_setup.known_warnings():
+        trainer = OnPolicyTrainer(
+            model=student.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            processing_class=student.tokenizer, teacher=InProcessTeacher(teacher.model, vocab.width),
+            lmbda=cfg.lmbda, width=vocab.width, collator=arguments.collator(student.tokenizer))
+    before = curves.starting_point(trainer, job, METRICS, BEFORE)
+    for cb in curves.callbacks(out, METRICS, ["train_divergence", "train_sampled_length"], "on-policy", before):
+        trainer.add_callback(cb)
+    for cb in arguments.early_stopping(cfg, has_eval):
+        trainer.add_callback(cb)
+    rl_setup.trainable_in_fp32_without_autocast(trainer)
+    return trainer, student, stats, before, vocab
+
+
+def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: dict, vocab) -> TunedModel:
+    """The student saved like a tuned model, prompted as it learned."""
+    out = job.folder
+    best_step = trainer.state.best_global_step if trainer.args.load_best_model_at_end else None
+    metrics = {**curves.final_eval(trainer, METRICS), **curves.last_train_metrics(trainer, METRICS)}
+    record = ModelRecord(use_chat_template=student.use_chat_template, is_seq2seq=False,
+                         prompt_format="chat" if stats["train"].conversations else "text",
+                         max_input_tokens=student.max_input_tokens)
+    notes = [f"teacher: {cfg.teacher} (in process); divergence: generalized JSD at beta {cfg.beta} (1 is reverse "
+             f"KL, 0 forward KL) at temperature {cfg.temperature}, per completion token",
+             f"steps: {cfg.lmbda:.0%} on the student's own samples (up to {student.max_output_tokens} tokens), the "
+             "rest supervised on the data's outputs",
+             *[f"truncation: {k}: {v.summary()}" for k, v in stats.items() if v is not None]]
+    if vocab.cropped:
+        notes.append(f"vocabulary: logits cropped to {vocab.width} columns (padding rows of the output matrices)")
+    if before:
+        notes.append("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(before.items())))
+    merge = cfg.tuning == "lora" and cfg.merge_adapter
+    return finish(
+        job, trainer, record, metrics=metrics, best_step=best_step,
+        extra={"teacher": cfg.teacher, "before": before, "selected_by": SELECTED_BY if best_step else None,
+               "tokens_seen": int(trainer.state.num_input_tokens_seen),
+               "truncated": {k: v.truncation() for k, v in stats.items() if v is not None},
+               "memory": memory_record(student.memory)},
+        notes=notes, keep_checkpoints=cfg.keep_checkpoints, plot=lambda result: plot(out, result.described, cfg.model),
+        temporary=(out / BEFORE,),
+        after_save=(lambda model_dir: merge_adapter(model_dir, out / "merged")) if merge else None,
+        before=Before("the validation prompts", before, ("eval_divergence", "eval_teacher_logprob")))
+
+
+def plot(out: Path, method: str, model: str) -> None:
+    m = out / "metrics.jsonl"
+    curves.plot_panels([("divergence to the teacher (per token)", m, ["train_divergence", "eval_divergence"]),
+                        ("teacher log-prob of the student's tokens", m,
+                         ["train_teacher_logprob", "eval_teacher_logprob"]),
+                        ("sampled length (tokens)", m, ["train_sampled_length", "eval_sampled_length"]),
+                        ("supervised steps' loss", m, ["train_supervised_loss"])],
+                       out / "curves.png", title=f"{method} on {model}")
