@@ -22,6 +22,7 @@ import torch
 from mentor.errors import MentorError
 from mentor.jobs import Job, TunedModel
 from mentor.models import load_model
+from mentor.teachers.logprobs import is_served
 from mentor.training import arguments, setup
 from mentor.training.callbacks import MetricsRecorder, ProgressBar
 from mentor.training.checkpoints import last_complete_checkpoint
@@ -60,7 +61,11 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
     on_policy_fraction = response.on_policy_fraction if response else 0.0
     offline_logits = isinstance(cfg, LogitConfig) and cfg.offline_logits
     student_tok, student_config = peek(cfg.model)
-    if cfg.uses_ema_teacher:
+    if cfg.uses_ema_teacher or is_served(cfg.teacher):
+        # an EMA is the student; a served teacher's tokenizer is checked against the student's by its
+        # first request (`offline.ensure_offline_logits`), and its weights are never here
+        if is_served(cfg.teacher) and bool(getattr(student_config, "is_encoder_decoder", False)):
+            raise MentorError("a served teacher scores causal token sequences: the student must be a causal model")
         teacher_config = student_config
         rows = output_rows(student_config)
         vocab = VocabCheck(rows, rows, rows, len(student_tok))

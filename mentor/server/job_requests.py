@@ -188,7 +188,10 @@ def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver,
         if out.get(name) is not None:
             out[name] = resolver.data(out[name], name)
     if out.get("teacher") is not None:
-        loaded = getattr(kind.config, "teacher_is_a_model", False)
+        # a white-box teacher is loaded with its weights, unless it is served (openai:MODEL@URL)
+        served = isinstance(out["teacher"], str) and out["teacher"].partition(":")[0] in ("openai", "openai-chat",
+                                                                                         "openai-completions")
+        loaded = getattr(kind.config, "teacher_is_a_model", False) and not served
         out["teacher"] = resolver.model(out["teacher"], "teacher") if loaded else resolver.teacher(out["teacher"])
     for name in MODEL_FIELDS:
         if out.get(name) is not None:

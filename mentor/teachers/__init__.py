@@ -7,6 +7,9 @@ Spec strings for `build_teacher`:
 - `recorded:FILE.jsonl`                 completions already written, keyed by input
 - `recorded:field=NAME`                 completions in field NAME of the dataset rows (pass `rows=`)
 (`openai-chat:` and `hf-chat:` are accepted as the explicit names of the chat forms.)
+
+Log-prob teachers (`build_logprob_teacher`, `mentor.teachers.logprobs`): the top-k log-probs of given
+tokens, from `openai:MODEL@BASE_URL` (vLLM's prompt_logprobs, or echo with logprobs) or in process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mentor.teachers.base import (
 from mentor.teachers.cache import CACHE_FILENAME, TeacherCache, cache_key
 from mentor.teachers.hf_local import ROUTES as HF_ROUTES
 from mentor.teachers.hf_local import HFTeacher
+from mentor.teachers.logprobs import LogprobTeacher, TokenLogprobs, build_logprob_teacher
 from mentor.teachers.openai_compat import DEFAULT_TIMEOUT, OpenAITeacher, RetryPolicy, parse_spec
 from mentor.teachers.openai_compat import ROUTES as OPENAI_ROUTES
 from mentor.teachers.recorded import RecordedTeacher
@@ -34,6 +38,7 @@ __all__ = [
     "Completion",
     "GenerationParams",
     "HFTeacher",
+    "LogprobTeacher",
     "OpenAITeacher",
     "RecordedTeacher",
     "RetryPolicy",
@@ -41,6 +46,8 @@ __all__ = [
     "TeacherCache",
     "TeacherError",
     "TeacherStats",
+    "TokenLogprobs",
+    "build_logprob_teacher",
     "build_teacher",
     "cache_key",
     "default_cache_path",

@@ -22,12 +22,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mentor.errors import MentorError
+from mentor.teachers.logprobs import is_served
 from mentor.training.config import ExamplesGroup, FieldGroup, MergeGroup, SelectionGroup, StudentGroup
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 # Divergence -> TRL GKD's generalized-JSD beta (0 = forward KL(teacher || student), 1 = reverse KL).
 DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}
-TEACHER_HELP = "teacher model reference (loaded with its weights)"
+TEACHER_HELP = ("teacher model reference (loaded with its weights); for method logit with offline_logits also a "
+                "served teacher, openai:MODEL@URL, with the student's tokenizer")
 
 
 class WhiteboxConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
@@ -62,6 +64,18 @@ class WhiteboxConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
         if not self.teacher and not self.uses_ema_teacher:
             raise ValueError(f"method '{self.method}' needs a teacher model")
         return self
+
+    @model_validator(mode="after")
+    def _served_teacher_gives_logprobs_only(self):
+        if self.teacher and is_served(self.teacher) and not self.takes_served_teacher:
+            raise ValueError(f"teacher {self.teacher!r} is served: it gives top-k log-probs only, which method "
+                             "'logit' with offline_logits reads; this method needs the teacher's weights")
+        return self
+
+    @property
+    def takes_served_teacher(self) -> bool:
+        """Whether this job can learn from a served teacher's top-k log-probs (`openai:MODEL@URL`)."""
+        return False
 
     @property
     def uses_ema_teacher(self) -> bool:
@@ -119,7 +133,16 @@ class LogitConfig(OfflineLogitsGroup, ResponseGroup, WhiteboxConfig):
     def _offline_is_off_policy(self):
         if self.offline_logits and self.on_policy_fraction > 0:
             raise ValueError("on-policy training needs the live teacher; it cannot use offline_logits")
+        if self.teacher and is_served(self.teacher) and self.offline_logits and self.temperature != 1.0:
+            # a server's log-probs are at temperature 1, and its top k cannot be re-softened exactly
+            # without the rest of the distribution
+            raise ValueError(f"a served teacher's log-probs are at temperature 1: set temperature 1 (got "
+                             f"{self.temperature}) or load the teacher in process")
         return self
+
+    @property
+    def takes_served_teacher(self) -> bool:
+        return self.offline_logits
 
 
 class FeatureConfig(LayerMapGroup, WhiteboxConfig):

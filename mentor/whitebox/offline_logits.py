@@ -14,6 +14,10 @@ Each shard is written to a temporary file and renamed, so a shard either exists 
 all; a killed run (even SIGKILL) resumes by skipping the shards that exist. The student's
 trainer reads only these files: the teacher is never loaded in the training process.
 
+The teacher is a model loaded in that process, or a served teacher (`openai:MODEL@URL`, the
+same tokenizer as the student's): its top-k log-probs come from the server's completions route
+(`mentor.teachers.logprobs`), cached beside the logits folders, at temperature 1.
+
 Run as `python -m mentor.whitebox.offline_logits JOB.json` (what the recipe does, in a
 subprocess), or call `compute_logits` directly.
 """
@@ -37,6 +41,7 @@ import torch
 from mentor.data.encode import IGNORE
 from mentor.errors import MentorError
 from mentor.files import atomic_folder, atomic_path, atomic_write
+from mentor.teachers.logprobs import is_served
 from mentor.whitebox.config import LogitConfig
 
 log = logging.getLogger("mentor")
@@ -72,10 +77,12 @@ class LogitsJob:
     shard_examples: int
     batch_size: int = 8
     bf16: bool = False
+    # a served teacher (`openai:MODEL@URL`): the tokenizer its token ids are read with (the student's)
+    tokenizer: str | None = None
 
     def key(self) -> dict:
         k = asdict(self)
-        for field in ("folder", "batch_size", "bf16"):
+        for field in ("folder", "batch_size", "bf16", "tokenizer"):
             k.pop(field)
         return {"format": FORMAT, **k}
 
@@ -159,6 +166,9 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
         todo = [i for i in range(job.num_shards) if i not in shards]
         if not todo:
             continue
+        if is_served(job.teacher):
+            _served_shards(job, rows, shards, todo, killer)
+            continue
         if loaded is None:
             from mentor.models import load_model
 
@@ -196,6 +206,65 @@ def compute_logits(jobs: list[LogitsJob], rows_by_job: list, teacher_loaded=None
             log.info(f"teacher logits {folder.name}: shard {len(shards)}/{job.num_shards} "
                      f"({elapsed / (n_done + 1):.1f}s per shard)")
             if killer and written >= killer:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def output_positions(input_ids: list[int], labels: list[int]) -> list[int]:
+    """The positions j of a causal example whose token is an output token (what the stored rows
+    cover, in order: the distribution over token j given the tokens before it)."""
+    return [j for j in range(1, len(input_ids)) if labels[j] != IGNORE]
+
+
+def served_teacher(job: LogitsJob):
+    """The log-prob teacher a served job asks, its answers cached beside the logits folders (a rerun
+    whose shards were lost asks nothing again)."""
+    from mentor.teachers import CACHE_FILENAME
+    from mentor.teachers.logprobs import build_logprob_teacher
+
+    if job.tokenizer is None:
+        raise MentorError(f"served teacher {job.teacher}: no tokenizer given to read its token ids (internal error)")
+    return build_logprob_teacher(job.teacher, tokenizer=job.tokenizer, cache_path=Path(job.folder).parent / CACHE_FILENAME)
+
+
+def _served_shards(job: LogitsJob, rows, shards: dict[int, dict], todo: list[int], killer: int) -> None:
+    """The unfinished shards of one split from a served teacher's top-k log-probs (temperature 1,
+    checked by the config): each shard's examples asked at once (the teacher keeps as many requests
+    in flight as the server takes), the rows of the output positions kept."""
+    from safetensors.torch import save_file
+
+    folder = Path(job.folder)
+    started = time.time()
+    with served_teacher(job) as teacher:
+        for n_done, i in enumerate(todo):
+            start, end = i * job.shard_examples, min((i + 1) * job.shard_examples, job.num_examples)
+            examples = [(rows["input_ids"][j], rows["labels"][j]) for j in range(start, end)]
+            positions = [output_positions(ids, labels) for ids, labels in examples]
+            asked = [n for n, p in enumerate(positions) if p]
+            scored = dict(zip(asked, teacher.score([examples[n][0] for n in asked], [positions[n][0] for n in asked],
+                                                   job.top_k)))
+            values, indices, counts = [], [], []
+            for n, p in enumerate(positions):
+                counts.append(len(p))
+                if not p:
+                    continue
+                keep = [j - p[0] for j in p]  # output tokens after the first need not be contiguous
+                values.append(torch.from_numpy(scored[n].logprobs[keep]))
+                indices.append(torch.from_numpy(scored[n].ids[keep]).to(torch.int32))
+            logprobs = torch.cat(values) if values else torch.zeros((0, job.top_k))
+            ids = torch.cat(indices) if indices else torch.zeros((0, job.top_k), dtype=torch.int32)
+            if ids.numel() and int(ids.max()) >= job.width:
+                raise MentorError(f"the served teacher {job.teacher} named token id {int(ids.max())}, past the "
+                                  f"{job.width} logits the student has: not the student's vocabulary")
+            offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
+            path = job.shard_path(i)
+            with atomic_path(path) as tmp:
+                save_file({"logprobs": logprobs.float().contiguous(), "indices": ids.contiguous(), "offsets": offsets},
+                          str(tmp), metadata={"start": str(start), "end": str(end)})
+            shards[i] = {"file": path.name, "start": start, "end": end, "positions": int(offsets[-1])}
+            _write_index(job, shards, complete=len(shards) == job.num_shards)
+            log.info(f"teacher logits {folder.name}: shard {len(shards)}/{job.num_shards} from {teacher.identity} "
+                     f"({(time.time() - started) / (n_done + 1):.1f}s per shard; {teacher.stats.summary()})")
+            if killer and n_done + 1 >= killer:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -242,9 +311,16 @@ def ensure_offline_logits(cfg: LogitConfig, out: Path, datasets: dict, width: in
         jobs[split_id] = LogitsJob(
             teacher=cfg.teacher, folder=str(root / name), top_k=cfg.top_k, temperature=cfg.temperature, width=width,
             is_seq2seq=is_seq2seq, num_examples=len(ds), rows_sha256=rows_sha256(ds),
-            shard_examples=cfg.shard_examples, batch_size=cfg.batch_size, bf16=bf16)
+            shard_examples=cfg.shard_examples, batch_size=cfg.batch_size, bf16=bf16,
+            tokenizer=cfg.model if is_served(cfg.teacher) else None)
     todo = [j for j in jobs.values() if not is_complete(j)]
     seconds = 0.0
+    if todo and is_served(cfg.teacher):
+        # here, not in the subprocess: a server that scores no given tokens, or tokenizes otherwise,
+        # stops the job in one line
+        first = next(ds for ds in datasets.values() if ds is not None)
+        with served_teacher(todo[0]) as teacher:
+            teacher.check(teacher.tokenizer.decode(first[0]["input_ids"], skip_special_tokens=True) or "a")
     if todo:
         names = dict(enumerate(datasets))
         for split_id, job in jobs.items():
