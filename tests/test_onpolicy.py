@@ -1,0 +1,206 @@
+"""On-policy distillation (the `on-policy` kind) and `prune:` students, on tiny models.
+
+The teacher is tiny:llama tuned on the letter-shift task (peaked next-token distributions); the
+student is that teacher with one of its two layers dropped (`prune:`). Every measurement is made by
+this file's own code, not read back from the recipe: the reverse KL to the teacher on the student's
+samples of held-out prompts, and the tuning loss a supervised step must equal.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mentor
+from conftest import shift_task, sigkill_when, write_jsonl
+from mentor.errors import DataValidationError, MentorError
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onpolicy")
+    train = write_jsonl(d / "train.jsonl", shift_task(96, 1))
+    mentor.tune(model="tiny:llama", data=str(train), output=str(d / "teacher"), tuning="full", train_steps=60,
+                batch_size=16, learning_rate_multiplier=60, early_stopping=False, checkpoint_selection=False)
+    return {"teacher": str(d / "teacher"), "student": f"prune:{d / 'teacher'}:layers=0", "train": train,
+            "valid": write_jsonl(d / "valid.jsonl", shift_task(10, 2)),
+            "held_out": [r["input_text"] for r in shift_task(12, 3)]}
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt as tuning encodes its input (the chat template of the tiny models)."""
+    from mentor.data.encode import encode
+    from mentor.data.formats import parse_row
+
+    ex, _ = parse_row({"input_text": text, "output_text": "x"})
+    row = encode(ex, tokenizer, is_seq2seq=False, use_chat_template=True, max_input_tokens=256, max_output_tokens=8)
+    return row["input_ids"][: row["labels"].index(next(t for t in row["labels"] if t != -100))]
+
+
+def reverse_kl(student_ref: str, teacher_ref: str, texts: list[str], samples: int = 4, new_tokens: int = 8) -> float:
+    """KL(student || teacher) per sampled token, on the student's own samples of `texts` (seeded)."""
+    from mentor.models import load_model
+
+    student, teacher = load_model(student_ref), load_model(teacher_ref)
+    torch.manual_seed(0)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([prompt_ids(student.tokenizer, text)] * samples)
+            out = student.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                         top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+                                         pad_token_id=student.tokenizer.pad_token_id)
+            for seq in out:
+                completion = seq[ids.size(1):]
+                eos = (completion == student.tokenizer.eos_token_id).nonzero()
+                n = int(eos[0]) + 1 if len(eos) else len(completion)
+                full = seq[: ids.size(1) + n].unsqueeze(0)
+                positions = slice(ids.size(1) - 1, full.size(1) - 1)  # the logits predicting the completion
+                s = F.log_softmax(student.model(full).logits[0, positions].float(), -1)
+                t = F.log_softmax(teacher.model(full).logits[0, positions].float(), -1)
+                total += (s.exp() * (s - t)).sum().item()
+                count += n
+    return total / count
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_on_policy_distillation_lowers_the_reverse_kl_to_the_teacher(task, tmp_path):
+    before = reverse_kl(task["student"], task["teacher"], task["held_out"])
+    result = mentor.run("on-policy", model=task["student"], teacher=task["teacher"], data=str(task["train"]),
+                        evaluation_data=str(task["valid"]), output=str(tmp_path / "job"), train_steps=30,
+                        batch_size=8, max_output_tokens=8, evaluation_interval=10, learning_rate_multiplier=20)
+    after = reverse_kl(result.model_path, task["teacher"], task["held_out"])
+    assert after < 0.6 * before, (before, after)
+    rows = metrics(tmp_path / "job")
+    assert rows[0]["step"] == 0 and "eval_divergence" in rows[0]  # measured before the first step
+    train_rows = [r for r in rows if "train_divergence" in r]
+    assert len(train_rows) == 30 and all(r["train_sampled_length"] > 0 and r["train_teacher_logprob"] < 0
+                                         for r in train_rows)
+    assert result.method == "on-policy" and result.metrics["eval_divergence"] < rows[0]["eval_divergence"]
+    assert (tmp_path / "job" / "tensorboard").is_dir() and (tmp_path / "job" / "curves.png").exists()
+
+
+def test_lmbda_mixes_supervised_steps_and_at_0_the_loss_is_the_tuning_loss(task, tmp_path):
+    from mentor.data.encode import encode
+    from mentor.data.formats import load_examples
+    from mentor.models import load_model
+
+    data = write_jsonl(tmp_path / "few.jsonl", shift_task(6, 7))
+    mentor.run("on-policy", model=task["student"], teacher=task["teacher"], data=str(data),
+               output=str(tmp_path / "sup"), train_steps=1, batch_size=6, max_output_tokens=8, lmbda=0,
+               bf16="off")  # fp32, as the loss below is computed
+    (first,) = metrics(tmp_path / "sup")
+    assert first["train_on_policy_share"] == 0 and "train_divergence" not in first
+    # the tuning loss of the whole batch at the student's starting weights: output tokens' cross-entropy
+    student = load_model(task["student"])
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in load_examples(data):
+            row = encode(ex, student.tokenizer, is_seq2seq=False, use_chat_template=True, max_input_tokens=7168,
+                         max_output_tokens=8)
+            logits = student.model(torch.tensor([row["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(row["labels"][1:])
+            total += F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+    assert first["train_objective"] == pytest.approx(total / count, rel=1e-4)
+    assert first["train_supervised_loss"] == first["train_objective"]
+
+    mentor.run("on-policy", model=task["student"], teacher=task["teacher"], data=str(data),
+               output=str(tmp_path / "mixed"), train_steps=4, batch_size=2, max_output_tokens=8, lmbda=0.5)
+    rows = metrics(tmp_path / "mixed")
+    assert [r["train_on_policy_share"] for r in rows] == [0, 1, 0, 1]
+    assert ["train_divergence" in r for r in rows] == [False, True, False, True]
+
+
+def test_a_pruned_model_keeps_the_named_layers_of_its_source(task):
+    from mentor.models import load_model, model_config
+
+    source = load_model("tiny:llama-wide").model
+    pruned = load_model("prune:tiny:llama-wide:layers=0,2").model
+    assert model_config("prune:tiny:llama-wide:layers=0,2").num_hidden_layers == 2
+    for new, old in ((0, 0), (1, 2)):
+        kept, original = pruned.model.layers[new].state_dict(), source.model.layers[old].state_dict()
+        assert kept.keys() == original.keys() and all(torch.equal(kept[k], original[k]) for k in kept)
+        assert pruned.model.layers[new].self_attn.layer_idx == new  # the KV cache is indexed by the new order
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        assert torch.equal(pruned.state_dict()[name], source.state_dict()[name])
+    ids = torch.tensor([[5, 6, 7]])
+    assert pruned.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 6)  # it runs, cache and all
+    # a mentor output is a reference like any other: the task's student is its teacher's first layer
+    student, teacher = load_model(task["student"]).model, load_model(task["teacher"]).model
+    assert student.config.num_hidden_layers == 1
+    assert all(torch.equal(v, teacher.model.layers[0].state_dict()[k])
+               for k, v in student.model.layers[0].state_dict().items())
+
+
+@pytest.mark.parametrize("ref,message", [
+    ("prune:tiny:llama-wide:layers=", "the layer list is empty"),
+    ("prune:tiny:llama-wide:layers=0,3", "layer 3 is out of range: the model has 3 layers"),
+    ("prune:tiny:llama-wide:layers=0-1,1", "layer 1 named twice"),
+    ("prune:tiny:llama-wide:layers=2-1", "range '2-1' runs backwards"),
+    ("prune:tiny:llama-wide:layers=one", "'one' is not a layer number"),
+    ("prune:tiny:llama-wide", "is not prune:REF:layers=SPEC"),
+    ("prune:tiny:t5:layers=0", "keeps decoder layers of a causal model"),
+])
+def test_a_bad_layer_list_is_refused_in_one_line(ref, message):
+    from mentor.models import resolve
+
+    with pytest.raises(MentorError, match=message) as err:
+        resolve(ref)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_on_policy_jobs_are_refused_in_one_line(task, tmp_path):
+    job = dict(model=task["student"], teacher=task["teacher"], data=str(task["train"]), output=str(tmp_path / "j"),
+               train_steps=1, max_output_tokens=4)
+    # the parameters, checked as every job's are (mentor's list of the fields at fault)
+    for changed, field in (({"lmbda": 1.5}, "lmbda"), ({"beta": -0.1}, "beta"), ({"teacher": " "}, "teacher")):
+        with pytest.raises(MentorError, match=f"field '{field}'"):
+            mentor.run("on-policy", **{**job, **changed})
+    # what only the models tell, before any weights load: in one line
+    for changed, message in (({"teacher": "tiny:t5"}, "encoder-decoder"),
+                             ({"model": "prune:tiny:llama:layers=2"}, "layer 2 is out of range")):
+        with pytest.raises(MentorError, match=message) as err:
+            mentor.run("on-policy", **{**job, **changed})
+        assert "\n" not in str(err.value).strip(), str(err.value)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "abc"}])
+    with pytest.raises(DataValidationError, match="output_text"):
+        mentor.run("on-policy", **{**job, "data": str(bad)})
+
+
+def test_the_kinds_help_is_its_own():
+    from test_config_fields import _help
+
+    text = _help(["distill", "--method", "on-policy"])
+    assert all(flag in text for flag in ("--teacher", "--lmbda", "--beta", "--temperature", "--max-output-tokens"))
+    assert not [f for f in ("--kd-ratio", "--divergence", "--offline-logits", "--on-policy-fraction", "--packing",
+                            "--num-generations") if f + " " in text]
+
+
+def test_a_killed_on_policy_job_resumes_from_its_last_checkpoint(task, tmp_path):
+    from mentor.onpolicy.trainer import samples_at
+
+    out = tmp_path / "job"
+    job = dict(model=task["student"], teacher=task["teacher"], data=str(task["train"]), output=str(out),
+               train_steps=8, batch_size=4, max_output_tokens=8, evaluation_interval=2, lmbda=0.5)
+    argv = [sys.executable, "-m", "mentor.cli", "-q", "run", "on-policy"]
+    for k, v in job.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sigkill_when(proc, lambda: (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists(), 240,
+                 "the second checkpoint")
+    result = mentor.run("on-policy", **job)
+    assert result.steps_run == 8
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["type"] == "resumed"]
+    assert resumed and resumed[0]["step"] >= 4
+    rows = [r for r in metrics(out) if "train_on_policy_share" in r]
+    assert max(r["step"] for r in rows) == 8 and (out / "model" / "mentor_model.json").exists()
+    # the steps after the kill sample where the uninterrupted run would have: the share follows the step
+    assert all(r["train_on_policy_share"] == samples_at(r["step"] - 1, 0.5) for r in rows)
