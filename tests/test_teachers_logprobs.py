@@ -318,3 +318,11 @@ def test_offline_logit_distillation_from_a_served_teacher(mentor_server, tmp_pat
     with pytest.raises(Exception, match="gives top-k log-probs only"):
         mentor.run("feature", teacher=f"openai:tiny:llama@{mentor_server}", student="tiny:llama-small",
                    data=str(train), output=str(tmp_path / "feature"), train_steps=1)
+
+
+def test_the_whitebox_config_knows_the_served_teacher_specs():
+    # the config reads specs without importing the teachers (they pull in torch): one list, kept equal
+    from mentor.teachers.openai_compat import ROUTES
+    from mentor.whitebox.config import SERVED_TEACHERS
+
+    assert set(SERVED_TEACHERS) == set(ROUTES)

@@ -22,10 +22,16 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mentor.errors import MentorError
-from mentor.teachers.logprobs import is_served
 from mentor.training.config import ExamplesGroup, FieldGroup, MergeGroup, SelectionGroup, StudentGroup
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+SERVED_TEACHERS = ("openai", "openai-chat", "openai-completions")  # `mentor.teachers`' server specs
+
+
+def is_served(spec: str | None) -> bool:
+    """Whether a teacher is served (`openai:MODEL@URL`): `mentor.teachers.logprobs.is_served`, here
+    without importing the teachers (they pull in torch, which the command line starts without)."""
+    return bool(spec) and spec.partition(":")[0] in SERVED_TEACHERS
 # Divergence -> TRL GKD's generalized-JSD beta (0 = forward KL(teacher || student), 1 = reverse KL).
 DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}
 TEACHER_HELP = ("teacher model reference (loaded with its weights); for method logit with offline_logits also a "
