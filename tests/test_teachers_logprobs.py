@@ -131,7 +131,9 @@ def test_the_openai_client_scores_a_prompt_through_mentors_completions(mentor_se
     for asked, param in (({"echo": True, "logprobs": 2, "max_tokens": 3}, "max_tokens"),
                          ({"logprobs": 2, "max_tokens": 3}, "logprobs"),
                          ({"prompt": ids, "max_tokens": 3}, "prompt"),
-                         ({"echo": True, "logprobs": 2, "max_tokens": 0, "stream": True}, "stream")):
+                         ({"echo": True, "logprobs": 2, "max_tokens": 0, "stream": True}, "stream"),
+                         ({"prompt": [1, 10**6], "echo": True, "logprobs": 2, "max_tokens": 0}, "prompt"),
+                         ({"prompt": "", "echo": True, "logprobs": 2, "max_tokens": 0}, "prompt")):
         with pytest.raises(openai.BadRequestError) as err:
             c.completions.create(**{"model": "tiny:llama", "prompt": "abc", **asked})
         assert err.value.body["param"] == param, err.value.body

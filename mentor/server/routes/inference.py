@@ -167,6 +167,8 @@ def _scored(ctx, p: Predictor, prompts: list[list[int]], k: int, request: Reques
                   "prompt")
     context = context_length(p.loaded.model)
     for ids in prompts:
+        if not ids:
+            raise bad("the prompt has no tokens to score", "prompt")
         if context is not None and len(ids) > context:
             raise bad(f"the prompt has {len(ids)} tokens, {len(ids) - context} more than the model's context of "
                       f"{context}", "prompt", "context_length_exceeded")
@@ -208,6 +210,9 @@ def completions(request: Request, body: CompletionRequest):
         raise bad(str(problem), problem.param)
     token_prompts = body.token_prompts
     if token_prompts is not None:
+        rows = p.loaded.model.get_input_embeddings().num_embeddings
+        if past := [i for ids in token_prompts for i in ids if i >= rows]:
+            raise bad(f"token id {max(past)} is past the model's vocabulary of {rows}", "prompt")
         texts = [p.tokenizer.decode(ids) for ids in token_prompts]
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -329,7 +334,7 @@ def score(request: Request, body: ScoreRequest) -> dict:
             raise bad(str(err), err.param) from None
         if prompt[-1]["role"] != "user":
             raise bad("the last message must be the user's", "messages")
-    answers = [body.response] if body.response is not None else body.responses
+    answers = [body.response] if body.response is not None else body.responses or []  # one is given: checked above
     reward_model, busy = scorer(request.app.state.ctx, body.model)
     with busy:  # one forward pass at a time on a model shared by every request thread
         scores = reward_model.score([prompt] * len(answers), answers)
