@@ -23,6 +23,7 @@ from datasets import Dataset
 from mentor.graders import build_grader, parse_grader
 from mentor.jobs import Job, TunedModel
 from mentor.model_record import ModelRecord
+from mentor.models import load_tokenizer
 from mentor.reinforce.config import ReinforceConfig
 from mentor.reinforce.data import Item, load_items
 from mentor.reinforce.reward import GraderReward, prompt_rows
@@ -76,14 +77,15 @@ def build_trainer(cfg: ReinforceConfig, job: Job, items: list[Item], held_out: l
     from trl import GRPOConfig, GRPOTrainer
 
     out = job.folder
-    # beside the policy: with full tuning and a KL penalty, a frozen reference copy
-    fitted = setup.fit(cfg, cfg.num_generations, cfg.max_prompt_tokens + cfg.max_completion_tokens,
+    start = Servable.of(cfg.model).record
+    style, longest = measured_prompts(cfg, start, [*items, *(held_out or [])])
+    # beside the policy: with full tuning and a KL penalty, a frozen reference copy; batches are padded
+    # to their longest prompt, not to the limit
+    fitted = setup.fit(cfg, cfg.num_generations, min(longest, cfg.max_prompt_tokens) + cfg.max_completion_tokens,
                        weight_copies=int(cfg.tuning == "full" and cfg.kl_coeff > 0))
     loaded, base_ref, renderer = setup.start(cfg, out, cfg.max_prompt_tokens, cfg.max_completion_tokens,
                                              ("max_prompt_tokens", "max_completion_tokens"), fitted=fitted)
     tokenizer = loaded.tokenizer
-    start = Servable.of(cfg.model).record
-    style = prompt_style(cfg, start, tokenizer, renderer.use_chat_template)
 
     def render(item: Item) -> str:
         return renderer.clip_prompt(style.render(tokenizer, item.text))
@@ -121,12 +123,20 @@ def build_trainer(cfg: ReinforceConfig, job: Job, items: list[Item], held_out: l
     return policy.Prepared(trainer, renderer, base_ref, fitted, before), record
 
 
-def prompt_style(cfg: ReinforceConfig, start: ModelRecord, tokenizer, chat_template: bool) -> PromptStyle:
-    """A model mentor made is prompted as it learned (its record: chat template, instruction, a
-    step-by-step student's task prefix); another as the job's chat_template field says."""
-    made_by_mentor = bool(start.kind or start.method)
-    style = PromptStyle.of(start, tokenizer) if made_by_mentor else PromptStyle(chat_template, "text", "", None)
-    return replace(style, instruction=cfg.instruction) if cfg.instruction else style
+def measured_prompts(cfg: ReinforceConfig, start: ModelRecord, items: list[Item]) -> tuple[PromptStyle, int]:
+    """How the prompts are rendered, and the longest in tokens (from the tokenizer alone, before any
+    weights load). A model mentor made is prompted as it learned (its record: chat template,
+    instruction, a step-by-step student's task prefix); another as the job's chat_template field says."""
+    tokenizer = load_tokenizer(cfg.model)
+    if start.kind or start.method:
+        style = PromptStyle.of(start, tokenizer)
+    else:
+        template = cfg.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        style = PromptStyle(template, "text", "", None)
+    if cfg.instruction:
+        style = replace(style, instruction=cfg.instruction)
+    longest = max(len(tokenizer(style.render(tokenizer, i.text), add_special_tokens=True).input_ids) for i in items)
+    return style, longest
 
 
 def save(cfg: ReinforceConfig, job: Job, prep: policy.Prepared, record: ModelRecord, grader) -> TunedModel:
