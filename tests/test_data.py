@@ -1,10 +1,6 @@
 """Data validation and encoding: every bad line named, loss only on output tokens."""
 
-import json
-
-import hypothesis
 import pytest
-from hypothesis import strategies as st
 
 from conftest import write_jsonl
 from mentor.data.encode import IGNORE, EncodeStats, encode
@@ -136,42 +132,6 @@ def test_seq2seq_encoding_puts_prompt_in_encoder_and_answer_in_labels(tmp_path):
     full = encode(examples[0], tok, is_seq2seq=True, use_chat_template=False, max_input_tokens=50, max_output_tokens=50)
     assert tok.decode(full["labels"]) == "bcd" + tok.eos_token
     assert tok.decode(full["input_ids"]) == "abc"
-
-
-def test_model_reference_errors(tmp_path):
-    with pytest.raises(MentorError, match="not in the local Hugging Face cache.*HF_HUB_OFFLINE"):
-        load_model("nobody/no-such-model")
-    with pytest.raises(MentorError, match="GGUF file not found"):
-        load_model(str(tmp_path / "x.gguf"))
-    with pytest.raises(MentorError, match="unknown tiny model"):
-        load_model("tiny:nothing")
-    with pytest.raises(MentorError, match="model folder not found"):
-        load_model("./missing-folder")
-
-
-@hypothesis.settings(max_examples=60, deadline=None)
-@hypothesis.given(n=st.integers(2, 3000), share=st.floats(0.01, 0.49))
-def test_hold_out_splits_rows_once_and_the_same_way_every_time(n, share):
-    from mentor.data.rows import MAX_HELD_OUT, hold_out
-
-    rows = [{"input_text": f"q{i}", "i": i} for i in range(n)]
-    kept, held = hold_out(rows, share)
-    assert sorted(r["i"] for r in kept + held) == list(range(n))  # every row exactly once
-    assert 1 <= len(held) <= MAX_HELD_OUT and kept
-    assert abs(len(held) - min(MAX_HELD_OUT, share * n)) <= 1 or len(held) == 1 or len(kept) == 1
-    assert hold_out(rows, share) == (kept, held)  # no seed involved: variants share the split
-
-
-def test_hold_out_refuses_what_cannot_be_split(tmp_path):
-    from mentor.data.rows import hold_out
-
-    with pytest.raises(MentorError, match="too few"):
-        hold_out([{"input_text": "a"}], 0.1)
-    with pytest.raises(MentorError, match="between 0 and 1"):
-        hold_out([{"input_text": "a"}, {"input_text": "b"}], 0)
-    kept, held = hold_out([{"input_text": str(i), "_line": i} for i in range(10)], 0.2, tmp_path / "v.jsonl")
-    assert len(held) == 2 and [json.loads(l) for l in (tmp_path / "v.jsonl").read_text().splitlines()] == \
-        [{"input_text": r["input_text"]} for r in held]
 
 
 def test_a_row_the_chat_template_refuses_is_named_by_file_and_line():

@@ -33,6 +33,8 @@ class JobKind:
     def __post_init__(self):
         if self.produces not in PRODUCTS:
             raise ValueError(f"job kind '{self.name}' produces {self.produces!r}; one of {', '.join(PRODUCTS)}")
+        if (self.family is None) != (self.method is None):
+            raise ValueError(f"job kind '{self.name}': a family kind names its method, and only a family kind does")
 
     def run_function(self) -> Callable:
         module, _, name = self.run.partition(":")
@@ -71,4 +73,4 @@ def produces(name: str) -> str:
 
 def family(name: str) -> dict[str, JobKind]:
     """The kinds a family command chooses between, by method name."""
-    return {k.method: k for k in kinds().values() if k.family == name}
+    return {k.method: k for k in kinds().values() if k.family == name and k.method is not None}

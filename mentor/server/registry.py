@@ -18,7 +18,7 @@ from mentor.jobs import ACTIVE, TunedModel, read_result, read_state
 from mentor.model_record import ModelRecord
 from mentor.server.db import Database, FileRow, JobRow, ModelRow, epoch
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}\Z")  # \Z: "$" would let a final newline by
 
 
 class UnknownModel(MentorError):
@@ -190,17 +190,16 @@ def lineage(db: Database, name: str) -> Lineage:
     with db.session() as s:
         job = s.get(JobRow, row.job_id) if row.job_id else None
         derived = [m.name for m in s.scalars(select(ModelRow).where(ModelRow.base_model.in_([row.name, row.path])))]
-    files = {k: v for k, v in row.parameters.items() if k in row.data_hashes}
+    files = {k: v for k, v in row.parameters.items() if k in row.data_hashes and isinstance(v, str)}
     with db.session() as s:  # every input by its role (data, prompt_dataset, ...), with its upload's id
-        uploads = {f.path: f.id for f in s.scalars(select(FileRow).where(FileRow.path.in_(
-            [p for p in files.values() if isinstance(p, str)])))}
+        uploads = {f.path: f.id for f in s.scalars(select(FileRow).where(FileRow.path.in_(list(files.values()))))}
     return Lineage(
         model=model_dict(row),
         job=None if job is None else {"id": job.id, "kind": job.kind, "status": job.status,
                                       "training_file": job.training_file, "validation_file": job.validation_file,
                                       "created_at": epoch(job.created_at), "finished_at": epoch(job.finished_at)},
         base_model=row.base_model,
-        data={k: {"path": files.get(k), "sha256": v, "file_id": uploads.get(files.get(k))}
+        data={k: {"path": files.get(k), "sha256": v, "file_id": uploads.get(files[k]) if k in files else None}
               for k, v in row.data_hashes.items()},
         teacher=None if not row.teacher else {"reference": row.teacher, "cache_sha256": row.teacher_cache_sha256},
         derived=derived,
