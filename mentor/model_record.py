@@ -38,40 +38,40 @@ class ModelRecord(BaseModel):
     # (merge_adapter, promote): an older mentor must not strip what a newer one recorded
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    schema_version: int = Field(SCHEMA_VERSION, description="format of this file; read() migrates older ones")
-    kind: str | None = Field(None, description="the job kind that made the model, as the kind registry names it "
+    schema_version: int = Field(default=SCHEMA_VERSION, description="format of this file; read() migrates older ones")
+    kind: str | None = Field(default=None, description="the job kind that made the model, as the kind registry names it "
                                                "('tune', 'dpo', 'reward-model', 'rlhf', 'step-by-step', 'logit', "
                                                "...); None when not recorded (folders of version 1 other than "
                                                "reward models)")
-    base_model: str | None = Field(None, description="the reference of the model it was trained from, as the user "
+    base_model: str | None = Field(default=None, description="the reference of the model it was trained from, as the user "
                                                      "gave it")
-    method: str | None = Field(None, description="how it was made, as the job's result says it ('supervised (lora)', "
+    method: str | None = Field(default=None, description="how it was made, as the job's result says it ('supervised (lora)', "
                                                  "'dpo (lora)', 'distill-logit')")
-    tuning: Literal["full", "lora"] | None = Field(None, description="all weights trained, or LoRA adapters (a "
+    tuning: Literal["full", "lora"] | None = Field(default=None, description="all weights trained, or LoRA adapters (a "
                                                                      "reward model's are merged into the folder)")
-    is_seq2seq: bool | None = Field(None, description="an encoder-decoder model")
-    use_chat_template: bool | None = Field(None, description="prompts go through the tokenizer's chat template; "
+    is_seq2seq: bool | None = Field(default=None, description="an encoder-decoder model")
+    use_chat_template: bool | None = Field(default=None, description="prompts go through the tokenizer's chat template; "
                                                              "None: as the tokenizer has one")
-    prompt_format: Literal["text", "chat"] = Field("text", description="how a plain prompt is rendered without a "
+    prompt_format: Literal["text", "chat"] = Field(default="text", description="how a plain prompt is rendered without a "
                                                                       "chat template: as the training data was ('chat': "
                                                                       "'user: ...\\nassistant: ')")
-    max_input_tokens: int = Field(7168, gt=0, description="the longest prompt, in tokens, it was trained with (and "
+    max_input_tokens: int = Field(default=7168, gt=0, description="the longest prompt, in tokens, it was trained with (and "
                                                           "is served with)")
-    instruction: str | None = Field(None, description="a line put before every prompt in training (preference "
+    instruction: str | None = Field(default=None, description="a line put before every prompt in training (preference "
                                                       "kinds), so put before every prompt served")
-    task: str | None = Field(None, description="the task a distilled student was trained for")
-    task_prefix: str = Field("", description="what starts a prompt asking a distilled step-by-step student for its "
+    task: str | None = Field(default=None, description="the task a distilled student was trained for")
+    task_prefix: str = Field(default="", description="what starts a prompt asking a distilled step-by-step student for its "
                                              "label ('[label] ')")
-    rationale_prefix: str | None = Field(None, description="what starts a prompt asking it for its rationale "
+    rationale_prefix: str | None = Field(default=None, description="what starts a prompt asking it for its rationale "
                                                            "('[rationale] '); None: it learned none")
-    teacher: str | None = Field(None, description="the teacher a distilled student learned from")
-    distill_method: str | None = Field(None, description="the distillation method ('step-by-step', 'standard', "
+    teacher: str | None = Field(default=None, description="the teacher a distilled student learned from")
+    distill_method: str | None = Field(default=None, description="the distillation method ('step-by-step', 'standard', "
                                                          "'finetune')")
-    reward_model: str | None = Field(None, description="the reward model folder an RLHF model was trained against")
-    prompt_sequence_length: int = Field(512, gt=0, description="a reward model's longest prompt, in tokens")
-    target_sequence_length: int = Field(64, gt=0, description="a reward model's longest answer, in tokens")
-    merged_from: str | None = Field(None, description="the LoRA adapter folder merged into this full model")
-    promoted_from: str | None = Field(None, description="the checkpoint folder this model was promoted from")
+    reward_model: str | None = Field(default=None, description="the reward model folder an RLHF model was trained against")
+    prompt_sequence_length: int = Field(default=512, gt=0, description="a reward model's longest prompt, in tokens")
+    target_sequence_length: int = Field(default=64, gt=0, description="a reward model's longest answer, in tokens")
+    merged_from: str | None = Field(default=None, description="the LoRA adapter folder merged into this full model")
+    promoted_from: str | None = Field(default=None, description="the checkpoint folder this model was promoted from")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,9 +1,12 @@
 """The architecture and the style, checked in every test run: import-linter's contracts (layers,
-recipes independent of each other, nothing importing the command line, no import cycles) and ruff."""
+recipes independent of each other, nothing importing the command line, no import cycles), ruff and
+pyright."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +28,26 @@ def test_import_contracts_hold():
 def test_ruff_finds_nothing():
     proc = run("ruff", "check", "mentor", "tests", "bench", "examples")
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_pyright_finds_no_type_error_in_the_job_model_training_and_the_server():
+    """pyright in basic mode on mentor/jobs, mentor/training and mentor/server ([tool.pyright] in
+    pyproject.toml): any error fails the run. Its node package comes inside the pinned wheel and runs
+    on the machine's node (or one nodeenv fetches); it takes about 45 s of one core."""
+    env = {**os.environ, "PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"}  # no look-up of a newer version on PyPI
+    proc = subprocess.run([str(BIN / "pyright"), "--outputjson"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        message = f"pyright did not run (exit {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        raise AssertionError(message) from None
+    errors = [f"{Path(d['file']).relative_to(ROOT)}:{d['range']['start']['line'] + 1}: {d['message']} "
+              f"({d.get('rule', '')})" for d in report["generalDiagnostics"] if d["severity"] == "error"]
+    checked = [p for package in ("jobs", "training", "server") for p in (ROOT / "mentor" / package).rglob("*.py")]
+    assert report["summary"]["filesAnalyzed"] >= len(checked), report["summary"]  # every module of the three
+    assert not errors, f"{len(errors)} pyright errors:\n" + "\n".join(errors)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_the_command_line_starts_without_loading_ml_libraries():

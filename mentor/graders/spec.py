@@ -36,18 +36,18 @@ class GraderSettings(BaseSettings):
     allowed_judge_urls: list[str] = Field(default_factory=list, description="base URLs of OpenAI-compatible servers "
                                           "a score_model grader may send answers to (loopback is always allowed); "
                                           "$OPENAI_API_KEY goes to them")
-    judge_base_url: str | None = Field(None, description="the judge server of a score_model whose model names none "
+    judge_base_url: str | None = Field(default=None, description="the judge server of a score_model whose model names none "
                                        "(MODEL without @URL); default $OPENAI_BASE_URL")
-    judge_cache: str | None = Field(None, description="SQLite file of judge answers (default: the teacher cache "
+    judge_cache: str | None = Field(default=None, description="SQLite file of judge answers (default: the teacher cache "
                                     "under $MENTOR_HOME); 'off' for none")
-    judge_concurrency: int = Field(8, ge=1, description="judge requests in flight at most (fewer while the server "
+    judge_concurrency: int = Field(default=8, ge=1, description="judge requests in flight at most (fewer while the server "
                                    "queues them)")
-    judge_timeout: float = Field(120.0, gt=0, description="seconds of judge server silence before a retry")
-    judge_attempts: int = Field(4, ge=1, description="tries per judge request")
-    python_cpu_seconds: float = Field(10.0, gt=0, description="CPU time a python grader may use per sample")
-    python_wall_seconds: float = Field(20.0, gt=0, description="seconds a python grader may take per sample")
-    python_memory_mb: int = Field(2048, ge=64, description="address space of a python grader's process")
-    python_output_bytes: int = Field(64 * 1024, ge=1024, description="what a python grader may print per sample")
+    judge_timeout: float = Field(default=120.0, gt=0, description="seconds of judge server silence before a retry")
+    judge_attempts: int = Field(default=4, ge=1, description="tries per judge request")
+    python_cpu_seconds: float = Field(default=10.0, gt=0, description="CPU time a python grader may use per sample")
+    python_wall_seconds: float = Field(default=20.0, gt=0, description="seconds a python grader may take per sample")
+    python_memory_mb: int = Field(default=2048, ge=64, description="address space of a python grader's process")
+    python_output_bytes: int = Field(default=64 * 1024, ge=1024, description="what a python grader may print per sample")
 
 
 class _Grader(BaseModel):

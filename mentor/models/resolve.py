@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from mentor.errors import MentorError
 from mentor.job_files import has_result, is_job_folder, read_state
@@ -43,7 +50,7 @@ def cache_root() -> Path:
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     is_seq2seq: bool
     source: str  # the folder or hub id the weights came from
     adapter: str | None = None  # a LoRA adapter folder applied on top, if any

@@ -37,8 +37,8 @@ class MethodSpec(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement", "distillation"] = "supervised"
     supervised: dict[str, Any] | None = None
     dpo: dict[str, Any] | None = None
-    reinforcement: dict[str, Any] | None = Field(None, description="OpenAI's: {grader, hyperparameters}")
-    distillation: dict[str, Any] | None = Field(None, description="mentor's: {method, teacher, hyperparameters, ...}")
+    reinforcement: dict[str, Any] | None = Field(default=None, description="OpenAI's: {grader, hyperparameters}")
+    distillation: dict[str, Any] | None = Field(default=None, description="mentor's: {method, teacher, hyperparameters, ...}")
 
 
 class CreateFineTuningJob(BaseModel):

@@ -139,14 +139,17 @@ class Scheduler:
         from mentor.server.uploads import new_id
 
         result = _batch_result(job.folder)
+        session = object_session(job)
+        if session is None:  # _finish runs on a row of tick's session
+            raise RuntimeError(f"job {job.id} is in no session: its output files cannot be recorded")
         for name, key in (("output.jsonl", "output_file_id"), ("errors.jsonl", "error_file_id")):
             path = Path(job.folder) / name
             if path.exists():
                 file_id = new_id("file")
                 data = path.read_bytes()
-                object_session(job).add(FileRow(id=file_id, filename=f"{job.id}-{name}", purpose="batch_output",
-                                                 bytes=len(data), lines=data.count(b"\n"),
-                                                 sha256=hashlib.sha256(data).hexdigest(), path=str(path)))
+                session.add(FileRow(id=file_id, filename=f"{job.id}-{name}", purpose="batch_output",
+                                    bytes=len(data), lines=data.count(b"\n"),
+                                    sha256=hashlib.sha256(data).hexdigest(), path=str(path)))
                 result[key] = file_id
         return result
 

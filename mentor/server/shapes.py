@@ -181,7 +181,7 @@ def checkpoints(job: JobRow) -> list[dict]:
     name = job.fine_tuned_model or f"ft:{job.base_model}:{job.suffix or 'mentor'}:{job.id.removeprefix('ftjob-')[:12]}"
     for e in read_events(folder):
         step = e.get("step")
-        if e.get("type") != "checkpoint" or step in seen:
+        if e.get("type") != "checkpoint" or not isinstance(step, int) or step in seen:
             continue
         seen.add(step)
         row = by_step.get(step, {})

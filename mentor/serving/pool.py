@@ -23,7 +23,7 @@ import torch
 
 from mentor.errors import MentorError
 from mentor.model_record import ModelRecord
-from mentor.models import load_model, resolve
+from mentor.models import LoadedModel, load_model, resolve
 from mentor.serving.generate import BASE_ADAPTER
 
 log = logging.getLogger("mentor")
@@ -79,7 +79,7 @@ class Servable:
 
 @dataclass
 class _Base:
-    loaded: object  # LoadedModel; .model becomes a PeftModel once an adapter is attached
+    loaded: LoadedModel  # its .model becomes a PeftModel once an adapter is attached
     bytes: int
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter name -> bytes, least recent first
     adapter_folders: dict = field(default_factory=dict)  # adapter name -> the folder it was loaded from
@@ -102,7 +102,7 @@ class ModelPool:
     def used_bytes(self) -> int:
         return sum(b.bytes + sum(b.adapters.values()) for b in self._bases.values())
 
-    def base_of(self, servable: Servable):
+    def base_of(self, servable: Servable) -> LoadedModel:
         """The loaded base model (its tokenizer, config) without attaching any adapter."""
         with self._lock:
             return self._base(servable.base, keep=set()).loaded

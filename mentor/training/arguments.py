@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, EarlyStoppingCallback, TrainingArguments
@@ -61,7 +62,8 @@ def training_arguments(cfg: TrainingGroup, checkpoints: Path, has_eval: bool, bf
         log.info("no evaluation data: %s %s it, so the last step's model is the result",
                  " and ".join(a.replace("_", " ") for a in asked), "needs" if len(asked) == 1 else "need")
     per_device = per_process_batch(batch_size)
-    args = dict(
+    # the keywords of whichever config class the kind trains with (TrainingArguments or a TRL config)
+    args: dict[str, Any] = dict(
         output_dir=str(checkpoints),
         max_steps=steps,
         per_device_train_batch_size=per_device,

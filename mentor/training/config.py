@@ -10,7 +10,7 @@ services': `tuning` is how the weights are trained (full or LoRA), `method` the 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, Field, model_validator
 
@@ -31,8 +31,9 @@ MODEL_HELP = ("model reference: hub id, folder, .gguf file, mentor output, 'smol
               "'prune:REF:layers=0-5,12-17' (REF keeping only those decoder layers)")
 ADAPTER_SIZE_HELP = "LoRA rank: any positive number; 1, 4, 8 or 16 are the managed services' sizes"
 # TrainingArguments' names of the optimizers offered; the last three are bitsandbytes'
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit",
-              "paged_adamw_32bit")
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit",
+                    "paged_adamw_32bit"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 BNB_OPTIMIZERS = frozenset(OPTIMIZERS[4:])
 
 
@@ -66,7 +67,7 @@ class FitConfig(JobConfig, TuningGroup):
     lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling alpha (the update is scaled by "
                                                              "alpha / rank); default twice the adapter size")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA adapters' input")
-    optimizer: Literal[OPTIMIZERS] = Field(
+    optimizer: Optimizer = Field(
         "adamw_torch", description="adamw_torch, adamw_torch_fused, adafactor, sgd, or bitsandbytes' adamw_8bit, "
                                    "paged_adamw_8bit, paged_adamw_32bit (8-bit optimizer state: a quarter of AdamW's)")
     liger_kernel: Literal["auto", "on", "off"] = Field(

@@ -14,7 +14,9 @@ def lora_alpha(cfg: FitConfig) -> float:
 def lora_config(cfg: FitConfig, task_type: str):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.adapter_size, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.lora_dropout,
+    # PEFT annotates lora_alpha as int, but only divides it by the rank: a fractional alpha works as asked
+    return LoraConfig(r=cfg.adapter_size, lora_alpha=lora_alpha(cfg),  # pyright: ignore[reportArgumentType]
+                      lora_dropout=cfg.lora_dropout,
                       use_dora=cfg.lora_variant == "dora",
                       target_modules=cfg.lora_target_modules, task_type=task_type)
 

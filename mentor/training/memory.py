@@ -172,7 +172,7 @@ def shape_of(config, lora_config=None, is_seq2seq: bool = False) -> Shape:
                  hidden, intermediate, kv_heads * head_dim, layers, getattr(text, "vocab_size", 0), stored_bytes)
 
 
-def device_memory() -> tuple[str, float | None, float]:
+def device_memory() -> tuple[str, float, float]:
     """(device, bytes free for this process, bytes this process holds already). On CPU the free
     RAM is shared by the processes of one machine (torchrun, accelerate)."""
     if torch.cuda.is_available():
@@ -289,14 +289,14 @@ def plan(shape: Shape, setting: Setting, checkpointing: str, model: str, quantiz
         # FSDP and ZeRO-3 split weights, gradients and optimizer state across the processes: the
         # estimate counts an unsharded copy, so it only warns
         chosen.notes.append(f"unsharded, this job would need about {chosen.total / GiB:.1f} GiB per device "
-                            f"({chosen.available / GiB:.1f} GiB free); it runs sharded, which this estimate does not count")
+                            f"({available / GiB:.1f} GiB free); it runs sharded, which this estimate does not count")
         return chosen
     what = f"{setting.tuning} tuning of {model}" + (f" ({setting.quantization})" if setting.quantization != "none" else "")
-    short = (chosen.needed - chosen.available) / GiB
+    short = (chosen.needed - available) / GiB
     fixes = _fixes(setting, chosen.gradient_checkpointing, at, quantization_ok)
     parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in chosen.parts.items())
     raise MentorError(f"the job does not fit: {what} needs about {chosen.total / GiB:.1f} GiB ({parts}) and "
-                      f"{chosen.available / GiB:.1f} GiB is free on {device}, {short:.1f} GiB short; {fixes}")
+                      f"{available / GiB:.1f} GiB is free on {device}, {short:.1f} GiB short; {fixes}")
 
 
 def sharded() -> bool:

@@ -22,6 +22,7 @@ import torch
 from mentor.files import atomic_folder, atomic_write
 from mentor.jobs import Job, TunedModel, produces
 from mentor.model_record import ModelRecord
+from mentor.training.config import FitConfig, MergeGroup, ScheduleGroup, SelectionGroup
 from mentor.training.plots import plot_curves
 
 log = logging.getLogger("mentor")
@@ -60,9 +61,13 @@ def save_trained(trainer, folder: Path, record: ModelRecord, merge: bool = False
 
 def merge_adapter(adapter_folder: Path, target: Path) -> None:
     """Base (reloaded in float32) + adapter, merged into one plain model folder."""
+    from peft import PeftModel
+
     from mentor.models import load_model
 
     loaded = load_model(str(adapter_folder), dtype=torch.float32)
+    if not isinstance(loaded.model, PeftModel):
+        raise TypeError(f"{adapter_folder} holds no LoRA adapter to merge")
     merged = loaded.model.merge_and_unload()
     record = ModelRecord.read(adapter_folder) or ModelRecord()
     save_model(merged, loaded.tokenizer, target, record.model_copy(update={"merged_from": str(adapter_folder)}))
@@ -163,6 +168,8 @@ def finish(job: Job, trainer, record: ModelRecord, *, metrics: dict, best_step: 
     the TensorBoard folder to show when its stages log in folders of their own (RLHF's).
     Every rank calls this (saving gathers sharded weights); only rank 0 writes the rest."""
     cfg, out = job.config, job.folder
+    if not isinstance(cfg, FitConfig):
+        raise TypeError(f"{job.kind}: {type(cfg).__name__} is not a training kind's config (a model and its tuning)")
     if best_step:
         job.event("best_checkpoint", f"best evaluation at step {best_step}: its checkpoint is the result",
                   step=best_step)
@@ -192,7 +199,8 @@ def finish(job: Job, trainer, record: ModelRecord, *, metrics: dict, best_step: 
     compared = [f"  {k}: {before.metrics[k]:.4f} -> {metrics[k]:.4f}" for k in before.shown
                 if k in before.metrics and k in metrics] if before else []
     log.info("done\n%s%s\ncurves: %s\nTensorBoard: tensorboard --logdir %s", result.summary(),
-             f"\non {before.on}, before -> after:\n" + "\n".join(compared) if compared else "", out / "curves.png",
+             f"\non {before.on}, before -> after:\n" + "\n".join(compared) if before and compared else "",
+             out / "curves.png",
              tensorboard or out / "tensorboard")
     return result
 
@@ -203,6 +211,8 @@ def save_tuned(job: Job, trainer, student, enc_stats: dict, *, record_fields: di
     with what a tuned student adds to `finish`. `record_fields` are what the kind adds to the
     model's record (ModelRecord's fields)."""
     cfg, state = job.config, trainer.state
+    if not (isinstance(cfg, ScheduleGroup) and isinstance(cfg, SelectionGroup) and isinstance(cfg, MergeGroup)):
+        raise TypeError(f"{job.kind}: {type(cfg).__name__} does not train like tuning (steps, selection, merging)")
     seconds = job.train_seconds
     extra = {"tokens_seen": int(state.num_input_tokens_seen),
              "tokens_per_second": round(state.num_input_tokens_seen / max(seconds, 1e-9), 1),

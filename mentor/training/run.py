@@ -25,8 +25,8 @@ def train(trainer, job: Job, quiet=nullcontext) -> None:
     """Train (or resume) to the end, an early stop, or a cancel (raised as JobCancelled)."""
     resume = last_complete_checkpoint(checkpoints_of(job), remove=job.main)
     state = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME)) if resume else None
-    ended = state and _training_ended(trainer, state)
-    if ended:
+    ended = _training_ended(trainer, state) if state else None
+    if state and ended:
         # Trainer would take one step more from a checkpoint of the last step, and one evaluation
         # interval more from that of an early stop (killed as the job was being recorded): the
         # training is done, only its result is loaded
@@ -59,7 +59,10 @@ def _training_ended(trainer, state: TrainerState) -> str | None:
     """What ended the training a checkpoint's state belongs to ("last step", "early stop"), or None."""
     if state.global_step >= trainer.args.max_steps:
         return "last step"
-    stopping = (state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
+    # TrainerState declares stateful_callbacks a list of callbacks, but turns it into their states by class
+    # name when built (and reads it so from JSON): a dict
+    stopping = (state.stateful_callbacks or {}).get(  # pyright: ignore[reportAttributeAccessIssue]
+        EarlyStoppingCallback.__name__)
     for kept in stopping if isinstance(stopping, list) else [stopping] if stopping else []:
         if kept["attributes"]["early_stopping_patience_counter"] >= kept["args"]["early_stopping_patience"]:
             return "early stop"  # the evaluation that stopped it was saved with this checkpoint

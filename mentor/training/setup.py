@@ -26,11 +26,21 @@ log = logging.getLogger("mentor")
 EVAL_SIZE_RANGE = (10, 256)
 
 
+@dataclass(frozen=True)
+class Peeked:
+    """The student before its weights load: its config (as `model.config`), tokenizer and kind, enough to
+    tokenize the data and size the batch."""
+
+    model: SimpleNamespace
+    tokenizer: object
+    is_seq2seq: bool
+
+
 @dataclass
 class Student:
     """The model being trained and what its recipe needs to know about it."""
 
-    loaded: object  # mentor.models.LoadedModel: tokenizer, is_seq2seq, adapter, source
+    loaded: LoadedModel | Peeked  # Peeked until load_student loads the weights
     model: object  # the model to train (LoRA-wrapped when tuning is lora)
     bf16: bool
     use_chat_template: bool
@@ -67,7 +77,7 @@ def load_student(cfg: ExamplesGroup, longest=None, rows_per_example: int = 1, lo
     config = model_config(cfg.model)
     is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     # the student as its tokenizer and config know it: enough to tokenize the data and size the batch
-    peeked = LoadedModel(SimpleNamespace(config=config), load_tokenizer(cfg.model), is_seq2seq, cfg.model)
+    peeked = Peeked(SimpleNamespace(config=config), load_tokenizer(cfg.model), is_seq2seq)
     use_chat_template = cfg.chat_template == "auto" and bool(getattr(peeked.tokenizer, "chat_template", None))
     max_input, max_output = fit_to_context(cfg.max_input_tokens, cfg.max_output_tokens, peeked)
     student = Student(peeked, None, bf16, use_chat_template, max_input, max_output)
@@ -210,8 +220,9 @@ def check_eval_size(n: int) -> None:
 def load_tuning_data(cfg: ExamplesGroup):
     """Every training and evaluation example, validated before anything loads or trains."""
     train = load_examples(cfg.data, cfg.max_examples)
-    evaluation = load_examples(cfg.evaluation_data, cfg.max_examples) if cfg.evaluation_data else None
-    if evaluation is not None:
+    evaluation = None
+    if cfg.evaluation_data:
+        evaluation = load_examples(cfg.evaluation_data, cfg.max_examples)
         check_eval_size(len(evaluation))
         if Path(cfg.data).resolve() == Path(cfg.evaluation_data).resolve():
             log.warning("the evaluation data is the training data: evaluation will not show overfitting, and "

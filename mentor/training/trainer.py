@@ -113,6 +113,8 @@ class MentorTrainer(Trainer):
     # -- data ---------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset is None:  # as Trainer's own: no data, no sampler
+            return None
         lengths = [len(x) for x in dataset["input_ids"]]
         return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths, self.sampler_seed)
@@ -151,12 +153,13 @@ class MentorTrainer(Trainer):
         self._sums["eval"] = defaultdict(float)
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        output.metrics.pop(f"{prefix}_loss", None)
+        metrics = output.metrics if output.metrics is not None else {}
+        metrics.pop(f"{prefix}_loss", None)
         for k, v in self.metrics_for("eval").items():
-            output.metrics[prefix + k[len("eval"):]] = v
+            metrics[prefix + k[len("eval"):]] = v
         if self.task_score is not None and prefix == "eval":
-            output.metrics.update(self.task_score(self.model))
-        return output
+            metrics.update(self.task_score(self.model))
+        return output._replace(metrics=metrics)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: replace the running mean by token-weighted metrics

@@ -210,12 +210,15 @@ def completions(request: Request, body: CompletionRequest):
         raise bad(str(problem), problem.param)
     token_prompts = body.token_prompts
     if token_prompts is not None:
-        rows = p.loaded.model.get_input_embeddings().num_embeddings
+        from torch.nn import Embedding  # loaded with the model already
+
+        embeddings = p.loaded.model.get_input_embeddings()  # an Embedding (or a subclass) in transformers' models
+        rows = embeddings.num_embeddings if isinstance(embeddings, Embedding) else len(p.tokenizer)
         if past := [i for ids in token_prompts for i in ids if i >= rows]:
             raise bad(f"token id {max(past)} is past the model's vocabulary of {rows}", "prompt")
-        texts = [p.tokenizer.decode(ids) for ids in token_prompts]
+        texts = p.tokenizer.batch_decode(token_prompts)
     else:
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        texts = [body.prompt] if isinstance(body.prompt, str) else [t for t in body.prompt if isinstance(t, str)]
     if not texts:
         raise bad("prompt must not be empty", "prompt")
     scores = None
