@@ -204,3 +204,25 @@ def test_a_killed_on_policy_job_resumes_from_its_last_checkpoint(task, tmp_path)
     assert max(r["step"] for r in rows) == 8 and (out / "model" / "mentor_model.json").exists()
     # the steps after the kill sample where the uninterrupted run would have: the share follows the step
     assert all(r["train_on_policy_share"] == samples_at(r["step"] - 1, 0.5) for r in rows)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_the_top_k_divergence_is_the_full_one_at_k_v_and_fillers_count_in_the_rest(beta):
+    from mentor.onpolicy.trainer import TeacherScores, divergence_per_token
+    from mentor.teachers.logprobs import FILL_LOGPROB
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 40), F.log_softmax(3 * torch.randn(2, 3, 40), -1)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    full = divergence_per_token(student, TeacherScores(teacher[..., 0], teacher), mask, beta, 1.0)
+    top, ids = teacher.topk(40, dim=-1)
+    assert divergence_per_token(student, TeacherScores(teacher[..., 0], top, ids), mask, beta, 1.0).item() == \
+        pytest.approx(full.item(), rel=1e-5)
+    # a server that sent 6 tokens where 8 were asked: the 2 filler columns (arbitrary ids at FILL_LOGPROB)
+    # change nothing; the student's mass on those ids stays in the rest bucket
+    top, ids = teacher.topk(6, dim=-1)
+    six = divergence_per_token(student, TeacherScores(teacher[..., 0], top, ids), mask, beta, 1.0)
+    filled = torch.cat([top, torch.full((2, 3, 2), FILL_LOGPROB)], -1)
+    fillers = torch.cat([ids, (ids.max(-1, keepdim=True).values + torch.tensor([1, 2])) % 40], -1)
+    got = divergence_per_token(student, TeacherScores(teacher[..., 0], filled, fillers), mask, beta, 1.0)
+    assert got.item() == pytest.approx(six.item(), rel=1e-5) and six.item() <= full.item() + 1e-6

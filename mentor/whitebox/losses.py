@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 _GJSD = None
 _EPS = 1e-12
+# below this a stored teacher log-prob is a filler column, not a token the teacher named (exp() of it
+# is 0 in float32 either way, so moving such a token into the rest bucket changes no probability)
+_FILLED = -1e3
 
 
 def generalized_jsd():
@@ -61,8 +64,15 @@ def _with_rest(logprobs_k: torch.Tensor) -> torch.Tensor:
 
 def topk_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_indices: torch.Tensor,
                     beta: float, temperature: float) -> torch.Tensor:
-    """Summed divergence against stored top-k teacher log-probs (already at `temperature`)."""
+    """Summed divergence against stored top-k teacher log-probs (already at `temperature`).
+
+    A column whose teacher log-prob is below `_FILLED` is a filler (a served teacher sent fewer
+    than k tokens: `mentor.teachers.logprobs.FILL_LOGPROB`, probability 0): its token is counted in
+    the rest bucket on the student's side too. Left in its own column, reverse KL would charge the
+    student p * 1e4 for whatever mass it puts on an arbitrary token the teacher never named."""
     student = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_indices.long())
+    # the teacher's own value in a filler column: both sides equal there, so it adds nothing
+    student = torch.where(teacher_logprobs < _FILLED, teacher_logprobs.float(), student)
     # Both sides are already normalized log-probs at the temperature; the JSD's own log_softmax
     # leaves them unchanged, so temperature 1 there.
     return generalized_jsd()(_with_rest(student), _with_rest(teacher_logprobs.float()), beta=beta,
