@@ -7,6 +7,7 @@ samples of held-out prompts, and the tuning loss a supervised step must equal.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -204,6 +205,140 @@ def test_a_killed_on_policy_job_resumes_from_its_last_checkpoint(task, tmp_path)
     assert max(r["step"] for r in rows) == 8 and (out / "model" / "mentor_model.json").exists()
     # the steps after the kill sample where the uninterrupted run would have: the share follows the step
     assert all(r["train_on_policy_share"] == samples_at(r["step"] - 1, 0.5) for r in rows)
+
+
+# -- a served teacher: mentor's own server on loopback, scoring the student's samples by top-k --------
+@pytest.fixture(scope="module")
+def served_teacher(task, tmp_path_factory):
+    """`mentor serve` of the task's teacher on loopback: its spec, openai:MODEL@URL."""
+    import httpx
+    from test_teachers_logprobs import _free_port, _wait
+
+    tmp = tmp_path_factory.mktemp("served-teacher")
+    port, log = _free_port(), tmp / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mentor.cli", "serve", task["teacher"], "--port", str(port),
+                                 "--insecure-no-auth", "--data-dir", str(tmp / "d")], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        _wait(f"{url}/models", proc, log)
+        name = httpx.get(f"{url}/models").json()["data"][0]["id"]
+        yield f"openai:{name}@{url}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def record_scores(monkeypatch) -> list[dict]:
+    """Each batch the served teacher scores during a job: the batch, and the requests it made and the
+    answers it took from the cache for it."""
+    from mentor.onpolicy.trainer import ServedTeacher
+
+    seen, original = [], ServedTeacher.score
+
+    def score(self, input_ids, attention_mask, completion_ids):
+        calls, hits = self.teacher.stats.calls, self.teacher.stats.cache_hits
+        scores = original(self, input_ids, attention_mask, completion_ids)
+        seen.append({"input_ids": input_ids.clone(), "attention_mask": attention_mask.clone(),
+                     "completion_ids": completion_ids.clone(), "calls": self.teacher.stats.calls - calls,
+                     "cache_hits": self.teacher.stats.cache_hits - hits})
+        return scores
+
+    monkeypatch.setattr(ServedTeacher, "score", score)
+    return seen
+
+
+def topk_reverse_kl(student_ref: str, teacher_ref: str, batch: dict, k: int) -> float:
+    """KL(student || teacher) per completion token of a batch, both distributions reduced to the
+    teacher's top k tokens and one bucket for the rest of the mass; the teacher in this process."""
+    from mentor.models import load_model
+
+    ids, mask, completion = batch["input_ids"], batch["attention_mask"], batch["completion_ids"]
+    length = completion.size(1)
+    with torch.no_grad():
+        s, t = (F.log_softmax(load_model(ref).model(input_ids=ids, attention_mask=mask).logits[:, -length - 1:-1]
+                              .float(), -1) for ref in (student_ref, teacher_ref))
+    t_top, top = t.topk(k, dim=-1)
+
+    def with_rest(lp):
+        return torch.cat([lp, (1 - lp.exp().sum(-1, keepdim=True)).clamp_min(1e-12).log()], dim=-1)
+
+    keep = mask[:, -length:].bool()
+    s_k, t_k = with_rest(s.gather(-1, top))[keep], with_rest(t_top)[keep]
+    return ((s_k.exp() * (s_k - t_k)).sum() / keep.sum()).item()
+
+
+def test_a_served_teacher_distils_by_its_top_k_log_probs(task, served_teacher, tmp_path, monkeypatch):
+    scored = record_scores(monkeypatch)
+    before = reverse_kl(task["student"], task["teacher"], task["held_out"])
+    result = mentor.run("on-policy", model=task["student"], teacher=served_teacher, data=str(task["train"]),
+                        output=str(tmp_path / "job"), train_steps=30, batch_size=8, max_output_tokens=8, top_k=16,
+                        learning_rate_multiplier=20, bf16="off", seed=0)
+    # the first step's divergence is the in-process teacher's top-16 reverse KL on the samples it scored
+    first = next(r for r in metrics(tmp_path / "job") if "train_divergence" in r)
+    assert first["step"] == 1 and len(scored) == 30
+    want = topk_reverse_kl(task["student"], task["teacher"], scored[0], k=16)
+    assert first["train_divergence"] == pytest.approx(want, abs=1e-3)
+    # and it distils: the full reverse KL to the teacher on held-out prompts falls
+    after = reverse_kl(result.model_path, task["teacher"], task["held_out"])
+    assert after < 0.6 * before, (before, after)
+    assert all(s["calls"] == 8 and s["cache_hits"] == 0 for s in scored)  # new samples are new requests
+    assert not (tmp_path / "job" / "teacher_cache.sqlite").exists()  # only a resumed run would read it
+
+
+def test_a_resumed_run_asks_the_served_teacher_nothing_it_already_answered(task, served_teacher, tmp_path,
+                                                                           monkeypatch):
+    from mentor.onpolicy.trainer import ServedTeacher
+
+    scored = record_scores(monkeypatch)
+    recording, dying = ServedTeacher.score, [True]
+
+    def dies_at_the_third_step(self, *args):
+        scores = recording(self, *args)
+        if dying[0] and len(scored) == 3:  # after checkpoint-2, and after step 3's samples were scored and cached
+            raise RuntimeError("the training process died")
+        return scores
+
+    monkeypatch.setattr(ServedTeacher, "score", dies_at_the_third_step)
+    job = dict(model=task["student"], teacher=served_teacher, data=str(task["train"]), output=str(tmp_path / "job"),
+               train_steps=5, batch_size=4, max_output_tokens=8, evaluation_interval=2, top_k=16, seed=0)
+    with pytest.raises(Exception, match="died"):
+        mentor.run("on-policy", **job)
+    assert (tmp_path / "job" / "checkpoints" / "checkpoint-2").is_dir()
+    assert [(s["calls"], s["cache_hits"]) for s in scored] == [(4, 0)] * 3
+    killed = scored[2]
+    scored.clear()
+    dying[0] = False
+    result = mentor.run("on-policy", **job)
+    assert result.steps_run == 5 and len(scored) == 3  # steps 3, 4 and 5
+    # step 3 again, sampled as before: every answer from the cache, no request
+    assert torch.equal(scored[0]["completion_ids"], killed["completion_ids"])
+    assert (scored[0]["calls"], scored[0]["cache_hits"]) == (0, 4)
+    assert [(s["calls"], s["cache_hits"]) for s in scored[1:]] == [(4, 0)] * 2
+    # the resumed run's requests: steps 4 and 5, and the first request's tokenizer check
+    assert result.extra["teacher_requests"] == {"calls": 9, "cache_hits": 4}
+
+
+def test_a_served_teacher_takes_temperature_1_and_the_students_tokenizer(task, served_teacher, tmp_path):
+    job = dict(model=task["student"], teacher=served_teacher, data=str(task["train"]), output=str(tmp_path / "j"),
+               train_steps=1, max_output_tokens=4)
+    # checked with the job's parameters (mentor's list of the fields at fault)
+    with pytest.raises(MentorError, match="served teacher's log-probs are at temperature 1"):
+        mentor.run("on-policy", **job, temperature=0.7)
+    # a student whose tokenizer is not the served teacher's (one more token, "teacher"): refused before
+    # any step, in one line
+    from mentor.models import load_model
+
+    other = load_model(task["student"])
+    other.tokenizer.add_tokens(["teacher"])
+    other.model.resize_token_embeddings(len(other.tokenizer))
+    other.model.save_pretrained(tmp_path / "other")
+    other.tokenizer.save_pretrained(tmp_path / "other")
+    with pytest.raises(MentorError, match="tokenizes differently") as err:
+        mentor.run("on-policy", **{**job, "model": str(tmp_path / "other")})
+    assert "\n" not in str(err.value).strip()
+    assert not (tmp_path / "j" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])

@@ -63,6 +63,14 @@ def test_jobs_name_only_what_the_server_allows(service, tmp_path):
     with service.ctx.db.session() as s:
         assert s.get(JobRow, r.json()["id"]).config["teacher"] == "tiny:llama"
     assert "teacher_logits_dir" not in json.dumps(service.get("/v1/mentor/kinds").json())
+    # so is the on-policy kind's, and its served teacher (openai:MODEL@URL) is a server the owner allowed
+    assert "not a teacher server this server may call" in error(
+        create("on-policy", teacher="openai:m@http://elsewhere.example/v1"), 400)
+    for teacher in ("tiny:llama", "openai:m@http://127.0.0.1:9/v1"):
+        r = create("on-policy", teacher=teacher)
+        assert r.status_code == 200, r.text
+        with service.ctx.db.session() as s:
+            assert s.get(JobRow, r.json()["id"]).config["teacher"] == teacher
     # a batch answers the models it names through `models`, each checked like any model
     batch = {"kind": "batch", "config": {"input": data}}
     assert "outside the folders" in error(service.post("/v1/mentor/jobs", json={

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mentor.training.config import MODEL_HELP, ExamplesGroup, MergeGroup, SelectionGroup, StudentGroup
+from mentor.whitebox.config import is_served
 
 
 class OnPolicyConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
@@ -16,10 +17,18 @@ class OnPolicyConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
     on the data's outputs."""
 
     input_fields: ClassVar[tuple[str, ...]] = ("data", "evaluation_data")
+    # the job service keeps a teacher a model reference (loaded with its weights), unless it is served
+    # (openai:MODEL@URL), which it checks against the servers its owner allowed
+    teacher_is_a_model: ClassVar[bool] = True
 
     method: Literal["on-policy"] = Field("on-policy", description="on-policy: the teacher scores the student's "
                                                                   "own samples, token by token")
-    teacher: str = Field(description="the teacher, loaded with its weights in the training process: " + MODEL_HELP)
+    teacher: str = Field(description="the teacher: loaded with its weights in the training process (" + MODEL_HELP
+                         + "), or served, openai:MODEL@URL (its top-k log-probs of the student's samples; the "
+                           "student's tokenizer, temperature 1)")
+    top_k: int = Field(64, ge=1, description="a served teacher's log-probs asked per position: the divergence is "
+                                             "taken over these tokens and the rest of the mass (an in-process "
+                                             "teacher gives its whole distribution)")
     # a student is the smaller model, so all of its weights train by default (tuning's default is LoRA)
     tuning: Literal["full", "lora"] = Field("full", description="how the student's weights are trained")
     beta: float = Field(1.0, ge=0, le=1, description="the divergence minimised: 1 reverse KL(student || teacher) "
@@ -40,3 +49,12 @@ class OnPolicyConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
         if not v.strip():
             raise ValueError("give a teacher model")
         return v
+
+    @model_validator(mode="after")
+    def _served_at_temperature_1(self):
+        if is_served(self.teacher) and self.temperature != 1.0:
+            # a server's log-probs are at temperature 1, and its top k cannot be re-softened exactly
+            # without the rest of the distribution
+            raise ValueError(f"a served teacher's log-probs are at temperature 1: set temperature 1 (got "
+                             f"{self.temperature}) or load the teacher in process")
+        return self

@@ -8,8 +8,8 @@ evaluation that samples too, checkpoints and resume (the Trainer's). What is add
 - prompts arrive already tokenized: the tuning encoding's input (`mentor.data.encode`), so a
   prompt is exactly what a tuned model sees, chat template and BOS included;
 - the teacher is scored through `score(input_ids, attention_mask, completion_ids)`, one small
-  function returning `TeacherScores` (the in-process model's full distributions here; a served
-  teacher's top-k log-probs can take its place);
+  function returning `TeacherScores`: the in-process model's full distributions (`InProcessTeacher`),
+  or a served teacher's top-k log-probs (`ServedTeacher`, through `mentor.teachers.logprobs`);
 - GKD's mix: a share `lmbda` of the steps samples on-policy, the others are supervised steps on
   the data's outputs with the tuning loss. Which step is which follows from the step number alone
   (step g samples when floor((g + 1) * lmbda) > floor(g * lmbda)), so a resumed run takes the same
@@ -30,6 +30,8 @@ from transformers import Trainer
 from trl import DistillationTrainer
 
 from mentor.data.encode import IGNORE
+from mentor.errors import MentorError
+from mentor.teachers.logprobs import FILL_LOGPROB, LogprobTeacher
 from mentor.training.trainer import accepts_logits_to_keep, token_loss
 from mentor.whitebox.losses import logit_divergence, topk_divergence
 
@@ -42,7 +44,8 @@ class TeacherScores:
     teacher thinks of the student's choice). `logprobs` (B, C, K): the next-token distribution at
     each completion position, as log-probs at temperature 1 over the whole vocabulary when `indices`
     is None; or a top-K, `indices` (B, C, K) naming its tokens, already at the job's temperature
-    (what a served teacher returns)."""
+    (what a served teacher returns: at temperature 1, the only one a job with a served teacher takes),
+    with columns the teacher did not fill at `FILL_LOGPROB`."""
 
     token_logprobs: torch.Tensor
     logprobs: torch.Tensor
@@ -68,6 +71,49 @@ class InProcessTeacher:
         logprobs = torch.log_softmax(logits[..., : self.width].float(), dim=-1)
         tokens = logprobs.gather(-1, completion_ids.clamp(max=self.width - 1).unsqueeze(-1)).squeeze(-1)
         return TeacherScores(tokens, logprobs)
+
+
+class ServedTeacher:
+    """A teacher behind a server (`openai:MODEL@URL`): its top-k log-probs of each completion token,
+    one request per sequence, cached, concurrent and retried by the log-prob teacher."""
+
+    def __init__(self, teacher: LogprobTeacher, top_k: int, width: int):
+        self.teacher = teacher
+        # k past the vocabulary would only add filler columns; k equal to it makes the loss exact
+        self.top_k = min(top_k, width)
+        self.width = width
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> ServedTeacher:
+        self.device = torch.device(device)
+        return self
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor) -> TeacherScores:
+        """`input_ids` are the prompts (left-padded) followed by the completions (right-padded): each
+        row is sent without its padding, scored from its first completion token."""
+        batch, length = completion_ids.shape
+        prompts, completions = input_ids[:, : input_ids.size(1) - length], completion_ids
+        prompt_mask = attention_mask[:, : prompts.size(1)].bool()
+        lengths = attention_mask[:, prompts.size(1):].sum(dim=1).tolist()
+        rows = [b for b in range(batch) if lengths[b] > 0]  # an empty completion has nothing to score
+        sequences = [prompts[b][prompt_mask[b]].tolist() + completions[b, : lengths[b]].tolist() for b in rows]
+        starts = [int(prompt_mask[b].sum()) for b in rows]
+        scored = self.teacher.score(sequences, starts, top_k=self.top_k) if rows else []
+        ids = torch.zeros(batch, length, self.top_k, dtype=torch.long)
+        logprobs = torch.full((batch, length, self.top_k), FILL_LOGPROB, dtype=torch.float32)
+        tokens = torch.zeros(batch, length, dtype=torch.float32)
+        for b, s in zip(rows, scored):
+            named = s.logprobs > FILL_LOGPROB / 2
+            if (s.ids[named] >= self.width).any():
+                raise MentorError(f"the served teacher {self.teacher.identity} named token id {int(s.ids[named].max())}, "
+                                  f"past the student's {self.width} vocabulary columns: not the student's tokenizer")
+            n = s.ids.shape[0]
+            # filler columns may name ids past the vocabulary; they are left out of the loss anyway
+            ids[b, :n] = torch.from_numpy(s.ids).clamp(max=self.width - 1)
+            logprobs[b, :n] = torch.from_numpy(s.logprobs)
+            tokens[b, :n] = torch.from_numpy(s.token_logprobs)
+        return TeacherScores(tokens.to(self.device), logprobs.to(self.device), ids.to(self.device))
 
 
 def next_token_logits(model, input_ids, attention_mask, completion_length: int, keeps_logits: bool = True):
@@ -103,7 +149,7 @@ class OnPolicyTrainer(DistillationTrainer):
 
     loss_is_scaled_for_ga = False  # a per-batch token mean, like tuning's
 
-    def __init__(self, *args, teacher: InProcessTeacher, lmbda: float, width: int, collator, **kwargs):
+    def __init__(self, *args, teacher: InProcessTeacher | ServedTeacher, lmbda: float, width: int, collator, **kwargs):
         # the teacher is ours, scored through `teacher.score`: TRL is given none to load or wrap
         super().__init__(*args, teacher_model=None, **kwargs)
         if self.args.gradient_accumulation_steps != 1:

@@ -1,9 +1,10 @@
 """On-policy distillation recipe: setup / train / save.
 
 setup: teacher and student share a vocabulary (tokenizers and configs only, before any weights
-       load); the data validated and encoded as tuning encodes it (its inputs are the prompts the
-       student samples from, its outputs what the supervised steps learn); the student (memory
-       estimate, LoRA if asked); the teacher loaded frozen in this process.
+       load; a served teacher's tokenization checked on its first request, here); the data validated
+       and encoded as tuning encodes it (its inputs are the prompts the student samples from, its
+       outputs what the supervised steps learn); the student (memory estimate, LoRA if asked); the
+       teacher loaded frozen in this process, or reached through its server (top-k log-probs).
 train: OnPolicyTrainer (TRL's DistillationTrainer): a share `lmbda` of the steps samples completions
        of the batch's prompts and minimises the divergence to the teacher on them, the others are
        supervised steps; the validation prompts' divergence (the student's samples, a fixed seed) is
@@ -23,13 +24,15 @@ from mentor.jobs import Job, TunedModel
 from mentor.model_record import ModelRecord
 from mentor.models import load_model
 from mentor.onpolicy.config import OnPolicyConfig
-from mentor.onpolicy.trainer import InProcessTeacher, OnPolicyTrainer, prompt_ids
+from mentor.onpolicy.trainer import InProcessTeacher, OnPolicyTrainer, ServedTeacher, prompt_ids
 from mentor.rlhf import curves
 from mentor.rlhf import setup as rl_setup
+from mentor.teachers import CACHE_FILENAME, build_logprob_teacher
+from mentor.teachers.logprobs import is_served
 from mentor.training import arguments, setup
 from mentor.training.outputs import Before, finish, memory_record, merge_adapter
 from mentor.training.run import checkpoints_of, train
-from mentor.whitebox.vocab import check_vocabularies, output_rows, peek
+from mentor.whitebox.vocab import VocabCheck, check_vocabularies, output_rows, peek
 
 log = logging.getLogger("mentor")
 
@@ -53,13 +56,20 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
 
     out = job.folder
     student_tok, student_config = peek(cfg.model)
-    teacher_tok, teacher_config = peek(cfg.teacher)
-    vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config), output_rows(student_config),
-                               cfg.teacher, cfg.model)
+    served = is_served(cfg.teacher)
+    if served:
+        teacher_config = None
+        rows = output_rows(student_config)
+        vocab = VocabCheck(width=rows, teacher_rows=rows, student_rows=rows, tokenizer_size=len(student_tok))
+    else:
+        teacher_tok, teacher_config = peek(cfg.teacher)
+        vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config),
+                                   output_rows(student_config), cfg.teacher, cfg.model)
     for ref, config in ((cfg.model, student_config), (cfg.teacher, teacher_config)):
         if getattr(config, "is_encoder_decoder", False):
             raise MentorError(f"on-policy distillation samples from a causal (decoder-only) model; '{ref}' is an "
                               "encoder-decoder")
+    served_teacher = served_logprobs(cfg, job, student_tok) if served else None
 
     train_examples, eval_examples = setup.load_tuning_data(cfg)
     # the longest batch: a prompt of the data and a completion as long as the limit allows; logits
@@ -70,7 +80,11 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
     train_ds = train_ds.add_column("prompt", [prompt_ids(row) for row in train_ds])
     if eval_ds is not None:
         eval_ds = eval_ds.add_column("prompt", [prompt_ids(row) for row in eval_ds])
-    teacher = load_model(cfg.teacher, dtype=torch.bfloat16 if student.bf16 else torch.float32)
+    if served_teacher is not None:
+        teacher = ServedTeacher(served_teacher, cfg.top_k, vocab.width)
+    else:
+        loaded = load_model(cfg.teacher, dtype=torch.bfloat16 if student.bf16 else torch.float32)
+        teacher = InProcessTeacher(loaded.model, vocab.width)
 
     has_eval = eval_ds is not None
     args = arguments.training_arguments(
@@ -81,7 +95,7 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
     with rl_setup.known_warnings():
         trainer = OnPolicyTrainer(
             model=student.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-            processing_class=student.tokenizer, teacher=InProcessTeacher(teacher.model, vocab.width),
+            processing_class=student.tokenizer, teacher=teacher,
             lmbda=cfg.lmbda, width=vocab.width, collator=arguments.collator(student.tokenizer))
     before = curves.starting_point(trainer, job, METRICS, BEFORE)
     for cb in curves.callbacks(out, METRICS, ["train_divergence", "train_sampled_length"], "on-policy", before):
@@ -92,6 +106,18 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
     return trainer, student, stats, before, vocab
 
 
+def served_logprobs(cfg: OnPolicyConfig, job: Job, tokenizer):
+    """The served teacher's log-prob client, its tokenization checked now (one request, before any
+    weights load): a server that scores no given tokens or tokenizes otherwise stops the job in one
+    line. Its answers are cached in the job folder, so a resumed run, which samples the steps after
+    its checkpoint as the stopped run did, asks for none of them again."""
+    teacher = build_logprob_teacher(cfg.teacher, tokenizer=tokenizer, cache_path=job.folder / CACHE_FILENAME,
+                                    progress=False)
+    teacher.check()
+    log.info(f"teacher: {cfg.teacher}, served: its top-{cfg.top_k} log-probs of each sampled token (temperature 1)")
+    return teacher
+
+
 def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: dict, vocab) -> TunedModel:
     """The student saved like a tuned model, prompted as it learned."""
     out = job.folder
@@ -100,7 +126,16 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
     record = ModelRecord(use_chat_template=student.use_chat_template, is_seq2seq=False,
                          prompt_format="chat" if stats["train"].conversations else "text",
                          max_input_tokens=student.max_input_tokens)
-    notes = [f"teacher: {cfg.teacher} (in process); divergence: generalized JSD at beta {cfg.beta} (1 is reverse "
+    teacher = trainer.teacher
+    served = isinstance(teacher, ServedTeacher)
+    requests = {}
+    if served:
+        teacher.teacher.close()  # its cache: closed before the job's success removes it
+        requests = {"teacher_requests": {"calls": teacher.teacher.stats.calls,
+                                         "cache_hits": teacher.teacher.stats.cache_hits}}
+    where = (f"served, its top-{teacher.top_k} log-probs and the rest of the mass; {teacher.teacher.stats.summary()}"
+             if served else "in process")
+    notes = [f"teacher: {cfg.teacher} ({where}); divergence: generalized JSD at beta {cfg.beta} (1 is reverse "
              f"KL, 0 forward KL) at temperature {cfg.temperature}, per completion token",
              f"steps: {cfg.lmbda:.0%} on the student's own samples (up to {student.max_output_tokens} tokens), the "
              "rest supervised on the data's outputs",
@@ -115,9 +150,10 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
         extra={"teacher": cfg.teacher, "before": before, "selected_by": SELECTED_BY if best_step else None,
                "tokens_seen": int(trainer.state.num_input_tokens_seen),
                "truncated": {k: v.truncation() for k, v in stats.items() if v is not None},
-               "memory": memory_record(student.memory)},
+               "memory": memory_record(student.memory), **requests},
         notes=notes, keep_checkpoints=cfg.keep_checkpoints, plot=lambda result: plot(out, result.described, cfg.model),
-        temporary=(out / BEFORE,),
+        # the served teacher's cache holds every sample's scores: only a resumed run reads it
+        temporary=(out / BEFORE, *(out / (CACHE_FILENAME + end) for end in ("", "-wal", "-shm") if served)),
         after_save=(lambda model_dir: merge_adapter(model_dir, out / "merged")) if merge else None,
         before=Before("the validation prompts", before, ("eval_divergence", "eval_teacher_logprob")))
 
