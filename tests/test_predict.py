@@ -421,3 +421,24 @@ def test_a_deleted_model_a_batch_still_uses_is_unloaded_when_the_batch_ends(tmp_
     assert model.base in pool.loaded_names()  # not pulled from under the batch
     pool.release([model])
     assert pool.loaded_names() == {} and pool.used_bytes == 0
+
+
+def test_a_pruned_mentor_model_is_prompted_as_its_source_learned(tmp_path):
+    """prune: keeps the source's record: a step-by-step student made smaller still gets its task
+    prefix and its prompt format (the record was once dropped, and the pruned model was prompted with
+    the tokenizer's chat template and no prefix)."""
+    import shutil
+
+    from mentor.model_record import ModelRecord
+    from mentor.models import resolve
+    from mentor.serving.predict import Predictor
+
+    source = tmp_path / "student"
+    shutil.copytree(resolve("tiny:llama"), source)
+    ModelRecord(kind="step-by-step", base_model="tiny:llama", method="step-by-step", tuning="full",
+                use_chat_template=False, task="math", task_prefix="[label] ", rationale_prefix="[rationale] ").write(source)
+    pruned = resolve(f"prune:{source}:layers=0")
+    record = ModelRecord.read(pruned)
+    assert (record.task_prefix, record.use_chat_template, record.base_model) == ("[label] ", False, str(source))
+    assert record.model_extra["pruned_layers"] == [0]
+    assert Predictor(f"prune:{source}:layers=0").render("2 + 3?") == Predictor(str(source)).render("2 + 3?")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mentor.errors import MentorError
+from mentor.model_record import ModelRecord
 
 log = logging.getLogger("mentor")
 
@@ -91,9 +92,10 @@ def decoder_layers(model) -> tuple[nn.Module, str, nn.ModuleList]:
     return found[0]
 
 
-def build(ref: str, kept: list[int], folder: Path, load_model) -> None:
+def build(ref: str, kept: list[int], folder: Path, load_model, source: str | None = None) -> None:
     """Load REF, keep the layers `kept` (checked by `kept_layers`), save the smaller model (and REF's
-    tokenizer) to `folder`, in float32."""
+    tokenizer) to `folder`, in float32, with the record of REF's folder `source` where mentor made it:
+    the smaller model is prompted as REF learned (chat template, prompt format, instruction, prefix)."""
     loaded = load_model(ref, dtype=torch.float32)
     model = loaded.model.merge_and_unload() if loaded.adapter else loaded.model
     text_config = model.config.get_text_config()
@@ -114,3 +116,8 @@ def build(ref: str, kept: list[int], folder: Path, load_model) -> None:
              ",".join(map(str, kept)))
     model.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
+    record = ModelRecord.read(source) if source and Path(source).is_dir() else None
+    if record is not None:
+        # the weights are whole now (an adapter merged in); how it is prompted stays the source's
+        record.model_copy(update={"base_model": ref, "tuning": "full", "merged_from": loaded.adapter,
+                                  "pruned_layers": kept}).write(folder)

@@ -110,7 +110,7 @@ def resolve(ref: str) -> str:
         source = resolve(inner)
         # the layer list checked against the config alone, before any weights load (and when cached)
         kept = prune.kept_layers(spec, prune.layer_count(model_config(inner)), inner)
-        return str(_build_once(prune.cache_name(source, kept), lambda tmp: prune.build(inner, kept, tmp, load_model)))
+        return str(_build_once(prune.cache_name(source, kept), lambda tmp: prune.build(inner, kept, tmp, load_model, source)))
     if ref.startswith("random:"):
         name = ref.split(":", 1)[1]
         return str(_build_once(f"random-{name}", lambda tmp: real_size.build_config(name, tmp)))

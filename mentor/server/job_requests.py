@@ -149,6 +149,15 @@ class Resolver:
 
         if not isinstance(value, str) or not value:
             raise bad(f"{param} must be a model name", param)
+        if value.startswith("prune:"):  # the model pruned is resolved by the same rules (allowed folders, ft: names)
+            from mentor.errors import MentorError
+            from mentor.models.prune import PREFIX, parse
+
+            try:
+                inner, layers = parse(value)
+            except MentorError as err:
+                raise bad(str(err), param) from None
+            return f"{PREFIX}{self.model(inner, param)}:layers={layers}"
         if value.startswith("ft:"):
             try:
                 return registry.get_model(self.db, value).path

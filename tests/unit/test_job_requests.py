@@ -78,3 +78,23 @@ def test_each_kind_answers_to_the_openai_method_that_creates_it():
     assert openai_method("reinforcement") == "reinforcement"
     assert openai_method("step-by-step") == "distillation" and openai_method("logit") == "distillation"
     assert openai_method("rlhf") is None and openai_method("batch") is None and openai_method("no-such-kind") is None
+
+
+def test_a_pruned_model_is_resolved_by_the_rules_of_the_model_it_prunes(tmp_path):
+    """`prune:REF:layers=...` names a model folder too: REF is held to the allowed folders and
+    registered names like any model field (it once passed through as a hub id, so any folder on the
+    server could be trained from)."""
+    from types import SimpleNamespace
+
+    from mentor.server.job_requests import Resolver
+
+    allowed = tmp_path / "allowed"
+    (allowed / "model").mkdir(parents=True)
+    settings = SimpleNamespace(data_dir=tmp_path / "data", allowed_data_roots=[allowed.resolve()])
+    resolver = Resolver(db=None, settings=settings)
+    assert resolver.model("prune:tiny:llama:layers=0") == "prune:tiny:llama:layers=0"
+    assert resolver.model(f"prune:{allowed / 'model'}:layers=0-1") == f"prune:{(allowed / 'model').resolve()}:layers=0-1"
+    for outside in ("prune:/etc:layers=0", "prune:../x:layers=0", "prune:~/.cache:layers=0",
+                    f"prune:prune:{tmp_path}:layers=0:layers=0"):
+        assert refused(resolver.model, outside).code == "path_not_allowed", outside
+    assert "is not prune:REF:layers=SPEC" in refused(resolver.model, "prune:tiny:llama").message
