@@ -195,3 +195,16 @@ def test_openais_reinforcement_method_through_the_server(task, tmp_path):
         assert isinstance(answer.choices[0].message.content, str)
     finally:
         srv.stop()
+
+
+def test_every_validation_samples_the_same_draws(task, tmp_path):
+    """Checkpoints are compared on the same sampled answers: a model that does not move (a learning
+    rate of ~1e-11) scores the same at every validation, where unseeded sampling at temperature 1
+    scored it differently each time."""
+    mentor.run("reinforcement", model=task["start"], data=str(task["train"]), evaluation_data=str(task["valid"]),
+               grader=WANTS_YES, output=str(tmp_path / "job"), train_steps=3, batch_size=4, num_generations=2,
+               learning_rate_multiplier=1e-6, max_completion_tokens=8, evaluation_interval=1, eval_samples=2,
+               early_stopping=False)
+    rows = [json.loads(line) for line in (tmp_path / "job" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["eval_reward_mean"] for r in rows if "eval_reward_mean" in r]
+    assert len(rewards) == 4 and len(set(rewards)) == 1, rewards

@@ -34,6 +34,7 @@ from mentor.training import arguments
 from mentor.training.lora import lora_config
 from mentor.training.outputs import Before, finish
 from mentor.training.run import checkpoints_of, train
+from mentor.training.trainer import SeededEvaluation
 
 log = logging.getLogger("mentor")
 
@@ -104,8 +105,11 @@ def build_trainer(cfg: ReinforceConfig, job: Job, items: list[Item], held_out: l
                                        * cfg.eval_samples),
         checkpointing=fitted.checkpointing,
     )
+    class Trainer(SeededEvaluation, GRPOTrainer):
+        """GRPO whose validations sample the same draws each time (see SeededEvaluation)."""
+
     with setup.known_warnings():
-        trainer = GRPOTrainer(
+        trainer = Trainer(
             model=loaded.model, reward_funcs=GraderReward(grader), args=args, train_dataset=train_ds,
             eval_dataset=eval_ds, processing_class=tokenizer,
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,

@@ -180,3 +180,16 @@ def _summed_over_processes(sums: dict[str, float]) -> dict[str, float]:
         for k, v in part.items():
             total[k] += v
     return total
+
+
+class SeededEvaluation:
+    """A trainer mixin for kinds whose evaluation samples (reinforcement, on-policy distillation): every
+    evaluation draws from the same seed, so the checkpoints that selection compares are scored on the
+    same draws, not on whatever the training's random state had reached; and the training's random
+    state is left where it was."""
+
+    def evaluate(self, *args, **kwargs):
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.args.seed)  # type: ignore[attr-defined]  # a Trainer's, which this mixes into
+            return super().evaluate(*args, **kwargs)  # type: ignore[misc]
