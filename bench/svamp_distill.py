@@ -71,6 +71,16 @@ STEP_BY_STEP = {
 NAMES = {"finetune": "standard fine-tuning (gold equations)", "standard": "standard distillation (teacher expressions)"}
 
 
+def workspace(folder: str) -> tuple[Path, list[dict]]:
+    """The benchmark's work folder (made) and SVAMP's test rows; exits with a one-line message when the
+    shared data is not there."""
+    if not DATA.is_dir():
+        sys.exit(f"SVAMP data not found at {DATA} (set MENTOR_SHARED_DATA)")
+    work = Path(folder)
+    work.mkdir(parents=True, exist_ok=True)
+    return work, read_rows(DATA / "test.jsonl")
+
+
 def mean_spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
@@ -92,12 +102,7 @@ def main() -> None:
     p.add_argument("--fewshot-n", type=int, default=60, help="test problems for the few-shot prompting baseline (0: skip)")
     p.add_argument("--work", default=str(ROOT / "bench" / ".work" / "svamp"))
     args = p.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"SVAMP data not found at {DATA} (set MENTOR_SHARED_DATA)")
-
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    test_rows = read_rows(DATA / "test.jsonl")
+    work, test_rows = workspace(args.work)
     teacher = evaluate_completions([r["teacher_completion"] for r in test_rows], test_rows, "math",
                                    name="teacher: PaLM 540B (recorded)")
     print(f"teacher test accuracy: {teacher.metrics['accuracy']:.3f}")

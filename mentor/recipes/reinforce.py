@@ -114,11 +114,8 @@ def build_trainer(cfg: ReinforceConfig, job: Job, items: list[Item], held_out: l
             eval_dataset=eval_ds, processing_class=tokenizer,
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.tuning == "lora" else None,
         )
-    before = curves.starting_point(trainer, job, METRICS, BEFORE)
-    for cb in curves.callbacks(out, METRICS, ["train_reward_mean", "train_kl"], "reinforcement", before):
-        trainer.add_callback(cb)
-    for cb in arguments.early_stopping(cfg, has_eval):
-        trainer.add_callback(cb)
+    before = curves.follow(trainer, job, METRICS, ["train_reward_mean", "train_kl"], "reinforcement", BEFORE,
+                           arguments.early_stopping(cfg, has_eval))
     setup.trainable_in_fp32_without_autocast(trainer)
     # the start's task and prefixes are kept: the new model is prompted, served and evaluated as it was
     record = ModelRecord(use_chat_template=style.use_chat_template, prompt_format=style.prompt_format,

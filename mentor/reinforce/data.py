@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mentor.data.jsonl import read_jsonl
-from mentor.errors import MentorError
-from mentor.rlhf.data import Prompt, parse_prompt
+from mentor.rlhf.data import Prompt, load_lines, parse_prompt
 
 
 @dataclass
@@ -72,14 +70,8 @@ def parse_item(row: object) -> tuple[Prompt | None, list[tuple[str, str]]]:
 def load_items(path: str | Path, max_examples: int = 10_000) -> list[Item]:
     """Read and validate a reinforcement JSONL file; raise DataValidationError listing every bad line."""
 
-    def parse_line(row: dict, lineno: int):
+    def parse(row: object) -> tuple[Item | None, list[tuple[str, str]]]:
         prompt, problems = parse_item(row)
-        return (Item(prompt, row, str(path), lineno) if prompt is not None else None), problems
+        return (Item(prompt, row, "", 0) if prompt is not None and isinstance(row, dict) else None), problems
 
-    items = read_jsonl(path, parse_line, "prompt")
-    if not items:
-        raise MentorError(f"{path}: no prompts (the file is empty)")
-    if len(items) > max_examples:
-        raise MentorError(f"{path}: {len(items)} prompts, more than the maximum of {max_examples} "
-                          "(raise max_examples to allow it)")
-    return items
+    return load_lines(path, parse, "prompt", max_examples)

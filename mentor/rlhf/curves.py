@@ -100,6 +100,16 @@ def callbacks(out: Path, names: dict, show: list[str], desc: str, initial: dict 
     return [RenamedMetricsRecorder(out, names, initial), MetricsProgressBar(names, show, desc)]
 
 
+def follow(trainer, job, names: dict, show: list[str], desc: str, filename: str, stopping: list = ()) -> dict:
+    """What a kind that samples hangs on its trainer (RLHF, reinforcement, on-policy distillation): the
+    starting point measured on the held-out set (or read back on resume), mentor's metrics recorder and
+    progress bar, and early stopping where the job asks for it. Returns the starting point."""
+    before = starting_point(trainer, job, names, filename)
+    for cb in [*callbacks(job.folder, names, show, desc, before), *stopping]:
+        trainer.add_callback(cb)
+    return before
+
+
 def starting_point(trainer, job, names: dict, filename: str) -> dict:
     """The model before training on the held-out set, measured once (a resumed run reads it back), as
     the first point of the eval curves."""

@@ -203,7 +203,10 @@ def parse_prompt(row: object) -> tuple[Prompt | None, list[tuple[str, str]]]:
     return None, [("input_text", "missing (a prompt line holds 'input_text', or 'prompt', or 'messages' ending with a user turn)")]
 
 
-def _load(path: str | Path, parse, what: str, max_examples: int) -> list:
+def load_lines(path: str | Path, parse, what: str, max_examples: int) -> list:
+    """Every line of a JSONL file parsed by `parse(row) -> (item, problems)`; each item (or its prompt)
+    records its file and line. Raises DataValidationError listing every bad line, MentorError for an
+    empty file or one past `max_examples`."""
     def parse_line(row: dict, lineno: int):
         item, found = parse(row)
         if item is not None:
@@ -222,9 +225,9 @@ def _load(path: str | Path, parse, what: str, max_examples: int) -> list:
 
 def load_preferences(path: str | Path, max_examples: int = 10_000) -> list[PreferencePair]:
     """Read and validate a preference JSONL file; raise DataValidationError listing every bad line."""
-    return _load(path, parse_preference, "preference pair", max_examples)
+    return load_lines(path, parse_preference, "preference pair", max_examples)
 
 
 def load_prompts(path: str | Path, max_examples: int = 10_000) -> list[Prompt]:
     """Read and validate a prompt JSONL file; raise DataValidationError listing every bad line."""
-    return _load(path, parse_prompt, "prompt", max_examples)
+    return load_lines(path, parse_prompt, "prompt", max_examples)
