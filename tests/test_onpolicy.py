@@ -361,3 +361,55 @@ def test_the_top_k_divergence_is_the_full_one_at_k_v_and_fillers_count_in_the_re
     fillers = torch.cat([ids, (ids.max(-1, keepdim=True).values + torch.tensor([1, 2])) % 40], -1)
     got = divergence_per_token(student, TeacherScores(teacher[..., 0], filled, fillers), mask, beta, 1.0)
     assert got.item() == pytest.approx(six.item(), rel=1e-5) and six.item() <= full.item() + 1e-6
+
+
+# -- checkpoint selection on the task metric of the validation set ----------------------------------
+def test_a_task_job_selects_its_checkpoint_on_the_task_metric(task, tmp_path):
+    from mentor.evaluation.evaluate import label_of
+    from mentor.models import load_model
+    from mentor.tasks.metrics import score
+
+    # the shifted letters spaced, so that token F1 (extract's metric) gives partial credit and moves; the
+    # supervised steps (lmbda 0.5) teach the spacing the teacher never learned
+    def spaced(rows):
+        return [{**r, "output_text": " ".join(r["output_text"])} for r in rows]
+
+    train = write_jsonl(tmp_path / "train.jsonl", spaced(shift_task(96, 1)))
+    valid_file = write_jsonl(tmp_path / "valid.jsonl", spaced(shift_task(10, 2)))
+    # a task and evaluation data: the task's metric selects
+    result = mentor.run("on-policy", model=task["student"], teacher=task["teacher"], data=str(train),
+                        evaluation_data=str(valid_file), output=str(tmp_path / "job"), task="extract", lmbda=0.5,
+                        train_steps=18, batch_size=8, max_output_tokens=12, evaluation_interval=3,
+                        learning_rate_multiplier=20, early_stopping=False, keep_checkpoints=True, bf16="off")
+    rows = [r for r in metrics(tmp_path / "job") if "eval_task_f1" in r]
+    assert [r["step"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]
+    assert all("eval_divergence" in r and "eval_task_exact_match" in r for r in rows)  # divergence logged beside
+    trained = [r for r in rows if r["step"] > 0]
+    assert len({r["eval_task_f1"] for r in trained}) > 1, trained  # the metric moves: its arg-max means something
+    best = max(trained, key=lambda r: r["eval_task_f1"])  # the first of equals, as the Trainer keeps it
+    assert result.best_step == best["step"] and result.extra["selected_by"] == "eval_task_f1"
+    # the logged metric is the checkpoint's greedy answers scored by the test itself
+    checkpoint = load_model(str(tmp_path / "job" / "checkpoints" / f"checkpoint-{best['step']}"))
+    valid = [json.loads(line) for line in valid_file.read_text().splitlines()]
+    preds = []
+    for row in valid:
+        ids = torch.tensor([prompt_ids(checkpoint.tokenizer, row["input_text"])])
+        out = checkpoint.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                        pad_token_id=checkpoint.tokenizer.pad_token_id)
+        text = checkpoint.tokenizer.decode(out[0, ids.size(1):], skip_special_tokens=True)
+        preds.append(label_of(text, "extract", row, None))
+    want = score(preds, [r["output_text"] for r in valid], "extract")
+    assert best["eval_task_f1"] == pytest.approx(want["f1"]) and best["eval_task_exact_match"] == want["exact_match"]
+
+
+def test_selection_metric_defaults_to_the_task_with_evaluation_data(task):
+    from mentor.onpolicy.config import OnPolicyConfig
+
+    base = dict(model=task["student"], teacher=task["teacher"], data=str(task["train"]), output="o")
+    assert OnPolicyConfig(**base).selection_metric == "divergence"
+    assert OnPolicyConfig(**base, task="math").selection_metric == "divergence"  # nothing to score it on
+    assert OnPolicyConfig(**base, task="math", evaluation_data=str(task["valid"])).selection_metric == "task"
+    assert OnPolicyConfig(**base, task="math", evaluation_data=str(task["valid"]),
+                          selection_metric="divergence").selection_metric == "divergence"
+    with pytest.raises(ValueError, match="name the task"):
+        OnPolicyConfig(**base, selection_metric="task")

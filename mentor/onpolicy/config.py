@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from mentor.tasks import TaskName
 from mentor.training.config import MODEL_HELP, ExamplesGroup, MergeGroup, SelectionGroup, StudentGroup
 from mentor.whitebox.config import is_served
 
@@ -42,6 +43,15 @@ class OnPolicyConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
                                                            "outputs keep their start")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the student's completions; both "
                                                       "distributions are compared at it too")
+    task: TaskName | None = Field(None, description="what the data asks (math, choice, nli, classify, extract): the "
+                                                    "student's greedy answers to the validation prompts are parsed and "
+                                                    "scored as mentor eval scores them (eval_task_*)")
+    labels: list[str] | None = Field(None, description="label set for classify/nli")
+    selection_metric: Literal["divergence", "task"] | None = Field(
+        None, description="what checkpoint selection and early stopping judge on the validation data: divergence (the "
+                          "student's samples' divergence to the teacher, lower is better) or task (the task metric of "
+                          "the student's greedy answers against the data's outputs, greater is better); default task "
+                          "when the job names a task and has evaluation data, else divergence")
 
     @field_validator("teacher")
     @classmethod
@@ -49,6 +59,15 @@ class OnPolicyConfig(SelectionGroup, MergeGroup, StudentGroup, ExamplesGroup):
         if not v.strip():
             raise ValueError("give a teacher model")
         return v
+
+    @model_validator(mode="after")
+    def _selected_on(self):
+        if self.selection_metric is None:
+            self.selection_metric = "task" if self.task and self.evaluation_data else "divergence"
+        elif self.selection_metric == "task" and self.task is None:
+            raise ValueError("selection_metric 'task' scores answers of a task: name the task (task math, choice, "
+                             "nli, classify or extract)")
+        return self
 
     @model_validator(mode="after")
     def _served_at_temperature_1(self):

@@ -149,7 +149,8 @@ class OnPolicyTrainer(DistillationTrainer):
 
     loss_is_scaled_for_ga = False  # a per-batch token mean, like tuning's
 
-    def __init__(self, *args, teacher: InProcessTeacher | ServedTeacher, lmbda: float, width: int, collator, **kwargs):
+    def __init__(self, *args, teacher: InProcessTeacher | ServedTeacher, lmbda: float, width: int, collator,
+                 task_answers=None, **kwargs):
         # the teacher is ours, scored through `teacher.score`: TRL is given none to load or wrap
         super().__init__(*args, teacher_model=None, **kwargs)
         if self.args.gradient_accumulation_steps != 1:
@@ -159,6 +160,7 @@ class OnPolicyTrainer(DistillationTrainer):
         self.width = width
         self.supervised_collator = collator
         self._keeps_logits = accepts_logits_to_keep(self.model)
+        self.task_answers = task_answers  # model -> eval_task_* of its greedy answers, added to every evaluation
 
     def _tokenize_prompts(self, prompts: list):
         # mentor's prompts are token ids already, encoded as tuning encodes its inputs
@@ -210,6 +212,15 @@ class OnPolicyTrainer(DistillationTrainer):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.args.seed)
             return super().evaluate(*args, **kwargs)
+
+    def evaluation_loop(self, *args, **kwargs):
+        # the task metric joins the evaluation's metrics before they are logged and judged (best
+        # checkpoint, early stopping)
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self.task_answers is None or prefix != "eval":
+            return output
+        return output._replace(metrics={**(output.metrics or {}), **self.task_answers(self.model)})
 
 
 def prompt_ids(row: dict) -> list[int]:

@@ -8,7 +8,9 @@ setup: teacher and student share a vocabulary (tokenizers and configs only, befo
 train: OnPolicyTrainer (TRL's DistillationTrainer): a share `lmbda` of the steps samples completions
        of the batch's prompts and minimises the divergence to the teacher on them, the others are
        supervised steps; the validation prompts' divergence (the student's samples, a fixed seed) is
-       measured before the first step and at every evaluation, picks the checkpoint and stops early.
+       measured before the first step and at every evaluation, and with a task the student's greedy
+       answers to them are scored too (eval_task_*); the selection metric (the task's, or the
+       divergence) picks the checkpoint and stops early.
 save:  the student like a tuned model (`mentor predict OUTPUT ...` works), through `finish`.
 """
 
@@ -24,6 +26,7 @@ from mentor.jobs import Job, TunedModel
 from mentor.model_record import ModelRecord
 from mentor.models import load_model
 from mentor.onpolicy.config import OnPolicyConfig
+from mentor.onpolicy.selection import PREFIX, TaskAnswers, selection_key
 from mentor.onpolicy.trainer import InProcessTeacher, OnPolicyTrainer, ServedTeacher, prompt_ids
 from mentor.rlhf import curves
 from mentor.rlhf import setup as rl_setup
@@ -40,7 +43,9 @@ log = logging.getLogger("mentor")
 METRICS = {"loss": "objective", "divergence": "divergence", "teacher_logprob": "teacher_logprob",
            "completions/mean_length": "sampled_length", "completions/clipped_ratio": "clipped_ratio",
            "supervised_loss": "supervised_loss", "on_policy": "on_policy_share"}
-SELECTED_BY = "eval_divergence"  # the validation prompts' divergence, lower is better
+SELECTED_BY = "eval_divergence"  # the validation prompts' divergence, lower is better (selection_metric divergence)
+TASK_METRICS = ("accuracy", "exact_match", "f1", "rouge_l", "answered")  # eval_task_* (mentor.tasks.metrics.score)
+METRICS = {**METRICS, **{PREFIX + k: PREFIX + k for k in TASK_METRICS}}
 BEFORE = "before_distillation.json"  # the validation metrics before the first step (a resumed run reads them)
 
 
@@ -87,16 +92,23 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
         teacher = InProcessTeacher(loaded.model, vocab.width)
 
     has_eval = eval_ds is not None
+    task_answers = None
+    if has_eval and cfg.selection_metric == "task" and cfg.task:
+        assert eval_examples is not None
+        task_answers = TaskAnswers(list(eval_ds["prompt"]), [ex.messages[-1]["content"] for ex in eval_examples],
+                                   [ex.extra for ex in eval_examples], cfg.task, cfg.labels, student.tokenizer,
+                                   student.max_output_tokens, cfg.batch_size)
     args = arguments.training_arguments(
-        cfg, checkpoints_of(job), has_eval, student.bf16, DistillationConfig, best_metric=SELECTED_BY,
-        greater_is_better=False, checkpointing=student.gradient_checkpointing,
+        cfg, checkpoints_of(job), has_eval, student.bf16, DistillationConfig, best_metric=selected_by(cfg),
+        greater_is_better=task_answers is not None, checkpointing=student.gradient_checkpointing,
         max_completion_length=student.max_output_tokens, temperature=cfg.temperature, beta=cfg.beta, top_p=1.0,
         top_k=0, log_completions=False)
     with rl_setup.known_warnings():
         trainer = OnPolicyTrainer(
             model=student.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=student.tokenizer, teacher=teacher,
-            lmbda=cfg.lmbda, width=vocab.width, collator=arguments.collator(student.tokenizer))
+            lmbda=cfg.lmbda, width=vocab.width, collator=arguments.collator(student.tokenizer),
+            task_answers=task_answers)
     before = curves.starting_point(trainer, job, METRICS, BEFORE)
     for cb in curves.callbacks(out, METRICS, ["train_divergence", "train_sampled_length"], "on-policy", before):
         trainer.add_callback(cb)
@@ -104,6 +116,11 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
         trainer.add_callback(cb)
     rl_setup.trainable_in_fp32_without_autocast(trainer)
     return trainer, student, stats, before, vocab
+
+
+def selected_by(cfg: OnPolicyConfig) -> str:
+    """The evaluation metric that picks the checkpoint and stops early."""
+    return "eval_" + selection_key(cfg.task) if cfg.selection_metric == "task" and cfg.task else SELECTED_BY
 
 
 def served_logprobs(cfg: OnPolicyConfig, job: Job, tokenizer):
@@ -147,7 +164,7 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
     merge = cfg.tuning == "lora" and cfg.merge_adapter
     return finish(
         job, trainer, record, metrics=metrics, best_step=best_step,
-        extra={"teacher": cfg.teacher, "before": before, "selected_by": SELECTED_BY if best_step else None,
+        extra={"teacher": cfg.teacher, "before": before, "selected_by": selected_by(cfg) if best_step else None,
                "tokens_seen": int(trainer.state.num_input_tokens_seen),
                "truncated": {k: v.truncation() for k, v in stats.items() if v is not None},
                "memory": memory_record(student.memory), **requests},
@@ -155,7 +172,8 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
         # the served teacher's cache holds every sample's scores: only a resumed run reads it
         temporary=(out / BEFORE, *(out / (CACHE_FILENAME + end) for end in ("", "-wal", "-shm") if served)),
         after_save=(lambda model_dir: merge_adapter(model_dir, out / "merged")) if merge else None,
-        before=Before("the validation prompts", before, ("eval_divergence", "eval_teacher_logprob")))
+        before=Before("the validation prompts", before,
+                      ("eval_divergence", "eval_teacher_logprob", *([selected_by(cfg)] if cfg.task else []))))
 
 
 def plot(out: Path, method: str, model: str) -> None:
@@ -164,5 +182,6 @@ def plot(out: Path, method: str, model: str) -> None:
                         ("teacher log-prob of the student's tokens", m,
                          ["train_teacher_logprob", "eval_teacher_logprob"]),
                         ("sampled length (tokens)", m, ["train_sampled_length", "eval_sampled_length"]),
-                        ("supervised steps' loss", m, ["train_supervised_loss"])],
+                        ("supervised steps' loss", m, ["train_supervised_loss"]),
+                        ("task metric of the greedy answers", m, ["eval_" + PREFIX + k for k in TASK_METRICS])],
                        out / "curves.png", title=f"{method} on {model}")
