@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 
 from mentor.training.config import MODEL_HELP, MergeGroup, PromptGroup, ScheduleGroup, SelectionGroup
 
@@ -62,6 +62,13 @@ class ReinforceConfig(SelectionGroup, MergeGroup, PromptGroup, ScheduleGroup):
     max_prompt_tokens: int = Field(512, ge=1, description="longer prompts keep their end")
     max_completion_tokens: int = Field(256, ge=1, description="longest sampled answer")
     eval_samples: int = Field(1, ge=1, description="answers sampled per validation prompt (their rewards averaged)")
+
+    @field_validator("grader", mode="before")
+    @classmethod
+    def _last_given(cls, value):
+        # a flag given twice on the command line (a job file's value overridden) arrives as a list from
+        # pydantic-settings for a field that may be an object; the last one given wins, as for every flag
+        return value[-1] if isinstance(value, list) and value else value
 
     def input_files(self) -> dict[str, str]:
         files = super().input_files()
