@@ -15,6 +15,10 @@ from collections.abc import Callable
 from mentor.errors import MentorError
 
 MAX_CHARS = 2000
+# the tree is walked recursively (checked, then evaluated per sample): a formula nested deeper than
+# this, or with more parts, is refused when the grader is made, never a RecursionError while grading
+MAX_DEPTH = 64
+MAX_NODES = 1000
 MAX_EXPONENT = 1000.0
 FUNCTIONS: dict[str, tuple[Callable[..., float], int, int | None]] = {  # name: (function, fewest, most arguments)
     "min": (min, 1, None),
@@ -40,6 +44,22 @@ def _power(a: float, b: float) -> float:
     return a**b
 
 
+def _check_size(root: ast.AST) -> None:
+    """MentorError for a tree deeper than MAX_DEPTH or with more than MAX_NODES nodes (walked without
+    recursion: 'a+a+...' with a thousand terms is a thousand levels of BinOp, and '-' * 1990 + 'a'
+    two thousand of UnaryOp)."""
+    stack, nodes = [(root, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise MentorError(f"the formula is nested deeper than {MAX_DEPTH} levels (each operator, sign and call is "
+                              "one); write it flatter, as max(a, b, c) or with fewer signs")
+        if nodes > MAX_NODES:
+            raise MentorError(f"the formula has more than {MAX_NODES} parts")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
+
+
 class Formula:
     """A parsed formula: `names` it reads, `evaluate(scores)` its value."""
 
@@ -53,6 +73,9 @@ class Formula:
             tree = ast.parse(text.replace("^", "**"), mode="eval")
         except SyntaxError as err:
             raise MentorError(f"the formula {text!r} does not parse (at character {err.offset or 0})") from None
+        except (RecursionError, MemoryError):  # the parser's own limits on nesting
+            raise MentorError(f"the formula is nested deeper than {MAX_DEPTH} levels") from None
+        _check_size(tree.body)
         self.names: set[str] = set()
         self._check(tree.body)
         self._tree = tree.body
