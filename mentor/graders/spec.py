@@ -8,12 +8,10 @@ names no value, a judge URL not allowed, a formula naming no grader).
 from __future__ import annotations
 
 import ast
-import ipaddress
 import json
 import logging
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,8 +32,9 @@ class GraderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MENTOR_GRADERS_", extra="forbid")
 
     allowed_judge_urls: list[str] = Field(default_factory=list, description="base URLs of OpenAI-compatible servers "
-                                          "a score_model grader may send answers to (loopback is always allowed); "
-                                          "$OPENAI_API_KEY goes to them")
+                                          "a score_model grader may name (MODEL@URL) and send answers to, loopback "
+                                          "too only when listed; $OPENAI_API_KEY goes to them. Under mentor server: "
+                                          "its --allowed-teacher-urls")
     judge_base_url: str | None = Field(default=None, description="the judge server of a score_model whose model names none "
                                        "(MODEL without @URL); default $OPENAI_BASE_URL")
     judge_cache: str | None = Field(default=None, description="SQLite file of judge answers (default: the teacher cache "
@@ -145,6 +144,17 @@ class Message(BaseModel):
     content: str | list[dict[str, Any] | str]
     type: Literal["message"] | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _one_part(cls, content):
+        # OpenAI's Input.content may be a single part ({"type": "input_text", "text": ...}): a list of one
+        if isinstance(content, dict):
+            return [content]
+        # said here, or the error would name a member of the union ('content.str')
+        if not isinstance(content, (str, list)) or not all(isinstance(p, (str, dict)) for p in content):
+            raise ValueError("write a text, a text part ({'type': 'input_text', 'text': ...}) or a list of them")
+        return content
+
     def text(self) -> str:
         """The content as one text (text parts joined; an image or audio part is refused at validation)."""
         if isinstance(self.content, str):
@@ -155,10 +165,11 @@ class Message(BaseModel):
     @classmethod
     def _text_only(cls, content):
         for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and (part.get("type") not in ("input_text", "output_text")
-                                           or not isinstance(part.get("text"), str)):
+            if isinstance(part, dict) and part.get("type") not in ("input_text", "output_text"):
                 raise ValueError(f"a {part.get('type')!r} part: mentor's judges read text parts only "
                                  "(input_text, output_text)")
+            if isinstance(part, dict) and not isinstance(part.get("text"), str):
+                raise ValueError(f"a {part['type']!r} part without a 'text' string")
         return content
 
 
@@ -337,36 +348,26 @@ def check(spec: GraderSpec, where: str, item: dict | None = None, settings: Grad
         templates.check_item(iter(spec.templates()), item, where)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def judge_endpoint(model: str, settings: GraderSettings) -> tuple[str, str]:
-    """(model, base URL) of a score_model's `model`; MentorError when it names no server or one that
-    is not allowed (loopback, or MENTOR_GRADERS_ALLOWED_JUDGE_URLS)."""
+    """(model, base URL) of a score_model's `model`; MentorError when it names no server, or a server
+    that is not one of `settings.allowed_judge_urls` (the rule teachers follow: loopback only when
+    listed). A MODEL alone goes to the server whoever runs mentor chose (MENTOR_GRADERS_JUDGE_BASE_URL or
+    OPENAI_BASE_URL), not checked."""
     import os
 
+    from mentor.teachers.allowed import check_allowed
+
     name, at, url = model.removeprefix("openai:").rpartition("@")
-    if not at or not url.startswith(("http://", "https://")):
+    named = bool(at) and url.startswith(("http://", "https://"))
+    if not named:
         name, url = model.removeprefix("openai:"), settings.judge_base_url or os.environ.get("OPENAI_BASE_URL")
         if not url:
             raise MentorError(f"{model!r} names no judge server; write {model}@http://HOST:PORT/v1 (or set "
                               "MENTOR_GRADERS_JUDGE_BASE_URL)")
     if not name:
         raise MentorError(f"{model!r} names no model; write MODEL@{url}")
-    url = url.rstrip("/")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError as err:  # "http://[::1", a port that is no number
-        raise MentorError(f"{url!r} is not a URL: {err}") from None
-    allowed = [u.rstrip("/") for u in settings.allowed_judge_urls]
-    if not _loopback(host) and url not in allowed:
-        raise MentorError(f"the judge server {url} is not allowed; loopback is, and the base URLs in "
-                          f"MENTOR_GRADERS_ALLOWED_JUDGE_URLS ({', '.join(allowed) or 'none set'})")
-    return name, url
+    if not named:
+        return name, url.rstrip("/")
+    return name, check_allowed(url, settings.allowed_judge_urls, "the judge server",
+                               "List it in MENTOR_GRADERS_ALLOWED_JUDGE_URLS (a JSON list), or under mentor server in "
+                               "--allowed-teacher-urls.")

@@ -55,9 +55,10 @@ class Finished:
 def worker_env(settings) -> dict[str, str]:
     """What a worker is told of the server's settings through its environment: the servers its jobs'
     LLM-judge graders may call are the teacher servers the owner allowed (checked at creation; the
-    worker's own check must agree)."""
+    worker's own check must agree), set even when there are none, so a list in the server's own
+    environment never widens it."""
     allowed = [str(u) for u in getattr(settings, "allowed_teacher_urls", None) or []]
-    return {"MENTOR_GRADERS_ALLOWED_JUDGE_URLS": json.dumps(allowed)} if allowed else {}
+    return {"MENTOR_GRADERS_ALLOWED_JUDGE_URLS": json.dumps(allowed)}
 
 
 class LocalExecutor:

@@ -73,5 +73,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def grader_settings(settings: ServerSettings):
+    """How graders run under this server (job creation, /graders/run and /graders/validate alike; its
+    workers are told the same through worker_env): a score_model's judge may be any server a teacher
+    may, allowed_teacher_urls being the one allow-list, whatever MENTOR_GRADERS_ALLOWED_JUDGE_URLS says."""
+    from mentor.graders import GraderSettings
+
+    return GraderSettings(allowed_judge_urls=[str(u) for u in settings.allowed_teacher_urls])
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("MENTOR_SERVER_DATA_DIR", "~/.mentor/server")).expanduser()

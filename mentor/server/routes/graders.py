@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from mentor.errors import MentorError
-from mentor.graders import ERROR_KINDS, GradeResult, build_grader, parse_grader
+from mentor.graders import ERROR_KINDS, GradeResult, GraderSettings, build_grader, parse_grader
 from mentor.server.errors import bad
+from mentor.server.settings import grader_settings
 
 router = APIRouter()
 
@@ -26,9 +27,14 @@ class GraderValidate(BaseModel):
     grader: dict[str, Any]
 
 
-def _spec(grader: dict):
+def _settings(request: Request) -> GraderSettings:
+    """The server's rule for judges (its allowed_teacher_urls), as its jobs' graders have it."""
+    return grader_settings(request.app.state.ctx.settings)
+
+
+def _spec(grader: dict, settings: GraderSettings):
     try:
-        return parse_grader(grader, where="grader")
+        return parse_grader(grader, where="grader", settings=settings)
     except MentorError as err:
         raise bad(str(err), "grader") from None
 
@@ -44,13 +50,14 @@ def _metadata_errors(result: GradeResult) -> dict:
 
 
 @router.post("/v1/fine_tuning/alpha/graders/run")
-def run(body: GraderRun) -> dict:
+def run(request: Request, body: GraderRun) -> dict:
     """The grader's reward for `model_sample` against `item` (a sample it cannot grade scores 0, and
     `metadata.errors` says why, as OpenAI's does)."""
-    spec = _spec(body.grader)
+    settings = _settings(request)
+    spec = _spec(body.grader, settings)
     item = body.item if body.item is not None else {}
     start = time.perf_counter()
-    with build_grader(spec) as grader:
+    with build_grader(spec, settings) as grader:
         result = grader.grade({"output_text": body.model_sample}, item)
     tokens = sum(result.token_usage.values())
     return {
@@ -70,6 +77,6 @@ def run(body: GraderRun) -> dict:
 
 
 @router.post("/v1/fine_tuning/alpha/graders/validate")
-def validate(body: GraderValidate) -> dict:
+def validate(request: Request, body: GraderValidate) -> dict:
     """The grader as it will be used, or a 400 naming the field that is wrong."""
-    return {"grader": _spec(body.grader).model_dump(exclude_none=True)}
+    return {"grader": _spec(body.grader, _settings(request)).model_dump(exclude_none=True)}
