@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -564,3 +565,73 @@ def test_a_job_whose_worker_died_is_never_shown_running(service, tmp_path):
     assert [e["type"] for e in read_events(tmp_path / resumed)] == ["worker_died", "dispatched"]
     job = service.get(f"/v1/fine_tuning/jobs/{resumed}").json()  # its new worker has yet to record itself
     assert (job["status"], job["progress"]["state"]) == ("running", "pending")
+
+
+SAME = {"type": "string_check", "name": "same", "input": "{{sample.output_text}}", "reference": "{{item.output_text}}",
+        "operation": "eq"}
+CLOUD = "/v1/projects/p/locations/l/pipelineJobs"
+
+
+def judge_at(url: str) -> dict:
+    return {"type": "score_model", "name": "j", "model": f"m@{url}",
+            "input": [{"role": "user", "content": "Rate {{sample.output_text}}"}]}
+
+
+def test_a_judge_is_held_to_the_servers_allowed_urls_by_every_route(service, monkeypatch):
+    """One allow-list for teachers and judges, the server's (--allowed-teacher-urls): /graders/run used
+    the environment's and let any loopback port through (a database, an admin API: the answers, the
+    API key, and the reply's first 200 characters back in the errors), while jobs used the server's."""
+    monkeypatch.setenv("MENTOR_GRADERS_ALLOWED_JUDGE_URLS", json.dumps(["http://127.0.0.1:6379/v1"]))  # not the server's
+    data = upload(service)
+    for url in ("http://127.0.0.1:6379/v1", "http://localhost:9/v1", "http://127.0.0.1:9/v1/../admin"):
+        for path, body in (("/v1/fine_tuning/alpha/graders/run", {"grader": judge_at(url), "model_sample": "x"}),
+                           ("/v1/fine_tuning/alpha/graders/validate", {"grader": judge_at(url)}),
+                           ("/v1/mentor/jobs", {"kind": "reinforcement", "config": {
+                               "model": "tiny:llama", "data": data, "grader": judge_at(url)}}),
+                           (CLOUD, {"parameterValues": {"base_model": "tiny:llama", "dataset_uri": data,
+                                                        "grader": judge_at(url)}})):
+            r = service.post(path, json=body)
+            assert re.search(r"field 'model': .* is not (allowed|a plain http)", error(r, 400)), (path, url)
+            assert r.json()["error"]["param"] == "grader", r.json()
+    listed = judge_at("http://127.0.0.1:9/v1/")
+    assert service.post("/v1/fine_tuning/alpha/graders/validate", json={"grader": listed}).status_code == 200
+    r = service.post("/v1/mentor/jobs", json={"kind": "reinforcement", "config": {"model": "tiny:llama", "data": data,
+                                                                                  "grader": listed}})
+    assert r.status_code == 200, r.text
+
+
+def test_a_data_path_whose_first_line_is_no_json_is_a_400_naming_the_file_and_line(service, tmp_path):
+    service.ctx.settings.allowed_data_roots.append(tmp_path.resolve())
+    for content in (b"{not json\n", b"\n\xff\xfe\n"):
+        path = tmp_path / "rl.jsonl"
+        path.write_bytes(content)
+        r = service.post("/v1/mentor/jobs", json={"kind": "reinforcement", "config": {
+            "model": "tiny:llama", "data": str(path), "grader": SAME}})
+        message = error(r, 400)
+        assert str(path) in message and f"line {content.index(next(c for c in content if c != 10)) + 1}" in message, \
+            message
+        assert r.json()["error"]["param"] == "data"
+
+
+def test_the_cloud_shape_with_a_grader_is_a_reinforcement_job(service):
+    """A cloud pipeline body with `grader` (or `reward_grader`) became a tune job, and was refused."""
+    data = upload(service)  # 8 lines
+    for name in ("grader", "reward_grader"):
+        r = service.post(CLOUD, json={"runtimeConfig": {"parameterValues": {
+            "large_model_reference": "tiny:llama", "dataset_uri": data, name: SAME, "epoch_count": 1, "batch_size": 4,
+            "num_generations": 2}}})
+        assert r.status_code == 200, r.text
+        with service.ctx.db.session() as s:
+            row = s.get(JobRow, r.json()["name"].rsplit("/", 1)[1])
+            assert row.kind == "reinforcement", row.kind
+            assert (row.config["grader"], row.config["train_steps"], row.config["num_generations"]) == (SAME, 2, 2)
+    # the grader is checked against the data's first line, naming the parameter the body used
+    r = service.post(CLOUD, json={"parameterValues": {"base_model": "tiny:llama", "dataset_uri": data,
+                                                      "reward_grader": {**SAME, "reference": "{{item.answer}}"}}})
+    assert "answer" in error(r, 400) and r.json()["error"]["param"] == "reward_grader"
+    r = service.post(CLOUD, json={"parameterValues": {"base_model": "tiny:llama", "dataset_uri": data, "grader": SAME,
+                                                      "teacher_model_reference": "tiny:llama"}})
+    assert "not from a teacher" in error(r, 400)
+    r = service.post(CLOUD, json={"parameterValues": {"base_model": "tiny:llama", "dataset_uri": data,
+                                                      "method": "reinforcement"}})
+    assert "needs a grader" in error(r, 400)

@@ -80,7 +80,9 @@ CLOUD_NAMES = {"dataset_uri": "data", "evaluation_data_uri": "evaluation_data", 
                "teacher_model_reference": "teacher", "large_model_reference": "model", "model_reference": "model",
                "base_model": "model", "enable_early_stopping": "early_stopping",
                "enable_checkpoint_selection": "checkpoint_selection", "adapter_size": "adapter_size",
-               "epoch_count": "n_epochs"}
+               "epoch_count": "n_epochs", "reward_grader": "grader"}
+# a cloud body with a grader (`grader` or `reward_grader`) is a reinforcement job, as is one whose method says so
+CLOUD_REINFORCEMENT = "reinforcement"
 CLOUD_IGNORED = ("project", "location", "accelerator_type", "api_endpoint", "encryption_spec_key_name",
                  "service_account", "model_display_name", "tuned_model_display_name")
 
@@ -128,6 +130,7 @@ class Resolver:
         """An OpenAI-compatible teacher, if its server is one the server's owner allowed: the worker
         sends it the server's API key and the job's data."""
         from mentor.errors import MentorError
+        from mentor.teachers.allowed import is_allowed
         from mentor.teachers.openai_compat import parse_spec
 
         if "@" not in spec.partition(":")[2]:
@@ -136,8 +139,7 @@ class Resolver:
             url = parse_spec(spec)[2]
         except MentorError as err:
             raise bad(str(err), "teacher") from None
-        allowed = [u.rstrip("/") for u in self.settings.allowed_teacher_urls]
-        if url not in allowed:
+        if not is_allowed(url, self.settings.allowed_teacher_urls):  # the rule judges follow too
             raise bad(f"teacher: {url!r} is not a teacher server this server may call (it would get the server's "
                       "API key); start the server with --allowed-teacher-urls", "teacher", "url_not_allowed")
         return spec
@@ -206,7 +208,7 @@ def resolve_fields(kind: JobKind, fields: dict[str, Any], resolver: Resolver,
         if out.get(name) is not None:
             out[name] = resolver.model(out[name], name)
     if out.get("grader") is not None:  # inlined: the job never reads a grader file the client named again
-        first = _first_row(out["data"]) if isinstance(out.get("data"), str) else None
+        first = _first_row(out["data"], fields["data"]) if isinstance(out.get("data"), str) else None
         out["grader"] = _grader(out["grader"], resolver, grader_param, first)
     if kind.produces == "predictions":  # a batch: its lines name models through `models` only
         if out.get("models") is not None and not isinstance(out["models"], dict):
@@ -302,12 +304,18 @@ def _reinforcement_hyperparameters(hyper: dict[str, Any]) -> dict[str, Any]:
     return hyper
 
 
-def _first_row(path: str) -> dict | None:
-    """The first line of an uploaded (so already validated) data file."""
+def _first_row(path: str, named: Any) -> dict | None:
+    """The first line of a data file (what the grader's templates are checked against): an upload is
+    validated already, a path mentor's own API names is not, so a line that is no JSON is a 400 naming
+    the file (`named`, as the client gave it) and the line."""
     with open(path, "rb") as f:  # closed at once: a server runs for weeks
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
+                except ValueError as err:  # UnicodeDecodeError is one too
+                    raise bad(f"data: {str(named)[:200]!r} line {number}: not a JSON object ({str(err)[:120]})",
+                              "data") from None
                 return row if isinstance(row, dict) else None
     return None
 
@@ -316,7 +324,8 @@ def _grader(value: Any, resolver: Resolver, param: str, item: dict | None) -> di
     """A grader as the job will run it, refused now when it is wrong (the field named), when a template
     names a field the training file's lines lack, or when its judge is a server this one may not call."""
     from mentor.errors import MentorError
-    from mentor.graders import GraderSettings, parse_grader
+    from mentor.graders import parse_grader
+    from mentor.server.settings import grader_settings
 
     if isinstance(value, str) and not value.lstrip().startswith("{"):  # an uploaded file, or one the server may read
         with open(resolver.data(value, param), "rb") as f:
@@ -328,9 +337,8 @@ def _grader(value: Any, resolver: Resolver, param: str, item: dict | None) -> di
             raise bad(f"the grader is not JSON ({err})", param) from None
     if not isinstance(value, dict):
         raise bad("a grader is a JSON object with a 'type'", param)
-    settings = GraderSettings(allowed_judge_urls=list(resolver.settings.allowed_teacher_urls))
     try:
-        parse_grader(value, where=param, item=item, settings=settings)
+        parse_grader(value, where=param, item=item, settings=grader_settings(resolver.settings))
     except MentorError as err:
         raise bad(str(err), param) from None
     return value
@@ -348,7 +356,18 @@ def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> 
         fields[CLOUD_NAMES.get(key, key)] = value
     tensorboard = fields.pop("tensorboard_resource_id", None)
     method = fields.pop("distillation_method", None) or fields.pop("method", None)
-    if "teacher" in fields:
+    grader_param = next((k for k in ("grader", "reward_grader") if k in values), "grader")
+    if "grader" in fields or method == CLOUD_REINFORCEMENT:
+        if "teacher" in fields:
+            raise bad("a reinforcement job (a body with a grader) learns from its grader, not from a teacher: "
+                      "leave teacher_model_reference out", "teacher_model_reference")
+        if method not in (None, CLOUD_REINFORCEMENT):
+            raise bad(f"a body with a grader is a reinforcement job; method {str(method)[:40]!r} takes no grader",
+                      grader_param)
+        if fields.get("grader") is None:
+            raise bad("a reinforcement job needs a grader (grader or reward_grader)", "grader")
+        kind = get_kind("reinforcement")
+    elif "teacher" in fields:
         kinds = family("distill")
         method = method or "step-by-step"
         if not isinstance(method, str) or method not in kinds:
@@ -361,7 +380,7 @@ def from_cloud(body: CloudPipelineJob, resolver: Resolver, job_folder: Path) -> 
         with open(resolver.data(fields["data"], "dataset_uri"), "rb") as data:  # closed at once: a server runs for weeks
             lines = sum(1 for line in data if line.strip())
     _epochs_to_steps(fields, lines, kind)
-    fields = resolve_fields(kind, fields, resolver)
+    fields = resolve_fields(kind, fields, resolver, grader_param=grader_param)
     if tensorboard is not None:
         tensorboard = resolver.data_folder(str(tensorboard), "tensorboard_resource_id")
     return kind, validate_config(kind, {**fields, "output": str(job_folder)}), tensorboard
