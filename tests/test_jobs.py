@@ -395,6 +395,28 @@ def test_a_batch_job_renders_each_chat_prompt_once(tmp_path, monkeypatch):
     assert len(rendered) == 2
 
 
+def test_a_batch_line_asking_to_score_is_refused_naming_the_field(tmp_path):
+    """CompletionRequest takes the scoring fields, and the batch kind never asked scoring_problem(): a
+    line asking for log-probs got 16 generated tokens and none, a token-id prompt reached render(int).
+    Each such line is an error naming its field; echo alone is answered, the prompt before the answer."""
+    def line(i: int, **body) -> dict:
+        return {"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+                "body": {"model": "tiny:llama", "prompt": "abc", "max_tokens": 2, "temperature": 0, **body}}
+
+    asks = [({"echo": True, "logprobs": 2, "max_tokens": 0}, "logprobs"), ({"prompt_logprobs": 1}, "prompt_logprobs"),
+            ({"max_tokens": 0}, "max_tokens"), ({"prompt": [97, 98]}, "prompt"), ({"logprobs": 1}, "logprobs")]
+    lines = write_jsonl(tmp_path / "in.jsonl", [line(0), line(1, echo=True)] + [line(i + 2, **a) for i, (a, _) in
+                                                                                 enumerate(asks)])
+    result = mentor.run("batch", input=str(lines), endpoint="/v1/completions", output=str(tmp_path / "b"))
+    assert result.metrics == {"completed": 2, "failed": len(asks), "total": 2 + len(asks)}
+    errors = [json.loads(x) for x in (tmp_path / "b" / "errors.jsonl").read_text().splitlines()]
+    for error, (_, field) in zip(errors, asks):
+        assert error["error"]["code"] == "invalid_request" and f"field 'body.{field}'" in error["error"]["message"]
+    plain, echoed = [json.loads(x)["response"]["body"]["choices"][0]["text"]
+                     for x in (tmp_path / "b" / "output.jsonl").read_text().splitlines()]
+    assert echoed == "abc" + plain
+
+
 def test_a_worker_reads_its_order_through_the_job_layer_and_a_damaged_one_is_one_line(tmp_path, capsys):
     """The server writes a job's config with write_job_config and its worker reads it back with
     read_job_config: the same fields, and a damaged file is one line naming it, not a traceback."""

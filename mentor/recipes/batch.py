@@ -26,7 +26,14 @@ from mentor.jobs.config import validation_problems
 from mentor.recipes.batch_config import BatchConfig
 from mentor.serving.answer_log import AnswerLog, answer_key, log_path
 from mentor.serving.generate import generate_stream
-from mentor.serving.openai_api import ChatRequest, CompletionRequest, chat_prompt, chat_response, completion_response
+from mentor.serving.openai_api import (
+    ChatRequest,
+    CompletionRequest,
+    RequestProblem,
+    chat_prompt,
+    chat_response,
+    completion_response,
+)
 from mentor.serving.pool import ModelPool, Servable, adapter_names
 from mentor.serving.predict import Predictor
 
@@ -61,13 +68,38 @@ def read_requests(cfg: BatchConfig):
                 errors[line] = _error(line, custom_id, "invalid_url", f"field 'url': must be {cfg.endpoint}")
             else:
                 try:
-                    good.append((line, custom_id, body_type(**(row.get("body") or {}))))
-                    seen.add(custom_id)
+                    body = body_type(**(row.get("body") or {}))
                 except (ValidationError, TypeError) as err:
                     problems = validation_problems(err) if isinstance(err, ValidationError) else [("body", str(err))]
                     field, message = problems[0]
                     errors[line] = _error(line, custom_id, "invalid_request", f"field 'body.{field}': {message}")
+                    continue
+                if problem := scoring_problem(body):
+                    errors[line] = _error(line, custom_id, "invalid_request", f"field 'body.{problem.param}': {problem}")
+                    continue
+                good.append((line, custom_id, body))
+                seen.add(custom_id)
     return good, errors
+
+
+def scoring_problem(body: ChatRequest | CompletionRequest) -> RequestProblem | None:
+    """What a batch line asks of a completion that the batch kind does not do: scoring the prompt
+    (logprobs, prompt_logprobs, max_tokens 0, a prompt of token ids; the online /v1/completions scores,
+    a batch generates), refused naming the field rather than answered with 16 generated tokens and no
+    log-probs. echo alone (the prompt before the answer) is answered."""
+    if not isinstance(body, CompletionRequest):
+        return None
+    online = " (/v1/completions scores prompts online)"
+    if body.logprobs is not None:
+        return RequestProblem("log-probs are not implemented by batches" + online, "logprobs")
+    if body.prompt_logprobs is not None:
+        return RequestProblem("prompt log-probs are not implemented by batches" + online, "prompt_logprobs")
+    if body.max_tokens == 0:
+        return RequestProblem("a batch line generates: max_tokens must be at least 1" + online, "max_tokens")
+    if body.token_prompts is not None:
+        return RequestProblem("a prompt of token ids is not implemented by batches: give the prompt as text",
+                              "prompt")
+    return body.scoring_problem()
 
 
 def run(cfg: BatchConfig, job: Job) -> TunedModel:
@@ -149,6 +181,10 @@ def _response(cid: str, body: ChatRequest | CompletionRequest, outputs: list) ->
     created, rid = int(time.time()), secrets.token_hex(12)
     response = (chat_response(f"chatcmpl-{rid}", created, body.model, outputs[0]) if isinstance(body, ChatRequest)
                 else completion_response(f"cmpl-{rid}", created, body.model, outputs, body.n))
+    if isinstance(body, CompletionRequest) and body.echo:  # the prompt before the answer, as online
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        for choice in response["choices"]:
+            choice["text"] = str(texts[choice["index"] // body.n]) + choice["text"]
     return {"id": f"batch_req_{rid}", "custom_id": cid, "error": None,
             "response": {"status_code": 200, "request_id": rid, "body": response}}
 
