@@ -9,6 +9,7 @@ import json
 import math
 import socket
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -371,12 +372,180 @@ def test_python_grader_refused_at_creation():
     assert result.reward == 0.0 and "ModuleNotFoundError" in result.errors[0]
 
 
+ESCAPES = r"""
+import os, sys
+
+def grade(sample, item):
+    kind = item["kind"]
+    if kind == "frame_walk":  # the audit hook's state, from the caller's frame
+        sys._getframe(1).f_locals["readable"].add("/")
+    elif kind == "traceback_frame":
+        try:
+            raise ValueError
+        except ValueError as err:
+            err.__traceback__.tb_frame.f_back
+    elif kind == "rewrite":  # the worker's module globals, then a file outside
+        main = sys.modules["__main__"]
+        main.REFUSED_PREFIXES, main.REFUSED_IMPORTS, main.PATH_EVENTS, main.FRAME_EVENTS = (), set(), {}, set()
+        os.path.realpath = lambda path: "/tmp/inside"
+        return float(len(open("/etc/passwd").read()) > 0)
+    elif kind == "write_outside":
+        with open(item["path"], "w") as f:
+            f.write("escaped")
+    elif kind == "read":
+        return float(len(open(item["path"], "rb").read()) > 0)
+    elif kind == "listdir":
+        return float(len(os.listdir(item["path"])) >= 0)
+    elif kind == "ctypes":
+        import ctypes
+        ctypes.CDLL(None).getpid()
+    elif kind in ("so_import", "so_loader"):
+        dynload = [p for p in sys.path if p.endswith("lib-dynload")][0]
+        name = [n for n in os.listdir(dynload) if n.startswith("_lsprof.")][0]
+        with open(name, "wb") as f:
+            f.write(open(os.path.join(dynload, name), "rb").read())
+        if kind == "so_import":
+            sys.path.insert(0, ".")
+            import _lsprof
+        else:
+            import importlib.machinery, importlib.util
+            loader = importlib.machinery.ExtensionFileLoader("_lsprof", os.path.abspath(name))
+            importlib.util.module_from_spec(importlib.util.spec_from_loader("_lsprof", loader))
+    elif kind == "fork":
+        while True:
+            os.fork()
+    elif kind == "network":
+        import socket
+        socket.create_connection(("127.0.0.1", item["port"]), timeout=2)
+    return 1.0
+"""
+
+
+def test_python_grader_sandbox_escapes_fail(tmp_path):
+    """The probes that got out of the audit-hook-only sandbox: each scores 0 naming what refused it."""
+    import mentor
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    outside = tmp_path / "escaped_by_grader.txt"  # under /tmp, which in the sandbox is its own tmpfs
+    in_repo = Path(mentor.__file__).parent / "escaped_by_grader.txt"
+    cases = [({"kind": "frame_walk"}, "may not do sys._getframe"), ({"kind": "traceback_frame"}, "may not read tb_frame"),
+             ({"kind": "rewrite"}, "may not open '/etc/passwd'"),
+             ({"kind": "write_outside", "path": str(outside)}, "No such file or directory"),
+             ({"kind": "write_outside", "path": str(in_repo)}, "may not open"),
+             ({"kind": "write_outside", "path": "/usr/escaped_by_grader.txt"}, "may not open"),
+             ({"kind": "read", "path": "/etc/passwd"}, "may not open '/etc/passwd'"),
+             ({"kind": "read", "path": mentor.__file__}, "may not open"),
+             ({"kind": "read", "path": "/proc/1/environ"}, "may not open '/proc/1/environ'"),
+             ({"kind": "listdir", "path": "/root"}, "may not touch '/root'"),
+             ({"kind": "ctypes"}, "may not do ctypes.dlopen"),
+             ({"kind": "so_import"}, "may not import from '.'"), ({"kind": "so_loader"}, "ImportError"),
+             ({"kind": "fork"}, "may not do os.fork"),
+             ({"kind": "network", "port": listener.getsockname()[1]}, "may not import socket")]
+    with build_grader(parse_grader(python_grader(ESCAPES)), SANDBOX) as grader:
+        results = grader.grade_many([{"output_text": ""}] * len(cases), [item for item, _ in cases])
+        for (item, error), result in zip(cases, results):
+            assert result.reward == 0.0 and error in result.errors[0], (item, result)
+        assert grader.worker.restarts == 0
+    assert not outside.exists() and not in_repo.exists()
+    with pytest.raises(socket.timeout):
+        listener.accept()
+    listener.close()
+
+
+def test_python_sandbox_confines_without_the_audit_hook(tmp_path, monkeypatch):
+    """The layers under the audit hook, on their own (as after a grader got past it): bubblewrap's
+    view of the machine and the worker's seccomp filter."""
+    import subprocess
+
+    import mentor
+    from mentor.graders import sandbox
+
+    assert sandbox.check_available() == "bwrap", "CI installs bubblewrap (scripts/setup)"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    outside = tmp_path / "escaped_by_grader.txt"
+    probe = f"""
+import json, os, sys
+def attempt(what, action):
+    try:
+        value = action()
+        return what + ": done" + (" " + value if "sk-secret" in str(value) else "")
+    except BaseException as err:
+        return what + ": " + type(err).__name__
+results = [attempt("passwd", lambda: open("/etc/passwd").read()),
+           attempt("repo", lambda: open({mentor.__file__!r}).read()),
+           attempt("environ", lambda: open("/proc/1/environ").read() + open("/proc/self/environ").read()),
+           attempt("write", lambda: open({str(outside)!r}, "w").write("x")),
+           attempt("write_usr", lambda: open("/usr/escaped", "w").write("x")),
+           attempt("connect", lambda: __import__("socket").create_connection(("127.0.0.1", {listener.getsockname()[1]}), 2))]
+results.append("root: " + " ".join(os.listdir("/root")))  # the base interpreter's folder alone, where it is there
+results.append("processes: " + " ".join(sorted(p for p in os.listdir("/proc") if p.isdigit())))
+sys.path.insert(0, "/opt/mentor")
+import shutil, sandbox_child
+shutil.copy([p for p in sys.path if p.endswith("lib-dynload")][0] + "/_lsprof.cpython-311-x86_64-linux-gnu.so", "/tmp/evil.so")
+sandbox_child._lock_down()
+import importlib.machinery, importlib.util
+loader = importlib.machinery.ExtensionFileLoader("_lsprof", "/tmp/evil.so")
+results += [attempt("so", lambda: importlib.util.module_from_spec(importlib.util.spec_from_loader("_lsprof", loader))),
+            attempt("fork", os.fork), attempt("exec", lambda: os.execv("/usr/bin/true", ["true"])),
+            attempt("own_folder", lambda: open("/tmp/kept", "w").write("x"))]
+print(json.dumps(results))
+"""
+    exe, _ = sandbox._interpreter()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")  # the server's environment: bubblewrap gets ENV alone
+    done = subprocess.run(sandbox.bwrap_command([exe, "-I", "-S", "-c", probe]), capture_output=True, text=True,
+                          timeout=60, env=sandbox.ENV)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results[:5] == ["passwd: FileNotFoundError", "repo: FileNotFoundError", "environ: done",
+                           "write: FileNotFoundError", "write_usr: OSError"]
+    assert results[5] in ("connect: ConnectionRefusedError", "connect: OSError")  # its own loopback, or none
+    assert results[6] in ("root: ", "root: .pyenv") and results[7] == "processes: 1 2"
+    assert results[8:] == ["so: ImportError", "fork: PermissionError", "exec: PermissionError", "own_folder: done"]
+    assert "sk-secret" not in done.stdout
+    assert not outside.exists()
+    with pytest.raises(socket.timeout):
+        listener.accept()
+    listener.close()
+
+
+def test_python_grader_whose_module_body_hangs_fails_at_once():
+    for body, error in [("while True:\n    pass\n", "CPU time limit"),
+                        ("import time\ntime.sleep(60)\n", "timeout: the grader took longer than 4 s")]:
+        with build_grader(parse_grader(python_grader(body + "def grade(s, i):\n    return 1\n")), SANDBOX) as grader:
+            start = time.monotonic()
+            results = grader.grade_many([{"output_text": ""}] * 3, [{}] * 3)
+            assert all(r.reward == 0.0 and "did not start" in r.errors[0] and error in r.errors[0] for r in results)
+            assert grader.grade({"output_text": ""}, {}).errors == results[0].errors  # no second start
+            assert time.monotonic() - start < 8
+
+
+def test_python_grader_refused_where_no_sandbox_works(monkeypatch):
+    from mentor.graders import sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bubblewrap is not installed")
+    with pytest.raises(MentorError, match=r"bubblewrap is not installed: install it \(apt install bubblewrap\)"):
+        build_grader(parse_grader(python_grader("def grade(s, i):\n    return 1\n")))
+    monkeypatch.setenv("MENTOR_GRADERS_PYTHON_SANDBOX", "weak")  # the operator's opt-out
+    with build_grader(parse_grader(python_grader(ESCAPES)), SANDBOX) as grader:
+        assert grader.worker.mode == "weak"
+        results = grader.grade_many([{"output_text": ""}] * 3, [{"kind": "ok"}, {"kind": "frame_walk"}, {"kind": "fork"}])
+        assert [r.reward for r in results] == [1.0, 0.0, 0.0]
+
+
 # -- score_model: an LLM judge on a loopback server --------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def judge():
-    with TeacherServer() as server:  # "echo": its answer repeats the last message, so the sample is the score
+    with TeacherServer() as server, pytest.MonkeyPatch.context() as env:  # "echo": its answer repeats the
+        # last message, so the sample is the score; a loopback judge is allowed only when listed
+        env.setenv("MENTOR_GRADERS_ALLOWED_JUDGE_URLS", json.dumps([server.base_url]))
         yield server
 
 
