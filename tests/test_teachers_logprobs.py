@@ -139,6 +139,42 @@ def test_the_openai_client_scores_a_prompt_through_mentors_completions(mentor_se
         assert err.value.body["param"] == param, err.value.body
 
 
+def test_echo_offsets_index_the_echoed_text_when_the_tokenizer_adds_a_bos(tmp_path):
+    """With a BOS, tokens[0] is the BOS's text and the echoed text has none: every text_offset was
+    shifted by its length. A special token takes no room, and each token's offset is where the
+    cumulative decoding puts it (a character of two byte tokens belongs to the first)."""
+    from starlette.testclient import TestClient
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from mentor.models.tiny import build_tiny
+    from mentor.server.app import create_app
+    from mentor.server.settings import ServerSettings
+
+    folder = tmp_path / "bos-model"
+    build_tiny("llama", folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(  # a BOS before every text, as Llama 2's
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    tok.save_pretrained(folder)
+    assert tok("ab").input_ids[0] == tok.bos_token_id
+    app = create_app(ServerSettings(data_dir=tmp_path / "d", insecure_no_auth=True), serve=[str(folder)])
+    with TestClient(app) as http:
+        c = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http, max_retries=0)
+        text = "abc d\u00e9f"
+        for prompt in (text, tok(text).input_ids):  # a text, and token ids with the BOS in them
+            choice = c.completions.create(model=str(folder), prompt=prompt, echo=True, logprobs=1,
+                                          max_tokens=0).choices[0]
+            lp = choice.logprobs
+            assert choice.text == text and lp.tokens[0] == tok.bos_token and lp.text_offset[:2] == [0, 0]
+            ends = [*lp.text_offset[1:], len(text)]
+            pieces = [text[a:b] for a, b in zip(lp.text_offset, ends)]
+            assert "".join(pieces) == text and pieces[0] == ""
+            for token, piece in zip(lp.tokens[1:], pieces[1:]):
+                assert piece == token or "\ufffd" in token, (token, piece)  # \u00e9's two bytes: "\u00e9", ""
+            assert pieces[-3:] == ["\u00e9", "", "f"]
+
+
 # -- vLLM's prompt_logprobs, against a fake vLLM server ---------------------------------------------
 VOCAB = 261
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs

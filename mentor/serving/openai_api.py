@@ -235,10 +235,29 @@ def _token_text(tokenizer, token_id: int, as_ids: bool) -> str:
     return f"token_id:{token_id}" if as_ids else tokenizer.decode([token_id])
 
 
+OFFSET_CONTEXT = 8  # tokens decoded before each one to find the text it adds
+
+
+def text_offsets(tokenizer, ids: list[int]) -> list[int]:
+    """Each token's offset in the prompt's text as echoed (decoded without special tokens): the length
+    of the text the tokens before it decode to. A special token (a BOS) adds nothing, so it takes no
+    room; a token adds what decoding it after the few tokens before it adds (decoding is contextual: a
+    sentencepiece word's space, the bytes of one character split over tokens), so the offsets are the
+    cumulative decoding's in linear time."""
+    offsets, at = [], 0
+    for i, token in enumerate(ids):
+        offsets.append(at)
+        context = list(ids[max(0, i - OFFSET_CONTEXT):i])
+        before = tokenizer.decode(context, skip_special_tokens=True) if context else ""
+        at += len(tokenizer.decode([*context, token], skip_special_tokens=True)) - len(before)
+    return offsets
+
+
 def echo_logprobs(tokenizer, scores, k: int, as_ids: bool = False) -> dict:
     """OpenAI's legacy `logprobs` object for a scored prompt: each token as text (or 'token_id:N'),
     its log-prob (None for the first), the top `k` as {token: log-prob} (a token text several ids
-    decode to keeps its most likely one, as one key can), and each token's offset in the text."""
+    decode to keeps its most likely one, as one key can), and each token's offset in the echoed text
+    (`text_offsets`: a special token takes no room)."""
     tokens = [_token_text(tokenizer, i, as_ids) for i in scores.ids]
     top: list[dict | None] = []
     for ids, values in zip(scores.top_ids, scores.top_logprobs):
@@ -249,11 +268,8 @@ def echo_logprobs(tokenizer, scores, k: int, as_ids: bool = False) -> dict:
         for i, v in zip(ids[:k], values[:k]):
             entry.setdefault(_token_text(tokenizer, i, as_ids), v)
         top.append(entry)
-    offsets, at = [], 0
-    for t in tokens:
-        offsets.append(at)
-        at += len(t)
-    return {"tokens": tokens, "token_logprobs": scores.token_logprobs, "top_logprobs": top, "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": scores.token_logprobs, "top_logprobs": top,
+            "text_offset": text_offsets(tokenizer, scores.ids)}
 
 
 def vllm_prompt_logprobs(tokenizer, scores, k: int) -> list[dict | None]:

@@ -216,7 +216,7 @@ def completions(request: Request, body: CompletionRequest):
         rows = embeddings.num_embeddings if isinstance(embeddings, Embedding) else len(p.tokenizer)
         if past := [i for ids in token_prompts for i in ids if i >= rows]:
             raise bad(f"token id {max(past)} is past the model's vocabulary of {rows}", "prompt")
-        texts = p.tokenizer.batch_decode(token_prompts)
+        texts = p.tokenizer.batch_decode(token_prompts, skip_special_tokens=True)  # echoed as text_offset counts
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else [t for t in body.prompt if isinstance(t, str)]
     if not texts:
