@@ -597,6 +597,9 @@ def test_score_model_judge_url_must_be_allowed(judge):
                                           r"not allowed"):
         parse_grader(remote, where="g.json")
     parse_grader(remote, settings=GraderSettings(allowed_judge_urls=["https://judge.example.com/v1/"]))
+    # loopback is no exception: the judge's own server is refused once it is not listed
+    with pytest.raises(MentorError, match=f"the judge server {judge.base_url} is not allowed"):
+        parse_grader(judge_grader(judge), settings=GraderSettings(allowed_judge_urls=[]))
     with pytest.raises(MentorError, match="field 'range': .*lowest score first"):
         parse_grader({**judge_grader(judge), "range": [1, 0]}, where="g.json")
     with pytest.raises(MentorError, match="field 'input.0.content'"):
