@@ -84,6 +84,7 @@ def test_on_policy_distillation_lowers_the_reverse_kl_to_the_teacher(task, tmp_p
     assert len(train_rows) == 30 and all(r["train_sampled_length"] > 0 and r["train_teacher_logprob"] < 0
                                          for r in train_rows)
     assert result.method == "on-policy" and result.metrics["eval_divergence"] < rows[0]["eval_divergence"]
+    assert result.extra["alignment"] == "exact"  # one tokenizer: the exact path, token by token
     assert (tmp_path / "job" / "tensorboard").is_dir() and (tmp_path / "job" / "curves.png").exists()
 
 
@@ -413,3 +414,106 @@ def test_selection_metric_defaults_to_the_task_with_evaluation_data(task):
                           selection_metric="divergence").selection_metric == "divergence"
     with pytest.raises(ValueError, match="name the task"):
         OnPolicyConfig(**base, selection_metric="task")
+
+
+# -- a teacher with another tokenizer: universal logit distillation on the answer text --------------
+def merged_tokenizer():
+    """A byte-level BPE tokenizer that is not the tiny models': its bytes in another order, and every
+    pair of the task's letters one token ("bc", "de", ...), so the two tokenizations of an answer differ."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from mentor.models.tiny import CHATML_TEMPLATE, SPECIALS
+
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=True):
+        vocab[ch] = len(vocab)
+    merges = [(a, b) for a in "abcdefghi" for b in "abcdefghi"]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
+                                   unk_token="<unk>", bos_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="module")
+def other_teacher(task, tmp_path_factory):
+    """A tiny Llama with the merged tokenizer, tuned on the letter-shift task like the task's teacher."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from mentor.models.tiny import TINY_CONFIGS
+
+    d = tmp_path_factory.mktemp("other-teacher")
+    tok = merged_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tok), max_position_embeddings=2048, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id, tie_word_embeddings=True, **TINY_CONFIGS["llama"]))
+    model.save_pretrained(d / "base")
+    tok.save_pretrained(d / "base")
+    mentor.tune(model=str(d / "base"), data=str(task["train"]), output=str(d / "teacher"), tuning="full",
+                train_steps=60, batch_size=16, learning_rate_multiplier=60, early_stopping=False,
+                checkpoint_selection=False)
+    return str(d / "teacher")
+
+
+def uld_at_shared_starts(student_ref: str, teacher_ref: str, texts: list[str], samples: int = 4,
+                         new_tokens: int = 8) -> float:
+    """The test's own ULD on the student's samples of `texts` (seeded): wherever a token of the answer
+    starts on the same byte in both tokenizations, the L1 distance between the two next-token
+    distributions there, each sorted (the shorter padded with zeros); averaged over those places."""
+    from mentor.models import load_model
+
+    student, teacher = load_model(student_ref), load_model(teacher_ref)
+    assert student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab()
+    torch.manual_seed(0)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([prompt_ids(student.tokenizer, text)] * samples)
+            t_prompt = prompt_ids(teacher.tokenizer, text)
+            out = student.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                         top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+                                         pad_token_id=student.tokenizer.pad_token_id)
+            for seq in out:
+                completion = seq[ids.size(1):].tolist()
+                if student.tokenizer.eos_token_id in completion:
+                    completion = completion[: completion.index(student.tokenizer.eos_token_id)]
+                answer = student.tokenizer.decode(completion)
+                if not completion or not answer.isascii():
+                    continue
+                # ASCII: a character is a byte; the student's tokens are single bytes
+                s_starts = {k: k for k in range(len(completion))}
+                enc = teacher.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+                t_starts = {start: j for j, (start, _) in enumerate(enc["offset_mapping"])}
+                s_full = torch.tensor([ids[0].tolist() + completion])
+                t_full = torch.tensor([t_prompt + enc["input_ids"]])
+                s = F.softmax(student.model(s_full).logits[0, ids.size(1) - 1: -1].float(), -1)
+                t = F.softmax(teacher.model(t_full).logits[0, len(t_prompt) - 1: -1].float(), -1)
+                for start in s_starts.keys() & t_starts.keys():
+                    ps = s[s_starts[start]].sort(descending=True).values
+                    pt = t[t_starts[start]].sort(descending=True).values
+                    width = max(len(ps), len(pt))
+                    total += (F.pad(ps, (0, width - len(ps))) - F.pad(pt, (0, width - len(pt)))).abs().sum().item()
+                    count += 1
+    assert count > 0
+    return total / count
+
+
+def test_a_teacher_with_another_tokenizer_distils_by_uld(task, other_teacher, tmp_path):
+    before = uld_at_shared_starts(task["student"], other_teacher, task["held_out"])
+    result = mentor.run("on-policy", model=task["student"], teacher=other_teacher, data=str(task["train"]),
+                        evaluation_data=str(task["valid"]), output=str(tmp_path / "job"), train_steps=30,
+                        batch_size=8, max_output_tokens=8, evaluation_interval=10, learning_rate_multiplier=20)
+    assert result.extra["alignment"] == "uld"
+    after = uld_at_shared_starts(result.model_path, other_teacher, task["held_out"])
+    assert after < 0.8 * before, (before, after)
+    rows = metrics(tmp_path / "job")
+    train_rows = [r for r in rows if "train_divergence" in r]
+    assert len(train_rows) == 30 and all(r["train_teacher_logprob"] < 0 for r in train_rows)
+    assert result.metrics["eval_divergence"] < rows[0]["eval_divergence"]  # the ULD loss on the validation prompts

@@ -10,6 +10,10 @@ evaluation that samples too, checkpoints and resume (the Trainer's). What is add
 - the teacher is scored through `score(input_ids, attention_mask, completion_ids)`, one small
   function returning `TeacherScores`: the in-process model's full distributions (`InProcessTeacher`),
   or a served teacher's top-k log-probs (`ServedTeacher`, through `mentor.teachers.logprobs`);
+- a teacher in the process with another tokenizer (`CrossTokenizerTeacher`) reads the student's
+  samples as text, tokenized its own way, and the loss is TRL GOLD's universal logit distillation
+  (ULD) on the answer text, aligned by byte offsets; a teacher with the student's tokenizer takes the
+  exact path above, unchanged;
 - GKD's mix: a share `lmbda` of the steps samples on-policy, the others are supervised steps on
   the data's outputs with the tuning loss. Which step is which follows from the step number alone
   (step g samples when floor((g + 1) * lmbda) > floor(g * lmbda)), so a resumed run takes the same
@@ -23,7 +27,9 @@ evaluation that samples too, checkpoints and resume (the Trainer's). What is add
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from transformers import Trainer
@@ -116,6 +122,134 @@ class ServedTeacher:
         return TeacherScores(tokens.to(self.device), logprobs.to(self.device), ids.to(self.device))
 
 
+class CrossTokenizerTeacher:
+    """A teacher in the process whose tokenizer is not the student's: universal logit distillation
+    (ULD, Boizard et al. 2024) through TRL GOLD's `ULDLoss`.
+
+    Each sampled completion is decoded to text and tokenized by the teacher after the teacher's own
+    encoding of the same prompt (`prompts`: the student's prompt ids -> the teacher's). The two
+    tokenizations of the answer text are aligned by byte offsets (GOLD's extended ULD): a group closes
+    where both tokenizers end a token on the same byte, and a group of several tokens is one
+    distribution, the full distribution at its last token times the probabilities of the actual
+    tokens before it (GOLD's "bayesian" merge, the chain rule). At every aligned group both
+    distributions are sorted, the shorter vocabulary padded with zeros, and the loss is the L1
+    distance between them (the Wasserstein distance of ULD), per group, averaged over the
+    sequences. A tokenizer that is not byte-level BPE has no byte offsets: then positions are
+    aligned by truncating both answers to the shorter (the original ULD)."""
+
+    def __init__(self, model, tokenizer, student_tokenizer, prompts: dict[tuple[int, ...], list[int]],
+                 temperature: float):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.gold.gold_trainer import ULDLoss
+        from trl.experimental.utils import is_byte_level_tokenizer
+
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.student_tokenizer = tokenizer, student_tokenizer
+        self.prompts = prompts
+        self.keeps_logits = accepts_logits_to_keep(model)
+        self.byte_offsets = all(getattr(t, "is_fast", False) and is_byte_level_tokenizer(t.backend_tokenizer)
+                                for t in (tokenizer, student_tokenizer))
+        self.alignment = "byte offsets" if self.byte_offsets else "truncated to the shorter answer"
+        self.uld = ULDLoss(SimpleNamespace(
+            uld_crossentropy_weight=0.0, uld_distillation_weight=1.0, uld_student_temperature=temperature,
+            uld_teacher_temperature=temperature, uld_skip_student_eos=False, uld_skip_teacher_eos=False,
+            use_extended_uld=self.byte_offsets, uld_token_merge_strategy="bayesian", uld_use_hybrid_loss=False))
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> CrossTokenizerTeacher:
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
+    def _student_offsets(self, ids: list[int]) -> list[tuple[int, int]]:
+        """Byte offsets of the student's sampled tokens in their text: a byte-level piece is one
+        character per byte; a special token (end of sequence) is empty."""
+        special = set(self.student_tokenizer.all_special_ids)
+        out, at = [], 0
+        for piece, i in zip(self.student_tokenizer.convert_ids_to_tokens(ids), ids):
+            width = 0 if i in special or piece is None else len(piece)
+            out.append((at, at + width))
+            at += width
+        return out
+
+    def loss(self, student_logits: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+             completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The ULD loss of a batch and the teacher's mean log-prob of its own tokens of the answers.
+        `student_logits` (B, C, V): the student's next-token logits at its C completion positions."""
+        from trl.experimental.utils import encode_with_byte_offsets
+
+        batch = completion_ids.size(0)
+        lengths = completion_mask.sum(dim=1).tolist()
+        eos = self.student_tokenizer.eos_token_id
+        t_eos = self.tokenizer.eos_token_id
+        t_prompts, t_completions, t_offsets, s_offsets, texts = [], [], [], [], []
+        for b in range(batch):
+            prompt = prompt_ids[b][prompt_mask[b].bool()].tolist()
+            try:
+                t_prompts.append(self.prompts[tuple(prompt)])
+            except KeyError:
+                raise MentorError("a sampled prompt is none of the data's: the teacher has no encoding of it") from None
+            ids = completion_ids[b, : lengths[b]].tolist()
+            ended = bool(ids) and ids[-1] == eos
+            text = self.student_tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            texts.append(text)
+            if self.byte_offsets:
+                ((t_ids, offs),) = encode_with_byte_offsets(self.tokenizer.backend_tokenizer, [text])
+                s_offsets.append(self._student_offsets(ids))
+            else:
+                t_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                offs = [(0, 0)] * len(t_ids)
+                s_offsets.append([(0, 0)] * len(ids))
+            t_ids, offs = list(t_ids), list(offs)
+            if ended and t_eos is not None:  # the student stopped: the teacher's end of sequence, empty, at the end
+                end = len(text.encode("utf-8"))
+                t_ids.append(t_eos)
+                offs.append((end, end))
+            t_completions.append(t_ids)
+            t_offsets.append(offs)
+        teacher_logits, t_ids, t_mask, t_window = self._teacher_logits(t_prompts, t_completions)
+        # one window per side: position 0 is the last prompt token, position j >= 1 the answer's token
+        # j - 1, and the logits at position p predict position p + 1 (GOLD's "bayesian" slicing)
+        s_window = torch.cat([prompt_ids[:, -1:], completion_ids], dim=1)
+        s_logits = torch.cat([student_logits, student_logits[:, -1:].detach() * 0], dim=1).float()
+        s_labels = torch.where(torch.cat([torch.zeros_like(completion_mask[:, :1]), completion_mask], 1).bool(),
+                               s_window, torch.full_like(s_window, IGNORE))
+        t_labels = torch.where(torch.cat([torch.zeros_like(t_mask[:, :1]), t_mask], 1).bool(),
+                               t_window, torch.full_like(t_window, IGNORE))
+        loss = self.uld(student_logits=s_logits, teacher_logits=teacher_logits, student_labels=s_labels,
+                        teacher_labels=t_labels, student_input_ids=s_window, teacher_input_ids=t_window,
+                        student_byte_offsets=_offsets_tensor(s_offsets, s_window.size(1), s_logits.device),
+                        teacher_byte_offsets=_offsets_tensor(t_offsets, t_window.size(1), s_logits.device))
+        logprobs = torch.log_softmax(teacher_logits[:, :-1].float(), -1).gather(-1, t_ids.unsqueeze(-1)).squeeze(-1)
+        keep = t_mask.bool()
+        return loss, (logprobs[keep].mean().item() if keep.any() else 0.0)
+
+    @torch.no_grad()
+    def _teacher_logits(self, prompts: list[list[int]], completions: list[list[int]]):
+        """The teacher's logits over its window (the last prompt token and the answer's tokens), prompts
+        left-padded and answers right-padded as the student's are; with the answers' ids and mask."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width_p, width_c = max(len(p) for p in prompts), max(max(len(c) for c in completions), 1)
+        ids = torch.tensor([[pad] * (width_p - len(p)) + p + c + [pad] * (width_c - len(c))
+                            for p, c in zip(prompts, completions)], device=self.device)
+        mask = torch.tensor([[0] * (width_p - len(p)) + [1] * (len(p) + len(c)) + [0] * (width_c - len(c))
+                             for p, c in zip(prompts, completions)], device=self.device)
+        logits = next_token_logits(self.model, ids, mask, width_c, self.keeps_logits).float()
+        logits = torch.cat([logits, logits[:, -1:] * 0], dim=1)
+        completion, completion_mask = ids[:, width_p:], mask[:, width_p:]
+        window = torch.cat([ids[:, width_p - 1: width_p], completion], dim=1)
+        return logits, completion, completion_mask, window
+
+
+def _offsets_tensor(rows: list[list[tuple[int, int]]], width: int, device) -> torch.Tensor:
+    """(B, width, 2) byte offsets of each window: (0, 0) at the prompt token and the padding."""
+    out = torch.zeros(len(rows), width, 2, dtype=torch.long)
+    for b, offs in enumerate(rows):
+        if offs:
+            out[b, 1: 1 + len(offs)] = torch.tensor(offs, dtype=torch.long)
+    return out.to(device)
+
+
 def next_token_logits(model, input_ids, attention_mask, completion_length: int, keeps_logits: bool = True):
     """(B, C, V) logits at the positions that predict the C completion tokens: only those are projected
     onto the vocabulary when the model takes `logits_to_keep`."""
@@ -149,7 +283,8 @@ class OnPolicyTrainer(DistillationTrainer):
 
     loss_is_scaled_for_ga = False  # a per-batch token mean, like tuning's
 
-    def __init__(self, *args, teacher: InProcessTeacher | ServedTeacher, lmbda: float, width: int, collator,
+    def __init__(self, *args, teacher: InProcessTeacher | ServedTeacher | CrossTokenizerTeacher, lmbda: float,
+                 width: int, collator,
                  task_answers=None, **kwargs):
         # the teacher is ours, scored through `teacher.score`: TRL is given none to load or wrap
         super().__init__(*args, teacher_model=None, **kwargs)
@@ -199,6 +334,12 @@ class OnPolicyTrainer(DistillationTrainer):
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
         student = next_token_logits(model, input_ids, attention_mask, completion_ids.size(1),
                                     self._keeps_logits)[..., : self.width]
+        if isinstance(self.teacher, CrossTokenizerTeacher):
+            loss, teacher_logprob = self.teacher.loss(student, inputs["prompt_ids"], inputs["prompt_mask"],
+                                                      completion_ids, completion_mask)
+            self._metrics[mode]["divergence"].append(loss.item())
+            self._metrics[mode]["teacher_logprob"].append(teacher_logprob)
+            return loss
         scores = self.teacher.score(input_ids, attention_mask, completion_ids)
         loss = divergence_per_token(student, scores, completion_mask, self.beta, self.temperature)
         keep = completion_mask.bool()

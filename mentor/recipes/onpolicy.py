@@ -1,7 +1,9 @@
 """On-policy distillation recipe: setup / train / save.
 
 setup: teacher and student share a vocabulary (tokenizers and configs only, before any weights
-       load; a served teacher's tokenization checked on its first request, here); the data validated
+       load; a served teacher's tokenization checked on its first request, here), or an in-process
+       teacher has another tokenizer and is reached by universal logit distillation on the answer
+       text (the prompts encoded for it too); the data validated
        and encoded as tuning encodes it (its inputs are the prompts the student samples from, its
        outputs what the supervised steps learn); the student (memory estimate, LoRA if asked); the
        teacher loaded frozen in this process, or reached through its server (top-k log-probs).
@@ -27,7 +29,7 @@ from mentor.model_record import ModelRecord
 from mentor.models import load_model
 from mentor.onpolicy.config import OnPolicyConfig
 from mentor.onpolicy.selection import PREFIX, TaskAnswers, selection_key
-from mentor.onpolicy.trainer import InProcessTeacher, OnPolicyTrainer, ServedTeacher, prompt_ids
+from mentor.onpolicy.trainer import CrossTokenizerTeacher, InProcessTeacher, OnPolicyTrainer, ServedTeacher, prompt_ids
 from mentor.rlhf import curves
 from mentor.rlhf import setup as rl_setup
 from mentor.teachers import CACHE_FILENAME, build_logprob_teacher
@@ -62,14 +64,24 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
     out = job.folder
     student_tok, student_config = peek(cfg.model)
     served = is_served(cfg.teacher)
+    cross = False  # a teacher in the process with another tokenizer: universal logit distillation
     if served:
         teacher_config = None
         rows = output_rows(student_config)
         vocab = VocabCheck(width=rows, teacher_rows=rows, student_rows=rows, tokenizer_size=len(student_tok))
     else:
         teacher_tok, teacher_config = peek(cfg.teacher)
-        vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config),
-                                   output_rows(student_config), cfg.teacher, cfg.model)
+        cross = len(teacher_tok) != len(student_tok) or teacher_tok.get_vocab() != student_tok.get_vocab()
+        if cross:
+            rows = output_rows(student_config)
+            vocab = VocabCheck(width=rows, teacher_rows=output_rows(teacher_config), student_rows=rows,
+                               tokenizer_size=len(student_tok))
+            log.info(f"teacher: {cfg.teacher} has another tokenizer than the student ({len(teacher_tok)} and "
+                     f"{len(student_tok)} tokens): the student's samples are read as text and distilled by "
+                     "universal logit distillation (ULD)")
+        else:
+            vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config),
+                                       output_rows(student_config), cfg.teacher, cfg.model)
     for ref, config in ((cfg.model, student_config), (cfg.teacher, teacher_config)):
         if getattr(config, "is_encoder_decoder", False):
             raise MentorError(f"on-policy distillation samples from a causal (decoder-only) model; '{ref}' is an "
@@ -89,7 +101,13 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
         teacher = ServedTeacher(served_teacher, cfg.top_k, vocab.width)
     else:
         loaded = load_model(cfg.teacher, dtype=torch.bfloat16 if student.bf16 else torch.float32)
-        teacher = InProcessTeacher(loaded.model, vocab.width)
+        if cross:
+            teacher = CrossTokenizerTeacher(
+                loaded.model, loaded.tokenizer, student.tokenizer,
+                teacher_prompts(cfg, loaded.tokenizer, [*train_examples, *(eval_examples or [])], student),
+                cfg.temperature)
+        else:
+            teacher = InProcessTeacher(loaded.model, vocab.width)
 
     has_eval = eval_ds is not None
     task_answers = None
@@ -116,6 +134,22 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
         trainer.add_callback(cb)
     rl_setup.trainable_in_fp32_without_autocast(trainer)
     return trainer, student, stats, before, vocab
+
+
+def teacher_prompts(cfg: OnPolicyConfig, tokenizer, examples, student) -> dict[tuple[int, ...], list[int]]:
+    """Each prompt as the student is given it -> the same input encoded for a teacher with another
+    tokenizer (its own chat template when it has one, as tuning would encode it)."""
+    from mentor.data.encode import encode
+
+    use_chat_template = cfg.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    out = {}
+    for ex in examples:
+        mine = encode(ex, student.tokenizer, is_seq2seq=False, use_chat_template=student.use_chat_template,
+                      max_input_tokens=student.max_input_tokens, max_output_tokens=student.max_output_tokens)
+        theirs = encode(ex, tokenizer, is_seq2seq=False, use_chat_template=use_chat_template,
+                        max_input_tokens=student.max_input_tokens, max_output_tokens=student.max_output_tokens)
+        out[tuple(prompt_ids(mine))] = prompt_ids(theirs)
+    return out
 
 
 def selected_by(cfg: OnPolicyConfig) -> str:
@@ -145,6 +179,7 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
                          max_input_tokens=student.max_input_tokens)
     teacher = trainer.teacher
     served = isinstance(teacher, ServedTeacher)
+    cross = isinstance(teacher, CrossTokenizerTeacher)
     requests = {}
     if served:
         teacher.teacher.close()  # its cache: closed before the job's success removes it
@@ -152,8 +187,12 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
                                          "cache_hits": teacher.teacher.stats.cache_hits}}
     where = (f"served, its top-{teacher.top_k} log-probs and the rest of the mass; {teacher.teacher.stats.summary()}"
              if served else "in process")
-    notes = [f"teacher: {cfg.teacher} ({where}); divergence: generalized JSD at beta {cfg.beta} (1 is reverse "
-             f"KL, 0 forward KL) at temperature {cfg.temperature}, per completion token",
+    loss = (f"universal logit distillation (another tokenizer: the samples re-tokenized as text, aligned by "
+            f"{teacher.alignment}; sorted distributions' L1 per aligned token, at temperature {cfg.temperature}; "
+            "beta does not apply)" if cross else
+            f"generalized JSD at beta {cfg.beta} (1 is reverse KL, 0 forward KL) at temperature {cfg.temperature}, "
+            "per completion token")
+    notes = [f"teacher: {cfg.teacher} ({where}); divergence: {loss}",
              f"steps: {cfg.lmbda:.0%} on the student's own samples (up to {student.max_output_tokens} tokens), the "
              "rest supervised on the data's outputs",
              *[f"truncation: {k}: {v.summary()}" for k, v in stats.items() if v is not None]]
@@ -164,7 +203,7 @@ def save(cfg: OnPolicyConfig, job: Job, trainer, student, stats: dict, before: d
     merge = cfg.tuning == "lora" and cfg.merge_adapter
     return finish(
         job, trainer, record, metrics=metrics, best_step=best_step,
-        extra={"teacher": cfg.teacher, "before": before, "selected_by": selected_by(cfg) if best_step else None,
+        extra={"teacher": cfg.teacher, "alignment": "uld" if cross else "exact", "before": before, "selected_by": selected_by(cfg) if best_step else None,
                "tokens_seen": int(trainer.state.num_input_tokens_seen),
                "truncated": {k: v.truncation() for k, v in stats.items() if v is not None},
                "memory": memory_record(student.memory), **requests},
