@@ -61,31 +61,8 @@ def run(cfg: OnPolicyConfig, job: Job) -> TunedModel:
 def build_trainer(cfg: OnPolicyConfig, job: Job):
     from trl import DistillationConfig
 
-    out = job.folder
-    student_tok, student_config = peek(cfg.model)
     served = is_served(cfg.teacher)
-    cross = False  # a teacher in the process with another tokenizer: universal logit distillation
-    if served:
-        teacher_config = None
-        rows = output_rows(student_config)
-        vocab = VocabCheck(width=rows, teacher_rows=rows, student_rows=rows, tokenizer_size=len(student_tok))
-    else:
-        teacher_tok, teacher_config = peek(cfg.teacher)
-        cross = len(teacher_tok) != len(student_tok) or teacher_tok.get_vocab() != student_tok.get_vocab()
-        if cross:
-            rows = output_rows(student_config)
-            vocab = VocabCheck(width=rows, teacher_rows=output_rows(teacher_config), student_rows=rows,
-                               tokenizer_size=len(student_tok))
-            log.info(f"teacher: {cfg.teacher} has another tokenizer than the student ({len(teacher_tok)} and "
-                     f"{len(student_tok)} tokens): the student's samples are read as text and distilled by "
-                     "universal logit distillation (ULD)")
-        else:
-            vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config),
-                                       output_rows(student_config), cfg.teacher, cfg.model)
-    for ref, config in ((cfg.model, student_config), (cfg.teacher, teacher_config)):
-        if getattr(config, "is_encoder_decoder", False):
-            raise MentorError(f"on-policy distillation samples from a causal (decoder-only) model; '{ref}' is an "
-                              "encoder-decoder")
+    vocab, cross, student_tok = check_pair(cfg, served)
     served_teacher = served_logprobs(cfg, job, student_tok) if served else None
 
     train_examples, eval_examples = setup.load_tuning_data(cfg)
@@ -97,17 +74,8 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
     train_ds = train_ds.add_column("prompt", [prompt_ids(row) for row in train_ds])
     if eval_ds is not None:
         eval_ds = eval_ds.add_column("prompt", [prompt_ids(row) for row in eval_ds])
-    if served_teacher is not None:
-        teacher = ServedTeacher(served_teacher, cfg.top_k, vocab.width)
-    else:
-        loaded = load_model(cfg.teacher, dtype=torch.bfloat16 if student.bf16 else torch.float32)
-        if cross:
-            teacher = CrossTokenizerTeacher(
-                loaded.model, loaded.tokenizer, student.tokenizer,
-                teacher_prompts(cfg, loaded.tokenizer, [*train_examples, *(eval_examples or [])], student),
-                cfg.temperature)
-        else:
-            teacher = InProcessTeacher(loaded.model, vocab.width)
+    teacher = (ServedTeacher(served_teacher, cfg.top_k, vocab.width) if served_teacher is not None else
+               load_teacher(cfg, student, vocab, cross, [*train_examples, *(eval_examples or [])]))
 
     has_eval = eval_ds is not None
     task_answers = None
@@ -127,13 +95,49 @@ def build_trainer(cfg: OnPolicyConfig, job: Job):
             processing_class=student.tokenizer, teacher=teacher,
             lmbda=cfg.lmbda, width=vocab.width, collator=arguments.collator(student.tokenizer),
             task_answers=task_answers)
-    before = curves.starting_point(trainer, job, METRICS, BEFORE)
-    for cb in curves.callbacks(out, METRICS, ["train_divergence", "train_sampled_length"], "on-policy", before):
-        trainer.add_callback(cb)
-    for cb in arguments.early_stopping(cfg, has_eval):
-        trainer.add_callback(cb)
+    before = curves.follow(trainer, job, METRICS, ["train_divergence", "train_sampled_length"], "on-policy", BEFORE,
+                           arguments.early_stopping(cfg, has_eval))
     rl_setup.trainable_in_fp32_without_autocast(trainer)
     return trainer, student, stats, before, vocab
+
+
+def check_pair(cfg: OnPolicyConfig, served: bool):
+    """Teacher and student checked from their configs and tokenizers alone, before any weights load:
+    (vocabularies, whether the teacher has another tokenizer, the student's tokenizer)."""
+    student_tok, student_config = peek(cfg.model)
+    cross = False  # a teacher in the process with another tokenizer: universal logit distillation
+    teacher_config = None
+    if served:
+        rows = output_rows(student_config)
+        vocab = VocabCheck(width=rows, teacher_rows=rows, student_rows=rows, tokenizer_size=len(student_tok))
+    else:
+        teacher_tok, teacher_config = peek(cfg.teacher)
+        cross = len(teacher_tok) != len(student_tok) or teacher_tok.get_vocab() != student_tok.get_vocab()
+        if cross:
+            rows = output_rows(student_config)
+            vocab = VocabCheck(width=rows, teacher_rows=output_rows(teacher_config), student_rows=rows,
+                               tokenizer_size=len(student_tok))
+            log.info("teacher: %s has another tokenizer than the student (%d and %d tokens): the student's samples "
+                     "are read as text and distilled by universal logit distillation (ULD)", cfg.teacher,
+                     len(teacher_tok), len(student_tok))
+        else:
+            vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config),
+                                       output_rows(student_config), cfg.teacher, cfg.model)
+    for ref, config in ((cfg.model, student_config), (cfg.teacher, teacher_config)):
+        if getattr(config, "is_encoder_decoder", False):
+            raise MentorError(f"on-policy distillation samples from a causal (decoder-only) model; '{ref}' is an "
+                              "encoder-decoder")
+    return vocab, cross, student_tok
+
+
+def load_teacher(cfg: OnPolicyConfig, student, vocab, cross: bool, examples):
+    """The teacher in this process: scored on the student's own tokens, or (another tokenizer) on
+    their text re-read by its tokenizer."""
+    loaded = load_model(cfg.teacher, dtype=torch.bfloat16 if student.bf16 else torch.float32)
+    if not cross:
+        return InProcessTeacher(loaded.model, vocab.width)
+    return CrossTokenizerTeacher(loaded.model, loaded.tokenizer, student.tokenizer,
+                                 teacher_prompts(cfg, loaded.tokenizer, examples, student), cfg.temperature)
 
 
 def teacher_prompts(cfg: OnPolicyConfig, tokenizer, examples, student) -> dict[tuple[int, ...], list[int]]:

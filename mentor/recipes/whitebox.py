@@ -53,6 +53,26 @@ def _with_keys(ds, split_id: int):
     return ds.add_column("example_index", list(range(len(ds)))).add_column("split_id", [split_id] * len(ds))
 
 
+def check_pair(cfg: WhiteboxConfig, method_cls):
+    """Teacher and student checked from their configs and tokenizers alone, before any weights load:
+    (vocabularies, the teacher's config, the student's config)."""
+    student_tok, student_config = peek(cfg.model)
+    if cfg.uses_ema_teacher or is_served(cfg.teacher):
+        # an EMA is the student; a served teacher's tokenizer is checked against the student's by its
+        # first request (`offline.ensure_offline_logits`), and its weights are never here
+        if is_served(cfg.teacher) and bool(getattr(student_config, "is_encoder_decoder", False)):
+            raise MentorError("a served teacher scores causal token sequences: the student must be a causal model")
+        rows = output_rows(student_config)
+        return VocabCheck(rows, rows, rows, len(student_tok)), student_config, student_config
+    teacher_tok, teacher_config = peek(cfg.teacher)
+    vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config), output_rows(student_config),
+                               cfg.teacher, cfg.model, announce=method_cls.uses_logits)
+    if bool(getattr(teacher_config, "is_encoder_decoder", False)) != bool(getattr(student_config, "is_encoder_decoder", False)):
+        raise MentorError("teacher and student must both be causal or both encoder-decoder (seq2seq) models "
+                          "for white-box distillation")
+    return vocab, teacher_config, student_config
+
+
 def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
     """Everything before the first step: checks, data, student, teacher (or its logits), trainer."""
     method_cls = method_class(cfg)
@@ -60,23 +80,7 @@ def prepare(cfg: WhiteboxConfig, job: Job, resume: bool = False) -> Prepared:
     response = cfg if isinstance(cfg, ResponseGroup) else None
     on_policy_fraction = response.on_policy_fraction if response else 0.0
     offline_logits = isinstance(cfg, LogitConfig) and cfg.offline_logits
-    student_tok, student_config = peek(cfg.model)
-    if cfg.uses_ema_teacher or is_served(cfg.teacher):
-        # an EMA is the student; a served teacher's tokenizer is checked against the student's by its
-        # first request (`offline.ensure_offline_logits`), and its weights are never here
-        if is_served(cfg.teacher) and bool(getattr(student_config, "is_encoder_decoder", False)):
-            raise MentorError("a served teacher scores causal token sequences: the student must be a causal model")
-        teacher_config = student_config
-        rows = output_rows(student_config)
-        vocab = VocabCheck(rows, rows, rows, len(student_tok))
-    else:
-        teacher_tok, teacher_config = peek(cfg.teacher)
-        vocab = check_vocabularies(teacher_tok, student_tok, output_rows(teacher_config), output_rows(student_config),
-                                   cfg.teacher, cfg.model, announce=method_cls.uses_logits)
-        if bool(getattr(teacher_config, "is_encoder_decoder", False)) != bool(getattr(student_config, "is_encoder_decoder", False)):
-            raise MentorError("teacher and student must both be causal or both encoder-decoder (seq2seq) models "
-                              "for white-box distillation")
-
+    vocab, teacher_config, student_config = check_pair(cfg, method_cls)
     train_examples, eval_examples = setup.load_tuning_data(cfg)
     student = setup.load_student(cfg, longest=lambda s: setup.longest_encoded(train_examples, s),
                                  logits_at_outputs=False)
