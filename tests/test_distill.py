@@ -206,7 +206,8 @@ def test_distill_cli_and_predict_with_prefix(data, tmp_path, capsys):
                      "--train-steps", "3", "--batch-size", "4", "--output", str(out)])  # the README's recipe
     assert code == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["method"] == "step-by-step (lora)" and result["extra"]["masked_rationales"] > 0
+    assert result["method"] == "step-by-step" and result["tuning"] == "lora"
+    assert result["extra"]["masked_rationales"] > 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["alpha"] == 0.8 and saved["rationale_format"] == "rationale+label" and saved["mask_wrong_rationales"]
     assert cli_main(["distill", "--method", "logit", "--student", "tiny:llama-small", "--teacher", "tiny:llama",
